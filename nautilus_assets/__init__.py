@@ -1,0 +1,1 @@
+"""Nautilus data products: one sub-package per domain; `definitions` composes them."""

@@ -1,0 +1,111 @@
+"""One micro-batch: consume from the durable Shared subscription, decode and validate, write both sinks,
+then acknowledge. A message is acknowledged only after both sinks (and the quarantine) committed it."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import pulsar
+
+from resources.clickhouse import ClickHouseResource
+from resources.lake import LakeResource
+from resources.pulsar import PulsarResource
+
+from . import sinks
+from .decode import RawMessage, decode
+from .schema import REPLAY_PROPERTY, SUBSCRIPTION, TRADES, Feed
+
+
+@dataclass
+class BatchResult:
+    batch_id: str
+    consumed: int = 0
+    written_delta: int = 0
+    written_clickhouse: int = 0
+    valid: int = 0
+    quarantined: int = 0
+    duplicates_in_batch: int = 0
+    bars_recomputed: int = 0
+    delta_version: int | None = None
+    first_message_id: str = ""
+    last_message_id: str = ""
+    seconds: dict = field(default_factory=dict)
+
+    @property
+    def already_stored(self) -> int:
+        """Valid messages both sinks had already (redelivered or re-run)."""
+        return self.valid - self.written_clickhouse
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "already_stored": self.already_stored}
+
+
+def subscribe(client: pulsar.Client, feed: Feed, receiver_queue_size: int = 5000) -> pulsar.Consumer:
+    return client.subscribe(feed.topic, SUBSCRIPTION, consumer_type=pulsar.ConsumerType.Shared,
+                            initial_position=pulsar.InitialPosition.Earliest,
+                            receiver_queue_size=receiver_queue_size)
+
+
+def receive(consumer: pulsar.Consumer, max_messages: int, max_wait_s: float, idle_ms: int = 300) -> list:
+    """Up to max_messages, for at most max_wait_s; stops early once the subscription is idle for idle_ms."""
+    out = []
+    deadline = time.monotonic() + max_wait_s
+    while len(out) < max_messages and time.monotonic() < deadline:
+        try:
+            out.append(consumer.receive(timeout_millis=idle_ms))
+        except pulsar.Timeout:
+            break
+    return out
+
+
+def to_raw(msg) -> RawMessage:
+    mid = msg.message_id()
+    return RawMessage(payload=msg.data(), message_id=f"{mid.ledger_id()}:{mid.entry_id()}:{mid.batch_index()}",
+                      ledger_id=mid.ledger_id(), entry_id=mid.entry_id(), publish_time_ms=msg.publish_timestamp(),
+                      replay=msg.properties().get(REPLAY_PROPERTY) == "historical")
+
+
+def run_batch(feed: Feed, pulsar_res: PulsarResource, lake: LakeResource, ch: ClickHouseResource, batch_id: str,
+              max_messages: int, max_wait_s: float, lateness_s: float,
+              log: Callable[[str], None] = print, ack: bool = True) -> BatchResult:
+    res = BatchResult(batch_id)
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        res.seconds[name] = round(now - clock, 3)
+        clock = now
+
+    with pulsar_res.client() as client:
+        consumer = subscribe(client, feed)
+        try:
+            msgs = receive(consumer, max_messages, max_wait_s)
+            res.consumed = len(msgs)
+            lap("receive")
+            log(f"{batch_id}: received {len(msgs)} messages from {feed.topic}")
+            if not msgs:
+                return res
+            raw = [to_raw(m) for m in msgs]
+            res.first_message_id, res.last_message_id = raw[0].message_id, raw[-1].message_id
+            dec = decode(feed, raw, feed.topic, batch_id, time.time_ns(), int(lateness_s * 1e9))
+            res.valid, res.quarantined, res.duplicates_in_batch = dec.table.num_rows, len(dec.quarantine), dec.duplicates
+            lap("decode")
+            res.written_delta, res.delta_version = sinks.write_delta(lake, feed, dec.table, batch_id)
+            lap("delta")
+            res.written_clickhouse = sinks.write_clickhouse(ch, feed, dec.table)
+            sinks.write_quarantine(ch, feed.topic, batch_id, dec.quarantine)
+            lap("clickhouse")
+            if feed is TRADES:
+                res.bars_recomputed = sinks.recompute_bars(ch, sinks.touched_minutes(dec.table), batch_id)
+                lap("bars")
+            if ack:
+                for m in msgs:
+                    consumer.acknowledge(m)
+                lap("ack")
+            log(f"{batch_id}: {res.valid} valid ({res.written_delta} new in Delta v{res.delta_version}, "
+                f"{res.written_clickhouse} new in ClickHouse), {res.quarantined} quarantined; {res.seconds}")
+        finally:
+            consumer.close()
+    return res

@@ -1,0 +1,111 @@
+"""Topics, message fields and the stored tables of the market-data product (one source of truth)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import dagster as dg
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+SUBSCRIPTION = "nautilus-ingest"
+TENANT_NS = "persistent://nautilus/market-data"
+MAX_MESSAGE_BYTES = 64 * 1024
+REPLAY_PROPERTY = "nautilus-replay"  # message property marking a historical replay (exempt from lateness)
+
+# Columns every stored row carries: where it came from and which micro-batch wrote it.
+PROVENANCE = [("topic", pa.string(), "String", "Source Pulsar topic"),
+              ("message_id", pa.string(), "String", "Pulsar message id ledger:entry:batch_index"),
+              ("ledger_id", pa.int64(), "Int64", "Pulsar ledger id"),
+              ("entry_id", pa.int64(), "Int64", "Pulsar entry id"),
+              ("batch_id", pa.string(), "String", "Micro-batch (Dagster run) that wrote the row")]
+TIMES = [("ts_event", pa.int64(), "Int64", "Event time, UTC nanoseconds"),
+         ("ts_init", pa.int64(), "Int64", "Time the event was created by the feed, UTC nanoseconds"),
+         ("ts", pa.timestamp("us", tz="UTC"), "DateTime64(9, 'UTC')", "ts_event as a timestamp (Delta keeps µs)"),
+         ("date", pa.date32(), "Date", "UTC date of ts_event (Delta partition)"),
+         ("ingested_at", pa.timestamp("us", tz="UTC"), "DateTime64(6, 'UTC')", "When the batch decoded the row")]
+
+
+@dataclass(frozen=True)
+class Feed:
+    name: str            # asset/table name
+    topic_name: str      # Pulsar topic under nautilus/market-data
+    fields: list         # (name, arrow type, ClickHouse type, description, python check)
+    order_by: str
+
+    @property
+    def topic(self) -> str:
+        return f"{TENANT_NS}/{self.topic_name}"
+
+    @property
+    def columns(self) -> list[tuple]:
+        return [(n, a, c, d) for n, a, c, d, _ in self.fields] + TIMES + PROVENANCE + [
+            ("schema_version", pa.int32(), "Int32", "Message schema version")]
+
+    @property
+    def arrow_schema(self) -> pa.Schema:
+        return pa.schema([(n, a) for n, a, _, _ in self.columns])
+
+    @property
+    def table_schema(self) -> dg.TableSchema:
+        return dg.TableSchema(columns=[dg.TableColumn(n, c, description=d) for n, _, c, d in self.columns])
+
+    def clickhouse_ddl(self, db: str) -> str:
+        cols = ",\n  ".join(f"`{n}` {c}" for n, _, c, _ in self.columns)
+        return (f"CREATE TABLE IF NOT EXISTS {db}.{self.name} (\n  {cols},\n"
+                f"  INDEX msg (ledger_id, entry_id) TYPE minmax GRANULARITY 1\n"
+                f") ENGINE = MergeTree PARTITION BY toYYYYMM(date) ORDER BY ({self.order_by})")
+
+
+POSITIVE = "positive"
+TEXT = "text"
+SIDE = "side"
+NS = "ns"
+
+TRADES = Feed("trades", "trades", [
+    ("instrument_id", pa.string(), "LowCardinality(String)", "Instrument, SYMBOL.VENUE", TEXT),
+    ("price", pa.float64(), "Float64", "Trade price", POSITIVE),
+    ("size", pa.float64(), "Float64", "Trade size", POSITIVE),
+    ("aggressor_side", pa.string(), "LowCardinality(String)", "BUYER, SELLER or NO_AGGRESSOR", SIDE),
+    ("trade_id", pa.string(), "String", "Venue trade id, unique per instrument", TEXT),
+], order_by="instrument_id, ts_event, message_id")
+
+QUOTES = Feed("quotes", "level1-quotes", [
+    ("instrument_id", pa.string(), "LowCardinality(String)", "Instrument, SYMBOL.VENUE", TEXT),
+    ("bid_price", pa.float64(), "Float64", "Best bid price", POSITIVE),
+    ("ask_price", pa.float64(), "Float64", "Best ask price", POSITIVE),
+    ("bid_size", pa.float64(), "Float64", "Size at the best bid", POSITIVE),
+    ("ask_size", pa.float64(), "Float64", "Size at the best ask", POSITIVE),
+], order_by="instrument_id, ts_event, message_id")
+
+FEEDS = {f.name: f for f in (TRADES, QUOTES)}
+
+QUARANTINE_DDL = """CREATE TABLE IF NOT EXISTS {db}.quarantine (
+  topic String, message_id String, batch_id String, reason String, payload String,
+  publish_time DateTime64(3, 'UTC'), quarantined_at DateTime64(6, 'UTC')
+) ENGINE = ReplacingMergeTree ORDER BY (topic, message_id)"""
+
+BARS_COLUMNS = [
+    ("instrument_id", "LowCardinality(String)", "Instrument", ["instrument_id"]),
+    ("minute", "DateTime('UTC')", "Start of the UTC minute", ["ts"]),
+    ("open", "Float64", "First trade price", ["price", "ts_event"]),
+    ("high", "Float64", "Highest trade price", ["price"]),
+    ("low", "Float64", "Lowest trade price", ["price"]),
+    ("close", "Float64", "Last trade price", ["price", "ts_event"]),
+    ("volume", "Float64", "Sum of sizes", ["size"]),
+    ("vwap", "Float64", "Σ price·size / Σ size", ["price", "size"]),
+    ("trade_count", "UInt64", "Number of trades", ["trade_id"]),
+    ("buy_volume", "Float64", "Volume of buyer-initiated trades", ["size", "aggressor_side"]),
+    ("sell_volume", "Float64", "Volume of seller-initiated trades", ["size", "aggressor_side"]),
+    ("version", "UInt64", "Recompute version; the latest wins (ReplacingMergeTree)", []),
+    ("batch_id", "String", "Micro-batch that last recomputed the bar", []),
+]
+
+BARS_DDL = "CREATE TABLE IF NOT EXISTS {db}.bars_1m (" + ", ".join(f"`{n}` {t}" for n, t, _, _ in BARS_COLUMNS) + \
+    ") ENGINE = ReplacingMergeTree(version) PARTITION BY toYYYYMM(minute) ORDER BY (instrument_id, minute)"
+
+BARS_SCHEMA = dg.TableSchema(columns=[dg.TableColumn(n, t, description=d) for n, t, d, _ in BARS_COLUMNS])
+
+
+def ddl(db: str) -> list[str]:
+    return [f"CREATE DATABASE IF NOT EXISTS {db}", TRADES.clickhouse_ddl(db), QUOTES.clickhouse_ddl(db),
+            QUARANTINE_DDL.format(db=db), BARS_DDL.format(db=db)]

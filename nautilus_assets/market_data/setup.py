@@ -1,0 +1,23 @@
+"""Idempotent creation of what the market-data product stores into: ClickHouse tables, buckets, subscriptions."""
+from __future__ import annotations
+
+from resources.clickhouse import ClickHouseResource
+from resources.pulsar import PulsarResource
+
+from .ingest import subscribe
+from .schema import FEEDS
+from .sinks import DB
+from .schema import ddl
+
+
+def ensure_clickhouse(ch: ClickHouseResource) -> None:
+    with ch.session() as c:
+        for stmt in ddl(DB):
+            c.command(stmt)
+
+
+def ensure_subscriptions(pulsar_res: PulsarResource) -> None:
+    """Create the durable ingest subscriptions before anything is published, so nothing is missed."""
+    with pulsar_res.client() as client:
+        for feed in FEEDS.values():
+            subscribe(client, feed).close()

@@ -1,0 +1,122 @@
+"""Writes of one micro-batch to the two sinks. Both de-duplicate on the Pulsar message id, so a
+redelivered message or a re-run batch never adds a row twice."""
+from __future__ import annotations
+
+import time
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import CommitProperties, write_deltalake
+
+from resources.clickhouse import ClickHouseResource
+from resources.lake import LakeResource
+
+from .schema import Feed
+
+DB = "market_data"
+
+
+def _id_bounds(table: pa.Table) -> dict:
+    return {"l0": pc.min(table["ledger_id"]).as_py(), "l1": pc.max(table["ledger_id"]).as_py()}
+
+
+def _without(table: pa.Table, existing: set[str]) -> pa.Table:
+    if not existing:
+        return table
+    keep = pc.invert(pc.is_in(table["message_id"], pa.array(list(existing), pa.string())))
+    return table.filter(keep)
+
+
+def bronze_table(feed: Feed) -> str:
+    return f"bronze/{feed.name}"
+
+
+def write_delta(lake: LakeResource, feed: Feed, table: pa.Table, batch_id: str) -> tuple[int, int | None]:
+    """Append the rows whose message ids are not in the table yet. Returns (rows added, table version)."""
+    if table.num_rows == 0:
+        return 0, None
+    dt = lake.table(bronze_table(feed))
+    if dt is not None:
+        dates = [d.isoformat() for d in pc.unique(table["date"]).to_pylist()]
+        b = _id_bounds(table)
+        filt = (pc.field("topic") == table["topic"][0].as_py()) & \
+            (pc.field("ledger_id") >= b["l0"]) & (pc.field("ledger_id") <= b["l1"]) & \
+            pc.field("message_id").isin(table["message_id"])
+        existing = dt.to_pyarrow_dataset(partitions=[("date", "in", dates)]).to_table(
+            columns=["message_id"], filter=filt)
+        table = _without(table, set(existing["message_id"].to_pylist()))
+        if table.num_rows == 0:
+            return 0, dt.version()
+    write_deltalake(lake.uri(bronze_table(feed)), table, mode="append", partition_by=["date"],
+                    storage_options=lake.storage_options,
+                    commit_properties=CommitProperties(custom_metadata={"nautilus.batch_id": batch_id,
+                                                                        "nautilus.rows": str(table.num_rows)}))
+    return table.num_rows, lake.table(bronze_table(feed)).version()
+
+
+def write_clickhouse(ch: ClickHouseResource, feed: Feed, table: pa.Table) -> int:
+    """Insert the rows whose message ids are not in the ClickHouse table yet. Returns rows inserted."""
+    if table.num_rows == 0:
+        return 0
+    b = _id_bounds(table)
+    table = table.set_column(table.schema.get_field_index("ts"), "ts",
+                             table["ts_event"].cast(pa.timestamp("ns", tz="UTC")))
+    with ch.session() as c:
+        existing = c.query(
+            f"SELECT message_id FROM {DB}.{feed.name} WHERE topic = %(topic)s AND ledger_id BETWEEN %(l0)s AND %(l1)s "
+            f"AND message_id IN %(ids)s", parameters={"topic": table["topic"][0].as_py(), **b,
+                                                     "ids": table["message_id"].to_pylist()},
+            settings={"max_query_size": 1 << 30}).result_rows
+        table = _without(table, {r[0] for r in existing})
+        if table.num_rows:
+            c.insert_arrow(f"{DB}.{feed.name}", table)
+    return table.num_rows
+
+
+def write_quarantine(ch: ClickHouseResource, topic: str, batch_id: str, rows: list[dict]) -> int:
+    if not rows:
+        return 0
+    now = time.time_ns() // 1000
+    t = pa.table({
+        "topic": pa.array([topic] * len(rows), pa.string()),
+        "message_id": pa.array([r["message_id"] for r in rows], pa.string()),
+        "batch_id": pa.array([batch_id] * len(rows), pa.string()),
+        "reason": pa.array([r["reason"] for r in rows], pa.string()),
+        "payload": pa.array([r["payload"] for r in rows], pa.binary()),
+        "publish_time": pa.array([r["publish_time_ms"] for r in rows], pa.timestamp("ms", tz="UTC")),
+        "quarantined_at": pa.array([now] * len(rows), pa.timestamp("us", tz="UTC")),
+    })
+    with ch.session() as c:
+        c.insert_arrow(f"{DB}.quarantine", t)
+    return len(rows)
+
+
+BARS_SELECT = f"""
+SELECT instrument_id, toStartOfMinute(ts) AS minute,
+       argMin(price, (ts_event, message_id)) AS open, max(price) AS high, min(price) AS low,
+       argMax(price, (ts_event, message_id)) AS close, sum(size) AS volume,
+       sum(price * size) / sum(size) AS vwap, count() AS trade_count,
+       sumIf(size, aggressor_side = 'BUYER') AS buy_volume, sumIf(size, aggressor_side = 'SELLER') AS sell_volume
+FROM {DB}.trades
+WHERE date BETWEEN toDate(%(lo)s) AND toDate(%(hi)s)
+  AND (instrument_id, toUnixTimestamp(toStartOfMinute(ts))) IN %(keys)s
+GROUP BY instrument_id, minute"""
+
+
+def touched_minutes(table: pa.Table) -> list[tuple[str, int]]:
+    """(instrument, minute start in epoch seconds) pairs a batch of trades touches."""
+    minute = pc.multiply(pc.divide(table["ts_event"], 60_000_000_000), 60)
+    pairs = pa.table({"i": table["instrument_id"], "m": minute}).group_by(["i", "m"]).aggregate([])
+    return list(zip(pairs["i"].to_pylist(), pairs["m"].to_pylist()))
+
+
+def recompute_bars(ch: ClickHouseResource, keys: list[tuple[str, int]], batch_id: str) -> int:
+    """Recompute the given minutes from all their stored trades; the new version replaces the old."""
+    if not keys:
+        return 0
+    minutes = [m for _, m in keys]
+    params = {"lo": min(minutes), "hi": max(minutes), "keys": keys, "version": time.time_ns(), "batch": batch_id}
+    with ch.session() as c:
+        c.command(f"INSERT INTO {DB}.bars_1m SELECT *, %(version)s AS version, %(batch)s AS batch_id FROM ({BARS_SELECT})",
+                  parameters=params, settings={"max_query_size": 1 << 30})
+    return len(keys)

@@ -1,0 +1,1 @@
+"""One module per backend; `settings` is the one place that chooses embedded or production."""

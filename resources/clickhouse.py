@@ -1,0 +1,66 @@
+"""ClickHouse through clickhouse-connect: a server by host (production) or embedded chDB (default).
+
+chDB is single-process, so every embedded access opens the path, works and closes it under an
+inter-process flock. Keep each `session()` short; nothing holds a chDB client between calls.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+from contextlib import contextmanager
+from typing import Iterator
+
+import clickhouse_connect
+import dagster as dg
+from clickhouse_connect.driver.client import Client
+from pydantic import Field
+
+
+@contextmanager
+def _flock(path: str) -> Iterator[None]:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class ClickHouseResource(dg.ConfigurableResource):
+    host: str = Field("", description="ClickHouse server host; empty selects embedded chDB")
+    port: int = Field(8123, description="HTTP(S) port of the server")
+    username: str = Field("default", description="Server user")
+    password: str = Field("", description="Server password (from CLICKHOUSE_PASSWORD)")
+    secure: bool = Field(False, description="Use HTTPS")
+    chdb_path: str = Field("", description="Data directory of embedded chDB")
+
+    @contextmanager
+    def session(self) -> Iterator[Client]:
+        """A short-lived client; for chDB, exclusive across processes while open."""
+        if self.host:
+            client = clickhouse_connect.get_client(host=self.host, port=self.port, username=self.username,
+                                                   password=self.password, secure=self.secure)
+            try:
+                yield client
+            finally:
+                client.close()
+            return
+        with _flock(self.chdb_path.rstrip("/") + ".lock"):
+            client = clickhouse_connect.get_client(interface="chdb", path=self.chdb_path)
+            try:
+                yield client
+            finally:
+                client.close()
+
+    def command(self, sql: str, parameters: dict | None = None):
+        with self.session() as c:
+            return c.command(sql, parameters=parameters)
+
+    def query_df(self, sql: str, parameters: dict | None = None):
+        with self.session() as c:
+            return c.query_df(sql, parameters=parameters)
+
+    def scalar(self, sql: str, parameters: dict | None = None):
+        with self.session() as c:
+            return c.query(sql, parameters=parameters).first_row[0]

@@ -1,0 +1,18 @@
+"""PostgreSQL: the Dagster instance storage and (later) the portfolio store."""
+from __future__ import annotations
+
+import dagster as dg
+import psycopg
+from pydantic import Field
+
+
+class PostgresResource(dg.ConfigurableResource):
+    host: str = Field("127.0.0.1", description="Server host")
+    port: int = Field(5432, description="Server port")
+    user: str = Field("nautilus", description="Login role")
+    password: str = Field("", description="From DAGSTER_PG_PASSWORD / the domain's secret")
+    dbname: str = Field("nautilus", description="Database")
+
+    def connect(self, dbname: str | None = None, **kw) -> psycopg.Connection:
+        return psycopg.connect(host=self.host, port=self.port, user=self.user, password=self.password,
+                               dbname=dbname or self.dbname, sslmode="prefer", **kw)

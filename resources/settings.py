@@ -1,0 +1,144 @@
+"""The one place that maps environment variables to embedded or production backends.
+
+Every setting has a default that makes the embedded set-up work with no configuration:
+services on 127.0.0.1 at ports derived from NAUTILUS_PORT_BASE, data under NAUTILUS_HOME,
+local credentials generated on first start into NAUTILUS_HOME/credentials.env (mode 0600).
+Setting CLICKHOUSE_HOST, S3_ENDPOINT_URL, PULSAR_SERVICE_URL or DAGSTER_PG_HOST points that backend at
+a production server instead; `managed` then no longer includes it and the project starts nothing for it.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Offsets from NAUTILUS_PORT_BASE. SeaweedFS adds 10000 to some of its ports for gRPC.
+PORTS = {"postgres": 0, "s3": 1, "weed_master": 2, "weed_volume": 3, "weed_filer": 4, "weed_admin": 5,
+         "weed_metrics": 6, "weed_debug": 7, "pulsar": 10, "pulsar_metrics": 11, "webserver": 20}
+CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "DAGSTER_PG_PASSWORD")
+
+
+def _env(name: str, default: str = "") -> str:
+    return os.environ.get(name) or default
+
+
+def _read_env_file(path: Path) -> dict[str, str]:
+    if not path.exists():
+        return {}
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def ensure_credentials(home: Path) -> dict[str, str]:
+    """Local credentials, generated once per instance; never committed."""
+    path = home / "credentials.env"
+    creds = _read_env_file(path)
+    if not all(k in creds for k in CREDENTIAL_KEYS):
+        home.mkdir(parents=True, exist_ok=True)
+        creds = {"AWS_ACCESS_KEY_ID": "nautilus" + secrets.token_hex(4),
+                 "AWS_SECRET_ACCESS_KEY": secrets.token_urlsafe(24),
+                 "DAGSTER_PG_PASSWORD": secrets.token_urlsafe(18)}
+        path.touch(mode=0o600)
+        path.write_text("".join(f"{k}={v}\n" for k, v in creds.items()))
+    return creds
+
+
+@dataclass(frozen=True)
+class Settings:
+    instance: str
+    home: Path
+    port_base: int
+    env: dict[str, str] = field(repr=False)  # resolved NAUTILUS/AWS/PULSAR/CLICKHOUSE/DAGSTER_PG variables
+    managed: frozenset = frozenset()          # backends this project starts itself (not pointed at production)
+
+    def port(self, name: str) -> int:
+        return self.port_base + PORTS[name]
+
+    def __getitem__(self, key: str) -> str:
+        return self.env[key]
+
+    @property
+    def embedded_clickhouse(self) -> bool:
+        return not self.env.get("CLICKHOUSE_HOST")
+
+    @property
+    def webserver_url(self) -> str:
+        return f"http://127.0.0.1:{self.port('webserver')}"
+
+
+def load() -> Settings:
+    instance = _env("NAUTILUS_INSTANCE", "run")
+    base = int(_env("NAUTILUS_PORT_BASE", "15000"))
+    home = Path(_env("NAUTILUS_HOME", f"/var/tmp/nautilus/{instance}"))
+    p = {k: base + v for k, v in PORTS.items()}
+    creds = {k: os.environ[k] for k in CREDENTIAL_KEYS if os.environ.get(k)}
+    if len(creds) < len(CREDENTIAL_KEYS):  # embedded defaults fill in what production settings left out
+        creds = {**ensure_credentials(home), **creds}
+    env = {
+        "NAUTILUS_INSTANCE": instance, "NAUTILUS_HOME": str(home), "NAUTILUS_PORT_BASE": str(base),
+        "DAGSTER_HOME": _env("DAGSTER_HOME", str(home / "dagster_home")),
+        "DAGSTER_PG_HOST": _env("DAGSTER_PG_HOST", "127.0.0.1"),
+        "DAGSTER_PG_PORT": _env("DAGSTER_PG_PORT", str(p["postgres"])),
+        "DAGSTER_PG_USER": _env("DAGSTER_PG_USER", "nautilus"),
+        "DAGSTER_PG_DB": _env("DAGSTER_PG_DB", "dagster"),
+        "S3_ENDPOINT_URL": _env("S3_ENDPOINT_URL", f"http://127.0.0.1:{p['s3']}"),
+        "AWS_REGION": _env("AWS_REGION", "us-east-1"),
+        "NAUTILUS_LAKE_BUCKET": _env("NAUTILUS_LAKE_BUCKET", "nautilus-lake"),
+        "NAUTILUS_LOGS_BUCKET": _env("NAUTILUS_LOGS_BUCKET", "nautilus-dagster-logs"),
+        "PULSAR_SERVICE_URL": _env("PULSAR_SERVICE_URL", f"pulsar://127.0.0.1:{p['pulsar']}"),
+        "PULSAR_ADMIN_URL": _env("PULSAR_ADMIN_URL"),
+        "PULSAR_METRICS_URL": _env("PULSAR_METRICS_URL", "" if os.environ.get("PULSAR_SERVICE_URL")
+                                   else f"http://127.0.0.1:{p['pulsar_metrics']}/metrics"),
+        "CLICKHOUSE_HOST": _env("CLICKHOUSE_HOST"),
+        "CLICKHOUSE_PORT": _env("CLICKHOUSE_PORT", "8123"),
+        "CLICKHOUSE_USER": _env("CLICKHOUSE_USER", "default"),
+        "CLICKHOUSE_PASSWORD": _env("CLICKHOUSE_PASSWORD"),  # empty for chDB
+        "CLICKHOUSE_SECURE": _env("CLICKHOUSE_SECURE", "false"),
+        "NAUTILUS_CHDB_PATH": _env("NAUTILUS_CHDB_PATH", str(home / "chdb")),
+        "NAUTILUS_INSTRUMENTS": _env("NAUTILUS_INSTRUMENTS", "AAPL.XNAS,MSFT.XNAS,SPY.ARCX,ESZ6.GLBX,BTCUSDT.BINANCE"),
+        "NAUTILUS_BATCH_MAX_MESSAGES": _env("NAUTILUS_BATCH_MAX_MESSAGES", "200000"),
+        "NAUTILUS_BATCH_MAX_WAIT_SECONDS": _env("NAUTILUS_BATCH_MAX_WAIT_SECONDS", "20"),
+        "NAUTILUS_SENSOR_INTERVAL_SECONDS": _env("NAUTILUS_SENSOR_INTERVAL_SECONDS", "4"),
+        "NAUTILUS_SAFETY_INTERVAL_SECONDS": _env("NAUTILUS_SAFETY_INTERVAL_SECONDS", "120"),
+        "NAUTILUS_LATENESS_BOUND_SECONDS": _env("NAUTILUS_LATENESS_BOUND_SECONDS", str(7 * 86400)),
+        **creds,
+    }
+    production = {"postgres": "DAGSTER_PG_HOST", "s3": "S3_ENDPOINT_URL", "pulsar": "PULSAR_SERVICE_URL"}
+    managed = frozenset(k for k, var in production.items() if not os.environ.get(var))
+    return Settings(instance=instance, home=home, port_base=base, env=env, managed=managed)
+
+
+def apply(settings: Settings | None = None) -> Settings:
+    """Export the resolved settings into os.environ (for dg.EnvVar and child processes)."""
+    settings = settings or load()
+    for k, v in settings.env.items():
+        os.environ.setdefault(k, v)
+    return settings
+
+
+def build_resources(settings: Settings | None = None, for_dagster: bool = False) -> dict:
+    """The backends' resources. For Definitions, secrets stay dg.EnvVar (resolved in the run, never shown)."""
+    import dagster as dg
+
+    from .clickhouse import ClickHouseResource
+    from .lake import LakeResource
+    from .postgres import PostgresResource
+    from .pulsar import PulsarResource
+
+    s = apply(settings)
+    secret = (lambda k: dg.EnvVar(k)) if for_dagster else (lambda k: s.env[k])
+    return {
+        "clickhouse": ClickHouseResource(host=s["CLICKHOUSE_HOST"], port=int(s["CLICKHOUSE_PORT"]),
+                                         username=s["CLICKHOUSE_USER"], password=secret("CLICKHOUSE_PASSWORD"),
+                                         secure=s["CLICKHOUSE_SECURE"].lower() == "true",
+                                         chdb_path=s["NAUTILUS_CHDB_PATH"]),
+        "lake": LakeResource(endpoint_url=s["S3_ENDPOINT_URL"], access_key_id=secret("AWS_ACCESS_KEY_ID"),
+                             secret_access_key=secret("AWS_SECRET_ACCESS_KEY"), region=s["AWS_REGION"],
+                             bucket=s["NAUTILUS_LAKE_BUCKET"]),
+        "pulsar": PulsarResource(service_url=s["PULSAR_SERVICE_URL"], admin_url=s["PULSAR_ADMIN_URL"],
+                                 metrics_url=s["PULSAR_METRICS_URL"]),
+        "postgres": PostgresResource(host=s["DAGSTER_PG_HOST"], port=int(s["DAGSTER_PG_PORT"]),
+                                     user=s["DAGSTER_PG_USER"], password=secret("DAGSTER_PG_PASSWORD"),
+                                     dbname="nautilus"),
+    }

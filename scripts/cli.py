@@ -1,0 +1,168 @@
+"""`nautilus` command line: services, setup, simulate, replay, history, up (the run command), env."""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from resources.settings import Settings, apply, build_resources, load
+
+from . import services
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def say(msg: str) -> None:
+    print(f"[nautilus] {msg}", flush=True)
+
+
+def prepare_dagster_home(s: Settings) -> Path:
+    """A per-instance DAGSTER_HOME holding the project's dagster.yaml."""
+    home = Path(s["DAGSTER_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    link = home / "dagster.yaml"
+    if not link.exists():
+        link.symlink_to(ROOT / "dagster.yaml")
+    return home
+
+
+def setup(s: Settings) -> None:
+    """Buckets, ClickHouse tables, Pulsar subscriptions and the Dagster instance schema (idempotent)."""
+    from nautilus_assets.market_data.setup import ensure_clickhouse, ensure_subscriptions
+    r = build_resources(s)
+    r["lake"].ensure_buckets(s["NAUTILUS_LOGS_BUCKET"])
+    ensure_clickhouse(r["clickhouse"])
+    ensure_subscriptions(r["pulsar"])
+    prepare_dagster_home(s)
+    from dagster import DagsterInstance
+    with DagsterInstance.get() as inst:  # creates/migrates the PostgreSQL schema once, before the daemons race for it
+        inst.upgrade()
+
+
+def instruments(s: Settings) -> list[str]:
+    return [i.strip() for i in s["NAUTILUS_INSTRUMENTS"].split(",") if i.strip()]
+
+
+def spawn(s: Settings, name: str, argv: list[str]) -> subprocess.Popen:
+    logf = open(s.home / f"{name}.log", "ab")
+    return subprocess.Popen(argv, cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True, env={**os.environ, **s.env})
+
+
+def up(s: Settings, rate: float, history_days: int) -> None:
+    """Start everything, publish a live market, serve the UI; Ctrl-C stops all of it."""
+    children: list[tuple[str, subprocess.Popen]] = []
+    stopping = False
+
+    def stop(*_):
+        nonlocal stopping
+        if stopping:
+            return
+        stopping = True
+        say("stopping ...")
+        for name, p in reversed(children):
+            services.kill_group(p.pid, name)
+        services.stop(s)
+        say("stopped; no process left behind")
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    t0 = time.time()
+    try:
+        say(f"instance '{s.instance}', data in {s.home}, ports from {s.port_base}")
+        services.start(s)
+        say("setting up tables, buckets, subscriptions and the Dagster instance ...")
+        setup(s)
+        if history_days:
+            from .history import write_history
+            say(f"writing {history_days} past days into the lake ...")
+            write_history(build_resources(s)["lake"], instruments(s), history_days)
+        py = sys.executable
+        bindir = Path(py).parent
+        children.append(("simulator", spawn(s, "simulator", [py, "-m", "scripts.cli", "simulate", "--rate", str(rate)])))
+        children.append(("dagster-daemon", spawn(s, "dagster-daemon", [str(bindir / "dagster-daemon"), "run",
+                                                                        "-w", "workspace.yaml"])))
+        children.append(("dagster-webserver", spawn(s, "dagster-webserver", [
+            str(bindir / "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1",
+            "-p", str(s.port("webserver"))])))
+        say(f"simulator publishing {rate:g} events/s; starting the Dagster daemon and webserver (logs in {s.home}) ...")
+        services.wait_port(s.port("webserver"), "dagster-webserver", timeout=300)
+        say(f"Dagster UI: {s.webserver_url}  (set up in {time.time() - t0:.0f}s; Ctrl-C stops everything)")
+        watch(s, children, t0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop()
+
+
+def watch(s: Settings, children, t0: float) -> None:
+    """Report each finished micro-batch until interrupted; stop if a child process dies."""
+    from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+    seen: set[str] = set()
+    with DagsterInstance.get() as inst:
+        while True:
+            for name, p in children:
+                if p.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {p.returncode}; see {s.home / (name + '.log')}")
+            for rec in reversed(inst.get_run_records(RunsFilter(statuses=[DagsterRunStatus.SUCCESS,
+                                                                          DagsterRunStatus.FAILURE]), limit=10)):
+                r = rec.dagster_run
+                if r.run_id in seen:
+                    continue
+                seen.add(r.run_id)
+                first = " (first batch)" if len(seen) == 1 else ""
+                say(f"{r.job_name} {r.tags.get('nautilus/batch_id', r.run_id[:8])}: {r.status.value} "
+                    f"at +{time.time() - t0:.0f}s{first}")
+            time.sleep(2)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="nautilus", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sp = sub.add_parser("services", help="start, report or stop the platform's services")
+    sp.add_argument("action", choices=["start", "status", "stop", "remove"])
+    sub.add_parser("setup", help="create buckets, tables, subscriptions, instance schema")
+    sp = sub.add_parser("simulate", help="publish a live simulated market")
+    sp.add_argument("--rate", type=float, default=500.0, help="events per second (trades + quotes)")
+    sp.add_argument("--duration", type=float, default=None, help="seconds (default: until stopped)")
+    sp.add_argument("--seed", type=int, default=7)
+    sp = sub.add_parser("replay", help="publish a Parquet or CSV file of historical ticks")
+    sp.add_argument("path", type=Path)
+    sp.add_argument("--rate", type=float, default=None, help="rows per second per topic (default: as fast as possible)")
+    sp = sub.add_parser("history", help="write N past days straight into the lake")
+    sp.add_argument("--days", type=int, required=True)
+    sp.add_argument("--events-per-day", type=int, default=40_000)
+    sp = sub.add_parser("up", help="run the platform: services, simulator, Dagster daemon and UI")
+    sp.add_argument("--rate", type=float, default=500.0)
+    sp.add_argument("--history-days", type=int, default=0)
+    sub.add_parser("env", help="print the resolved environment (secrets masked)")
+    a = ap.parse_args(argv)
+    s = apply(load())
+
+    if a.cmd == "services":
+        {"start": lambda: (services.start(s), setup(s)), "stop": lambda: services.stop(s),
+         "remove": lambda: services.remove(s),
+         "status": lambda: [print(f"{k:9} {v}") for k, v in services.status(s).items()]}[a.action]()
+    elif a.cmd == "setup":
+        setup(s)
+    elif a.cmd == "simulate":
+        from .publisher import simulate
+        print(simulate(build_resources(s)["pulsar"], instruments(s), a.rate, a.duration, a.seed))
+    elif a.cmd == "replay":
+        from .publisher import replay
+        print(replay(build_resources(s)["pulsar"], a.path, a.rate))
+    elif a.cmd == "history":
+        from .history import write_history
+        print(write_history(build_resources(s)["lake"], instruments(s), a.days, a.events_per_day))
+    elif a.cmd == "up":
+        up(s, a.rate, a.history_days)
+    elif a.cmd == "env":
+        for k, v in sorted(s.env.items()):
+            print(f"{k}={'***' if any(w in k for w in ('SECRET', 'PASSWORD')) and v else v}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,253 @@
+"""Start, report and stop the platform's own services: PostgreSQL 15, SeaweedFS (S3), pulsar-lite.
+
+Each service runs in its own process group on 127.0.0.1 with data under NAUTILUS_HOME and ports
+from NAUTILUS_PORT_BASE, so several instances (the run command, the tests) live side by side.
+Backends pointed at production servers by environment variables are not started.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from resources.settings import Settings, build_resources
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+VENV_BIN = Path(sys.executable).parent
+
+
+def log(msg: str) -> None:
+    print(f"[services] {msg}", flush=True)
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.3)
+        return s.connect_ex((host, port)) == 0
+
+
+def wait_port(port: int, what: str, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while not port_open(port):
+        if time.time() > deadline:
+            raise RuntimeError(f"{what} did not open 127.0.0.1:{port} within {timeout:.0f}s")
+        time.sleep(0.2)
+
+
+def _state_file(s: Settings) -> Path:
+    return s.home / "services.json"
+
+
+def _read_state(s: Settings) -> dict:
+    f = _state_file(s)
+    return json.loads(f.read_text()) if f.exists() else {}
+
+
+def _write_state(s: Settings, state: dict) -> None:
+    _state_file(s).write_text(json.dumps(state, indent=1))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
+
+
+def _spawn(s: Settings, name: str, argv: list[str], env: dict | None = None) -> int:
+    logf = open(s.home / f"{name}.log", "ab")
+    p = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                         start_new_session=True, env={**os.environ, **(env or {})}, cwd=s.home)
+    state = _read_state(s)
+    state[name] = p.pid
+    _write_state(s, state)
+    return p.pid
+
+
+# ---- PostgreSQL -------------------------------------------------------------------------------------------
+def _as_postgres(argv: list[str], **kw) -> subprocess.CompletedProcess:
+    if os.geteuid() == 0:
+        argv = ["runuser", "-u", "postgres", "--", *argv]
+    return subprocess.run(argv, check=True, capture_output=True, text=True, **kw)
+
+
+def ensure_postgres_installed() -> None:
+    if (PG_BIN / "initdb").exists():
+        return
+    if os.geteuid() != 0:
+        raise RuntimeError(f"PostgreSQL 15 is not installed ({PG_BIN}); install postgresql-15")
+    log("installing postgresql-15 with apt-get ...")
+    subprocess.run(["apt-get", "update", "-qq"], check=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "postgresql-15"], check=True,
+                   env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+
+
+def start_postgres(s: Settings) -> None:
+    ensure_postgres_installed()
+    data = s.home / "pg"
+    port = s.port("postgres")
+    if not (data / "PG_VERSION").exists():
+        log(f"initdb {data}")
+        data.mkdir(parents=True, exist_ok=True)
+        pwfile = s.home / "pg.pw"
+        pwfile.write_text(s["DAGSTER_PG_PASSWORD"] + "\n")
+        if os.geteuid() == 0:
+            uid = pwd.getpwnam("postgres")
+            for p in (data, pwfile):
+                os.chown(p, uid.pw_uid, uid.pw_gid)
+        data.chmod(0o700)
+        _as_postgres([str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth-local=trust",
+                      "--auth-host=scram-sha-256", f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C.UTF-8"])
+        pwfile.unlink()
+    if not port_open(port):
+        _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-l", str(data / "server.log"), "start",
+                      "-o", f"-c listen_addresses=127.0.0.1 -p {port} -k {data} -c max_connections=200"])
+    wait_port(port, "postgres")
+    _psql(s, f"""DO $$ BEGIN
+      IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{s["DAGSTER_PG_USER"]}') THEN
+        CREATE ROLE {s["DAGSTER_PG_USER"]} LOGIN CREATEDB CREATEROLE PASSWORD '{s["DAGSTER_PG_PASSWORD"]}';
+      END IF; END $$;""")
+    for db in (s["DAGSTER_PG_DB"], "nautilus"):
+        if _psql(s, f"SELECT 1 FROM pg_database WHERE datname = '{db}'").strip() != "1":
+            _psql(s, f"CREATE DATABASE {db} OWNER {s['DAGSTER_PG_USER']}")
+
+
+def _psql(s: Settings, sql: str) -> str:
+    return _as_postgres(["psql", "-h", str(s.home / "pg"), "-p", str(s.port("postgres")), "-U", "postgres",
+                         "-d", "postgres", "-tAq", "-v", "ON_ERROR_STOP=1", "-c", sql]).stdout
+
+
+def stop_postgres(s: Settings) -> None:
+    data = s.home / "pg"
+    if (data / "postmaster.pid").exists():
+        # PostgreSQL's backends start their own sessions: stop it through pg_ctl, not by process group.
+        _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-m", "fast", "stop"])
+
+
+# ---- SeaweedFS (S3) ---------------------------------------------------------------------------------------
+def start_s3(s: Settings) -> None:
+    port = s.port("s3")
+    if port_open(port):
+        return
+    d = s.home / "s3"
+    (d / "data").mkdir(parents=True, exist_ok=True)
+    (d / "logs").mkdir(exist_ok=True)
+    argv = [str(VENV_BIN / "weed"), f"-logdir={d / 'logs'}", "mini", f"-dir={d / 'data'}", "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1", "-master.telemetry=false", "-admin.ui=false", "-webdav=false",
+            f"-s3.port={port}", f"-s3.port.grpc={port + 10000}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+            f"-master.port={s.port('weed_master')}", f"-volume.port={s.port('weed_volume')}",
+            f"-filer.port={s.port('weed_filer')}", f"-admin.port={s.port('weed_admin')}",
+            f"-metricsPort={s.port('weed_metrics')}", f"-debug.port={s.port('weed_debug')}",
+            f"-filer.localSocket={d / 'filer.sock'}", f"-s3.localSocket={d / 's3.sock'}"]
+    _spawn(s, "s3", argv, env={"AWS_ACCESS_KEY_ID": s["AWS_ACCESS_KEY_ID"],
+                               "AWS_SECRET_ACCESS_KEY": s["AWS_SECRET_ACCESS_KEY"], "TMPDIR": str(d)})
+    wait_port(port, "SeaweedFS S3")
+    _wait_s3_ready(s)
+
+
+def _wait_s3_ready(s: Settings, timeout: float = 60) -> None:
+    lake = build_resources(s)["lake"]
+    deadline = time.time() + timeout
+    while True:
+        try:
+            lake.ensure_buckets(s["NAUTILUS_LOGS_BUCKET"])
+            return
+        except Exception as e:  # the S3 gateway answers before the filer is ready
+            if time.time() > deadline:
+                raise RuntimeError(f"S3 not ready: {e}") from e
+            time.sleep(0.5)
+
+
+# ---- pulsar-lite ------------------------------------------------------------------------------------------
+def start_pulsar(s: Settings) -> None:
+    port = s.port("pulsar")
+    if port_open(port):
+        return
+    d = s.home / "pulsar"
+    d.mkdir(parents=True, exist_ok=True)
+    cfg = d / "pulsar-lite.toml"
+    cfg.write_text(f'[metrics]\naddr = "127.0.0.1:{s.port("pulsar_metrics")}"\n')
+    import pulsar_lite
+    binary = Path(pulsar_lite.__file__).parent / "bin" / "pulsar-lite"
+    _spawn(s, "pulsar", [str(binary), "--config", str(cfg), "--addr", f"127.0.0.1:{port}",
+                         "--db-path", str(d / "data"), "--log-level", "warn"])
+    wait_port(port, "pulsar-lite")
+    wait_port(s.port("pulsar_metrics"), "pulsar-lite metrics")
+
+
+# ---- all --------------------------------------------------------------------------------------------------
+STARTERS = {"postgres": start_postgres, "s3": start_s3, "pulsar": start_pulsar}
+
+
+def start(s: Settings) -> None:
+    s.home.mkdir(parents=True, exist_ok=True)
+    for parent in [s.home, *s.home.parents]:  # the postgres user must traverse to its data directory
+        if parent == Path("/"):
+            break
+        if parent.stat().st_uid == os.geteuid():
+            parent.chmod(parent.stat().st_mode | 0o755)
+    for name, starter in STARTERS.items():
+        if name in s.managed:
+            t = time.time()
+            log(f"starting {name} ...")
+            starter(s)
+            log(f"{name} up in {time.time() - t:.1f}s")
+        else:
+            log(f"{name}: production server configured, not started")
+
+
+def status(s: Settings) -> dict[str, str]:
+    ports = {"postgres": s.port("postgres"), "s3": s.port("s3"), "pulsar": s.port("pulsar")}
+    return {n: (f"up on 127.0.0.1:{p}" if port_open(p) else "down") if n in s.managed else "external"
+            for n, p in ports.items()}
+
+
+def stop(s: Settings) -> None:
+    if "postgres" in s.managed:
+        try:
+            stop_postgres(s)
+        except subprocess.CalledProcessError as e:
+            log(f"postgres stop: {e.stderr.strip()}")
+    state = _read_state(s)
+    for name, pid in state.items():
+        kill_group(pid, name)
+    _write_state(s, {})
+
+
+def kill_group(pid: int, name: str = "", timeout: float = 15) -> None:
+    """SIGTERM a process group, then SIGKILL whatever is left of it."""
+    try:
+        pgid = os.getpgid(pid)
+    except ProcessLookupError:
+        return
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.time() + wait
+        while time.time() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            try:
+                os.waitpid(-pgid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            time.sleep(0.1)
+    if name:
+        log(f"{name} (group {pgid}) did not stop")
+
+
+def remove(s: Settings) -> None:
+    stop(s)
+    shutil.rmtree(s.home, ignore_errors=True)
