@@ -222,7 +222,7 @@ def stop(s: Settings) -> None:
     _write_state(s, {})
 
 
-def kill_group(pid: int, name: str = "", timeout: float = 15) -> None:
+def kill_group(pid: int, name: str = "", timeout: float = 10) -> None:
     """SIGTERM a process group, then SIGKILL whatever is left of it."""
     try:
         pgid = os.getpgid(pid)

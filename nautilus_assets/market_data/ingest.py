@@ -3,10 +3,11 @@ then acknowledge. A message is acknowledged only after both sinks (and the quara
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Callable
 
 import pulsar
+import pyarrow as pa
 
 from resources.clickhouse import ClickHouseResource
 from resources.lake import LakeResource
@@ -31,6 +32,8 @@ class BatchResult:
     first_message_id: str = ""
     last_message_id: str = ""
     seconds: dict = field(default_factory=dict)
+    rows: pa.Table | None = field(default=None, repr=False)        # the batch's valid rows
+    bar_keys: list = field(default_factory=list, repr=False)       # (instrument, minute) the batch touched
 
     @property
     def already_stored(self) -> int:
@@ -38,7 +41,8 @@ class BatchResult:
         return self.valid - self.written_clickhouse
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "already_stored": self.already_stored}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("rows", "bar_keys")}
+        return {**out, "already_stored": self.already_stored}
 
 
 def subscribe(client: pulsar.Client, feed: Feed, receiver_queue_size: int = 5000) -> pulsar.Consumer:
@@ -48,13 +52,18 @@ def subscribe(client: pulsar.Client, feed: Feed, receiver_queue_size: int = 5000
 
 
 def receive(consumer: pulsar.Consumer, max_messages: int, max_wait_s: float, idle_ms: int = 300) -> list:
-    """Up to max_messages, for at most max_wait_s; stops early once the subscription is idle for idle_ms."""
+    """What was pending when the batch started: stops at max_messages, after max_wait_s, when the
+    subscription is idle for idle_ms, or at the first message published after the batch started."""
     out = []
+    started_ms = time.time() * 1000
     deadline = time.monotonic() + max_wait_s
     while len(out) < max_messages and time.monotonic() < deadline:
         try:
-            out.append(consumer.receive(timeout_millis=idle_ms))
+            msg = consumer.receive(timeout_millis=idle_ms)
         except pulsar.Timeout:
+            break
+        out.append(msg)
+        if msg.publish_timestamp() > started_ms:
             break
     return out
 
@@ -90,6 +99,7 @@ def run_batch(feed: Feed, pulsar_res: PulsarResource, lake: LakeResource, ch: Cl
             raw = [to_raw(m) for m in msgs]
             res.first_message_id, res.last_message_id = raw[0].message_id, raw[-1].message_id
             dec = decode(feed, raw, feed.topic, batch_id, time.time_ns(), int(lateness_s * 1e9))
+            res.rows = dec.table
             res.valid, res.quarantined, res.duplicates_in_batch = dec.table.num_rows, len(dec.quarantine), dec.duplicates
             lap("decode")
             res.written_delta, res.delta_version = sinks.write_delta(lake, feed, dec.table, batch_id)
@@ -98,7 +108,8 @@ def run_batch(feed: Feed, pulsar_res: PulsarResource, lake: LakeResource, ch: Cl
             sinks.write_quarantine(ch, feed.topic, batch_id, dec.quarantine)
             lap("clickhouse")
             if feed is TRADES:
-                res.bars_recomputed = sinks.recompute_bars(ch, sinks.touched_minutes(dec.table), batch_id)
+                res.bar_keys = sinks.touched_minutes(dec.table)
+                res.bars_recomputed = sinks.recompute_bars(ch, res.bar_keys, batch_id)
                 lap("bars")
             if ack:
                 for m in msgs:

@@ -98,7 +98,7 @@ SELECT instrument_id, toStartOfMinute(ts) AS minute,
        sum(price * size) / sum(size) AS vwap, count() AS trade_count,
        sumIf(size, aggressor_side = 'BUYER') AS buy_volume, sumIf(size, aggressor_side = 'SELLER') AS sell_volume
 FROM {DB}.trades
-WHERE date BETWEEN toDate(%(lo)s) AND toDate(%(hi)s)
+WHERE date BETWEEN toDate(toDateTime(%(lo)s, 'UTC')) AND toDate(toDateTime(%(hi)s, 'UTC'))
   AND (instrument_id, toUnixTimestamp(toStartOfMinute(ts))) IN %(keys)s
 GROUP BY instrument_id, minute"""
 

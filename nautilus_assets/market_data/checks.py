@@ -1,0 +1,68 @@
+"""Asset-check queries for a micro-batch: reconciliation, uniqueness, bars vs trades."""
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from resources.clickhouse import ClickHouseResource
+from resources.lake import LakeResource
+
+from .ingest import BatchResult
+from .schema import Feed
+from .sinks import BARS_SELECT, DB, bronze_table
+
+
+def stored_copies(lake: LakeResource, ch: ClickHouseResource, feed: Feed, table: pa.Table) -> dict:
+    """How many rows, and distinct message ids, each sink holds for the batch's valid messages."""
+    if table.num_rows == 0:
+        return {"clickhouse_rows": 0, "clickhouse_ids": 0, "delta_rows": 0, "delta_ids": 0}
+    ids = table["message_id"]
+    lo, hi = pc.min(table["ledger_id"]).as_py(), pc.max(table["ledger_id"]).as_py()
+    topic = table["topic"][0].as_py()
+    with ch.session() as c:
+        rows, uniq = c.query(f"SELECT count(), uniqExact(message_id) FROM {DB}.{feed.name} WHERE topic = %(t)s "
+                             "AND ledger_id BETWEEN %(lo)s AND %(hi)s AND message_id IN %(ids)s",
+                             parameters={"t": topic, "lo": lo, "hi": hi, "ids": ids.to_pylist()},
+                             settings={"max_query_size": 1 << 30}).first_row
+    dates = [d.isoformat() for d in pc.unique(table["date"]).to_pylist()]
+    found = lake.table(bronze_table(feed)).to_pyarrow_dataset(partitions=[("date", "in", dates)]).to_table(
+        columns=["message_id"], filter=(pc.field("topic") == topic) & pc.field("message_id").isin(ids))
+    return {"clickhouse_rows": rows, "clickhouse_ids": uniq, "delta_rows": found.num_rows,
+            "delta_ids": pc.count_distinct(found["message_id"]).as_py()}
+
+
+def reconcile(res: BatchResult, copies: dict) -> tuple[bool, dict]:
+    """Every consumed message is stored once in each sink, quarantined, or a duplicate within the batch."""
+    accounted = res.valid + res.quarantined + res.duplicates_in_batch
+    ok = accounted == res.consumed and all(copies[k] == res.valid for k in copies)
+    return ok, {"consumed": res.consumed, "accounted": accounted, **copies}
+
+
+def duplicate_ids(ch: ClickHouseResource, feed: Feed, dates: list) -> dict:
+    """Duplicate message ids (and trade ids, for trades) stored on the given dates."""
+    trade = ", count() - uniqExact(instrument_id, trade_id)" if feed.name == "trades" else ", 0"
+    with ch.session() as c:
+        msg, trd = c.query(f"SELECT count() - uniqExact(topic, message_id){trade} FROM {DB}.{feed.name} "
+                           "WHERE date IN %(d)s", parameters={"d": dates}).first_row
+    return {"duplicate_message_ids": int(msg), "duplicate_trade_ids": int(trd)}
+
+
+def bars_mismatches(ch: ClickHouseResource, keys: list[tuple[str, int]], rel_tol: float = 1e-9) -> dict:
+    """Bars of the given minutes compared with a recomputation from the stored trades."""
+    if not keys:
+        return {"bars_checked": 0, "mismatched": 0, "missing": 0}
+    minutes = [m for _, m in keys]
+    close = lambda c: f"abs(b.{c} - r.{c}) <= {rel_tol} * greatest(abs(r.{c}), 1e-12)"  # noqa: E731
+    sql = f"""
+    SELECT count(), countIf(b.instrument_id = ''),
+           countIf(NOT ({' AND '.join(close(c) for c in ('open', 'high', 'low', 'close', 'volume', 'vwap',
+                                                          'buy_volume', 'sell_volume'))}
+                        AND b.trade_count = r.trade_count))
+    FROM ({BARS_SELECT}) AS r
+    LEFT JOIN (SELECT * FROM {DB}.bars_1m FINAL
+               WHERE (instrument_id, toUnixTimestamp(minute)) IN %(keys)s) AS b
+      ON b.instrument_id = r.instrument_id AND b.minute = r.minute"""
+    with ch.session() as c:
+        n, missing, bad = c.query(sql, parameters={"lo": min(minutes), "hi": max(minutes), "keys": keys},
+                                  settings={"max_query_size": 1 << 30, "join_use_nulls": 0}).first_row
+    return {"bars_checked": int(n), "missing": int(missing), "mismatched": int(bad)}

@@ -1,0 +1,1 @@
+"""Sensors: decide when to launch work; they never consume messages themselves."""
