@@ -105,7 +105,11 @@ def load() -> Settings:
         **creds,
     }
     production = {"postgres": "DAGSTER_PG_HOST", "s3": "S3_ENDPOINT_URL", "pulsar": "PULSAR_SERVICE_URL"}
-    managed = frozenset(k for k, var in production.items() if not os.environ.get(var))
+    if "NAUTILUS_MANAGED" in os.environ:  # decided by the first load; apply() then filled the URLs in
+        managed = frozenset(filter(None, os.environ["NAUTILUS_MANAGED"].split(",")))
+    else:
+        managed = frozenset(k for k, var in production.items() if not os.environ.get(var))
+    env["NAUTILUS_MANAGED"] = ",".join(sorted(managed))
     return Settings(instance=instance, home=home, port_base=base, env=env, managed=managed)
 
 

@@ -1,0 +1,35 @@
+"""The code location loads, and the market-data product carries its governance metadata."""
+import dagster as dg
+
+from nautilus_assets.definitions import defs
+from nautilus_assets.market_data.assets import BARS_KEY, QUOTES_KEY, TRADES_KEY
+
+
+def test_definitions_load():
+    dg.Definitions.validate_loadable(defs)
+
+
+def test_market_data_assets_have_metadata_lineage_and_sla():
+    ag = defs.resolve_asset_graph()
+    specs = {s.key: s for s in defs.resolve_all_asset_specs()}
+    for key in (TRADES_KEY, QUOTES_KEY, BARS_KEY):
+        node = ag.get(key)
+        assert node.group_name == "market_data" and node.owners == ["team:market-data"]
+        assert node.freshness_policy.fail_window.to_timedelta().total_seconds() == 120
+        assert node.freshness_policy.warn_window.to_timedelta().total_seconds() == 60
+        assert "clickhouse" in node.kinds and node.code_version
+        assert specs[key].description and specs[key].metadata["dagster/column_schema"].columns
+    assert ag.get(TRADES_KEY).parent_keys == {dg.AssetKey(["pulsar", "market_data", "trades"])}
+    assert ag.get(QUOTES_KEY).parent_keys == {dg.AssetKey(["pulsar", "market_data", "level1_quotes"])}
+    assert ag.get(BARS_KEY).parent_keys == {TRADES_KEY}
+    checks = {(c.asset_key, c.name) for c in ag.asset_check_keys}
+    assert {(TRADES_KEY, "reconciles_with_consumed"), (TRADES_KEY, "no_duplicate_ids"),
+            (QUOTES_KEY, "reconciles_with_consumed"), (BARS_KEY, "bars_agree_with_trades")} <= checks
+
+
+def test_sensors_start_running_and_target_one_job_each():
+    repo = defs.get_repository_def()
+    for name in ("trades_ingest_sensor", "quotes_ingest_sensor"):
+        sensor = repo.get_sensor_def(name)
+        assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+        assert sensor.job_name == "ingest_" + name.split("_")[0]
