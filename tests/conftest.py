@@ -73,3 +73,11 @@ def wait_for(pred, timeout: float = 30, every: float = 0.5, what: str = "conditi
         if time.time() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(every)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Unit-only runs start no services but the settings created the instance's home: remove it."""
+    import shutil
+    s = load()
+    if not (s.home / "services.json").exists():
+        shutil.rmtree(s.home, ignore_errors=True)

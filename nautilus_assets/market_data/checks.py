@@ -9,24 +9,22 @@ from resources.lake import LakeResource
 
 from .ingest import BatchResult
 from .schema import Feed
-from .sinks import BARS_SELECT, DB, bronze_table
+from .sinks import BARS_SELECT, DB, IN_RANGE_SQL, bronze_table, id_range, in_range_expr
 
 
 def stored_copies(lake: LakeResource, ch: ClickHouseResource, feed: Feed, table: pa.Table) -> dict:
     """How many rows, and distinct message ids, each sink holds for the batch's valid messages."""
     if table.num_rows == 0:
         return {"clickhouse_rows": 0, "clickhouse_ids": 0, "delta_rows": 0, "delta_ids": 0}
-    ids = table["message_id"]
-    lo, hi = pc.min(table["ledger_id"]).as_py(), pc.max(table["ledger_id"]).as_py()
-    topic = table["topic"][0].as_py()
+    r = id_range(table)
     with ch.session() as c:
-        rows, uniq = c.query(f"SELECT count(), uniqExact(message_id) FROM {DB}.{feed.name} WHERE topic = %(t)s "
-                             "AND ledger_id BETWEEN %(lo)s AND %(hi)s AND message_id IN %(ids)s",
-                             parameters={"t": topic, "lo": lo, "hi": hi, "ids": ids.to_pylist()},
-                             settings={"max_query_size": 1 << 30}).first_row
+        candidates = c.query(f"SELECT message_id FROM {DB}.{feed.name} WHERE {IN_RANGE_SQL}", parameters=r).result_rows
+    wanted = set(table["message_id"].to_pylist())
+    in_ch = [m for (m,) in candidates if m in wanted]
+    rows, uniq = len(in_ch), len(set(in_ch))
     dates = [d.isoformat() for d in pc.unique(table["date"]).to_pylist()]
     found = lake.table(bronze_table(feed)).to_pyarrow_dataset(partitions=[("date", "in", dates)]).to_table(
-        columns=["message_id"], filter=(pc.field("topic") == topic) & pc.field("message_id").isin(ids))
+        columns=["message_id"], filter=in_range_expr(r) & pc.field("message_id").isin(table["message_id"]))
     return {"clickhouse_rows": rows, "clickhouse_ids": uniq, "delta_rows": found.num_rows,
             "delta_ids": pc.count_distinct(found["message_id"]).as_py()}
 

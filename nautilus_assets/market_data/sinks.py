@@ -16,8 +16,21 @@ from .schema import Feed
 DB = "market_data"
 
 
-def _id_bounds(table: pa.Table) -> dict:
-    return {"l0": pc.min(table["ledger_id"]).as_py(), "l1": pc.max(table["ledger_id"]).as_py()}
+def id_range(table: pa.Table) -> dict:
+    """The batch's (ledger, entry) span: rows stored earlier from the same messages fall inside it."""
+    ids = table.select(["ledger_id", "entry_id"]).sort_by([("ledger_id", "ascending"), ("entry_id", "ascending")])
+    return {"topic": table["topic"][0].as_py(), "l0": ids["ledger_id"][0].as_py(), "e0": ids["entry_id"][0].as_py(),
+            "l1": ids["ledger_id"][-1].as_py(), "e1": ids["entry_id"][-1].as_py()}
+
+
+IN_RANGE_SQL = ("topic = %(topic)s AND ledger_id BETWEEN %(l0)s AND %(l1)s "
+                "AND (ledger_id > %(l0)s OR entry_id >= %(e0)s) AND (ledger_id < %(l1)s OR entry_id <= %(e1)s)")
+
+
+def in_range_expr(r: dict) -> pc.Expression:
+    lid, eid = pc.field("ledger_id"), pc.field("entry_id")
+    return ((pc.field("topic") == r["topic"]) & (lid >= r["l0"]) & (lid <= r["l1"])
+            & ((lid > r["l0"]) | (eid >= r["e0"])) & ((lid < r["l1"]) | (eid <= r["e1"])))
 
 
 def _without(table: pa.Table, existing: set[str]) -> pa.Table:
@@ -38,12 +51,8 @@ def write_delta(lake: LakeResource, feed: Feed, table: pa.Table, batch_id: str) 
     dt = lake.table(bronze_table(feed))
     if dt is not None:
         dates = [d.isoformat() for d in pc.unique(table["date"]).to_pylist()]
-        b = _id_bounds(table)
-        filt = (pc.field("topic") == table["topic"][0].as_py()) & \
-            (pc.field("ledger_id") >= b["l0"]) & (pc.field("ledger_id") <= b["l1"]) & \
-            pc.field("message_id").isin(table["message_id"])
         existing = dt.to_pyarrow_dataset(partitions=[("date", "in", dates)]).to_table(
-            columns=["message_id"], filter=filt)
+            columns=["message_id"], filter=in_range_expr(id_range(table)))
         table = _without(table, set(existing["message_id"].to_pylist()))
         if table.num_rows == 0:
             return 0, dt.version()
@@ -58,15 +67,11 @@ def write_clickhouse(ch: ClickHouseResource, feed: Feed, table: pa.Table) -> int
     """Insert the rows whose message ids are not in the ClickHouse table yet. Returns rows inserted."""
     if table.num_rows == 0:
         return 0
-    b = _id_bounds(table)
+    r = id_range(table)
     table = table.set_column(table.schema.get_field_index("ts"), "ts",
                              table["ts_event"].cast(pa.timestamp("ns", tz="UTC")))
     with ch.session() as c:
-        existing = c.query(
-            f"SELECT message_id FROM {DB}.{feed.name} WHERE topic = %(topic)s AND ledger_id BETWEEN %(l0)s AND %(l1)s "
-            f"AND message_id IN %(ids)s", parameters={"topic": table["topic"][0].as_py(), **b,
-                                                     "ids": table["message_id"].to_pylist()},
-            settings={"max_query_size": 1 << 30}).result_rows
+        existing = c.query(f"SELECT message_id FROM {DB}.{feed.name} WHERE {IN_RANGE_SQL}", parameters=r).result_rows
         table = _without(table, {r[0] for r in existing})
         if table.num_rows:
             c.insert_arrow(f"{DB}.{feed.name}", table)
