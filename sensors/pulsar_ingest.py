@@ -51,7 +51,7 @@ def build_ingest_sensor(feed: Feed, job) -> dg.SensorDefinition:
         reason = decide(backlog, now - cursor["last_request"], None if last_end is None else now - last_end,
                         timer_s=_seconds("NAUTILUS_TIMER_SECONDS", 30),
                         safety_s=_seconds("NAUTILUS_SAFETY_INTERVAL_SECONDS", 120),
-                        staleness_s=0 if pulsar.admin_url else _seconds("NAUTILUS_BACKLOG_STALENESS_SECONDS", 6))
+                        staleness_s=0 if pulsar.admin_url else _seconds("NAUTILUS_BACKLOG_STALENESS_SECONDS", 0))
         if reason is None:
             return dg.SkipReason(f"nothing pending on {feed.topic} (backlog {backlog})")
         seq = cursor["seq"] + 1

@@ -10,7 +10,6 @@ os.environ["NAUTILUS_INSTANCE"] = f"test-{os.getpid()}"
 os.environ["NAUTILUS_PORT_BASE"] = os.environ.get("NAUTILUS_TEST_PORT_BASE", "16000")
 os.environ.pop("NAUTILUS_HOME", None)
 os.environ.pop("DAGSTER_HOME", None)
-os.environ.setdefault("NAUTILUS_BACKLOG_STALENESS_SECONDS", "0")
 
 from resources.settings import apply, build_resources, load  # noqa: E402
 from scripts import services  # noqa: E402

@@ -9,7 +9,6 @@ from typing import Callable
 
 import pulsar
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from resources.clickhouse import ClickHouseResource
 from resources.lake import LakeResource
@@ -73,12 +72,9 @@ def receive(consumer: pulsar.Consumer, max_messages: int, max_wait_s: float, idl
 def to_raw(msgs: list) -> RawBatch:
     """Columns of a received batch; message ids parsed from their '(ledger,entry,partition,batch)' form."""
     inner = [m._message for m in msgs]  # the C++ objects: the Python wrappers cost microseconds per call
-    parts = pa.array([str(x.message_id()) for x in inner]).cast(pa.string())
-    parts = pc.split_pattern(pc.utf8_slice_codeunits(parts, 1, -1), ",")
-    ledger, entry, batch = (pc.list_element(parts, k) for k in (0, 1, 3))
-    ids = pc.binary_join_element_wise(ledger, entry, batch, ":")
-    return RawBatch(payloads=[x.data() for x in inner], message_ids=ids.to_pylist(),
-                    ledger_ids=ledger.cast(pa.int64()).to_pylist(), entry_ids=entry.cast(pa.int64()).to_pylist(),
+    parts = [str(x.message_id())[1:-1].split(",") for x in inner]
+    return RawBatch(payloads=[x.data() for x in inner], message_ids=[f"{p[0]}:{p[1]}:{p[3]}" for p in parts],
+                    ledger_ids=[int(p[0]) for p in parts], entry_ids=[int(p[1]) for p in parts],
                     publish_ms=[x.publish_timestamp() for x in inner],
                     is_replay=lambda i: msgs[i].properties().get(REPLAY_PROPERTY) == "historical")
 

@@ -1,0 +1,81 @@
+"""Bar building by hand, late trades, and the simulator's replay and history modes."""
+import time
+from datetime import datetime, timedelta, timezone
+
+import orjson
+import pyarrow as pa
+import pyarrow.csv as pcsv
+
+from nautilus_assets.market_data import sinks
+from nautilus_assets.market_data.schema import TRADES
+from nautilus_assets.market_data.simulator import MarketSimulator
+from scripts.history import write_history
+from scripts.publisher import replay
+from tests.helpers import assert_bars_equal, reference_bars, stored_bars
+from tests.test_idempotency import batch, counts
+
+MIN = 60 * 10**9
+
+
+def _trade(i, price, size, side, ts):
+    return {"schema_version": 1, "instrument_id": "AAPL.XNAS", "price": price, "size": size, "aggressor_side": side,
+            "trade_id": f"h-{i}", "ts_event": ts, "ts_init": ts + 1}
+
+
+def _publish_raw(res, recs):
+    with res["pulsar"].client() as client:
+        p = client.create_producer(TRADES.topic)
+        for r in recs:
+            p.send(orjson.dumps(r))
+        p.close()
+
+
+def test_touched_minutes():
+    t = pa.table({"instrument_id": ["A", "A", "B"], "ts_event": [MIN * 10 + 5, MIN * 10 + 59 * 10**9, MIN * 11]})
+    assert sorted(sinks.touched_minutes(t)) == [("A", 600), ("B", 660)]
+
+
+def test_bars_by_hand_and_late_trades_recompute_their_minute(clean):
+    res = clean
+    m0 = (time.time_ns() // MIN - 3) * MIN                     # a whole minute, three minutes ago
+    _publish_raw(res, [_trade(1, 10.0, 100, "BUYER", m0 + 1), _trade(2, 12.0, 50, "SELLER", m0 + 2),
+                       _trade(3, 9.0, 50, "BUYER", m0 + 3), _trade(4, 11.0, 100, "SELLER", m0 + MIN + 1)])
+    assert batch(res, TRADES, "b-hand").valid == 4
+    bars = stored_bars(res["clickhouse"])
+    first = bars.iloc[0]
+    assert (first.open, first.high, first.low, first.close) == (10.0, 12.0, 9.0, 9.0)
+    assert first.volume == 200 and first.trade_count == 3 and (first.buy_volume, first.sell_volume) == (150, 50)
+    assert abs(first.vwap - (10 * 100 + 12 * 50 + 9 * 50) / 200) < 1e-12
+    # a late trade for the first minute, earlier than all others: it becomes the open, and the bar is recomputed
+    _publish_raw(res, [_trade(5, 20.0, 200, "BUYER", m0)])
+    assert batch(res, TRADES, "b-late").valid == 1
+    bars = stored_bars(res["clickhouse"])
+    assert len(bars) == 2 and bars.iloc[0].open == 20.0 and bars.iloc[0].high == 20.0 and bars.iloc[0].volume == 400
+    assert bars.iloc[1].volume == 100                      # the other minute is untouched
+
+
+def test_replay_of_a_csv_file_is_ingested_despite_its_age(clean, tmp_path):
+    res = clean
+    old = time.time_ns() - 30 * 86400 * 10**9               # a month old: beyond the 7-day lateness bound
+    trades, quotes = MarketSimulator(["MSFT.XNAS"], seed=5, start_ns=old).take(300, 200)
+    path = tmp_path / "ticks.csv"
+    pcsv.write_csv(pa.concat_tables([trades.append_column("type", pa.array(["trade"] * 300)),
+                                     quotes.append_column("type", pa.array(["quote"] * 200))],
+                                    promote_options="permissive"), path)
+    assert replay(res["pulsar"], path) == {"trades": 300, "quotes": 200}
+    out = batch(res, TRADES, "b-replay")
+    assert out.valid == 300 and out.quarantined == 0
+    assert_bars_equal(stored_bars(res["clickhouse"]), reference_bars(trades))
+
+
+def test_history_mode_writes_past_days_into_the_lake_idempotently(clean):
+    res = clean
+    end = datetime.now(timezone.utc).date()
+    totals = write_history(res["lake"], ["AAPL.XNAS", "SPY.ARCX"], days=3, events_per_day=4000)
+    assert totals["trades"] > 0 and totals["quotes"] > 0
+    dt = res["lake"].table(sinks.bronze_table(TRADES))
+    dates = set(dt.to_pyarrow_table(columns=["date"])["date"].to_pylist())
+    assert dates == {end - timedelta(days=k) for k in (1, 2, 3)}
+    again = write_history(res["lake"], ["AAPL.XNAS", "SPY.ARCX"], days=3, events_per_day=4000)
+    assert again == {"trades": 0, "quotes": 0}
+    assert counts(res, TRADES)[1] == totals["trades"]
