@@ -82,11 +82,21 @@ def _batch_metadata(res: BatchResult, ch: ClickHouseResource, feed: Feed) -> dic
 def _ingest(context: dg.AssetExecutionContext, config: BatchConfig, feed: Feed, pulsar: PulsarResource,
             lake: LakeResource, clickhouse: ClickHouseResource) -> BatchResult:
     batch_id = context.run.tags.get(BATCH_TAG) or context.run.run_id
-    return run_batch(feed, pulsar, lake, clickhouse, batch_id, config.max_messages, config.max_wait_seconds,
-                     float(os.environ.get("NAUTILUS_LATENESS_BOUND_SECONDS", 7 * 86400)), log=context.log.info)
+    res = run_batch(feed, pulsar, lake, clickhouse, batch_id, config.max_messages, config.max_wait_seconds,
+                    float(os.environ.get("NAUTILUS_LATENESS_BOUND_SECONDS", 7 * 86400)), log=context.log.info)
+    if not res.consumed:
+        context.log.info("no messages pending; nothing materialized")
+    return res
 
 
-def _feed_checks(feed: Feed, key: dg.AssetKey, res: BatchResult, lake, clickhouse):
+def _data_version(res: BatchResult) -> dg.DataVersion:
+    return dg.DataVersion(f"{res.first_message_id}..{res.last_message_id}")
+
+
+def _feed_outputs(feed: Feed, key: dg.AssetKey, res: BatchResult, lake, clickhouse):
+    """The feed's materialization and its reconciliation and uniqueness checks."""
+    yield dg.MaterializeResult(asset_key=key, metadata=_batch_metadata(res, clickhouse, feed),
+                               data_version=_data_version(res))
     ok, meta = checks.reconcile(res, checks.stored_copies(lake, clickhouse, feed, res.rows))
     yield dg.AssetCheckResult(asset_key=key, check_name="reconciles_with_consumed", passed=ok, metadata=meta)
     dates = [d.isoformat() for d in set(res.rows["date"].to_pylist())] if res.rows.num_rows else []
@@ -108,15 +118,11 @@ def ingest_trades(context: dg.AssetExecutionContext, config: BatchConfig, pulsar
     """One micro-batch of trades: consume, validate, Delta + ClickHouse, recompute touched bars, acknowledge."""
     res = _ingest(context, config, TRADES, pulsar, lake, clickhouse)
     if not res.consumed:
-        context.log.info("no messages pending; nothing materialized")
         return
-    version = dg.DataVersion(f"{res.first_message_id}..{res.last_message_id}")
-    yield dg.MaterializeResult(asset_key=TRADES_KEY, metadata=_batch_metadata(res, clickhouse, TRADES),
-                               data_version=version)
-    yield dg.MaterializeResult(asset_key=BARS_KEY, data_version=version, metadata={
+    yield from _feed_outputs(TRADES, TRADES_KEY, res, lake, clickhouse)
+    yield dg.MaterializeResult(asset_key=BARS_KEY, data_version=_data_version(res), metadata={
         "bars_recomputed": res.bars_recomputed, "dagster/column_lineage": BARS_LINEAGE,
         "dagster/row_count": int(clickhouse.scalar(f"SELECT count() FROM {DB}.bars_1m FINAL"))})
-    yield from _feed_checks(TRADES, TRADES_KEY, res, lake, clickhouse)
     bars = checks.bars_mismatches(clickhouse, res.bar_keys)
     yield dg.AssetCheckResult(asset_key=BARS_KEY, check_name="bars_agree_with_trades",
                               passed=bars["missing"] == 0 and bars["mismatched"] == 0, metadata=bars)
@@ -129,12 +135,8 @@ def ingest_quotes(context: dg.AssetExecutionContext, config: BatchConfig, pulsar
                   lake: LakeResource, clickhouse: ClickHouseResource):
     """One micro-batch of level-1 quotes: consume, validate, Delta + ClickHouse, acknowledge."""
     res = _ingest(context, config, QUOTES, pulsar, lake, clickhouse)
-    if not res.consumed:
-        context.log.info("no messages pending; nothing materialized")
-        return
-    yield dg.MaterializeResult(asset_key=QUOTES_KEY, metadata=_batch_metadata(res, clickhouse, QUOTES),
-                               data_version=dg.DataVersion(f"{res.first_message_id}..{res.last_message_id}"))
-    yield from _feed_checks(QUOTES, QUOTES_KEY, res, lake, clickhouse)
+    if res.consumed:
+        yield from _feed_outputs(QUOTES, QUOTES_KEY, res, lake, clickhouse)
 
 
 # One job per source topic (one sensor target = one partitions definition). In-process executor: a
