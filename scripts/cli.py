@@ -64,8 +64,7 @@ def up(s: Settings, rate: float, history_days: int) -> None:
             return
         stopping = True
         say("stopping ...")
-        for name, p in reversed(children):
-            services.kill_group(p.pid, name)
+        services.kill_groups({name: p.pid for name, p in children})
         services.stop(s)
         say("stopped; no process left behind")
 
@@ -100,15 +99,18 @@ def up(s: Settings, rate: float, history_days: int) -> None:
 
 def watch(s: Settings, children, t0: float) -> None:
     """Report each finished micro-batch until interrupted; stop if a child process dies."""
+    from datetime import datetime, timezone
+
     from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
     seen: set[str] = set()
+    since = datetime.fromtimestamp(t0, timezone.utc)
     with DagsterInstance.get() as inst:
         while True:
             for name, p in children:
                 if p.poll() is not None:
                     raise RuntimeError(f"{name} exited with {p.returncode}; see {s.home / (name + '.log')}")
-            for rec in reversed(inst.get_run_records(RunsFilter(statuses=[DagsterRunStatus.SUCCESS,
-                                                                          DagsterRunStatus.FAILURE]), limit=10)):
+            finished = RunsFilter(statuses=[DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE], created_after=since)
+            for rec in reversed(inst.get_run_records(finished, limit=10)):
                 r = rec.dagster_run
                 if r.run_id in seen:
                     continue

@@ -216,35 +216,37 @@ def stop(s: Settings) -> None:
             stop_postgres(s)
         except subprocess.CalledProcessError as e:
             log(f"postgres stop: {e.stderr.strip()}")
-    state = _read_state(s)
-    for name, pid in state.items():
-        kill_group(pid, name)
+    kill_groups(_read_state(s))
     _write_state(s, {})
 
 
-def kill_group(pid: int, name: str = "", timeout: float = 10) -> None:
-    """SIGTERM a process group, then SIGKILL whatever is left of it."""
-    try:
-        pgid = os.getpgid(pid)
-    except ProcessLookupError:
-        return
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5)):
+def kill_groups(pids: dict[str, int], timeout: float = 10) -> None:
+    """SIGTERM process groups (all at once, so their shutdowns overlap), then SIGKILL whatever is left."""
+    groups = {}
+    for name, pid in pids.items():
         try:
-            os.killpg(pgid, sig)
+            groups[name] = os.getpgid(pid)
         except ProcessLookupError:
-            return
-        deadline = time.time() + wait
-        while time.time() < deadline:
+            pass
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5)):
+        for pgid in groups.values():
             try:
-                os.killpg(pgid, 0)
+                os.killpg(pgid, sig)
             except ProcessLookupError:
-                return
-            try:
-                os.waitpid(-pgid, os.WNOHANG)
-            except ChildProcessError:
                 pass
+        deadline = time.time() + wait
+        while groups and time.time() < deadline:
+            for name, pgid in list(groups.items()):
+                try:
+                    os.waitpid(-pgid, os.WNOHANG)  # reap our own children so they do not linger as zombies
+                except ChildProcessError:
+                    pass
+                try:
+                    os.killpg(pgid, 0)
+                except ProcessLookupError:
+                    del groups[name]
             time.sleep(0.1)
-    if name:
+    for name, pgid in groups.items():
         log(f"{name} (group {pgid}) did not stop")
 
 

@@ -39,8 +39,7 @@ def test_daemon_launches_sensor_batches_and_the_ui_shows_them(clean, settings, i
         assert trades["groupName"] == "market_data" and trades["assetMaterializations"]
         assert "pulsar/market_data/trades" in nodes
     finally:
-        for p in procs:
-            services.kill_group(p.pid)
+        services.kill_groups({str(p.pid): p.pid for p in procs})
         for p in procs:
             assert p.poll() is not None
 
