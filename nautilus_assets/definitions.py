@@ -1,18 +1,22 @@
 """The code location: every domain's assets, jobs and sensors, bound to the backends chosen by settings."""
-from __future__ import annotations
-
 import dagster as dg
 
 from resources.settings import apply, build_resources
 from sensors.pulsar_ingest import INGEST_SENSORS
 
+from .analytics.assets import ASSETS as ANALYTICS_ASSETS
 from .market_data.assets import ASSETS as MARKET_DATA_ASSETS, INGEST_JOBS
 
 apply()  # resolve embedded defaults into the environment before resources read it
 
+# Downstream products follow the market-data micro-batches through declarative automation (eager).
+AUTOMATION = dg.AutomationConditionSensorDefinition(
+    "products_automation", target=dg.AssetSelection.all() - dg.AssetSelection.groups("market_data", "pulsar_topics"),
+    default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=10)
+
 defs = dg.Definitions(
-    assets=[*MARKET_DATA_ASSETS],
+    assets=[*MARKET_DATA_ASSETS, *ANALYTICS_ASSETS],
     jobs=list(INGEST_JOBS.values()),
-    sensors=INGEST_SENSORS,
+    sensors=[*INGEST_SENSORS, AUTOMATION],
     resources=build_resources(for_dagster=True),
 )

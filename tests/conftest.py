@@ -53,8 +53,10 @@ def clean(res):
                     c.acknowledge(m)
             c.close()
     with res["clickhouse"].session() as c:
-        for t in ("trades", "quotes", "quarantine", "bars_1m"):
-            c.command(f"TRUNCATE TABLE {DB}.{t}")
+        tables = c.query("SELECT database, name FROM system.tables WHERE database IN %(d)s",
+                         parameters={"d": [DB, "analytics", "microstructure"]}).result_rows
+        for db, t in tables:
+            c.command(f"TRUNCATE TABLE {db}.{t}")
     s3 = res["lake"].s3_client()
     for feed in FEEDS.values():
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=res["lake"].bucket, Prefix=bronze_table(feed)):

@@ -11,6 +11,7 @@ from scripts import services
 from scripts.cli import spawn
 from tests.conftest import wait_for
 from tests.test_idempotency import counts, publish
+from nautilus_assets.analytics import assets as analytics
 from nautilus_assets.market_data.schema import QUOTES, TRADES
 
 BIN = Path(sys.executable).parent
@@ -20,6 +21,7 @@ QUERY = """{ assetNodes { assetKey { path } groupName
 
 def test_daemon_launches_sensor_batches_and_the_ui_shows_them(clean, settings, instance):
     res = clean
+    t_start = time.time()
     publish(res, 3000, seed=9)
     procs = [spawn(settings, "test-daemon", [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"]),
              spawn(settings, "test-webserver", [str(BIN / "dagster-webserver"), "-w", "workspace.yaml", "-h",
@@ -30,6 +32,13 @@ def test_daemon_launches_sensor_batches_and_the_ui_shows_them(clean, settings, i
             return {r.dagster_run.job_name for r in runs if "nautilus/trigger" in r.dagster_run.tags} >= \
                 {"ingest_trades", "ingest_quotes"} and counts(res, TRADES)[0] == 3000 and counts(res, QUOTES)[0] == 3000
         wait_for(done, timeout=240, every=3, what="sensor-launched ingest runs")
+        # the automation sensor follows with the downstream products (declarative automation, eager)
+        def analytics_after_start():
+            ev = instance.get_latest_materialization_event(analytics.KEY)
+            return ev if ev and ev.timestamp > t_start else None
+        ev = wait_for(analytics_after_start, timeout=180, every=3, what="an automation-launched analytics run")
+        tags = instance.get_run_by_id(ev.run_id).tags
+        assert any("automation" in k or "sensor" in k for k in tags), tags
         assert counts(res, TRADES) == (3000, 3000) and counts(res, QUOTES) == (3000, 3000)
 
         services.wait_port(settings.port("webserver"), "webserver", timeout=120)

@@ -1,0 +1,47 @@
+"""What every data product declares: its SLA (freshness policy + latency/availability targets as metadata)
+and its engine topic, on which each materialization is announced."""
+from dataclasses import dataclass
+from datetime import timedelta
+
+import dagster as dg
+import orjson
+
+from resources.pulsar import PulsarResource
+
+ENGINES_NS = "persistent://nautilus/engines"
+
+
+@dataclass(frozen=True)
+class Product:
+    name: str                 # data product, e.g. market_analytics
+    group: str                # Dagster group = domain
+    owners: tuple[str, ...]
+    engine_topic: str         # short name under persistent://nautilus/engines/
+    fail_after: timedelta
+    warn_after: timedelta
+    latency_target_ms: float
+    availability_target: float
+
+    @property
+    def topic(self) -> str:
+        return f"{ENGINES_NS}/{self.engine_topic}"
+
+    @property
+    def freshness(self) -> dg.FreshnessPolicy:
+        return dg.FreshnessPolicy.time_window(fail_window=self.fail_after, warn_window=self.warn_after)
+
+    @property
+    def metadata(self) -> dict:
+        return {"nautilus/product": self.name, "nautilus/engine_topic": self.topic,
+                "nautilus/latency_target_ms": self.latency_target_ms,
+                "nautilus/availability_target": self.availability_target,
+                "nautilus/freshness_fail_after_s": int(self.fail_after.total_seconds()),
+                "nautilus/freshness_warn_after_s": int(self.warn_after.total_seconds())}
+
+    def announce(self, pulsar: PulsarResource, asset_key: dg.AssetKey, run_id: str, **facts) -> None:
+        """Publish a materialization event on the product's engine topic (the data-mesh contract)."""
+        event = {"product": self.name, "asset": asset_key.to_user_string(), "run_id": run_id, **facts}
+        with pulsar.client() as client:
+            producer = client.create_producer(self.topic)
+            producer.send(orjson.dumps(event, default=str))
+            producer.close()
