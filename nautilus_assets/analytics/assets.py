@@ -7,6 +7,7 @@ import dagster as dg
 import pandas as pd
 
 from nautilus_assets.market_data.assets import BARS_KEY
+from nautilus_assets.market_data.bars import BARS, changed_since
 from nautilus_assets.product import Product
 from resources.clickhouse import ClickHouseResource
 from resources.pulsar import PulsarResource
@@ -18,7 +19,6 @@ PRODUCT = Product("market_analytics", "analytics", ("team:analytics",), "analyti
                   latency_target_ms=5, availability_target=0.999)
 KEY = dg.AssetKey(["market_analytics", "indicators_1m"])
 TABLE = "analytics.indicators_1m"
-CURSOR_MARGIN_NS = 60 * 10**9  # re-read bars written up to a minute before the cursor (concurrent writers)
 
 DDL = ["CREATE DATABASE IF NOT EXISTS analytics",
        f"CREATE TABLE IF NOT EXISTS {TABLE} (instrument_id LowCardinality(String), minute DateTime('UTC'), "
@@ -39,16 +39,6 @@ LINEAGE = dg.TableColumnLineage(deps_by_column={
     "close": [dg.TableColumnDep(asset_key=BARS_KEY, column_name="close")],
     "instrument_id": [dg.TableColumnDep(asset_key=BARS_KEY, column_name="instrument_id")],
     "minute": [dg.TableColumnDep(asset_key=BARS_KEY, column_name="minute")]})
-
-BARS = "(SELECT instrument_id, minute, high, low, close, vwap, volume, version FROM market_data.bars_1m FINAL)"
-
-
-def changed_since(ch: ClickHouseResource, cursor: int) -> dict[str, pd.Timestamp]:
-    """Per instrument, the first minute whose bar was (re)written after `cursor`."""
-    df = ch.query_df(f"SELECT instrument_id, min(minute) AS since FROM {BARS} WHERE version > %(c)s "
-                     "GROUP BY instrument_id", parameters={"c": max(0, cursor - CURSOR_MARGIN_NS)})
-    return dict(zip(df["instrument_id"].astype(str), df["since"]))
-
 
 def window(ch: ClickHouseResource, instrument: str, since) -> pd.DataFrame:
     """Bars from LOOKBACK_BARS before `since` (and at least from its UTC midnight) onwards."""

@@ -1,0 +1,21 @@
+"""How other domains read the 1-minute bars product (stored products are the contract between domains)."""
+import pandas as pd
+
+from resources.clickhouse import ClickHouseResource
+
+BARS = ("(SELECT instrument_id, minute, open, high, low, close, vwap, volume, trade_count, buy_volume, sell_volume, "
+        "version FROM market_data.bars_1m FINAL)")
+CURSOR_MARGIN_NS = 60 * 10**9  # re-read bars written up to a minute before the cursor (concurrent writers)
+
+
+def changed_since(ch: ClickHouseResource, cursor: int) -> dict[str, pd.Timestamp]:
+    """Per instrument, the first minute whose bar was (re)written after version `cursor`."""
+    df = ch.query_df(f"SELECT instrument_id, min(minute) AS since FROM {BARS} WHERE version > %(c)s "
+                     "GROUP BY instrument_id", parameters={"c": max(0, cursor - CURSOR_MARGIN_NS)})
+    return dict(zip(df["instrument_id"].astype(str), df["since"]))
+
+
+def bars_from(ch: ClickHouseResource, instrument: str, start) -> pd.DataFrame:
+    """An instrument's bars from `start` (a timestamp) on, in time order."""
+    return ch.query_df(f"SELECT * FROM {BARS} WHERE instrument_id = %(i)s AND minute >= toDateTime(%(s)s, 'UTC') "
+                       "ORDER BY minute", parameters={"i": instrument, "s": int(pd.Timestamp(start).timestamp())})

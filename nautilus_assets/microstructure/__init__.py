@@ -1,0 +1,1 @@
+"""Microstructure domain: the `market_microstructure` product (VPIN, order-flow toxicity)."""
