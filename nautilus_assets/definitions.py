@@ -7,6 +7,7 @@ from sensors.pulsar_ingest import INGEST_SENSORS
 from .analytics.assets import ASSETS as ANALYTICS_ASSETS
 from .market_data.assets import ASSETS as MARKET_DATA_ASSETS, INGEST_JOBS
 from .microstructure.assets import ASSETS as MICROSTRUCTURE_ASSETS
+from .portfolio.assets import ASSETS as PORTFOLIO_ASSETS
 
 apply()  # resolve embedded defaults into the environment before resources read it
 
@@ -16,7 +17,7 @@ AUTOMATION = dg.AutomationConditionSensorDefinition(
     default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=10)
 
 defs = dg.Definitions(
-    assets=[*MARKET_DATA_ASSETS, *ANALYTICS_ASSETS, *MICROSTRUCTURE_ASSETS],
+    assets=[*MARKET_DATA_ASSETS, *ANALYTICS_ASSETS, *MICROSTRUCTURE_ASSETS, *PORTFOLIO_ASSETS],
     jobs=list(INGEST_JOBS.values()),
     sensors=[*INGEST_SENSORS, AUTOMATION],
     resources=build_resources(for_dagster=True),

@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     sp.add_argument("--events-per-day", type=int, default=40_000)
     sp = sub.add_parser("up", help="run the platform: services, simulator, Dagster daemon and UI")
     sp.add_argument("--rate", type=float, default=500.0)
-    sp.add_argument("--history-days", type=int, default=0)
+    sp.add_argument("--history-days", type=int, default=21, help="past days written into the lake first (VPIN parameters need 20)")
     sub.add_parser("env", help="print the resolved environment (secrets masked)")
     a = ap.parse_args(argv)
     s = apply(load())

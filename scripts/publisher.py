@@ -11,6 +11,7 @@ import pyarrow.compute as pc
 
 from nautilus_assets.market_data.schema import QUOTES, REPLAY_PROPERTY, TRADES
 from nautilus_assets.market_data.simulator import MarketSimulator, messages
+from nautilus_assets.portfolio.models import FILLS_TOPIC, fill_messages, model_fills
 from resources.pulsar import PulsarResource
 
 
@@ -20,10 +21,11 @@ class Publisher:
     def __init__(self, client: pulsar.Client, properties: dict | None = None):
         self.properties = properties or {}
         self.errors: list = []
-        self.sent = {TRADES.name: 0, QUOTES.name: 0}
-        self.producers = {f.name: client.create_producer(f.topic, block_if_queue_full=True, batching_enabled=True,
-                                                         batching_max_messages=1000, max_pending_messages=20000)
-                          for f in (TRADES, QUOTES)}
+        topics = {TRADES.name: TRADES.topic, QUOTES.name: QUOTES.topic, "fills": FILLS_TOPIC}
+        self.sent = {name: 0 for name in topics}
+        self.producers = {name: client.create_producer(topic, block_if_queue_full=True, batching_enabled=True,
+                                                       batching_max_messages=1000, max_pending_messages=20000)
+                          for name, topic in topics.items()}
 
     def _callback(self, res, _msg_id):
         if res != pulsar.Result.Ok:
@@ -53,23 +55,27 @@ def publish_tables(res: PulsarResource, trades: pa.Table, quotes: pa.Table, prop
 
 def simulate(res: PulsarResource, instruments: list[str], rate: float, duration_s: float | None = None,
              seed: int = 7, progress_every_s: float = 10.0) -> dict:
-    """Publish a live simulated market at `rate` events/s, event times paced to the wall clock."""
+    """Publish a live simulated market at `rate` events/s, event times paced to the wall clock, and the
+    model portfolios' fills."""
     sim = MarketSimulator(instruments, seed=seed, start_ns=time.time_ns(), events_per_second=rate)
     t_end = time.time() + duration_s if duration_s else float("inf")
-    last_report = time.time()
+    last_report, chunk_no = time.time(), 0
     with res.client() as client:
         pub = Publisher(client)
         while time.time() < t_end:
             start_ns = sim.now_ns
             trades, quotes = sim.chunk(max(100, int(rate)))
+            fills = model_fills(trades, seed=seed + chunk_no)
+            chunk_no += 1
             for lo_ns in range(start_ns, sim.now_ns + 1, 100_000_000):
                 hi_ns = lo_ns + 100_000_000
                 time.sleep(max(0.0, hi_ns / 1e9 - time.time()))
-                for name, t in ((TRADES.name, trades), (QUOTES.name, quotes)):
+                for name, t, render in ((TRADES.name, trades, messages), (QUOTES.name, quotes, messages),
+                                        ("fills", fills, fill_messages)):
                     ts = t["ts_event"].to_numpy()
                     a, b = np.searchsorted(ts, [lo_ns, hi_ns])
                     if b > a:
-                        pub.send(name, messages(t.slice(a, b - a)))
+                        pub.send(name, render(t.slice(a, b - a)))
                 if time.time() >= t_end:
                     break
             pub.flush()

@@ -57,6 +57,19 @@ def clean(res):
                          parameters={"d": [DB, "analytics", "microstructure"]}).result_rows
         for db, t in tables:
             c.command(f"TRUNCATE TABLE {db}.{t}")
+    with res["postgres"].connect() as conn:
+        if conn.execute("SELECT to_regclass('portfolio.fills')").fetchone()[0]:
+            conn.execute("TRUNCATE portfolio.fills, portfolio.fills_quarantine, portfolio.portfolio_states")
+    with res["pulsar"].client() as client:
+        from nautilus_assets.portfolio.assets import SUBSCRIPTION
+        from nautilus_assets.portfolio.models import FILLS_TOPIC
+        import pulsar
+        c = client.subscribe(FILLS_TOPIC, SUBSCRIPTION, consumer_type=pulsar.ConsumerType.Shared,
+                             initial_position=pulsar.InitialPosition.Earliest)
+        while msgs := receive(c, 100_000, 10, idle_ms=300):
+            for m in msgs:
+                c.acknowledge(m)
+        c.close()
     s3 = res["lake"].s3_client()
     for feed in FEEDS.values():
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=res["lake"].bucket, Prefix=bronze_table(feed)):
