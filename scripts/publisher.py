@@ -18,10 +18,10 @@ from resources.pulsar import PulsarResource
 class Publisher:
     """Producers for the trades and quotes topics; every send is checked (no silent loss)."""
 
-    def __init__(self, client: pulsar.Client, properties: dict | None = None):
+    def __init__(self, client: pulsar.Client, properties: dict | None = None, fills: bool = False):
         self.properties = properties or {}
         self.errors: list = []
-        topics = {TRADES.name: TRADES.topic, QUOTES.name: QUOTES.topic, "fills": FILLS_TOPIC}
+        topics = {TRADES.name: TRADES.topic, QUOTES.name: QUOTES.topic, **({"fills": FILLS_TOPIC} if fills else {})}
         self.sent = {name: 0 for name in topics}
         self.producers = {name: client.create_producer(topic, block_if_queue_full=True, batching_enabled=True,
                                                        batching_max_messages=1000, max_pending_messages=20000)
@@ -61,7 +61,7 @@ def simulate(res: PulsarResource, instruments: list[str], rate: float, duration_
     t_end = time.time() + duration_s if duration_s else float("inf")
     last_report, chunk_no = time.time(), 0
     with res.client() as client:
-        pub = Publisher(client)
+        pub = Publisher(client, fills=True)
         while time.time() < t_end:
             start_ns = sim.now_ns
             trades, quotes = sim.chunk(max(100, int(rate)))
