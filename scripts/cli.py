@@ -116,7 +116,8 @@ def watch(s: Settings, children, t0: float) -> None:
                     continue
                 seen.add(r.run_id)
                 first = " (first batch)" if len(seen) == 1 else ""
-                say(f"{r.job_name} {r.tags.get('nautilus/batch_id', r.run_id[:8])}: {r.status.value} "
+                what = r.tags.get("nautilus/batch_id") or ", ".join(sorted(k.to_user_string() for k in r.asset_selection or []))
+                say(f"{r.job_name} {what or r.run_id[:8]}: {r.status.value} "
                     f"at +{time.time() - t0:.0f}s{first}")
             time.sleep(2)
 
