@@ -1,0 +1,1 @@
+"""Risk domain: the `risk_metrics` product (VaR, expected shortfall, backtests)."""
