@@ -5,48 +5,86 @@ import time
 from datetime import date, datetime, timedelta, timezone
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from nautilus_assets.market_data import sinks
 from nautilus_assets.market_data.decode import build_table
 from nautilus_assets.market_data.schema import QUOTES, TRADES
-from nautilus_assets.market_data.simulator import NS_PER_DAY, MarketSimulator
+from nautilus_assets.market_data.simulator import CHUNK, NS_PER_DAY, MarketSimulator
+from nautilus_assets.portfolio.models import model_fills
 from resources.lake import LakeResource
 
 
-def day_tables(instruments: list[str], day: date, events_per_day: int, seed: int) -> dict:
-    start_ns = int(datetime(day.year, day.month, day.day, tzinfo=timezone.utc).timestamp()) * 1_000_000_000
+def _with_provenance(feed, t: pa.Table, day: date) -> pa.Table:
+    n = t.num_rows
+    return build_table(
+        feed, {name: t[name] for name, *_ in feed.fields}, ts_event=t["ts_event"], ts_init=t["ts_init"],
+        topic="history", batch_id=f"history-{day}", now_ns=time.time_ns(),
+        message_id=pa.array([f"h:{day}:{i}" for i in range(n)], pa.string()),
+        ledger_id=pa.array([-1] * n, pa.int64()), entry_id=pa.array(range(n), pa.int64()))
+
+
+def simulate_days(instruments: list[str], first: date, days: int, events_per_day: int, seed: int):
+    """Yield (day, trades, quotes) for consecutive UTC days from one continuous simulation (prices carry over)."""
+    start_ns = int(datetime(first.year, first.month, first.day, tzinfo=timezone.utc).timestamp()) * 1_000_000_000
     sim = MarketSimulator(instruments, seed=seed, start_ns=start_ns, events_per_second=events_per_day / 86_400)
-    parts = {TRADES.name: [], QUOTES.name: []}
-    while sim.now_ns < start_ns + NS_PER_DAY:
-        trades, quotes = sim.chunk()
-        parts[TRADES.name].append(trades)
-        parts[QUOTES.name].append(quotes)
-    out = {}
-    for feed in (TRADES, QUOTES):
-        t = pa.concat_tables(parts[feed.name])
-        t = t.filter(pa.compute.less(t["ts_event"], start_ns + NS_PER_DAY))
-        n = t.num_rows
-        out[feed.name] = build_table(
-            feed, {name: t[name] for name, *_ in feed.fields}, ts_event=t["ts_event"], ts_init=t["ts_init"],
-            topic="history", batch_id=f"history-{day}", now_ns=time.time_ns(),
-            message_id=pa.array([f"h:{day}:{i}" for i in range(n)], pa.string()),
-            ledger_id=pa.array([-1] * n, pa.int64()), entry_id=pa.array(range(n), pa.int64()))
-    return out
+    carry = {TRADES.name: [], QUOTES.name: []}
+    for k in range(days):
+        day_end = start_ns + (k + 1) * NS_PER_DAY
+        while sim.now_ns < day_end:
+            trades, quotes = sim.chunk(min(CHUNK, max(100, events_per_day // 4)))
+            carry[TRADES.name].append(trades)
+            carry[QUOTES.name].append(quotes)
+        out = []
+        for name in (TRADES.name, QUOTES.name):
+            t = pa.concat_tables(carry[name])
+            today = pc.less(t["ts_event"], day_end)
+            out.append(t.filter(today))
+            carry[name] = [t.filter(pc.invert(today))]
+        yield first + timedelta(days=k), out[0], out[1]
 
 
 def write_history(lake: LakeResource, instruments: list[str], days: int, events_per_day: int = 40_000,
-                  seed: int = 11, end: date | None = None) -> dict:
-    """Days end-days .. end-1 (UTC); idempotent (rows de-duplicate on their message ids)."""
+                  seed: int = 11, end: date | None = None, postgres=None, days_per_commit: int = 30) -> dict:
+    """Days end-days .. end-1 (UTC) into the lake's bronze tables (and, given `postgres`, the model portfolios'
+    fills into the portfolio store). Idempotent for the same arguments: rows de-duplicate on their ids."""
     end = end or datetime.now(timezone.utc).date()
-    totals = {TRADES.name: 0, QUOTES.name: 0}
+    totals = {TRADES.name: 0, QUOTES.name: 0, "fills": 0}
+    pending = {TRADES.name: [], QUOTES.name: []}
     t0 = time.time()
-    for k in range(days, 0, -1):
-        day = end - timedelta(days=k)
-        tables = day_tables(instruments, day, events_per_day, seed + day.toordinal())
+
+    def flush(label):
         for feed in (TRADES, QUOTES):
-            added, _ = sinks.write_delta(lake, feed, tables[feed.name], f"history-{day}")
-            totals[feed.name] += added
-        done = days - k + 1
-        if done % 10 == 0 or done == days:
-            print(f"[history] {done}/{days} days written ({totals}) in {time.time() - t0:.0f}s", flush=True)
+            if pending[feed.name]:
+                added, _ = sinks.write_delta(lake, feed, pa.concat_tables(pending[feed.name]), f"history-{label}")
+                totals[feed.name] += added
+                pending[feed.name] = []
+
+    for n, (day, trades, quotes) in enumerate(simulate_days(instruments, end - timedelta(days=days), days,
+                                                            events_per_day, seed), start=1):
+        pending[TRADES.name].append(_with_provenance(TRADES, trades, day))
+        pending[QUOTES.name].append(_with_provenance(QUOTES, quotes, day))
+        if postgres is not None:
+            totals["fills"] += store_fills(postgres, model_fills(trades, seed=seed + day.toordinal(), **HISTORY_MODEL))
+        if n % days_per_commit == 0 or n == days:
+            flush(day)
+            print(f"[history] {n}/{days} days written ({totals}) in {time.time() - t0:.0f}s", flush=True)
     return totals
+
+
+HISTORY_MODEL = {"every": 100}   # fewer fills per day than live: positions stay a sensible multiple of NAV
+
+
+def store_fills(postgres, fills: pa.Table) -> int:
+    """Fills straight into the portfolio store (idempotent on fill_id)."""
+    from nautilus_assets.portfolio import store
+    rows = [(r["fill_id"], r["portfolio_id"], r["instrument_id"], r["quantity"], r["price"], r["fee"], r["ts_event"],
+             None, "history") for r in fills.to_pylist()]
+    with postgres.connect() as conn:
+        store.ensure_schema(conn)
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO portfolio.fills VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                            "ON CONFLICT (fill_id) DO NOTHING", rows)
+            added = cur.rowcount
+        conn.commit()
+    return max(added, 0)

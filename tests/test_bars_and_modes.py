@@ -77,5 +77,5 @@ def test_history_mode_writes_past_days_into_the_lake_idempotently(clean):
     dates = set(dt.to_pyarrow_table(columns=["date"])["date"].to_pylist())
     assert dates == {end - timedelta(days=k) for k in (1, 2, 3)}
     again = write_history(res["lake"], ["AAPL.XNAS", "SPY.ARCX"], days=3, events_per_day=4000)
-    assert again == {"trades": 0, "quotes": 0}
+    assert again == {"trades": 0, "quotes": 0, "fills": 0}
     assert counts(res, TRADES)[1] == totals["trades"]

@@ -8,9 +8,11 @@ PORTFOLIOS = {"momentum": 1_000_000.0, "mean-reversion": 1_000_000.0, "noise": 2
 FEE_RATE, FEE_FIXED = 0.0002, 0.5
 
 
-def model_fills(trades: pa.Table, seed: int = 1, every: int = 40, lookback: int = 20) -> pa.Table:
+def model_fills(trades: pa.Table, seed: int = 1, every: int = 40, lookback: int = 20, notional: float = 10_000.0
+                ) -> pa.Table:
     """About one fill per portfolio every `every` trades of an instrument: momentum buys after a rise over the
-    last `lookback` trades, mean-reversion sells, noise flips a coin. Fee = 2 bp of notional + 0.5."""
+    last `lookback` trades, mean-reversion sells, noise flips a coin; 1-10 × `notional` in currency per fill.
+    Fee = 2 bp of notional + 0.5."""
     rng = np.random.default_rng(seed)
     cols = {k: [] for k in ("fill_id", "portfolio_id", "instrument_id", "quantity", "price", "fee", "ts_event")}
     inst = np.array(trades["instrument_id"].to_pylist(), dtype=object)
@@ -22,7 +24,7 @@ def model_fills(trades: pa.Table, seed: int = 1, every: int = 40, lookback: int 
             i, trend = idx[k], np.sign(price[idx[k]] - price[idx[k - lookback]])
             for pf, side in (("momentum", trend or 1), ("mean-reversion", -trend or -1),
                              ("noise", 1 if rng.random() < 0.5 else -1)):
-                qty = float(side * rng.integers(1, 11) * 10)
+                qty = float(side * round(rng.integers(1, 11) * notional / price[i], 4) or side * 1e-4)
                 cols["fill_id"].append(f"{pf}:{name}:{tid[i]}")
                 cols["portfolio_id"].append(pf)
                 cols["instrument_id"].append(name)
