@@ -45,3 +45,7 @@ class Product:
             producer = client.create_producer(self.topic)
             producer.send(orjson.dumps(event, default=str))
             producer.close()
+
+
+# Day-level products are partitioned by UTC trading date; a range backfills as one run where the backend allows.
+TRADING_DAYS = dg.DailyPartitionsDefinition(start_date="2024-06-01", timezone="UTC")

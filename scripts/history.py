@@ -72,7 +72,7 @@ def write_history(lake: LakeResource, instruments: list[str], days: int, events_
     return totals
 
 
-HISTORY_MODEL = {"every": 100}   # fewer fills per day than live: positions stay a sensible multiple of NAV
+HISTORY_MODEL = {"every": 100, "notional": 2_000.0}   # positions stay a sensible multiple of NAV over years
 
 
 def store_fills(postgres, fills: pa.Table) -> int:

@@ -30,6 +30,7 @@ class MarketSimulator:
     daily_vol: float = 0.02              # per-instrument daily volatility of log price (off-burst)
     burst_rate: float = 1 / 4000         # chance per event that a toxic burst starts on its instrument
     burst_events: int = 600              # events per burst
+    burst_move: float = 0.01             # log-price drift of a whole burst in its direction (1%)
     _state: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self):
@@ -61,8 +62,9 @@ class MarketSimulator:
         u_shape = 0.6 + 1.6 * (2 * frac - 1) ** 2
         sigma = self.daily_vol / np.sqrt(self.events_per_second / k * 86_400)  # per event: a day gives daily_vol
         side_in_burst, in_burst = self._bursts(inst, rng)
-        shocks = rng.standard_normal(n) * sigma * u_shape * np.where(in_burst, 2.5, 1.0)
-        shocks += np.where(in_burst, side_in_burst * 0.8 * sigma * u_shape, 0.0)  # toxic flow moves price its way
+        shocks = rng.standard_normal(n) * sigma * u_shape * np.where(in_burst, 1.5, 1.0)
+        # toxic flow moves the price its way: `burst_move` over a burst, whatever the event density
+        shocks += np.where(in_burst, side_in_burst * self.burst_move / self.burst_events, 0.0)
         log_mid = np.empty(n)
         for j in range(k):
             idx = np.flatnonzero(inst == j)
