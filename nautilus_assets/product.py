@@ -49,3 +49,5 @@ class Product:
 
 # Day-level products are partitioned by UTC trading date; a range backfills as one run where the backend allows.
 TRADING_DAYS = dg.DailyPartitionsDefinition(start_date="2024-06-01", timezone="UTC")
+# Their SLA: the previous day is in place by 01:00 UTC.
+END_OF_DAY = dg.FreshnessPolicy.cron(deadline_cron="0 1 * * *", lower_bound_delta=timedelta(hours=1), timezone="UTC")

@@ -33,3 +33,29 @@ def test_sensors_start_running_and_target_one_job_each():
         sensor = repo.get_sensor_def(name)
         assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
         assert sensor.job_name == "ingest_" + name.split("_")[0]
+
+
+def test_every_product_declares_its_sla_owners_schema_and_engine_topic():
+    ag = defs.resolve_asset_graph()
+    specs = {s.key: s for s in defs.resolve_all_asset_specs()}
+    expected = {"market_analytics": ("analytics", 300, 120, "analytics-signals"),
+                "market_microstructure": ("microstructure", 120, 60, "vpin-microstructure"),
+                "portfolio_states": ("portfolio", 120, 60, "portfolio-positions"),
+                "risk_metrics": ("risk", 300, 120, "risk-metrics")}
+    seen = set()
+    for key in ag.get_all_asset_keys():
+        product = key.path[0]
+        node = ag.get(key)
+        if product not in expected or not node.is_materializable:
+            continue
+        group, fail_s, warn_s, topic = expected[product]
+        meta = specs[key].metadata
+        assert node.group_name == group and node.owners and specs[key].description, key
+        assert "dagster/column_schema" in meta and meta["nautilus/engine_topic"].endswith(topic), key
+        assert {"nautilus/latency_target_ms", "nautilus/availability_target"} <= set(meta), key
+        assert node.freshness_policy is not None, key
+        if not node.partitions_def:
+            assert node.freshness_policy.fail_window.to_timedelta().total_seconds() == fail_s, key
+            assert node.freshness_policy.warn_window.to_timedelta().total_seconds() == warn_s, key
+        seen.add(product)
+    assert seen == set(expected)

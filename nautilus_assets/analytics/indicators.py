@@ -30,14 +30,25 @@ def indicators(bars: pd.DataFrame) -> pd.DataFrame:
     NaN where TA-Lib has no value yet. The first bar of a UTC day must be present for its session VWAP."""
     close = bars["close"].to_numpy(np.float64)
     high, low = bars["high"].to_numpy(np.float64), bars["low"].to_numpy(np.float64)
-    out = pd.DataFrame(index=bars.index)
-    out["sma_20"] = talib.SMA(close, 20)
-    out["ema_20"] = talib.EMA(close, 20)
-    out["rsi_14"] = talib.RSI(close, 14)
-    out["macd"], out["macd_signal"], out["macd_hist"] = talib.MACD(close, 12, 26, 9)
-    out["bb_upper"], out["bb_middle"], out["bb_lower"] = talib.BBANDS(close, 20, 2.0, 2.0)
-    out["atr_14"] = talib.ATR(high, low, close, 14)
-    day = pd.to_datetime(bars["minute"]).dt.floor("D")
-    pv = (bars["vwap"] * bars["volume"]).groupby(day).cumsum()
-    out["session_vwap"] = pv / bars["volume"].groupby(day).cumsum()
-    return out
+    macd, signal, hist = talib.MACD(close, 12, 26, 9)
+    upper, middle, lower = talib.BBANDS(close, 20, 2.0, 2.0)
+    cols = {"sma_20": talib.SMA(close, 20), "ema_20": talib.EMA(close, 20), "rsi_14": talib.RSI(close, 14),
+            "macd": macd, "macd_signal": signal, "macd_hist": hist, "bb_upper": upper, "bb_middle": middle,
+            "bb_lower": lower, "atr_14": talib.ATR(high, low, close, 14),
+            "session_vwap": session_vwap(bars["minute"], bars["vwap"].to_numpy(np.float64),
+                                         bars["volume"].to_numpy(np.float64))}
+    return pd.DataFrame(cols, index=bars.index)
+
+
+def session_vwap(minute, vwap: np.ndarray, volume: np.ndarray) -> np.ndarray:
+    """Σ price·size / Σ size since 00:00 UTC: running sums that restart at each UTC day (Σ price·size of a bar
+    is its vwap · volume)."""
+    day = pd.DatetimeIndex(minute).as_unit("ns").asi8 // 86_400_000_000_000   # epoch ns (UTC) -> day number
+    n = day.size
+    if n == 0:
+        return np.empty(0)
+    first = np.flatnonzero(np.r_[True, day[1:] != day[:-1]])
+    seg = np.repeat(first, np.diff(np.r_[first, n]))          # index of each bar's first bar of the day
+    pv, v = np.cumsum(vwap * volume), np.cumsum(volume)
+    pv0, v0 = np.r_[0.0, pv][seg], np.r_[0.0, v][seg]
+    return (pv - pv0) / (v - v0)

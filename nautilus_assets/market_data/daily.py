@@ -5,7 +5,7 @@ import time
 import dagster as dg
 import pandas as pd
 
-from nautilus_assets.product import TRADING_DAYS
+from nautilus_assets.product import END_OF_DAY, TRADING_DAYS
 from resources.clickhouse import ClickHouseResource
 from resources.lake import LakeResource
 
@@ -37,6 +37,7 @@ def daily_bars(trades: pd.DataFrame) -> pd.DataFrame:
 
 @dg.asset(key=KEY, deps=[TRADES_KEY], partitions_def=TRADING_DAYS, backfill_policy=dg.BackfillPolicy.single_run(),
           group_name=GROUP, owners=OWNERS, kinds={"deltalake", "clickhouse"}, code_version="1", pool="clickhouse",
+          freshness_policy=END_OF_DAY,
           automation_condition=dg.AutomationCondition.on_cron("5 0 * * *", cron_timezone="UTC"),
           description=f"Daily OHLCV per instrument from the lake's bronze trades, in ClickHouse {DB}.bars_1d.",
           metadata={"dagster/table_name": f"{DB}.bars_1d", "dagster/column_schema": dg.TableSchema(

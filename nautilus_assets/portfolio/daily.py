@@ -6,7 +6,7 @@ import dagster as dg
 import pandas as pd
 
 from nautilus_assets.market_data.daily import KEY as BARS_1D_KEY
-from nautilus_assets.product import TRADING_DAYS
+from nautilus_assets.product import END_OF_DAY, TRADING_DAYS
 from resources.clickhouse import ClickHouseResource
 from resources.postgres import PostgresResource
 
@@ -66,7 +66,7 @@ def daily_closes(ch: ClickHouseResource, until: date) -> pd.DataFrame:
 
 @dg.asset(key=KEY, deps=[BARS_1D_KEY, FILLS_SPEC], partitions_def=TRADING_DAYS,
           backfill_policy=dg.BackfillPolicy.single_run(), group_name=PRODUCT.group, owners=list(PRODUCT.owners),
-          kinds={"postgres", "python"}, code_version="1", pool="postgres",
+          kinds={"postgres", "python"}, code_version="1", pool="postgres", freshness_policy=END_OF_DAY,
           automation_condition=dg.AutomationCondition.eager(),
           description="End-of-day NAV, P&L and return per model portfolio (daily P&L / previous day's NAV), and "
                       "the positions behind it, in PostgreSQL portfolio.daily_nav / portfolio.daily_positions.",
