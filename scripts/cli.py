@@ -78,7 +78,8 @@ def up(s: Settings, rate: float, history_days: int) -> None:
         if history_days:
             from .history import write_history
             say(f"writing {history_days} past days into the lake ...")
-            write_history(build_resources(s)["lake"], instruments(s), history_days)
+            r = build_resources(s)
+            write_history(r["lake"], instruments(s), history_days, postgres=r["postgres"])
         py = sys.executable
         bindir = Path(py).parent
         children.append(("simulator", spawn(s, "simulator", [py, "-m", "scripts.cli", "simulate", "--rate", str(rate)])))
@@ -159,7 +160,8 @@ def main(argv: list[str] | None = None) -> None:
         print(replay(build_resources(s)["pulsar"], a.path, a.rate))
     elif a.cmd == "history":
         from .history import write_history
-        print(write_history(build_resources(s)["lake"], instruments(s), a.days, a.events_per_day))
+        r = build_resources(s)
+        print(write_history(r["lake"], instruments(s), a.days, a.events_per_day, postgres=r["postgres"]))
     elif a.cmd == "up":
         up(s, a.rate, a.history_days)
     elif a.cmd == "env":
