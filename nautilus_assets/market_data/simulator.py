@@ -38,6 +38,8 @@ class MarketSimulator:
             raise ValueError("at least one instrument")
         self._rng = np.random.default_rng([self.seed, self.start_ns % 2**63])
         self._t = self.start_ns
+        # unique across simulator runs (a restarted simulator must not reuse trade ids), deterministic for the inputs
+        self._id_prefix = f"S{self.seed}T{self.start_ns // 1_000_000}-"
         k = len(self.instruments)
         self._log_mid = np.log([BASE_PRICES.get(i.split(".")[0], 100.0 + 50 * (zlib.crc32(i.encode()) % 10))
                                 for i in self.instruments])
@@ -95,7 +97,7 @@ class MarketSimulator:
             "price": np.round(np.where(buyer[t], ask[t], bid[t]), 8),
             "size": size[t],
             "aggressor_side": pa.array(np.where(buyer[t], "BUYER", "SELLER"), pa.string()),
-            "trade_id": pa.array([f"{self.seed}-{s}" for s in seq], pa.string()),
+            "trade_id": pa.array([f"{self._id_prefix}{s}" for s in seq], pa.string()),
             "ts_event": ts[t], "ts_init": ts_init[t]})
         q = np.flatnonzero(~is_trade)
         quotes = pa.table({
