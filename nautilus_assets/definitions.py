@@ -8,6 +8,7 @@ from .analytics.assets import ASSETS as ANALYTICS_ASSETS
 from .market_data.assets import ASSETS as MARKET_DATA_ASSETS, INGEST_JOBS
 from .market_data.daily import DAILY_ASSETS as MARKET_DATA_DAILY
 from .microstructure.assets import ASSETS as MICROSTRUCTURE_ASSETS
+from .ml.assets import ASSETS as ML_ASSETS
 from .portfolio.assets import ASSETS as PORTFOLIO_ASSETS
 from .portfolio.daily import DAILY_ASSETS as PORTFOLIO_DAILY
 from .risk.assets import ASSETS as RISK_ASSETS
@@ -22,7 +23,7 @@ AUTOMATION = dg.AutomationConditionSensorDefinition(
 
 defs = dg.Definitions(
     assets=[*MARKET_DATA_ASSETS, *ANALYTICS_ASSETS, *MICROSTRUCTURE_ASSETS, *PORTFOLIO_ASSETS,
-            *MARKET_DATA_DAILY, *PORTFOLIO_DAILY, *RISK_ASSETS],
+            *MARKET_DATA_DAILY, *PORTFOLIO_DAILY, *RISK_ASSETS, *ML_ASSETS],
     jobs=list(INGEST_JOBS.values()),
     sensors=[*INGEST_SENSORS, AUTOMATION],
     resources=build_resources(for_dagster=True),

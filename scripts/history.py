@@ -45,9 +45,11 @@ def simulate_days(instruments: list[str], first: date, days: int, events_per_day
 
 
 def write_history(lake: LakeResource, instruments: list[str], days: int, events_per_day: int = 40_000,
-                  seed: int = 11, end: date | None = None, postgres=None, days_per_commit: int = 30) -> dict:
-    """Days end-days .. end-1 (UTC) into the lake's bronze tables (and, given `postgres`, the model portfolios'
-    fills into the portfolio store). Idempotent for the same arguments: rows de-duplicate on their ids."""
+                  seed: int = 11, end: date | None = None, postgres=None, clickhouse=None,
+                  days_per_commit: int = 30) -> dict:
+    """Days end-days .. end-1 (UTC) into the lake's bronze tables; given `postgres`, the model portfolios' fills
+    into the portfolio store; given `clickhouse`, the ticks and their 1-minute bars into ClickHouse too (so the
+    streaming products can compute over history). Idempotent for the same arguments: rows de-duplicate on ids."""
     end = end or datetime.now(timezone.utc).date()
     totals = {TRADES.name: 0, QUOTES.name: 0, "fills": 0}
     pending = {TRADES.name: [], QUOTES.name: []}
@@ -56,9 +58,15 @@ def write_history(lake: LakeResource, instruments: list[str], days: int, events_
     def flush(label):
         for feed in (TRADES, QUOTES):
             if pending[feed.name]:
-                added, _ = sinks.write_delta(lake, feed, pa.concat_tables(pending[feed.name]), f"history-{label}")
+                table = pa.concat_tables(pending[feed.name])
+                added, _ = sinks.write_delta(lake, feed, table, f"history-{label}")
                 totals[feed.name] += added
                 pending[feed.name] = []
+                if clickhouse is not None:
+                    sinks.write_clickhouse(clickhouse, feed, table)
+                    if feed is TRADES:
+                        dates = pc.unique(table["date"]).to_pylist()
+                        sinks.recompute_bars_for_dates(clickhouse, min(dates), max(dates), f"history-{label}")
 
     for n, (day, trades, quotes) in enumerate(simulate_days(instruments, end - timedelta(days=days), days,
                                                             events_per_day, seed), start=1):

@@ -54,7 +54,7 @@ def clean(res):
             c.close()
     with res["clickhouse"].session() as c:
         tables = c.query("SELECT database, name FROM system.tables WHERE database IN %(d)s",
-                         parameters={"d": [DB, "analytics", "microstructure"]}).result_rows
+                         parameters={"d": [DB, "analytics", "microstructure", "risk", "ml"]}).result_rows
         for db, t in tables:
             c.command(f"TRUNCATE TABLE {db}.{t}")
     with res["postgres"].connect() as conn:

@@ -41,7 +41,8 @@ def test_every_product_declares_its_sla_owners_schema_and_engine_topic():
     expected = {"market_analytics": ("analytics", 300, 120, "analytics-signals"),
                 "market_microstructure": ("microstructure", 120, 60, "vpin-microstructure"),
                 "portfolio_states": ("portfolio", 120, 60, "portfolio-positions"),
-                "risk_metrics": ("risk", 300, 120, "risk-metrics")}
+                "risk_metrics": ("risk", 300, 120, "risk-metrics"),
+                "ml_predictions": ("ml", 300, 120, "ml-predictions")}
     seen = set()
     for key in ag.get_all_asset_keys():
         product = key.path[0]

@@ -96,16 +96,17 @@ def write_quarantine(ch: ClickHouseResource, topic: str, batch_id: str, rows: li
     return len(rows)
 
 
-BARS_SELECT = f"""
+BARS_AGGREGATE = f"""
 SELECT instrument_id, toStartOfMinute(ts) AS minute,
        argMin(price, (ts_event, message_id)) AS open, max(price) AS high, min(price) AS low,
        argMax(price, (ts_event, message_id)) AS close, sum(size) AS volume,
        sum(price * size) / sum(size) AS vwap, count() AS trade_count,
        sumIf(size, aggressor_side = 'BUYER') AS buy_volume, sumIf(size, aggressor_side = 'SELLER') AS sell_volume
-FROM {DB}.trades
-WHERE date BETWEEN toDate(toDateTime(%(lo)s, 'UTC')) AND toDate(toDateTime(%(hi)s, 'UTC'))
-  AND (instrument_id, toUnixTimestamp(toStartOfMinute(ts))) IN %(keys)s
-GROUP BY instrument_id, minute"""
+FROM {DB}.trades WHERE {{where}} GROUP BY instrument_id, minute"""
+# the minutes in %(keys)s: (instrument, minute start in epoch seconds), between %(lo)s and %(hi)s
+BARS_SELECT = BARS_AGGREGATE.format(where=(
+    "date BETWEEN toDate(toDateTime(%(lo)s, 'UTC')) AND toDate(toDateTime(%(hi)s, 'UTC')) "
+    "AND (instrument_id, toUnixTimestamp(toStartOfMinute(ts))) IN %(keys)s"))
 
 
 def touched_minutes(table: pa.Table) -> list[tuple[str, int]]:
@@ -125,3 +126,11 @@ def recompute_bars(ch: ClickHouseResource, keys: list[tuple[str, int]], batch_id
         c.command(f"INSERT INTO {DB}.bars_1m SELECT *, %(version)s AS version, %(batch)s AS batch_id FROM ({BARS_SELECT})",
                   parameters=params, settings={"max_query_size": 1 << 30})
     return len(keys)
+
+
+def recompute_bars_for_dates(ch: ClickHouseResource, first, last, batch_id: str) -> None:
+    """Recompute every bar of the UTC dates first..last (bulk loads such as history mode)."""
+    sql = BARS_AGGREGATE.format(where="date BETWEEN %(first)s AND %(last)s")
+    with ch.session() as c:
+        c.command(f"INSERT INTO {DB}.bars_1m SELECT *, %(version)s AS version, %(batch)s AS batch_id FROM ({sql})",
+                  parameters={"first": first, "last": last, "version": time.time_ns(), "batch": batch_id})
