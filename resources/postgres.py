@@ -12,7 +12,13 @@ class PostgresResource(dg.ConfigurableResource):
     user: str = Field("nautilus", description="Login role")
     password: str = Field("", description="From DAGSTER_PG_PASSWORD / the domain's secret")
     dbname: str = Field("nautilus", description="Database")
+    sslmode: str = Field("prefer", description="libpq sslmode (require in production)")
+    prepared_statements: bool = Field(True, description="False for servers whose connections share one session "
+                                                        "(PGlite's socket server)")
 
     def connect(self, dbname: str | None = None, **kw) -> psycopg.Connection:
-        return psycopg.connect(host=self.host, port=self.port, user=self.user, password=self.password,
-                               dbname=dbname or self.dbname, sslmode="prefer", **kw)
+        conn = psycopg.connect(host=self.host, port=self.port, user=self.user, password=self.password,
+                               dbname=dbname or self.dbname, sslmode=self.sslmode, **kw)
+        if not self.prepared_statements:
+            conn.prepare_threshold = None
+        return conn

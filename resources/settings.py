@@ -15,7 +15,7 @@ from pathlib import Path
 
 # Offsets from NAUTILUS_PORT_BASE. SeaweedFS adds 10000 to some of its ports for gRPC.
 PORTS = {"postgres": 0, "s3": 1, "weed_master": 2, "weed_volume": 3, "weed_filer": 4, "weed_admin": 5,
-         "weed_metrics": 6, "weed_debug": 7, "pulsar": 10, "pulsar_metrics": 11, "webserver": 20}
+         "weed_metrics": 6, "weed_debug": 7, "pulsar": 10, "pulsar_metrics": 11, "timescaledb": 12, "webserver": 20}
 CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "DAGSTER_PG_PASSWORD")
 
 

@@ -183,6 +183,23 @@ def start_pulsar(s: Settings) -> None:
     wait_port(s.port("pulsar_metrics"), "pulsar-lite metrics")
 
 
+# ---- TimescaleDB (PGlite build, for the portfolio store's hypertable path) -------------------------------
+def start_timescaledb(s: Settings) -> int:
+    """Serve PGlite + TimescaleDB on 127.0.0.1 (npm packages pinned by scripts/timescaledb/package-lock.json)."""
+    port = s.port("timescaledb")
+    if port_open(port):
+        return port
+    app = Path(__file__).resolve().parent / "timescaledb"
+    if not (app / "node_modules").exists():
+        log("installing the TimescaleDB PGlite build with npm ci ...")
+        subprocess.run(["npm", "ci", "--ignore-scripts", "--legacy-peer-deps", "--no-audit", "--no-fund"],
+                       cwd=app, check=True, stdout=subprocess.DEVNULL)
+    (s.home / "timescaledb").mkdir(parents=True, exist_ok=True)
+    _spawn(s, "timescaledb", ["node", str(app / "server.mjs"), str(s.home / "timescaledb" / "data"), str(port)])
+    wait_port(port, "PGlite TimescaleDB", timeout=120)
+    return port
+
+
 # ---- all --------------------------------------------------------------------------------------------------
 STARTERS = {"postgres": start_postgres, "s3": start_s3, "pulsar": start_pulsar}
 

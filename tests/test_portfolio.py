@@ -1,21 +1,39 @@
-"""portfolio_states end to end: model fills on the engines topic -> PostgreSQL (native daily partitions here),
+"""portfolio_states end to end: model fills on the engines topic -> PostgreSQL 15 (native daily partitions) and
+PGlite + TimescaleDB (hypertable),
 positions, cash and NAV equal an independent pandas computation marked to the latest bar close."""
 import time
 
 import dagster as dg
 import pandas as pd
+import pytest
 
 from nautilus_assets.market_data.schema import TRADES
 from nautilus_assets.market_data.simulator import MarketSimulator
 from nautilus_assets.portfolio import assets as portfolio
 from nautilus_assets.portfolio.models import FILLS_TOPIC, PORTFOLIOS, fill_messages, model_fills
+from resources.postgres import PostgresResource
+from scripts import services
 from scripts.publisher import publish_tables
 from tests.helpers import reference_bars
 from tests.test_idempotency import batch
 
 
-def test_portfolio_states_from_fills(clean, instance):
-    res = clean
+@pytest.fixture(params=["native", "timescaledb"])
+def store(request, clean, settings):
+    """The portfolio store on the test PostgreSQL 15 (native partitions) or on PGlite + TimescaleDB (hypertable)."""
+    if request.param == "native":
+        return clean["postgres"]
+    port = services.start_timescaledb(settings)
+    pg = PostgresResource(host="127.0.0.1", port=port, user="postgres", password="pglite", dbname="postgres",
+                          sslmode="disable", prepared_statements=False)
+    with pg.connect() as conn:
+        conn.execute("DROP SCHEMA IF EXISTS portfolio CASCADE")
+        conn.commit()
+    return pg
+
+
+def test_portfolio_states_from_fills(clean, store, instance):
+    res = {**clean, "postgres": store}
     trades, _ = MarketSimulator(["AAPL.XNAS", "SPY.ARCX"], seed=31, start_ns=time.time_ns() - 2 * 3600 * 10**9,
                                 events_per_second=2).take(4000, 0)
     publish_tables(res["pulsar"], trades, trades.slice(0, 0))
@@ -31,13 +49,18 @@ def test_portfolio_states_from_fills(clean, instance):
         result = dg.materialize([portfolio.portfolio_states], instance=instance, resources=resources)
         assert result.success and all(e.passed for e in result.get_asset_check_evaluations())
     meta = result.asset_materializations_for_node("portfolio_states__positions")[0].metadata
-    assert meta["partitioning"].value == "native" and "nav_curve" in meta
+    mode = "timescaledb" if store.user == "postgres" else "native"
+    assert meta["partitioning"].value == mode and "nav_curve" in meta
 
     with res["postgres"].connect() as conn:
         assert conn.execute("SELECT count(*) FROM portfolio.fills").fetchone()[0] == fills.num_rows
         assert conn.execute("SELECT reason FROM portfolio.fills_quarantine").fetchone()[0].startswith("bad_value")
-        assert conn.execute("SELECT count(*) FROM pg_inherits WHERE inhparent = "
-                            "'portfolio.portfolio_states'::regclass").fetchone()[0] >= 1
+        if mode == "native":
+            assert conn.execute("SELECT count(*) FROM pg_inherits WHERE inhparent = "
+                                "'portfolio.portfolio_states'::regclass").fetchone()[0] >= 1
+        else:
+            assert conn.execute("SELECT hypertable_name FROM timescaledb_information.hypertables").fetchall() == [
+                ("portfolio_states",)]
         latest = pd.DataFrame(conn.execute(
             "SELECT portfolio_id, instrument_id, position, cash, nav, mark_price FROM portfolio.portfolio_states "
             "WHERE ts = (SELECT max(ts) FROM portfolio.portfolio_states)").fetchall(),
