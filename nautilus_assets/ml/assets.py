@@ -122,8 +122,12 @@ def next_bar_direction(context: dg.AssetExecutionContext, clickhouse: ClickHouse
     with clickhouse.session() as c:
         c.insert_df("ml.predictions", preds)
         c.insert_df("ml.model_registry", registry)
+    inputs = [dg.TableColumnDep(asset_key=INDICATORS_KEY, column_name=c) for c in
+              ("close", "rsi_14", "macd_hist", "bb_upper", "bb_middle", "bb_lower", "sma_20", "atr_14", "session_vwap")]
+    inputs += [dg.TableColumnDep(asset_key=VPIN_KEY, column_name=c) for c in ("vpin", "order_imbalance")]
+    lineage = dg.TableColumnLineage(deps_by_column={"prob_up": inputs, "predicted_up": inputs})
     yield dg.MaterializeResult(metadata={"trained": True, "model_version": version, "weights_uri": uri,
-                                         "n_train": len(tr), **metrics},
+                                         "n_train": len(tr), **metrics, "dagster/column_lineage": lineage},
                                data_version=dg.DataVersion(version))
     beats = metrics["model_log_loss"] < min(metrics["majority_log_loss"], metrics["previous_sign_log_loss"])
     yield dg.AssetCheckResult(check_name="beats_naive_baselines", passed=bool(beats), metadata=metrics,

@@ -94,7 +94,13 @@ def daily_nav(context: dg.AssetExecutionContext, postgres: PostgresResource, cli
                             "%(instrument_id)s, %(position)s, %(close)s) ON CONFLICT (date, portfolio_id, instrument_id) "
                             "DO UPDATE SET position = EXCLUDED.position, close = EXCLUDED.close", positions)
         conn.commit()
-    context.add_output_metadata({"days": len(days), "nav_rows": len(navs)})
+    fill = lambda *cols: [dg.TableColumnDep(asset_key=FILLS_SPEC.key, column_name=c) for c in cols]  # noqa: E731
+    close = [dg.TableColumnDep(asset_key=BARS_1D_KEY, column_name="close")]
+    context.add_output_metadata({"days": len(days), "nav_rows": len(navs), "dagster/column_lineage":
+                                 dg.TableColumnLineage(deps_by_column={
+                                     "nav": fill("quantity", "price", "fee") + close,
+                                     "daily_pnl": fill("quantity", "price", "fee") + close,
+                                     "daily_return": fill("quantity", "price", "fee") + close})})
 
 
 DAILY_ASSETS = [daily_nav]

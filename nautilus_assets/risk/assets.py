@@ -92,8 +92,12 @@ def risk_metrics(context: dg.AssetExecutionContext, postgres: PostgresResource, 
             c.command(stmt)
         if rows:
             c.insert_df("risk.risk_metrics", pd.DataFrame(rows).assign(version=time.time_ns(), run_id=context.run.run_id))
-    yield dg.MaterializeResult(metadata={"days": len(days), "rows": len(rows),
-                                         "portfolios": len(returns.columns)})
+    ret = [dg.TableColumnDep(asset_key=NAV_KEY, column_name="daily_return")]
+    mc = [dg.TableColumnDep(asset_key=NAV_KEY, column_name="nav"), dg.TableColumnDep(asset_key=BARS_1D_KEY,
+                                                                                     column_name="close")]
+    lineage = dg.TableColumnLineage(deps_by_column={n: mc if n.startswith("mc_") else ret for n, _ in COLUMNS})
+    yield dg.MaterializeResult(metadata={"days": len(days), "rows": len(rows), "portfolios": len(returns.columns),
+                                         "dagster/column_lineage": lineage})
     results, zones = {}, []
     for pf in returns.columns:
         r = returns.loc[returns.index <= days[-1], pf].dropna().to_numpy()
