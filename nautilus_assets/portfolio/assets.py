@@ -150,7 +150,9 @@ def nav_plot(conn) -> str | None:
 
 @dg.asset(key=KEY, deps=[BARS_KEY, FILLS_SPEC], group_name=PRODUCT.group, owners=list(PRODUCT.owners),
           kinds={"postgres", "pulsar", "python"}, code_version="1", freshness_policy=PRODUCT.freshness,
-          automation_condition=dg.AutomationCondition.eager(), pool="postgres",
+          # eager on the bars; the fills topic is an external source that never "materializes"
+          automation_condition=dg.AutomationCondition.eager().ignore(dg.AssetSelection.assets(FILLS_SPEC.key)),
+          pool="postgres",
           description="Per model portfolio and instrument: position, average cost, realized and unrealized P&L "
                       "(marked to the latest 1-minute close at or before the state time), fees, cash and NAV, in "
                       "PostgreSQL portfolio.portfolio_states (TimescaleDB hypertable or native daily partitions).",

@@ -67,7 +67,7 @@ def daily_closes(ch: ClickHouseResource, until: date) -> pd.DataFrame:
 @dg.asset(key=KEY, deps=[BARS_1D_KEY, FILLS_SPEC], partitions_def=TRADING_DAYS,
           backfill_policy=dg.BackfillPolicy.single_run(), group_name=PRODUCT.group, owners=list(PRODUCT.owners),
           kinds={"postgres", "python"}, code_version="1", pool="postgres", freshness_policy=END_OF_DAY,
-          automation_condition=dg.AutomationCondition.eager(),
+          automation_condition=dg.AutomationCondition.eager().ignore(dg.AssetSelection.assets(FILLS_SPEC.key)),
           description="End-of-day NAV, P&L and return per model portfolio (daily P&L / previous day's NAV), and "
                       "the positions behind it, in PostgreSQL portfolio.daily_nav / portfolio.daily_positions.",
           metadata={"dagster/table_name": "portfolio.daily_nav", **PRODUCT.metadata, "dagster/column_schema":
