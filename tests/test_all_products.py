@@ -62,7 +62,7 @@ def test_simulator_to_all_six_products(clean, instance):
         "SELECT count() FROM market_data.bars_1m FINAL")
     assert ch.scalar("SELECT countIf(isFinite(vpin)) FROM microstructure.vpin_buckets FINAL") > 0
     assert ch.scalar("SELECT count() FROM market_data.bars_1d FINAL") == 6 * len(INSTR)
-    assert ch.scalar("SELECT count() FROM ml.predictions FINAL") > 0
+    assert ch.scalar("SELECT count() FROM ml.ml_predictions FINAL") > 0
     with res["postgres"].connect() as conn:
         assert conn.execute("SELECT count(*) FROM portfolio.portfolio_states").fetchone()[0] > 0
         assert conn.execute("SELECT count(*) FROM portfolio.daily_nav").fetchone()[0] == 6 * 3

@@ -36,7 +36,7 @@ def test_walk_forward_day_with_versioned_model(clean, instance):
     reg = ch.query_df("SELECT * FROM ml.model_registry")
     assert len(reg) == 1 and reg["model_version"][0] == meta["model_version"].value
     assert str(reg["train_to"][0])[:10] < day.isoformat() <= str(reg["partition_date"][0])[:10]
-    preds = ch.query_df("SELECT instrument_id, minute, prob_up FROM ml.predictions FINAL ORDER BY instrument_id, minute")
+    preds = ch.query_df("SELECT instrument_id, minute, prob_up FROM ml.ml_predictions FINAL ORDER BY instrument_id, minute")
     assert len(preds) == meta["n_test"].value and (preds["minute"].dt.date == day).all()
     # the versioned weights on the lake reproduce the stored predictions
     params = ml.load_model(res["lake"], reg["weights_uri"][0])

@@ -40,9 +40,11 @@ def daily_bars(trades: pd.DataFrame) -> pd.DataFrame:
           freshness_policy=END_OF_DAY,
           automation_condition=dg.AutomationCondition.on_cron("5 0 * * *", cron_timezone="UTC"),
           description=f"Daily OHLCV per instrument from the lake's bronze trades, in ClickHouse {DB}.bars_1d.",
+          check_specs=[dg.AssetCheckSpec("ohlc_consistent", asset=KEY,
+                                         description="low <= open, close <= high; volume > 0; vwap within [low, high]")],
           metadata={"dagster/table_name": f"{DB}.bars_1d", "dagster/column_schema": dg.TableSchema(
               columns=[dg.TableColumn(n, TYPES.get(n, "Float64"), description=d) for n, d, _ in COLUMNS])})
-def bars_1d(context: dg.AssetExecutionContext, lake: LakeResource, clickhouse: ClickHouseResource) -> None:
+def bars_1d(context: dg.AssetExecutionContext, lake: LakeResource, clickhouse: ClickHouseResource):
     dates = list(context.partition_keys)
     dt = lake.table(bronze_table(TRADES))
     trades = dt.to_pyarrow_dataset(partitions=[("date", "in", dates)]).to_table(
@@ -52,9 +54,15 @@ def bars_1d(context: dg.AssetExecutionContext, lake: LakeResource, clickhouse: C
         c.command(DDL)
         if len(bars):
             c.insert_df(f"{DB}.bars_1d", bars.assign(version=time.time_ns(), run_id=context.run.run_id))
-    context.add_output_metadata({"dates": len(dates), "rows": len(bars), "dagster/column_lineage": dg.TableColumnLineage(
-        deps_by_column={n: [dg.TableColumnDep(asset_key=TRADES_KEY, column_name=c) for c in cols]
-                        for n, _, cols in COLUMNS})})
+    yield dg.MaterializeResult(metadata={"dates": len(dates), "rows": len(bars), "dagster/column_lineage":
+                                         dg.TableColumnLineage(deps_by_column={
+                                             n: [dg.TableColumnDep(asset_key=TRADES_KEY, column_name=c) for c in cols]
+                                             for n, _, cols in COLUMNS})})
+    bad = int(clickhouse.scalar(
+        f"SELECT countIf(NOT (low <= least(open, close) AND greatest(open, close) <= high AND volume > 0 "
+        f"AND vwap BETWEEN low - 1e-9 AND high + 1e-9)) FROM {DB}.bars_1d FINAL WHERE date IN %(d)s",
+        parameters={"d": dates}))
+    yield dg.AssetCheckResult(check_name="ohlc_consistent", passed=bad == 0, metadata={"inconsistent_bars": bad})
 
 
 DAILY_ASSETS = [bars_1d]

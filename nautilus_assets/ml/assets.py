@@ -1,6 +1,6 @@
 """The `ml_predictions` product: per trading day D (walk-forward), an MLX logistic regression trained on the
 days before D predicts, for every 1-minute bar of D, whether the next bar closes higher. Predictions go to
-ClickHouse `ml.predictions`; weights and metrics are versioned on the lake with a registry table
+ClickHouse `ml.ml_predictions`; weights and metrics are versioned on the lake with a registry table
 `ml.model_registry`; an asset check compares out-of-sample accuracy and log-loss with two naive baselines."""
 import io
 import json
@@ -26,7 +26,7 @@ KEY = dg.AssetKey(["ml_predictions", "next_bar_direction"])
 CODE_VERSION = "1"
 TRAIN_DAYS, MIN_TRAIN = 5, 200
 DDL = ["CREATE DATABASE IF NOT EXISTS ml",
-       "CREATE TABLE IF NOT EXISTS ml.predictions (instrument_id LowCardinality(String), minute DateTime('UTC'), "
+       "CREATE TABLE IF NOT EXISTS ml.ml_predictions (instrument_id LowCardinality(String), minute DateTime('UTC'), "
        "date Date, prob_up Float64, predicted_up UInt8, model_version String, version UInt64, run_id String) "
        "ENGINE = ReplacingMergeTree(version) ORDER BY (instrument_id, minute)",
        "CREATE TABLE IF NOT EXISTS ml.model_registry (model_version String, partition_date Date, train_from Date, "
@@ -78,9 +78,9 @@ def load_model(lake: LakeResource, uri: str) -> dict:
           automation_condition=dg.AutomationCondition.on_cron("15 0 * * *", cron_timezone="UTC"),
           description="Walk-forward MLX logistic regression on analytics and microstructure features: trained on the "
                       f"{TRAIN_DAYS} trading days before D, it predicts for each 1-minute bar of D whether the next "
-                      "bar closes higher. Predictions in ClickHouse ml.predictions; weights and metrics versioned on "
+                      "bar closes higher. Predictions in ClickHouse ml.ml_predictions; weights and metrics versioned on "
                       "the lake (ml/models/<version>/) with the registry ml.model_registry.",
-          metadata={"dagster/table_name": "ml.predictions", **PRODUCT.metadata, "dagster/column_schema":
+          metadata={"dagster/table_name": "ml.ml_predictions", **PRODUCT.metadata, "dagster/column_schema":
                     dg.TableSchema(columns=[dg.TableColumn("instrument_id", "String"),
                                             dg.TableColumn("minute", "DateTime('UTC')"), dg.TableColumn("date", "Date"),
                                             dg.TableColumn("prob_up", "Float64"),
@@ -120,7 +120,7 @@ def next_bar_direction(context: dg.AssetExecutionContext, clickhouse: ClickHouse
                               "metrics": json.dumps(metrics), "code_version": CODE_VERSION, "weights_uri": uri,
                               "created_at": pd.Timestamp.now(tz="UTC"), "run_id": context.run.run_id}])
     with clickhouse.session() as c:
-        c.insert_df("ml.predictions", preds)
+        c.insert_df("ml.ml_predictions", preds)
         c.insert_df("ml.model_registry", registry)
     inputs = [dg.TableColumnDep(asset_key=INDICATORS_KEY, column_name=c) for c in
               ("close", "rsi_14", "macd_hist", "bb_upper", "bb_middle", "bb_lower", "sma_20", "atr_14", "session_vwap")]

@@ -70,12 +70,14 @@ def daily_closes(ch: ClickHouseResource, until: date) -> pd.DataFrame:
           automation_condition=dg.AutomationCondition.eager().ignore(dg.AssetSelection.assets(FILLS_SPEC.key)),
           description="End-of-day NAV, P&L and return per model portfolio (daily P&L / previous day's NAV), and "
                       "the positions behind it, in PostgreSQL portfolio.daily_nav / portfolio.daily_positions.",
+          check_specs=[dg.AssetCheckSpec("every_portfolio_every_day", asset=KEY,
+                                         description="A portfolio that has traded has a NAV row for every later day")],
           metadata={"dagster/table_name": "portfolio.daily_nav", **PRODUCT.metadata, "dagster/column_schema":
                     dg.TableSchema(columns=[dg.TableColumn("date", "date"), dg.TableColumn("portfolio_id", "text"),
                                             dg.TableColumn("nav", "double precision"),
                                             dg.TableColumn("daily_pnl", "double precision"),
                                             dg.TableColumn("daily_return", "double precision")])})
-def daily_nav(context: dg.AssetExecutionContext, postgres: PostgresResource, clickhouse: ClickHouseResource) -> None:
+def daily_nav(context: dg.AssetExecutionContext, postgres: PostgresResource, clickhouse: ClickHouseResource):
     days = [date.fromisoformat(k) for k in context.partition_keys]
     closes = daily_closes(clickhouse, days[-1])
     with postgres.connect() as conn:
@@ -96,11 +98,18 @@ def daily_nav(context: dg.AssetExecutionContext, postgres: PostgresResource, cli
         conn.commit()
     fill = lambda *cols: [dg.TableColumnDep(asset_key=FILLS_SPEC.key, column_name=c) for c in cols]  # noqa: E731
     close = [dg.TableColumnDep(asset_key=BARS_1D_KEY, column_name="close")]
-    context.add_output_metadata({"days": len(days), "nav_rows": len(navs), "dagster/column_lineage":
-                                 dg.TableColumnLineage(deps_by_column={
-                                     "nav": fill("quantity", "price", "fee") + close,
-                                     "daily_pnl": fill("quantity", "price", "fee") + close,
-                                     "daily_return": fill("quantity", "price", "fee") + close})})
+    yield dg.MaterializeResult(metadata={"days": len(days), "nav_rows": len(navs), "dagster/column_lineage":
+                                         dg.TableColumnLineage(deps_by_column={
+                                             "nav": fill("quantity", "price", "fee") + close,
+                                             "daily_pnl": fill("quantity", "price", "fee") + close,
+                                             "daily_return": fill("quantity", "price", "fee") + close})})
+    seen, missing = set(), 0
+    for d in days:                       # once a portfolio has traded it has a NAV every later day
+        today = {r["portfolio_id"] for r in navs if r["date"] == d}
+        missing += len(seen - today)
+        seen |= today
+    yield dg.AssetCheckResult(check_name="every_portfolio_every_day", passed=missing == 0,
+                              metadata={"portfolios": len(seen), "days": len(days), "missing_rows": missing})
 
 
 DAILY_ASSETS = [daily_nav]
