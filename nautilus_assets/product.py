@@ -11,6 +11,18 @@ from resources.pulsar import PulsarResource
 ENGINES_NS = "persistent://nautilus/engines"
 
 
+def png_markdown(fig, title: str) -> dg.MetadataValue:
+    """A matplotlib figure as Markdown metadata with an inline PNG (shown on the asset's materialization)."""
+    import base64
+    import io
+
+    import matplotlib.pyplot as plt
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
+    plt.close(fig)
+    return dg.MetadataValue.md(f"![{title}](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})")
+
+
 @dataclass(frozen=True)
 class Product:
     name: str                 # data product, e.g. market_analytics

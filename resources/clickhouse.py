@@ -53,6 +53,12 @@ class ClickHouseResource(dg.ConfigurableResource):
             finally:
                 client.close()
 
+    def ensure(self, statements: list[str]) -> None:
+        """Run idempotent DDL (CREATE ... IF NOT EXISTS) in one session."""
+        with self.session() as c:
+            for stmt in statements:
+                c.command(stmt)
+
     def command(self, sql: str, parameters: dict | None = None):
         with self.session() as c:
             return c.command(sql, parameters=parameters)

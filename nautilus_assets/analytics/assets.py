@@ -51,9 +51,7 @@ def window(ch: ClickHouseResource, instrument: str, since) -> pd.DataFrame:
 
 def recompute(ch: ClickHouseResource, run_id: str, log=print) -> dict:
     """Indicators for every bar written since the last run; returns counts for metadata."""
-    with ch.session() as c:
-        for stmt in DDL:
-            c.command(stmt)
+    ch.ensure(DDL)
     cursor = int(ch.scalar(f"SELECT max(source_version) FROM {TABLE}") or 0)
     stats = {"instruments": 0, "rows": 0}
     for instrument, since in changed_since(ch, cursor).items():

@@ -11,9 +11,7 @@ from .schema import ddl
 
 
 def ensure_clickhouse(ch: ClickHouseResource) -> None:
-    with ch.session() as c:
-        for stmt in ddl(DB):
-            c.command(stmt)
+    ch.ensure(ddl(DB))
 
 
 def ensure_subscriptions(pulsar_res: PulsarResource) -> None:

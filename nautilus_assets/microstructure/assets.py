@@ -4,8 +4,6 @@ bucket order imbalance per instrument, in ClickHouse `microstructure.vpin_bucket
 Each run continues from checkpoints: the VpinState of each instrument at every UTC midnight. Bars (re)written
 since the last run are replayed from the checkpoint of their day, so late trades are honoured and the result
 is exactly that of one pass over the full history. Daily parameters come from past trades in the lake."""
-import base64
-import io
 import json
 import time
 from datetime import date, timedelta
@@ -19,7 +17,7 @@ from nautilus_assets.market_data.assets import BARS_KEY, TRADES_KEY
 from nautilus_assets.market_data.bars import bars_from, changed_since
 from nautilus_assets.market_data.schema import TRADES
 from nautilus_assets.market_data.sinks import bronze_table
-from nautilus_assets.product import Product
+from nautilus_assets.product import Product, png_markdown
 from resources.clickhouse import ClickHouseResource
 from resources.lake import LakeResource
 from resources.pulsar import PulsarResource
@@ -135,7 +133,7 @@ def replay(ch: ClickHouseResource, lake: LakeResource, instrument: str, since: p
     return int(sum(len(d) for d in out))
 
 
-def plot(ch: ClickHouseResource) -> str | None:
+def plot(ch: ClickHouseResource) -> dg.MetadataValue | None:
     """Markdown with a PNG of VPIN against price for the most active instrument's latest buckets."""
     df = ch.query_df(f"SELECT instrument_id, end_minute, close, vpin FROM {DB}.vpin_buckets FINAL WHERE variant = 'bvc' "
                      f"AND instrument_id = (SELECT instrument_id FROM {DB}.vpin_buckets FINAL GROUP BY instrument_id "
@@ -154,16 +152,11 @@ def plot(ch: ClickHouseResource) -> str | None:
     ax2.set_ylabel("VPIN (BVC, 50 buckets)", color="tab:red")
     ax.set_title("VPIN against price, latest buckets")
     fig.autofmt_xdate()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
-    plt.close(fig)
-    return f"![VPIN against price](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})"
+    return png_markdown(fig, "VPIN against price")
 
 
 def recompute(ch: ClickHouseResource, lake: LakeResource, run_id: str, log=print) -> dict:
-    with ch.session() as c:
-        for stmt in DDL:
-            c.command(stmt)
+    ch.ensure(DDL)
     cursor = int(ch.scalar(f"SELECT max(version) FROM {DB}.vpin_checkpoints") or 0)
     stats = {"instruments": 0, "buckets_written": 0}
     for instrument, since in changed_since(ch, cursor).items():
@@ -190,7 +183,7 @@ def vpin_buckets(context: dg.AssetExecutionContext, clickhouse: ClickHouseResour
             "dagster/row_count": int(clickhouse.scalar(f"SELECT count() FROM {DB}.vpin_buckets FINAL"))}
     chart = plot(clickhouse)
     if chart:
-        meta["vpin_vs_price"] = dg.MetadataValue.md(chart)
+        meta["vpin_vs_price"] = chart
     yield dg.MaterializeResult(metadata=meta)
     inexact = int(clickhouse.scalar(
         f"SELECT countIf(abs(buy + sell - bucket_volume) > 1e-6 * bucket_volume OR buy < -1e-9 OR sell < -1e-9) "

@@ -92,9 +92,7 @@ def load_model(lake: LakeResource, uri: str) -> dict:
 def next_bar_direction(context: dg.AssetExecutionContext, clickhouse: ClickHouseResource, lake: LakeResource,
                        pulsar: PulsarResource):
     day = date.fromisoformat(context.partition_key)
-    with clickhouse.session() as c:
-        for stmt in DDL:
-            c.command(stmt)
+    clickhouse.ensure(DDL)
     f = features(load_rows(clickhouse, day - timedelta(days=TRAIN_DAYS), day + timedelta(days=1)))
     f = f.replace([np.inf, -np.inf], np.nan).dropna(subset=[*FEATURES, "label"])
     is_test = f["minute"].dt.date == day

@@ -1,8 +1,6 @@
 """The `portfolio_states` product: fills from the engines topic -> PostgreSQL fills -> per portfolio and instrument
 position, average cost, realized/unrealized P&L (marked to the latest 1-minute close at or before the state time),
 fees, cash and NAV in `portfolio.portfolio_states`."""
-import base64
-import io
 import math
 from datetime import datetime, timedelta, timezone
 
@@ -12,7 +10,7 @@ import pulsar
 
 from nautilus_assets.market_data.assets import BARS_KEY
 from nautilus_assets.market_data.ingest import receive
-from nautilus_assets.product import Product
+from nautilus_assets.product import Product, png_markdown
 from resources.clickhouse import ClickHouseResource
 from resources.postgres import PostgresResource
 from resources.pulsar import PulsarResource
@@ -127,7 +125,7 @@ def states(conn, ch: ClickHouseResource, state_time: datetime) -> list[dict]:
     return rows
 
 
-def nav_plot(conn) -> str | None:
+def nav_plot(conn) -> dg.MetadataValue | None:
     data = conn.execute("SELECT ts, portfolio_id, max(nav) FROM portfolio.portfolio_states "
                         "GROUP BY ts, portfolio_id ORDER BY ts").fetchall()
     if len(data) < 2:
@@ -142,10 +140,7 @@ def nav_plot(conn) -> str | None:
     ax.set_title("NAV per model portfolio")
     ax.legend()
     fig.autofmt_xdate()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
-    plt.close(fig)
-    return f"![NAV](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})"
+    return png_markdown(fig, "NAV")
 
 
 @dg.asset(key=KEY, deps=[BARS_KEY, FILLS_SPEC], group_name=PRODUCT.group, owners=list(PRODUCT.owners),
@@ -185,7 +180,7 @@ def portfolio_states(context: dg.AssetExecutionContext, clickhouse: ClickHouseRe
                 "dagster/column_lineage": LINEAGE}
         chart = nav_plot(conn)
         if chart:
-            meta["nav_curve"] = dg.MetadataValue.md(chart)
+            meta["nav_curve"] = chart
         yield dg.MaterializeResult(metadata=meta)
         bad = []
         for pf in {r["portfolio_id"] for r in rows}:

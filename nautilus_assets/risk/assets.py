@@ -87,10 +87,9 @@ def risk_metrics(context: dg.AssetExecutionContext, postgres: PostgresResource, 
     days = [date.fromisoformat(k) for k in context.partition_keys]
     returns, navs, pos, inst_returns = load_inputs(postgres, clickhouse, days[-1])
     rows = [m for d in days for pf in returns.columns if (m := metrics_for(d, pf, returns, navs, pos, inst_returns))]
-    with clickhouse.session() as c:
-        for stmt in DDL:
-            c.command(stmt)
-        if rows:
+    clickhouse.ensure(DDL)
+    if rows:
+        with clickhouse.session() as c:
             c.insert_df("risk.risk_metrics", pd.DataFrame(rows).assign(version=time.time_ns(), run_id=context.run.run_id))
     ret = [dg.TableColumnDep(asset_key=NAV_KEY, column_name="daily_return")]
     mc = [dg.TableColumnDep(asset_key=NAV_KEY, column_name="nav"), dg.TableColumnDep(asset_key=BARS_1D_KEY,
