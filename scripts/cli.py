@@ -77,9 +77,11 @@ def up(s: Settings, rate: float, history_days: int) -> None:
         setup(s)
         if history_days:
             from .history import write_history
-            say(f"writing {history_days} past days into the lake ...")
+            say(f"writing {history_days} past days into the lake and the portfolio store "
+                f"(the last {STREAMING_HISTORY_DAYS} also into ClickHouse) ...")
             r = build_resources(s)
-            write_history(r["lake"], instruments(s), history_days, postgres=r["postgres"])
+            write_history(r["lake"], instruments(s), history_days, HISTORY_EVENTS_PER_DAY, postgres=r["postgres"],
+                          clickhouse=r["clickhouse"], clickhouse_days=STREAMING_HISTORY_DAYS)
         py = sys.executable
         bindir = Path(py).parent
         children.append(("simulator", spawn(s, "simulator", [py, "-m", "scripts.cli", "simulate", "--rate", str(rate)])))
@@ -91,11 +93,49 @@ def up(s: Settings, rate: float, history_days: int) -> None:
         say(f"simulator publishing {rate:g} events/s; starting the Dagster daemon and webserver (logs in {s.home}) ...")
         services.wait_port(s.port("webserver"), "dagster-webserver", timeout=300)
         say(f"Dagster UI: {s.webserver_url}  (set up in {time.time() - t0:.0f}s; Ctrl-C stops everything)")
+        if history_days:
+            backfill = launch_backfill(s, history_days)
+            say(f"backfill {backfill}: every product over the history (watch it under Overview > Backfills)")
         watch(s, children, t0)
     except KeyboardInterrupt:
         pass
     finally:
         stop()
+
+
+STREAMING_HISTORY_DAYS = 21
+HISTORY_EVENTS_PER_DAY = 4000
+BACKFILL = """mutation($p: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $p) {
+  __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } } }"""
+
+
+def launch_backfill(s: Settings, history_days: int) -> str:
+    """One asset backfill through the webserver's GraphQL API: the streaming products once, the day-level chain
+    over every history day (one run per asset: single-run backfill policies), and ML for yesterday."""
+    from datetime import datetime, timedelta, timezone
+
+    import requests
+
+    from nautilus_assets.analytics.assets import KEY as ANALYTICS
+    from nautilus_assets.market_data.daily import KEY as BARS_1D
+    from nautilus_assets.microstructure.assets import KEY as VPIN
+    from nautilus_assets.ml.assets import KEY as ML
+    from nautilus_assets.portfolio.assets import KEY as POSITIONS
+    from nautilus_assets.portfolio.daily import KEY as NAV
+    from nautilus_assets.risk.assets import KEY as RISK
+    yesterday = datetime.now(timezone.utc).date() - timedelta(days=1)
+    first = yesterday - timedelta(days=history_days - 1)
+    span = {"range": {"start": first.isoformat(), "end": yesterday.isoformat()}}
+    parts = [(ANALYTICS, None), (VPIN, None), (POSITIONS, None), (BARS_1D, span), (NAV, span), (RISK, span),
+             (ML, {"range": {"start": yesterday.isoformat(), "end": yesterday.isoformat()}})]
+    params = {"title": "nautilus up: every product over the history",
+              "tags": [{"key": "nautilus/trigger", "value": "run command"}],
+              "partitionsByAssets": [{"assetKey": {"path": k.path}, "partitions": p} for k, p in parts]}
+    r = requests.post(f"{s.webserver_url}/graphql", json={"query": BACKFILL, "variables": {"p": params}}, timeout=120)
+    out = r.json()["data"]["launchPartitionBackfill"]
+    if out["__typename"] != "LaunchBackfillSuccess":
+        raise RuntimeError(f"backfill not launched: {out}")
+    return out["backfillId"]
 
 
 def watch(s: Settings, children, t0: float) -> None:
@@ -141,7 +181,8 @@ def main(argv: list[str] | None = None) -> None:
     sp.add_argument("--events-per-day", type=int, default=40_000)
     sp = sub.add_parser("up", help="run the platform: services, simulator, Dagster daemon and UI")
     sp.add_argument("--rate", type=float, default=500.0)
-    sp.add_argument("--history-days", type=int, default=21, help="past days written into the lake first (VPIN parameters need 20)")
+    sp.add_argument("--history-days", type=int, default=520,
+                    help="past days written first and backfilled through every product (risk's backtest needs 500)")
     sub.add_parser("env", help="print the resolved environment (secrets masked)")
     a = ap.parse_args(argv)
     s = apply(load())

@@ -46,10 +46,11 @@ def simulate_days(instruments: list[str], first: date, days: int, events_per_day
 
 def write_history(lake: LakeResource, instruments: list[str], days: int, events_per_day: int = 40_000,
                   seed: int = 11, end: date | None = None, postgres=None, clickhouse=None,
-                  days_per_commit: int = 30) -> dict:
+                  clickhouse_days: int | None = None, days_per_commit: int = 30) -> dict:
     """Days end-days .. end-1 (UTC) into the lake's bronze tables; given `postgres`, the model portfolios' fills
     into the portfolio store; given `clickhouse`, the ticks and their 1-minute bars into ClickHouse too (so the
-    streaming products can compute over history). Idempotent for the same arguments: rows de-duplicate on ids."""
+    streaming products can compute over history; only the last `clickhouse_days` if given). Idempotent for the
+    same arguments: rows de-duplicate on their ids."""
     end = end or datetime.now(timezone.utc).date()
     totals = {TRADES.name: 0, QUOTES.name: 0, "fills": 0}
     pending = {TRADES.name: [], QUOTES.name: []}
@@ -62,7 +63,9 @@ def write_history(lake: LakeResource, instruments: list[str], days: int, events_
                 added, _ = sinks.write_delta(lake, feed, table, f"history-{label}")
                 totals[feed.name] += added
                 pending[feed.name] = []
-                if clickhouse is not None:
+                if clickhouse is not None and clickhouse_days is not None:
+                    table = table.filter(pc.greater_equal(table["date"], pa.scalar(end - timedelta(days=clickhouse_days))))
+                if clickhouse is not None and table.num_rows:
                     sinks.write_clickhouse(clickhouse, feed, table)
                     if feed is TRADES:
                         dates = pc.unique(table["date"]).to_pylist()

@@ -67,26 +67,28 @@ LINEAGE = dg.TableColumnLineage(deps_by_column={
     n: [dg.TableColumnDep(asset_key=k, column_name=c) for k, c in deps] for n, _, _, deps in COLUMNS if deps})
 
 
-def params_for(ch: ClickHouseResource, lake: LakeResource, instrument: str, day: date) -> dict | None:
-    """The day's parameters, computed once from the lake's trades of the 20 trading days before it."""
+def params_for(ch: ClickHouseResource, lake: LakeResource, instrument: str, days: list[date]) -> dict:
+    """{day: {sigma, bucket_volume}} for the days that have parameters: stored ones, else computed (and stored)
+    from the lake's trades of the 20 trading days before each day, read once for all the missing days."""
     with ch.session() as c:
-        row = c.query(f"SELECT sigma, bucket_volume FROM {DB}.vpin_params FINAL WHERE instrument_id = %(i)s "
-                      "AND date = %(d)s", parameters={"i": instrument, "d": day}).result_rows
-    if row:
-        return {"sigma": row[0][0], "bucket_volume": row[0][1]}
-    dt = lake.table(bronze_table(TRADES))
+        rows = c.query(f"SELECT date, sigma, bucket_volume FROM {DB}.vpin_params FINAL WHERE instrument_id = %(i)s "
+                       "AND date IN %(d)s", parameters={"i": instrument, "d": days}).result_rows
+    out = {d: {"sigma": sg, "bucket_volume": bv} for d, sg, bv in rows}
+    missing = [d for d in days if d not in out]
+    dt = lake.table(bronze_table(TRADES)) if missing else None
     if dt is None:
-        return None
-    dates = [(day - timedelta(days=k)).isoformat() for k in range(1, 3 * ADV_DAYS)]  # 20 trading days and gaps
+        return out
+    span = range(1, (max(missing) - min(missing)).days + 3 * ADV_DAYS)   # 20 trading days (and gaps) before each
+    dates = sorted({(max(missing) - timedelta(days=k)).isoformat() for k in span})
     trades = dt.to_pyarrow_dataset(partitions=[("date", "in", dates)]).to_table(
         columns=["instrument_id", "price", "size", "ts_event"], filter=pc.field("instrument_id") == instrument).to_pandas()
-    p = daily_params(trades, day)
-    if p.empty or not p["bucket_volume"].iloc[0] > 0:
-        return None
-    p["version"] = time.time_ns()
-    with ch.session() as c:
-        c.insert_df(f"{DB}.vpin_params", p)
-    return {"sigma": float(p["sigma"].iloc[0]), "bucket_volume": float(p["bucket_volume"].iloc[0])}
+    new = pd.concat([daily_params(trades, d) for d in missing], ignore_index=True)
+    new = new[new["bucket_volume"] > 0]
+    if len(new):
+        with ch.session() as c:
+            c.insert_df(f"{DB}.vpin_params", new.assign(version=time.time_ns()))
+    out.update({r.date: {"sigma": r.sigma, "bucket_volume": r.bucket_volume} for r in new.itertuples()})
+    return out
 
 
 def _checkpoint(ch: ClickHouseResource, instrument: str, day: date) -> tuple[date | None, dict | None]:
@@ -108,10 +110,11 @@ def replay(ch: ClickHouseResource, lake: LakeResource, instrument: str, since: p
     st = {v: VpinState.from_dict(states[v]) if states else VpinState(window=WINDOW) for v in VARIANTS}
     bars["date"] = pd.to_datetime(bars["minute"]).dt.date
     out, checkpoints, version = [], [], time.time_ns()
+    params = params_for(ch, lake, instrument, sorted(bars["date"].unique()))
     for day, g in bars.groupby("date", sort=True):
         checkpoints.append({"instrument_id": instrument, "date": day, "version": version,
                             "state": json.dumps({v: st[v].to_dict() for v in VARIANTS})})
-        p = params_for(ch, lake, instrument, day)
+        p = params.get(day)
         if p is None:
             log(f"{instrument} {day}: no earlier trades in the lake, VPIN undefined for the day")
             continue
