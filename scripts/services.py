@@ -54,14 +54,6 @@ def _write_state(s: Settings, state: dict) -> None:
     _state_file(s).write_text(json.dumps(state, indent=1))
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except OSError:
-        return False
-
-
 def _spawn(s: Settings, name: str, argv: list[str], env: dict | None = None) -> int:
     logf = open(s.home / f"{name}.log", "ab")
     p = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -46,10 +46,3 @@ def ensure_partition(conn: psycopg.Connection, ts: datetime, mode: str) -> None:
     name = f"portfolio_states_{day:%Y%m%d}"
     conn.execute(f"CREATE TABLE IF NOT EXISTS portfolio.{name} PARTITION OF portfolio.portfolio_states "
                  f"FOR VALUES FROM ('{day} 00:00:00+00') TO ('{day + timedelta(days=1)} 00:00:00+00')")
-
-
-def partitioning(conn: psycopg.Connection) -> dict:
-    """How portfolio_states is partitioned, as PostgreSQL reports it."""
-    native = conn.execute("SELECT count(*) FROM pg_inherits WHERE inhparent = 'portfolio.portfolio_states'::regclass"
-                          ).fetchone()[0]
-    return {"native_partitions": native}
