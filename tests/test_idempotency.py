@@ -1,7 +1,6 @@
 """Re-run batches and lost acknowledgements never duplicate a row; malformed messages go to quarantine."""
 import time
 
-import pulsar
 
 from nautilus_assets.market_data import sinks
 from nautilus_assets.market_data.ingest import run_batch

@@ -2,7 +2,6 @@
 
 Label: whether the next 1-minute bar of the same instrument closes higher. Features come only from the
 analytics and microstructure products at the bar itself (no look-ahead)."""
-import math
 
 import mlx.core as mx
 import mlx.nn as nn

@@ -5,7 +5,6 @@ import time
 from datetime import date, timedelta
 
 import dagster as dg
-import numpy as np
 import pandas as pd
 
 from nautilus_assets.market_data.daily import KEY as BARS_1D_KEY
