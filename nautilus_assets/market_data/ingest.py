@@ -14,7 +14,7 @@ from resources.clickhouse import ClickHouseResource
 from resources.lake import LakeResource
 from resources.pulsar import PulsarResource
 
-from . import sinks
+from . import faults, sinks
 from .decode import RawBatch, decode
 from .schema import REPLAY_PROPERTY, SUBSCRIPTION, TRADES, Feed
 
@@ -111,6 +111,7 @@ def run_batch(feed: Feed, pulsar_res: PulsarResource, lake: LakeResource, ch: Cl
             with ThreadPoolExecutor(2) as pool:
                 delta = pool.submit(sinks.write_delta, lake, feed, dec.table, batch_id)
                 res.written_clickhouse = sinks.write_clickhouse(ch, feed, dec.table)
+                faults.point("between_sinks", feed.name, batch_id)
                 sinks.write_quarantine(ch, feed.topic, batch_id, dec.quarantine)
                 res.written_delta, res.delta_version = delta.result()
             lap("sinks")
@@ -119,9 +120,14 @@ def run_batch(feed: Feed, pulsar_res: PulsarResource, lake: LakeResource, ch: Cl
                 res.bars_recomputed = sinks.recompute_bars(ch, res.bar_keys, batch_id)
                 lap("bars")
             if ack:
-                for m in msgs:
+                faults.point("before_ack", feed.name, batch_id)
+                half = len(msgs) // 2
+                for i, m in enumerate(msgs):
+                    if i == half:
+                        faults.point("mid_ack", feed.name, batch_id)
                     consumer.acknowledge(m)
                 lap("ack")
+                faults.completed(feed.name)
             log(f"{batch_id}: {res.valid} valid ({res.written_delta} new in Delta v{res.delta_version}, "
                 f"{res.written_clickhouse} new in ClickHouse), {res.quarantined} quarantined; {res.seconds}")
         finally:

@@ -11,6 +11,7 @@ from deltalake import CommitProperties, write_deltalake
 from resources.clickhouse import ClickHouseResource
 from resources.lake import LakeResource
 
+from . import faults
 from .schema import Feed
 
 DB = "market_data"
@@ -56,10 +57,12 @@ def write_delta(lake: LakeResource, feed: Feed, table: pa.Table, batch_id: str) 
         table = _without(table, set(existing["message_id"].to_pylist()))
         if table.num_rows == 0:
             return 0, dt.version()
+    faults.point("before_delta_commit", feed.name, batch_id)
     write_deltalake(lake.uri(bronze_table(feed)), table, mode="append", partition_by=["date"],
                     storage_options=lake.storage_options,
                     commit_properties=CommitProperties(custom_metadata={"nautilus.batch_id": batch_id,
                                                                         "nautilus.rows": str(table.num_rows)}))
+    faults.point("after_delta_commit", feed.name, batch_id)
     return table.num_rows, lake.table(bronze_table(feed)).version()
 
 
@@ -74,6 +77,7 @@ def write_clickhouse(ch: ClickHouseResource, feed: Feed, table: pa.Table) -> int
         existing = c.query(f"SELECT message_id FROM {DB}.{feed.name} WHERE {IN_RANGE_SQL}", parameters=r).result_rows
         table = _without(table, {r[0] for r in existing})
         if table.num_rows:
+            faults.point("clickhouse_write", feed.name, table["batch_id"][0].as_py())
             c.insert_arrow(f"{DB}.{feed.name}", table)
     return table.num_rows
 
