@@ -13,10 +13,17 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import access
+
 # Offsets from NAUTILUS_PORT_BASE. SeaweedFS adds 10000 to some of its ports for gRPC.
 PORTS = {"postgres": 0, "s3": 1, "weed_master": 2, "weed_volume": 3, "weed_filer": 4, "weed_admin": 5,
-         "weed_metrics": 6, "weed_debug": 7, "pulsar": 10, "pulsar_metrics": 11, "timescaledb": 12, "webserver": 20}
-CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "DAGSTER_PG_PASSWORD")
+         "weed_metrics": 6, "weed_debug": 7, "pulsar": 10, "pulsar_metrics": 11, "timescaledb": 12,
+         "pulsar_web": 13, "pulsar_bookie": 14, "webserver": 20}
+# Which Pulsar broker the project starts for itself: Apache Pulsar standalone (jars from Maven Central,
+# scripts/pulsar_broker.py) or pulsar-lite (a small Rust broker from PyPI, no admin API).
+PULSAR_BROKERS = ("apache", "lite")
+CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "DAGSTER_PG_PASSWORD",
+                   *access.password_vars())  # NAUTILUS_PG_<ROLE>_PASSWORD: the domains' login roles
 
 
 def _env(name: str, default: str = "") -> str:
@@ -34,11 +41,11 @@ def ensure_credentials(home: Path) -> dict[str, str]:
     """Local credentials, generated once per instance; never committed."""
     path = home / "credentials.env"
     creds = _read_env_file(path)
-    if not all(k in creds for k in CREDENTIAL_KEYS):
+    if not all(k in creds for k in CREDENTIAL_KEYS):  # add what is missing; keep what an instance already uses
         home.mkdir(parents=True, exist_ok=True)
-        creds = {"AWS_ACCESS_KEY_ID": "nautilus" + secrets.token_hex(4),
-                 "AWS_SECRET_ACCESS_KEY": secrets.token_urlsafe(24),
-                 "DAGSTER_PG_PASSWORD": secrets.token_urlsafe(18)}
+        creds = {**{k: secrets.token_urlsafe(18) for k in CREDENTIAL_KEYS},
+                 "AWS_ACCESS_KEY_ID": "nautilus" + secrets.token_hex(4),
+                 "AWS_SECRET_ACCESS_KEY": secrets.token_urlsafe(24), **creds}
         path.touch(mode=0o600)
         path.write_text("".join(f"{k}={v}\n" for k, v in creds.items()))
     return creds
@@ -73,6 +80,10 @@ def load() -> Settings:
     home = Path(_env("NAUTILUS_HOME", f"/var/tmp/nautilus/{instance}"))
     p = {k: base + v for k, v in PORTS.items()}
     creds = {k: os.environ[k] for k in CREDENTIAL_KEYS if os.environ.get(k)}
+    broker = _env("NAUTILUS_PULSAR_BROKER", "lite").lower()
+    if broker not in PULSAR_BROKERS:
+        raise ValueError(f"NAUTILUS_PULSAR_BROKER={broker!r}: expected one of {', '.join(PULSAR_BROKERS)}")
+    external_pulsar = bool(os.environ.get("PULSAR_SERVICE_URL"))
     if len(creds) < len(CREDENTIAL_KEYS):  # embedded defaults fill in what production settings left out
         creds = {**ensure_credentials(home), **creds}
     env = {
@@ -86,9 +97,11 @@ def load() -> Settings:
         "AWS_REGION": _env("AWS_REGION", "us-east-1"),
         "NAUTILUS_LAKE_BUCKET": _env("NAUTILUS_LAKE_BUCKET", "nautilus-lake"),
         "NAUTILUS_LOGS_BUCKET": _env("NAUTILUS_LOGS_BUCKET", "nautilus-dagster-logs"),
+        "NAUTILUS_PULSAR_BROKER": broker,
         "PULSAR_SERVICE_URL": _env("PULSAR_SERVICE_URL", f"pulsar://127.0.0.1:{p['pulsar']}"),
-        "PULSAR_ADMIN_URL": _env("PULSAR_ADMIN_URL"),
-        "PULSAR_METRICS_URL": _env("PULSAR_METRICS_URL", "" if os.environ.get("PULSAR_SERVICE_URL")
+        "PULSAR_ADMIN_URL": _env("PULSAR_ADMIN_URL", "" if external_pulsar or broker == "lite"
+                                 else f"http://127.0.0.1:{p['pulsar_web']}"),
+        "PULSAR_METRICS_URL": _env("PULSAR_METRICS_URL", "" if external_pulsar or broker == "apache"
                                    else f"http://127.0.0.1:{p['pulsar_metrics']}/metrics"),
         "CLICKHOUSE_HOST": _env("CLICKHOUSE_HOST"),
         "CLICKHOUSE_PORT": _env("CLICKHOUSE_PORT", "8123"),
@@ -132,6 +145,12 @@ def build_resources(settings: Settings | None = None, for_dagster: bool = False)
 
     s = apply(settings)
     secret = (lambda k: dg.EnvVar(k)) if for_dagster else (lambda k: s.env[k])
+
+    def pg_role(role: str) -> PostgresResource:
+        """A connection to the database `nautilus` as one of the login roles of resources/access.py."""
+        return PostgresResource(host=s["DAGSTER_PG_HOST"], port=int(s["DAGSTER_PG_PORT"]), user=role,
+                                password=secret(access.password_var(role)), dbname="nautilus")
+
     return {
         "clickhouse": ClickHouseResource(host=s["CLICKHOUSE_HOST"], port=int(s["CLICKHOUSE_PORT"]),
                                          username=s["CLICKHOUSE_USER"], password=secret("CLICKHOUSE_PASSWORD"),
@@ -142,7 +161,8 @@ def build_resources(settings: Settings | None = None, for_dagster: bool = False)
                              bucket=s["NAUTILUS_LAKE_BUCKET"]),
         "pulsar": PulsarResource(service_url=s["PULSAR_SERVICE_URL"], admin_url=s["PULSAR_ADMIN_URL"],
                                  metrics_url=s["PULSAR_METRICS_URL"]),
-        "postgres": PostgresResource(host=s["DAGSTER_PG_HOST"], port=int(s["DAGSTER_PG_PORT"]),
-                                     user=s["DAGSTER_PG_USER"], password=secret("DAGSTER_PG_PASSWORD"),
-                                     dbname="nautilus"),
+        # the portfolio store, as the portfolio domain's login role (resources/access.py: it owns schema portfolio)
+        "postgres": pg_role("portfolio"),
+        # read-only on every product (the governance audit's connection)
+        "postgres_governance": pg_role(access.GOVERNANCE),
     }

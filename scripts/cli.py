@@ -31,16 +31,39 @@ def prepare_dagster_home(s: Settings) -> Path:
 
 
 def setup(s: Settings) -> None:
-    """Buckets, ClickHouse tables, Pulsar subscriptions and the Dagster instance schema (idempotent)."""
+    """Buckets, ClickHouse tables, Pulsar tenant/namespaces/topics and subscriptions, and the Dagster instance
+    schema (idempotent)."""
     from nautilus_assets.market_data.setup import ensure_clickhouse, ensure_subscriptions
+    from resources import topics
     r = build_resources(s)
+    from resources.access import apply_postgres
+    apply_postgres(s)  # domain schemas and login roles, read grants as declared (resources/access.py)
     r["lake"].ensure_buckets(s["NAUTILUS_LOGS_BUCKET"])
     ensure_clickhouse(r["clickhouse"])
+    if s["PULSAR_ADMIN_URL"]:  # Apache Pulsar; pulsar-lite has no admin API and creates topics on first use
+        topics.ensure(s["PULSAR_ADMIN_URL"])
     ensure_subscriptions(r["pulsar"])
     prepare_dagster_home(s)
     from dagster import DagsterInstance
     with DagsterInstance.get() as inst:  # creates/migrates the PostgreSQL schema once, before the daemons race for it
         inst.upgrade()
+        from nautilus_assets.pools import apply_pool_limits
+        apply_pool_limits(inst)          # one concurrency pool per backend, sized from the engine shares
+
+
+def access_command(s: Settings, what: str) -> None:
+    """Print the declaration or the SQL made from it (passwords only as SCRAM verifiers / salted hashes)."""
+    from resources import access
+    if what == "show":
+        print(f"{'role':15} " + " ".join(f"{p:>14}" for p in access.DOMAINS))
+        for r in access.ROLES:
+            print(f"{r:15} " + " ".join(f"{access.access(r, p):>14}" for p in access.DOMAINS))
+        return
+    if what == "postgres-sql":
+        statements = access.postgres_sql(s["DAGSTER_PG_USER"], access.role_passwords(s.env))
+    else:
+        statements = access.clickhouse_sql(access.role_passwords({**s.env, **os.environ}, "CH"))
+    print("\n".join(f"{stmt};" for stmt in statements))
 
 
 def instruments(s: Settings) -> list[str]:
@@ -184,6 +207,11 @@ def main(argv: list[str] | None = None) -> None:
     sp.add_argument("--history-days", type=int, default=520,
                     help="past days written first and backfilled through every product (risk's backtest needs 500)")
     sub.add_parser("env", help="print the resolved environment (secrets masked)")
+    sp = sub.add_parser("access", help="who may read which product, and the access-control SQL made from it")
+    sp.add_argument("what", choices=["show", "postgres-sql", "clickhouse-sql"],
+                    help="show: the declaration; postgres-sql: what `setup` applies; clickhouse-sql: for a server")
+    from nautilus_assets.audit.report import add_parser as add_audit_parser
+    add_audit_parser(sub)
     a = ap.parse_args(argv)
     s = apply(load())
 
@@ -205,6 +233,11 @@ def main(argv: list[str] | None = None) -> None:
         print(write_history(r["lake"], instruments(s), a.days, a.events_per_day, postgres=r["postgres"]))
     elif a.cmd == "up":
         up(s, a.rate, a.history_days)
+    elif a.cmd == "audit":
+        from nautilus_assets.audit.report import main as audit_main
+        audit_main(a, s)
+    elif a.cmd == "access":
+        access_command(s, a.what)
     elif a.cmd == "env":
         for k, v in sorted(s.env.items()):
             print(f"{k}={'***' if any(w in k for w in ('SECRET', 'PASSWORD')) and v else v}")

@@ -158,8 +158,24 @@ def _wait_s3_ready(s: Settings, timeout: float = 60) -> None:
             time.sleep(0.5)
 
 
-# ---- pulsar-lite ------------------------------------------------------------------------------------------
+# ---- Pulsar: Apache Pulsar standalone (scripts/pulsar_broker.py) or pulsar-lite -------------------------
 def start_pulsar(s: Settings) -> None:
+    (start_apache_pulsar if s["NAUTILUS_PULSAR_BROKER"] == "apache" else start_pulsar_lite)(s)
+
+
+def start_apache_pulsar(s: Settings) -> None:
+    from . import pulsar_broker
+    if pulsar_broker.healthy(s):
+        return
+    pulsar_broker.fetch()
+    if port_open(s.port("pulsar")) or port_open(s.port("pulsar_web")):  # starting, or something else holds it
+        pulsar_broker.wait_healthy(s)
+        return
+    pid = _spawn(s, "pulsar", pulsar_broker.argv(s))
+    pulsar_broker.wait_healthy(s, pid)
+
+
+def start_pulsar_lite(s: Settings) -> None:
     port = s.port("pulsar")
     if port_open(port):
         return
@@ -215,8 +231,13 @@ def start(s: Settings) -> None:
 
 def status(s: Settings) -> dict[str, str]:
     ports = {"postgres": s.port("postgres"), "s3": s.port("s3"), "pulsar": s.port("pulsar")}
-    return {n: (f"up on 127.0.0.1:{p}" if port_open(p) else "down") if n in s.managed else "external"
-            for n, p in ports.items()}
+    out = {n: (f"up on 127.0.0.1:{p}" if port_open(p) else "down") if n in s.managed else "external"
+           for n, p in ports.items()}
+    if "pulsar" in s.managed and s["NAUTILUS_PULSAR_BROKER"] == "apache" and port_open(s.port("pulsar")):
+        from . import pulsar_broker
+        out["pulsar"] += (f", Apache Pulsar admin {pulsar_broker.admin_url(s)} "
+                          + ("healthy" if pulsar_broker.healthy(s) else "NOT healthy"))
+    return out
 
 
 def stop(s: Settings) -> None:
@@ -262,3 +283,19 @@ def kill_groups(pids: dict[str, int], timeout: float = 10) -> None:
 def remove(s: Settings) -> None:
     stop(s)
     shutil.rmtree(s.home, ignore_errors=True)
+
+
+def stop_one(s: Settings, name: str) -> None:
+    """Stop one service this project started (its process group); not PostgreSQL (use stop)."""
+    pid = _read_state(s).get(name)
+    if pid:
+        kill_groups({name: pid})
+
+
+def restart(s: Settings, name: str, down_s: float = 0.0) -> float:
+    """Stop one service and start it again after `down_s` seconds (fault-injection tests); returns seconds taken."""
+    t = time.time()
+    stop_one(s, name)
+    time.sleep(down_s)
+    STARTERS[name](s)
+    return time.time() - t

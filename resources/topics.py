@@ -1,0 +1,93 @@
+"""The Pulsar topic map of the platform (one source of truth): tenant, namespaces with their retention, topics.
+
+`ensure(admin_url)` creates them through Apache Pulsar's admin REST API (idempotent). pulsar-lite has no admin
+API and creates topics on first use, so there it is skipped.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import requests
+
+TENANT = "nautilus"
+
+
+@dataclass(frozen=True)
+class Namespace:
+    name: str
+    retention_minutes: int      # keep acknowledged messages this long ...
+    retention_mb: int           # ... up to this size (-1: no size bound)
+    topics: tuple[str, ...]
+    description: str
+
+    @property
+    def path(self) -> str:
+        return f"{TENANT}/{self.name}"
+
+    def topic(self, name: str) -> str:
+        return f"persistent://{self.path}/{name}"
+
+
+DAY = 24 * 60
+NAMESPACES = {ns.name: ns for ns in (
+    Namespace("market-data", 7 * DAY, 10 * 1024,
+              ("level1-quotes", "level2-orderbook", "trades", "news-feeds"),
+              "Market data feeds in (quotes, order book, trades, news)"),
+    Namespace("engines", 1 * DAY, 2 * 1024,
+              ("risk-metrics", "analytics-signals", "ml-predictions", "portfolio-positions", "vpin-microstructure",
+               "portfolio-fills"),
+              "Each data product announces its materializations here; the model portfolios publish their fills"),
+    Namespace("system", 7 * DAY, 1024,
+              ("alerts", "commands", "events"),
+              "Platform alerts (quarantined messages), commands, and one event per materialization"),
+)}
+
+MARKET_DATA = NAMESPACES["market-data"]
+ENGINES = NAMESPACES["engines"]
+SYSTEM = NAMESPACES["system"]
+
+# The topics code publishes to, by role.
+TRADES = MARKET_DATA.topic("trades")
+LEVEL1_QUOTES = MARKET_DATA.topic("level1-quotes")
+PORTFOLIO_FILLS = ENGINES.topic("portfolio-fills")
+SYSTEM_EVENTS = SYSTEM.topic("events")
+SYSTEM_ALERTS = SYSTEM.topic("alerts")
+SYSTEM_COMMANDS = SYSTEM.topic("commands")
+
+
+def all_topics() -> list[str]:
+    return [ns.topic(t) for ns in NAMESPACES.values() for t in ns.topics]
+
+
+def ensure(admin_url: str, cluster: str | None = None, timeout: float = 30) -> dict:
+    """Tenant, namespaces (with retention) and every topic, through the admin REST API. Idempotent."""
+    s = requests.Session()
+    base = f"{admin_url.rstrip('/')}/admin/v2"
+
+    def call(method: str, path: str, ok=(200, 204), **kw) -> requests.Response:
+        r = s.request(method, f"{base}{path}", timeout=timeout, **kw)
+        if r.status_code not in (*ok, 409):  # 409: already exists
+            raise RuntimeError(f"Pulsar admin {method} {path}: {r.status_code} {r.text[:300]}")
+        return r
+
+    clusters = cluster and [cluster] or call("GET", "/clusters").json()
+    call("PUT", f"/tenants/{TENANT}", json={"adminRoles": [], "allowedClusters": clusters})
+    existing = set(call("GET", f"/namespaces/{TENANT}").json())
+    created = []
+    for ns in NAMESPACES.values():
+        if ns.path not in existing:
+            call("PUT", f"/namespaces/{ns.path}")
+        call("POST", f"/namespaces/{ns.path}/retention",
+             json={"retentionTimeInMinutes": ns.retention_minutes, "retentionSizeInMB": ns.retention_mb})
+        have = set(call("GET", f"/namespaces/{ns.path}/topics").json())
+        for t in ns.topics:
+            if ns.topic(t) not in have:
+                call("PUT", f"/persistent/{ns.path}/{t}")
+                created.append(ns.topic(t))
+    return {"tenant": TENANT, "namespaces": list(NAMESPACES), "created": created}
+
+
+def retention(admin_url: str, namespace: str) -> dict:
+    r = requests.get(f"{admin_url.rstrip('/')}/admin/v2/namespaces/{TENANT}/{namespace}/retention", timeout=10)
+    r.raise_for_status()
+    return r.json()
