@@ -4,27 +4,35 @@ import dagster as dg
 from resources.settings import apply, build_resources
 from sensors.pulsar_ingest import INGEST_SENSORS
 
-from .analytics.assets import ASSETS as ANALYTICS_ASSETS
+from .analytics.assets import ASSETS as ANALYTICS_ASSETS, KEY as ANALYTICS_KEY
 from .market_data.assets import ASSETS as MARKET_DATA_ASSETS, INGEST_JOBS
 from .market_data.daily import DAILY_ASSETS as MARKET_DATA_DAILY
-from .microstructure.assets import ASSETS as MICROSTRUCTURE_ASSETS
+from .microstructure.assets import ASSETS as MICROSTRUCTURE_ASSETS, KEY as VPIN_KEY
 from .ml.assets import ASSETS as ML_ASSETS
-from .portfolio.assets import ASSETS as PORTFOLIO_ASSETS
+from .pools import priority_tags
+from .portfolio.assets import ASSETS as PORTFOLIO_ASSETS, KEY as POSITIONS_KEY
 from .portfolio.daily import DAILY_ASSETS as PORTFOLIO_DAILY
+from .replay import EOD_REPLAY, EOD_REPLAY_JOB
 from .risk.assets import ASSETS as RISK_ASSETS
 
 apply()  # resolve embedded defaults into the environment before resources read it
 
 # Downstream products follow the market-data micro-batches through declarative automation (eager); daily bars
 # run after midnight UTC (on_cron). Assets without an automation condition are left to their sensors.
+# The streaming products' runs carry a higher run priority than the day-level ones (nautilus_assets/pools.py).
+STREAMING = dg.AssetSelection.assets(ANALYTICS_KEY, VPIN_KEY, POSITIONS_KEY)
+STREAMING_AUTOMATION = dg.AutomationConditionSensorDefinition(
+    "streaming_products_automation", target=STREAMING, run_tags=priority_tags("streaming_products"),
+    default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=10)
 AUTOMATION = dg.AutomationConditionSensorDefinition(
-    "products_automation", target=dg.AssetSelection.all(),
+    "products_automation", target=dg.AssetSelection.all() - STREAMING, run_tags=priority_tags("end_of_day"),
     default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=10)
 
 defs = dg.Definitions(
     assets=[*MARKET_DATA_ASSETS, *ANALYTICS_ASSETS, *MICROSTRUCTURE_ASSETS, *PORTFOLIO_ASSETS,
             *MARKET_DATA_DAILY, *PORTFOLIO_DAILY, *RISK_ASSETS, *ML_ASSETS],
-    jobs=list(INGEST_JOBS.values()),
-    sensors=[*INGEST_SENSORS, AUTOMATION],
+    jobs=[*INGEST_JOBS.values(), EOD_REPLAY_JOB],
+    schedules=[EOD_REPLAY],
+    sensors=[*INGEST_SENSORS, STREAMING_AUTOMATION, AUTOMATION],
     resources=build_resources(for_dagster=True),
 )

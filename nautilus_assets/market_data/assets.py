@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import dagster as dg
 
+from nautilus_assets.pools import priority_tags
 from resources.clickhouse import ClickHouseResource
 from resources.lake import LakeResource
 from resources.pulsar import PulsarResource
@@ -108,7 +109,7 @@ RECONCILE_DOC = "Every consumed message is stored exactly once in Delta and in C
 UNIQUE_DOC = "No message id (and, for trades, no instrument trade id) is stored twice on the batch's dates."
 
 
-@dg.multi_asset(specs=[_feed_spec(TRADES, TRADES_KEY), BARS_SPEC], name="ingest_trades_batch", pool="market_data_ingest",
+@dg.multi_asset(specs=[_feed_spec(TRADES, TRADES_KEY), BARS_SPEC], name="ingest_trades_batch", pool="lake",
                 check_specs=[_check(TRADES_KEY, "reconciles_with_consumed", RECONCILE_DOC),
                              _check(TRADES_KEY, "no_duplicate_ids", UNIQUE_DOC),
                              _check(BARS_KEY, "bars_agree_with_trades",
@@ -128,7 +129,7 @@ def ingest_trades(context: dg.AssetExecutionContext, config: BatchConfig, pulsar
                               passed=bars["missing"] == 0 and bars["mismatched"] == 0, metadata=bars)
 
 
-@dg.multi_asset(specs=[_feed_spec(QUOTES, QUOTES_KEY)], name="ingest_quotes_batch", pool="market_data_ingest",
+@dg.multi_asset(specs=[_feed_spec(QUOTES, QUOTES_KEY)], name="ingest_quotes_batch", pool="lake",
                 check_specs=[_check(QUOTES_KEY, "reconciles_with_consumed", RECONCILE_DOC),
                              _check(QUOTES_KEY, "no_duplicate_ids", UNIQUE_DOC)])
 def ingest_quotes(context: dg.AssetExecutionContext, config: BatchConfig, pulsar: PulsarResource,
@@ -145,7 +146,7 @@ INGEST_JOBS = {
     feed.name: dg.define_asset_job(
         f"ingest_{feed.name}", selection=dg.AssetSelection.assets(*keys) | dg.AssetSelection.checks_for_assets(*keys),
         executor_def=dg.in_process_executor,
-        tags={"nautilus/topic": feed.name, "dagster/max_runtime": 600},
+        tags={"nautilus/topic": feed.name, "dagster/max_runtime": 600, **priority_tags("market_data_ingest")},
         description=f"One micro-batch from {feed.topic}")
     for feed, keys in ((TRADES, [TRADES_KEY, BARS_KEY]), (QUOTES, [QUOTES_KEY]))}
 

@@ -75,6 +75,9 @@ def load_model(lake: LakeResource, uri: str) -> dict:
 @dg.asset(key=KEY, deps=[INDICATORS_KEY, VPIN_KEY], partitions_def=TRADING_DAYS, group_name=PRODUCT.group,
           owners=list(PRODUCT.owners), kinds={"mlx", "clickhouse", "s3"}, code_version=CODE_VERSION,
           freshness_policy=PRODUCT.freshness, pool="mlx",
+          # one partition per run: each day is its own model version, recorded as that partition's data version and
+          # registry row, and a single-run range would carry one materialization (one data version) for all days
+          backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1),
           automation_condition=dg.AutomationCondition.on_cron("15 0 * * *", cron_timezone="UTC"),
           description="Walk-forward MLX logistic regression on analytics and microstructure features: trained on the "
                       f"{TRAIN_DAYS} trading days before D, it predicts for each 1-minute bar of D whether the next "

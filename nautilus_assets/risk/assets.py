@@ -69,7 +69,7 @@ def metrics_for(day: date, pf: str, returns: pd.DataFrame, navs: dict, pos: pd.D
 
 @dg.asset(key=KEY, deps=[NAV_KEY, BARS_1D_KEY], partitions_def=TRADING_DAYS,
           backfill_policy=dg.BackfillPolicy.single_run(), group_name=PRODUCT.group, owners=list(PRODUCT.owners),
-          kinds={"clickhouse", "mlx", "python"}, code_version="1", pool="clickhouse", freshness_policy=PRODUCT.freshness,
+          kinds={"clickhouse", "mlx", "python"}, code_version="1", pool="mlx", freshness_policy=PRODUCT.freshness,
           automation_condition=dg.AutomationCondition.eager(),
           description="Per model portfolio and day: historical VaR 99% and ES 97.5% over the last 250 daily "
                       "returns (1-day; 10-day scaled by √10), parametric VaR 99% and Monte Carlo VaR 99% (MLX, "
