@@ -5,7 +5,6 @@ from datetime import datetime, timedelta
 import psycopg
 
 SCHEMA_SQL = """
-CREATE SCHEMA IF NOT EXISTS portfolio;
 CREATE TABLE IF NOT EXISTS portfolio.fills (
   fill_id text PRIMARY KEY, portfolio_id text NOT NULL, instrument_id text NOT NULL,
   quantity double precision NOT NULL CHECK (quantity <> 0), price double precision NOT NULL CHECK (price > 0),
@@ -25,6 +24,9 @@ def has_timescaledb(conn: psycopg.Connection) -> bool:
 
 def ensure_schema(conn: psycopg.Connection) -> str:
     """Create the tables; returns 'timescaledb' or 'native' (the partitioning in use)."""
+    if conn.execute("SELECT to_regnamespace('portfolio')").fetchone()[0] is None:
+        # the set-up creates it, owned by the portfolio role (resources/access.py), which may not create schemas
+        conn.execute("CREATE SCHEMA portfolio")
     conn.execute(SCHEMA_SQL)
     exists = conn.execute("SELECT to_regclass('portfolio.portfolio_states')").fetchone()[0]
     if has_timescaledb(conn):
