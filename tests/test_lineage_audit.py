@@ -1,0 +1,202 @@
+"""The governance audit against a real instance after real runs: sensor-launched micro-batches and automation
+runs by dagster-daemon, a backfill launched through the webserver's GraphQL API, a manual launch; then the
+lineage report (JSON + HTML), OpenLineage events to an HTTP server on loopback, a row traced to its run and
+Pulsar message range, and a replay of a batch that gives the same data version."""
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import dagster as dg
+import requests
+
+from nautilus_assets.audit.lineage import PRODUCTS, build_report, stale_intervals, trigger_of
+from nautilus_assets.audit.ol_events import client_for, emit
+from nautilus_assets.audit.provenance import range_in_lake, rematerialize, trace
+from nautilus_assets.audit.report import write
+from nautilus_assets.definitions import defs
+from nautilus_assets.market_data.assets import TRADES_KEY
+from nautilus_assets.market_data.daily import KEY as BARS_1D
+from nautilus_assets.portfolio.assets import portfolio_states
+from scripts import services
+from scripts.cli import BACKFILL, ROOT, spawn
+from scripts.history import write_history
+from tests.conftest import wait_for
+from tests.test_idempotency import counts, publish
+from nautilus_assets.market_data.schema import QUOTES, TRADES
+
+BIN = Path(sys.executable).parent
+INSTR = ["AAPL.XNAS", "SPY.ARCX"]
+
+
+def test_stale_intervals_and_triggers():
+    pol = {"type": "time_window", "fail_after_s": 120.0, "warn_after_s": 60.0}
+    h = stale_intervals([0, 50, 300, 330], pol, since=0, now=400)
+    assert h["fail"]["episodes"] == 1 and h["fail"]["stale_seconds"] == 130      # 170 .. 300
+    assert h["warn"]["episodes"] == 2 and h["warn"]["stale_seconds"] == 190 + 10  # 110..300, 390..400
+    cron = {"type": "cron", "deadline_cron": "0 1 * * *", "timezone": "UTC", "lower_bound_s": 3600.0}
+    day = datetime(2026, 11, 20, tzinfo=timezone.utc).timestamp()
+    h = stale_intervals([day + 1800, day + 86400 + 7200], cron, since=day, now=day + 2 * 86400)
+    assert h["fail"]["episodes"] == 1 and h["fail"]["stale_seconds"] == 3600      # 2nd deadline met an hour late
+    assert trigger_of({"dagster/sensor_name": "s", "dagster/from_automation_condition": "true"}) == \
+        {"kind": "sensor", "name": "s", "automation": True}
+    assert trigger_of({"dagster/backfill": "abc"})["kind"] == "backfill"
+    assert trigger_of({"dagster/schedule_name": "eod"})["kind"] == "schedule"
+    assert trigger_of({})["kind"] == "ui"
+
+
+class _Sink(BaseHTTPRequestHandler):
+    events: list = []
+
+    def do_POST(self):  # noqa: N802
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        type(self).events.append((self.path, json.loads(body)))
+        self.send_response(201)
+        self.end_headers()
+
+    def log_message(self, *a):
+        pass
+
+
+def _graphql(settings, query, variables=None):
+    r = requests.post(f"{settings.webserver_url}/graphql", json={"query": query, "variables": variables or {}},
+                      timeout=120)
+    r.raise_for_status()
+    return r.json()["data"]
+
+
+BACKFILL_STATUS = """query($id: String!) { partitionBackfillOrError(backfillId: $id) {
+  ... on PartitionBackfill { status } } }"""
+
+
+def test_lineage_audit_on_a_live_instance(clean, settings, instance, tmp_path):
+    res = clean
+    t0 = time.time()
+    yesterday = datetime.now(timezone.utc).date() - timedelta(days=1)
+    write_history(res["lake"], INSTR, days=2, events_per_day=2000)
+    publish(res, 1500, seed=21)
+    procs = [spawn(settings, "audit-daemon", [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"]),
+             spawn(settings, "audit-webserver", [str(BIN / "dagster-webserver"), "-w", "workspace.yaml", "-h",
+                                                  "127.0.0.1", "-p", str(settings.port("webserver"))])]
+    try:
+        # real runs: the Pulsar sensors' micro-batches, then the automation sensor's downstream runs
+        def ingested():
+            runs = instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.SUCCESS],
+                                                          job_name="ingest_trades"))
+            return runs and counts(res, TRADES)[0] == 1500 and counts(res, QUOTES)[0] == 1500
+        wait_for(ingested, timeout=240, every=3, what="sensor-launched ingest runs")
+        # a backfill through the webserver's GraphQL API (the UI's Materialize > backfill does the same)
+        services.wait_port(settings.port("webserver"), "webserver", timeout=120)
+        span = {"range": {"start": (yesterday - timedelta(days=1)).isoformat(), "end": yesterday.isoformat()}}
+        out = _graphql(settings, BACKFILL, {"p": {"title": "audit test", "partitionsByAssets": [
+            {"assetKey": {"path": BARS_1D.path}, "partitions": span}]}})["launchPartitionBackfill"]
+        assert out["__typename"] == "LaunchBackfillSuccess", out
+        backfill_id = out["backfillId"]
+        wait_for(lambda: _graphql(settings, BACKFILL_STATUS, {"id": backfill_id})["partitionBackfillOrError"]
+                 ["status"] in ("COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED"),
+                 timeout=300, every=3, what="the backfill")
+
+        def analytics_after_start():
+            ev = instance.get_latest_materialization_event(dg.AssetKey(["market_analytics", "indicators_1m"]))
+            return ev if ev and ev.timestamp > t0 else None
+        wait_for(analytics_after_start, timeout=240, every=3, what="an automation-launched analytics run")
+    finally:
+        services.kill_groups({str(p.pid): p.pid for p in procs})
+    # a launch by hand (what the UI's Materialize button does, without daemon tags)
+    resources = {k: res[k] for k in ("lake", "clickhouse", "postgres", "pulsar")}
+    assert dg.materialize([portfolio_states], instance=instance, resources=resources).success
+
+    # --- the report ---
+    t_report = time.perf_counter()
+    rep = build_report(instance, defs, limit=20, history_days=1)
+    report_s = time.perf_counter() - t_report
+    j, h = write(rep, tmp_path)
+    assert json.loads(j.read_text())["products"] and "market_analytics" in h.read_text()
+    by = {p["product"]: p for p in rep["products"]}
+    assert set(by) == set(PRODUCTS)
+    assert by["market_analytics"]["owners"] == ["team:analytics"]
+    assert by["market_data_feed"]["owners"] == ["team:market-data"]
+    for p in PRODUCTS:      # every product's upstream graph reaches the Pulsar topics
+        assert "pulsar/market_data/trades" in by[p]["topics"], (p, by[p]["topics"])
+    assert "pulsar/engines/portfolio_fills" in by["portfolio_states"]["topics"]
+    trades = by["market_data_feed"]["assets"]["market_data_feed/trades"]
+    assert trades["sla"]["freshness"] == {"type": "time_window", "fail_after_s": 120.0, "warn_after_s": 60.0}
+    mats = trades["last_materializations"]
+    assert mats and all(m["trigger"] == {"kind": "sensor", "name": "trades_ingest_sensor", "automation": False}
+                        for m in mats), mats
+    assert mats[0]["code_version"] == "1" and ".." in mats[0]["data_version"]
+    assert trades["freshness"]["history"]["evaluated"]
+    ana = by["market_analytics"]["assets"]["market_analytics/indicators_1m"]
+    assert any(m["trigger"]["kind"] == "sensor" and m["trigger"]["automation"] for m in ana["last_materializations"])
+    assert ana["column_lineage"]["rsi_14"] == [{"asset": "market_data_feed/bars_1m", "column": "close"}]
+    daily = by["market_data_feed"]["assets"]["market_data_feed/bars_1d"]
+    bf = [m for m in daily["last_materializations"] if m["trigger"]["kind"] == "backfill"]
+    assert bf and bf[0]["trigger"]["name"] == backfill_id and bf[0]["data_version"]
+    pos = by["portfolio_states"]["assets"]["portfolio_states/positions"]
+    assert pos["last_materializations"][0]["trigger"]["kind"] == "ui"
+
+    # --- OpenLineage events to an HTTP endpoint on loopback ---
+    _Sink.events = []
+    server = HTTPServer(("127.0.0.1", 0), _Sink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        counts_ol = emit(instance, defs, client_for(f"http://127.0.0.1:{server.server_port}"), limit=200)
+    finally:
+        server.shutdown()
+    events = [e for path, e in _Sink.events if path == "/api/v1/lineage"]
+    assert len(events) == counts_ol["START"] + counts_ol.get("COMPLETE", 0) + counts_ol.get("FAIL", 0) > 0
+    ingest_run = mats[0]["run_id"]
+    mine = [e for e in events if e["run"]["runId"] == ingest_run]
+    assert [e["eventType"] for e in mine] == ["START", "COMPLETE"], mine
+    ev = mine[-1]
+    assert ev["job"]["namespace"] == "nautilus" and ev["job"]["name"] == "ingest_trades"
+    assert any(i["namespace"] == "pulsar://nautilus" and i["name"] == "nautilus/market-data/trades"
+               for i in ev["inputs"]), ev["inputs"]
+    outs = {o["name"]: o for o in ev["outputs"]}
+    assert "market_data.trades" in outs and outs["market_data.trades"]["facets"]["version"]["datasetVersion"] == \
+        mats[0]["data_version"]
+    assert "columnLineage" in outs["market_data.bars_1m"]["facets"]
+    assert ev["schemaURL"].startswith("https://openlineage.io/spec/")
+
+    # --- a row traced to its run and Pulsar message range ---
+    trade_id = res["clickhouse"].scalar("SELECT trade_id FROM market_data.trades ORDER BY ledger_id, entry_id LIMIT 1")
+    t_trace = time.perf_counter()
+    (item,) = trace(instance, defs, res, "market_data.trades", f"trade_id = '{trade_id}'")
+    trace_s = time.perf_counter() - t_trace
+    run = instance.get_run_by_id(item["run"]["run_id"])
+    assert run.tags["nautilus/batch_id"] == item["batch_id"] == item["row"]["batch_id"]
+    assert item["run"]["trigger"]["kind"] == "sensor" and item["materialization"]["code_version"] == "1"
+    pz = item["source"]["pulsar"]
+    key = lambda mid: tuple(int(x) for x in mid.split(":"))  # noqa: E731
+    assert key(pz["batch_first_message_id"]) <= key(pz["message_id"]) <= key(pz["batch_last_message_id"])
+    assert item["materialization"]["data_version"] == f"{pz['batch_first_message_id']}..{pz['batch_last_message_id']}"
+    assert item["source"]["lake"]["table"] == "bronze/trades" and item["source"]["lake"]["version"] >= 0
+    # replaying the batch from the lake reads exactly that range: the same data version
+    assert range_in_lake(res, "bronze/trades", item["batch_id"])["data_version"] == item["materialization"]["data_version"]
+
+    # --- a daily bar traced to its backfill run and lake version, and re-materialized to the same data version ---
+    (bar,) = trace(instance, defs, res, "market_data.bars_1d",
+                   f"instrument_id = 'AAPL.XNAS' AND date = '{yesterday.isoformat()}'", limit=1)
+    assert bar["run"]["trigger"] == {"kind": "backfill", "name": backfill_id}
+    assert bar["source"]["lake"]["table"] == "bronze/trades" and bar["materialization"]["code_version"] == "1"
+    before = {k: v for k, v in bar["row"].items() if k not in ("version", "run_id")}
+    rep2 = rematerialize(instance, defs, resources, bar["run"]["run_id"], BARS_1D)
+    assert rep2["success"] and rep2["same_data_version"], rep2
+    (again,) = trace(instance, defs, res, "market_data.bars_1d",
+                     f"instrument_id = 'AAPL.XNAS' AND date = '{yesterday.isoformat()}'", limit=1)
+    assert again["run"]["run_id"] == rep2["replay_run"]
+    assert {k: v for k, v in again["row"].items() if k not in ("version", "run_id")} == before
+
+    # --- the command line, as governance runs it ---
+    cp = subprocess.run([sys.executable, "-m", "scripts.cli", "audit", "row", "--table", "market_data.trades",
+                         "--where", f"trade_id = '{trade_id}'"], cwd=ROOT, env={**os.environ, **settings.env},
+                        capture_output=True, text=True, timeout=300)
+    assert cp.returncode == 0, cp.stderr[-3000:]
+    assert json.loads(cp.stdout)[0]["run"]["run_id"] == item["run"]["run_id"]
+    print(f"\nreport over {sum(len(p['assets']) for p in rep['products'])} assets in {report_s:.2f}s; "
+          f"{len(events)} OpenLineage events for {counts_ol['runs']} runs; row trace {trace_s:.2f}s")
