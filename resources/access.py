@@ -167,7 +167,8 @@ def clickhouse_role(role: str) -> str:
 
 
 def sha256_hash(password: str, salt: str | None = None) -> tuple[str, str]:
-    """ClickHouse's sha256_password storage: hex SHA-256 of password + salt."""
+    """ClickHouse's sha256_password storage: hex SHA-256 of password + salt (the server checks
+    encodeSHA256(password.append(salt)), Access/AuthenticationData.cpp)."""
     salt = salt or os.urandom(16).hex()
     return hashlib.sha256((password + salt).encode()).hexdigest(), salt
 
