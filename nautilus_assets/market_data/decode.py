@@ -84,7 +84,7 @@ def validate(feed: Feed, payload: bytes, now_ns: int, lateness_ns: int,
     if not isinstance(rec, dict):
         return None, f"invalid_json: expected an object, got {type(rec).__name__}"
     version = rec.get("schema_version")
-    if version != SCHEMA_VERSION or isinstance(version, bool):
+    if type(version) is not int or version != SCHEMA_VERSION:   # 1.0, "1", true are not version 1
         return None, f"unknown_schema_version: {version!r}"
     checks = [(n, kind) for n, _, _, _, kind in feed.fields] + [("ts_event", NS), ("ts_init", NS)]
     for name, kind in checks:
@@ -98,7 +98,7 @@ def validate(feed: Feed, payload: bytes, now_ns: int, lateness_ns: int,
         return None, f"future_ts_event: {(ts - now_ns) / 1e9:.1f}s ahead of ingestion"
     if ts < now_ns - lateness_ns and not is_replay():
         return None, f"too_late: {(now_ns - ts) / 1e9:.0f}s old, lateness bound {lateness_ns / 1e9:.0f}s"
-    if "bid_price" in rec and rec["bid_price"] > rec["ask_price"]:
+    if "bid_price" in rec and float(rec["bid_price"]) > float(rec["ask_price"]):   # as stored (float64)
         return None, "crossed_quote: bid_price > ask_price"
     return rec, None
 
@@ -109,7 +109,10 @@ _NUM = (int, float)
 def _fast_path(feed: Feed, payloads: list[bytes], now_ns: int, lateness_ns: int) -> pa.Table | None:
     """The whole batch parsed by Arrow's JSON reader and checked column-wise, when every message is valid;
     None as soon as anything is off (the record-by-record path then finds and names each problem)."""
-    if not payloads or any(len(p) > MAX_MESSAGE_BYTES or b"\n" in p for p in payloads):
+    # Arrow reads one row per JSON object, not per line: a payload holding two objects (or none) would shift
+    # every later row onto the wrong message id. Only payloads that start with "{" (so at least one object)
+    # and hold no newline take this path; with the row count equal to the payload count, each gave one row.
+    if not payloads or any(len(p) > MAX_MESSAGE_BYTES or p[:1] != b"{" or b"\n" in p for p in payloads):
         return None
     schema = pa.schema([("schema_version", pa.int64())] + [(n, t) for n, t, *_ in feed.fields]
                        + [("ts_event", pa.int64()), ("ts_init", pa.int64())])
@@ -220,7 +223,9 @@ def decode(feed: Feed, raw: RawBatch | list[RawMessage], topic: str, batch_id: s
         return out
     rows = [recs[k] for k in keep]
     pos = [idx[k] for k in keep]
-    cols = {name: pa.array([r[name] for r in rows], typ) for name, typ, *_ in feed.fields}
+    # floats via float(): an integer price such as 2**53 + 1 is valid, but pa.array refuses it for float64
+    cols = {name: pa.array([float(r[name]) for r in rows] if typ == pa.float64() else [r[name] for r in rows], typ)
+            for name, typ, *_ in feed.fields}
     out.table = build_table(
         feed, cols, ts_event=pa.array([r["ts_event"] for r in rows], pa.int64()),
         ts_init=pa.array([r["ts_init"] for r in rows], pa.int64()), topic=topic, batch_id=batch_id, now_ns=now_ns,
