@@ -3,6 +3,14 @@
 Pending comes from the broker (admin API, else Prometheus metrics). Where the broker cannot tell, a
 timer requests a batch; a safety interval requests one regardless (a restarted broker may not report
 its persisted backlog). Never while an ingest run for the topic is in flight: one consumer per topic.
+
+Watchdog: an in-flight run whose process is gone is reported failed, so its batch is requested again at once.
+The default run launcher has no worker health check; the code server that launched a run reports it failed
+when its process dies, but nothing does when that code server died too (the run would stay STARTED until
+`dagster/max_runtime`). So each tick checks the topic's STARTED run: with the default run launcher the run's
+process (pid of its RUN_START event, on this host: runs are children of the code server evaluating this
+sensor) must be alive and not a newer process reusing the pid; with any launcher, the run must have logged an
+event within NAUTILUS_WATCHDOG_SILENT_SECONDS (default 300).
 """
 
 import json
@@ -11,6 +19,7 @@ import time
 from datetime import datetime, timezone
 
 import dagster as dg
+from dagster._core.launcher import DefaultRunLauncher
 from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
 
 from nautilus_assets.market_data.assets import BATCH_TAG, INGEST_JOBS
@@ -34,6 +43,49 @@ def decide(backlog, since_request: float, since_last_run_end, *, timer_s: float,
     return "safety: periodic batch regardless of reported backlog" if since_request >= safety_s else None
 
 
+def process_alive(pid: int, not_after: float | None = None) -> bool:
+    """Whether pid is a live process (not a zombie) that started no later than `not_after` (epoch s)."""
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: existence only
+        try:
+            os.kill(pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+    fields_ = stat.rsplit(")", 1)[1].split()
+    if fields_[0] in ("Z", "X"):
+        return False
+    if not_after is not None:
+        btime = next(float(line.split()[1]) for line in open("/proc/stat") if line.startswith("btime"))
+        started = btime + int(fields_[19]) / os.sysconf("SC_CLK_TCK")
+        if started > not_after + 2:  # btime has 1 s resolution
+            return False  # the pid was reused by a newer process
+    return True
+
+
+def dead_run_reason(instance: dg.DagsterInstance, record, now: float, silent_s: float) -> str | None:
+    """Why an in-flight run is dead (its worker is gone), or None if it is (or may be) alive."""
+    run = record.dagster_run
+    if run.status != dg.DagsterRunStatus.STARTED:
+        return None  # queued runs wait; run monitoring's start timeout covers STARTING
+    if isinstance(instance.run_launcher, DefaultRunLauncher):
+        start = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.RUN_START, limit=1).records
+        event = start[0].event_log_entry if start else None
+        pid = event.dagster_event.pid if event and event.dagster_event else None
+        if pid and not process_alive(pid, not_after=event.timestamp):
+            return f"its process (pid {pid}) is gone"
+    last = instance.get_records_for_run(run.run_id, limit=1, ascending=False).records
+    last_ts = last[0].timestamp if last else (record.start_time or record.create_timestamp.timestamp())
+    if now - last_ts > silent_s:
+        return f"it logged nothing for {now - last_ts:.0f}s"
+    return None
+
+
 def build_ingest_sensor(feed: Feed, job) -> dg.SensorDefinition:
     @dg.sensor(name=f"{feed.name}_ingest_sensor", job=job, default_status=dg.DefaultSensorStatus.RUNNING,
                minimum_interval_seconds=int(_seconds("NAUTILUS_SENSOR_INTERVAL_SECONDS", 4)),
@@ -42,7 +94,13 @@ def build_ingest_sensor(feed: Feed, job) -> dg.SensorDefinition:
         busy = context.instance.get_run_records(dg.RunsFilter(job_name=job.name, statuses=list(NOT_FINISHED_STATUSES)),
                                                 limit=1)
         if busy:
-            return dg.SkipReason(f"ingest run {busy[0].dagster_run.run_id} for {feed.topic} is still in flight")
+            dead = dead_run_reason(context.instance, busy[0], time.time(),
+                                   _seconds("NAUTILUS_WATCHDOG_SILENT_SECONDS", 300))
+            if dead is None:
+                return dg.SkipReason(f"ingest run {busy[0].dagster_run.run_id} for {feed.topic} is still in flight")
+            context.log.warning(f"watchdog: ingest run {busy[0].dagster_run.run_id} is dead ({dead}); failing it")
+            context.instance.report_run_failed(busy[0].dagster_run,
+                                               f"Nautilus ingest watchdog: {dead}; its batch will be re-run")
         cursor = json.loads(context.cursor) if context.cursor else {"seq": 0, "last_request": 0.0}
         now = time.time()
         last = context.instance.get_run_records(dg.RunsFilter(job_name=job.name), limit=1)

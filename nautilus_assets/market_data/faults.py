@@ -45,11 +45,15 @@ def point(name: str, feed: str, batch_id: str = "") -> None:
 
 
 def completed(feed: str) -> None:
-    """A batch of `feed` completed (acknowledged): arms the feed's next fault."""
+    """A batch of `feed` completed (acknowledged): the feed's fired faults are recovered; arms its next one."""
     path = os.environ.get(ENV)
     if path:
+        now = time.time()
         with locked(Path(path)) as plan:
-            plan.setdefault("completed", {})[feed] = time.time()
+            plan.setdefault("completed", {})[feed] = now
+            for f in plan["faults"]:
+                if f["feed"] == feed and f.get("fired_at") and not f.get("recovered_at"):
+                    f["recovered_at"] = now
 
 
 @contextmanager
