@@ -299,19 +299,3 @@ def restart(s: Settings, name: str, down_s: float = 0.0) -> float:
     time.sleep(down_s)
     STARTERS[name](s)
     return time.time() - t
-
-
-def stop_one(s: Settings, name: str) -> None:
-    """Stop one service this project started (its process group); not PostgreSQL (use stop)."""
-    pid = _read_state(s).get(name)
-    if pid:
-        kill_groups({name: pid})
-
-
-def restart(s: Settings, name: str, down_s: float = 0.0) -> float:
-    """Stop one service and start it again after `down_s` seconds (fault-injection tests); returns seconds taken."""
-    t = time.time()
-    stop_one(s, name)
-    time.sleep(down_s)
-    STARTERS[name](s)
-    return time.time() - t
