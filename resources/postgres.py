@@ -1,6 +1,8 @@
 """PostgreSQL: the Dagster instance storage and (later) the portfolio store."""
 from __future__ import annotations
 
+import os
+
 import dagster as dg
 import psycopg
 from pydantic import Field
@@ -15,6 +17,13 @@ class PostgresResource(dg.ConfigurableResource):
     sslmode: str = Field("prefer", description="libpq sslmode (require in production)")
     prepared_statements: bool = Field(True, description="False for servers whose connections share one session "
                                                         "(PGlite's socket server)")
+
+    def as_role(self, role: str) -> PostgresResource:
+        """This server and database as another login role of resources/access.py, its password from
+        NAUTILUS_PG_<ROLE>_PASSWORD: how a domain reads another domain's product under its own grants."""
+        from .access import password_var
+        return PostgresResource(host=self.host, port=self.port, user=role, password=os.environ[password_var(role)],
+                                dbname=self.dbname, sslmode=self.sslmode, prepared_statements=self.prepared_statements)
 
     def connect(self, dbname: str | None = None, **kw) -> psycopg.Connection:
         conn = psycopg.connect(host=self.host, port=self.port, user=self.user, password=self.password,

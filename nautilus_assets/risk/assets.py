@@ -30,7 +30,8 @@ DDL = ["CREATE DATABASE IF NOT EXISTS risk",
        "CREATE TABLE IF NOT EXISTS risk.risk_metrics (date Date, portfolio_id LowCardinality(String), "
        + ", ".join(f"{n} Float64" for n, _ in COLUMNS) +
        ", observations UInt32, mc_paths UInt32, version UInt64, run_id String) "
-       "ENGINE = ReplacingMergeTree(version) ORDER BY (portfolio_id, date)"]
+       "ENGINE = ReplacingMergeTree(version) ORDER BY (portfolio_id, date)",
+       "ALTER TABLE risk.risk_metrics ADD COLUMN IF NOT EXISTS batch_id String ALIAS run_id"]  # row provenance
 
 
 def load_inputs(pg: PostgresResource, ch: ClickHouseResource, until: date):
@@ -84,7 +85,8 @@ def metrics_for(day: date, pf: str, returns: pd.DataFrame, navs: dict, pos: pd.D
 def risk_metrics(context: dg.AssetExecutionContext, postgres: PostgresResource, clickhouse: ClickHouseResource,
                  pulsar: PulsarResource):
     days = [date.fromisoformat(k) for k in context.partition_keys]
-    returns, navs, pos, inst_returns = load_inputs(postgres, clickhouse, days[-1])
+    # the portfolio product, read as the risk role (a declared reader of portfolio: resources/access.py)
+    returns, navs, pos, inst_returns = load_inputs(postgres.as_role("risk"), clickhouse, days[-1])
     rows = [m for d in days for pf in returns.columns if (m := metrics_for(d, pf, returns, navs, pos, inst_returns))]
     clickhouse.ensure(DDL)
     if rows:
