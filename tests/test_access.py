@@ -191,3 +191,21 @@ def test_portfolio_store_is_owned_by_portfolio_and_read_as_declared(pg):
             GOVERNANCE, "on")
         with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
             c.execute("DELETE FROM portfolio.fills")
+
+
+def test_access_command_prints_verifiers_and_hashes_never_passwords(capsys, monkeypatch):
+    from scripts.cli import main
+    monkeypatch.setenv("NAUTILUS_CH_RISK_PASSWORD", "clickhouse-risk-secret")
+    s = load()
+    main(["access", "clickhouse-sql"])
+    ch = capsys.readouterr().out
+    main(["access", "postgres-sql"])
+    pg = capsys.readouterr().out
+    main(["access", "show"])
+    show = capsys.readouterr().out
+    secrets = ["clickhouse-risk-secret", *(s[access.password_var(r)] for r in ROLES)]
+    assert not [x for x in secrets if x in ch or x in pg]
+    assert ch.count("CREATE USER IF NOT EXISTS") == len(ROLES) and ch.count("GRANT SELECT ON") == sum(
+        1 for (r, p), a in access.matrix().items() if a == "read" and access.DECLARATION[p][0])
+    assert pg.count("PASSWORD 'SCRAM-SHA-256$4096:") == len(ROLES)
+    assert show.splitlines()[1].split() == ["market_data", "write", *["none"] * (len(DOMAINS) - 1)]
