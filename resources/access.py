@@ -155,6 +155,9 @@ def apply_postgres(settings) -> int:
                              password=s["DAGSTER_PG_PASSWORD"], dbname="nautilus")
     statements = postgres_sql(s["DAGSTER_PG_USER"], role_passwords(s.env))
     with admin.connect() as conn:
+        if not conn.execute("SELECT rolcreaterole OR rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]:
+            raise RuntimeError(f"{s['DAGSTER_PG_USER']} may not create roles: give it CREATEROLE, or have a DBA apply "
+                               "`nautilus access postgres-sql`")
         for stmt in statements:
             conn.execute(stmt)
         conn.commit()
