@@ -110,6 +110,7 @@ UNIQUE_DOC = "No message id (and, for trades, no instrument trade id) is stored 
 
 
 @dg.multi_asset(specs=[_feed_spec(TRADES, TRADES_KEY), BARS_SPEC], name="ingest_trades_batch", pool="lake",
+                can_subset=True,  # an empty batch yields nothing: its outputs and checks are optional
                 check_specs=[_check(TRADES_KEY, "reconciles_with_consumed", RECONCILE_DOC),
                              _check(TRADES_KEY, "no_duplicate_ids", UNIQUE_DOC),
                              _check(BARS_KEY, "bars_agree_with_trades",
@@ -130,6 +131,7 @@ def ingest_trades(context: dg.AssetExecutionContext, config: BatchConfig, pulsar
 
 
 @dg.multi_asset(specs=[_feed_spec(QUOTES, QUOTES_KEY)], name="ingest_quotes_batch", pool="lake",
+                can_subset=True,  # an empty batch yields nothing: its outputs and checks are optional
                 check_specs=[_check(QUOTES_KEY, "reconciles_with_consumed", RECONCILE_DOC),
                              _check(QUOTES_KEY, "no_duplicate_ids", UNIQUE_DOC)])
 def ingest_quotes(context: dg.AssetExecutionContext, config: BatchConfig, pulsar: PulsarResource,

@@ -246,3 +246,24 @@ def build_table(feed: Feed, fields: dict, *, ts_event, ts_init, topic: str, batc
             "entry_id": entry_id, "batch_id": pa.array([batch_id] * n, pa.string()),
             "schema_version": pa.array([SCHEMA_VERSION] * n, pa.int32())}
     return pa.table(data, schema=feed.arrow_schema)
+
+
+def reject_reused_trade_ids(dec: Decoded, raw: RawBatch, stored: dict) -> int:
+    """Move to quarantine the decoded trades whose (instrument, trade id) is already stored under another
+    message id (`stored`: key -> message ids holding it). A redelivery (same message id) stays: the sinks
+    de-duplicate it. Returns how many were moved."""
+    if not stored or dec.table.num_rows == 0:
+        return 0
+    keys = zip(dec.table["instrument_id"].to_pylist(), dec.table["trade_id"].to_pylist(),
+               dec.table["message_id"].to_pylist())
+    reused = {mid: (tid, stored[(inst, tid)]) for inst, tid, mid in keys
+              if (inst, tid) in stored and mid not in stored[(inst, tid)]}
+    if not reused:
+        return 0
+    at = {mid: i for i, mid in enumerate(raw.message_ids) if mid in reused}
+    for mid, (tid, holders) in reused.items():
+        i = at[mid]
+        dec.quarantine.append({"message_id": mid, "payload": raw.payloads[i], "publish_time_ms": raw.publish_ms[i],
+                               "reason": f"duplicate_trade_id: {tid} already stored as message {min(holders)}"})
+    dec.table = dec.table.filter(pc.invert(pc.is_in(dec.table["message_id"], pa.array(list(reused), pa.string()))))
+    return len(reused)

@@ -15,7 +15,7 @@ from resources.lake import LakeResource
 from resources.pulsar import PulsarResource
 
 from . import faults, sinks
-from .decode import RawBatch, decode
+from .decode import RawBatch, decode, reject_reused_trade_ids
 from .schema import REPLAY_PROPERTY, SUBSCRIPTION, TRADES, Feed
 
 
@@ -104,6 +104,8 @@ def run_batch(feed: Feed, pulsar_res: PulsarResource, lake: LakeResource, ch: Cl
             res.first_message_id, res.last_message_id = raw.message_ids[0], raw.message_ids[-1]
             lap("unpack")
             dec = decode(feed, raw, feed.topic, batch_id, time.time_ns(), int(lateness_s * 1e9))
+            if feed is TRADES:   # a new message reusing a trade id an earlier batch stored
+                reject_reused_trade_ids(dec, raw, sinks.stored_trade_ids(ch, dec.table, batch_id))
             res.rows = dec.table
             res.valid, res.quarantined, res.duplicates_in_batch = dec.table.num_rows, len(dec.quarantine), dec.duplicates
             lap("decode")
