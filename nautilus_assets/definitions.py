@@ -3,6 +3,7 @@ import dagster as dg
 
 from resources.settings import apply, build_resources
 from sensors.pulsar_ingest import INGEST_SENSORS
+from sensors.system_events import SYSTEM_SENSORS
 
 from .analytics.assets import ASSETS as ANALYTICS_ASSETS, KEY as ANALYTICS_KEY
 from .market_data.assets import ASSETS as MARKET_DATA_ASSETS, INGEST_JOBS
@@ -33,6 +34,6 @@ defs = dg.Definitions(
             *MARKET_DATA_DAILY, *PORTFOLIO_DAILY, *RISK_ASSETS, *ML_ASSETS],
     jobs=[*INGEST_JOBS.values(), EOD_REPLAY_JOB],
     schedules=[EOD_REPLAY],
-    sensors=[*INGEST_SENSORS, STREAMING_AUTOMATION, AUTOMATION],
+    sensors=[*INGEST_SENSORS, STREAMING_AUTOMATION, AUTOMATION, *SYSTEM_SENSORS],
     resources=build_resources(for_dagster=True),
 )
