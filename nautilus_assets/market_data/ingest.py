@@ -13,6 +13,7 @@ import pyarrow as pa
 from resources.clickhouse import ClickHouseResource
 from resources.lake import LakeResource
 from resources.pulsar import PulsarResource
+from resources import system_topics
 
 from . import faults, sinks
 from .decode import RawBatch, decode, reject_reused_trade_ids
@@ -115,6 +116,8 @@ def run_batch(feed: Feed, pulsar_res: PulsarResource, lake: LakeResource, ch: Cl
                 res.written_clickhouse = sinks.write_clickhouse(ch, feed, dec.table)
                 faults.point("between_sinks", feed.name, batch_id)
                 sinks.write_quarantine(ch, feed.topic, batch_id, dec.quarantine)
+                system_topics.publish_quarantine_alert(client, feed.topic, batch_id, len(msgs),
+                                                       dec.table.num_rows, dec.quarantine)
                 res.written_delta, res.delta_version = delta.result()
             lap("sinks")
             if feed is TRADES:
