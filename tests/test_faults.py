@@ -100,7 +100,10 @@ class Publisher(threading.Thread):
 
 def _spawn_daemon(settings, plan_path: Path) -> subprocess.Popen:
     env = {**os.environ, **settings.env, faults.ENV: str(plan_path),
-           "NAUTILUS_SAFETY_INTERVAL_SECONDS": "10", "NAUTILUS_TIMER_SECONDS": "5"}
+           "NAUTILUS_SAFETY_INTERVAL_SECONDS": "10", "NAUTILUS_TIMER_SECONDS": "5",
+           # a run's process must import the whole code location before StartRun answers; on a loaded 2-core
+           # machine that took over the default 60 s, and the launch was failed although the process started
+           "DAGSTER_GRPC_TIMEOUT_SECONDS": os.environ.get("DAGSTER_GRPC_TIMEOUT_SECONDS", "180")}
     logf = open(settings.home / "fault-daemon.log", "ab")
     return subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"], cwd=ROOT, env=env,
                             stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
