@@ -80,7 +80,7 @@ def load() -> Settings:
     home = Path(_env("NAUTILUS_HOME", f"/var/tmp/nautilus/{instance}"))
     p = {k: base + v for k, v in PORTS.items()}
     creds = {k: os.environ[k] for k in CREDENTIAL_KEYS if os.environ.get(k)}
-    broker = _env("NAUTILUS_PULSAR_BROKER", "lite").lower()
+    broker = _env("NAUTILUS_PULSAR_BROKER", "apache").lower()
     if broker not in PULSAR_BROKERS:
         raise ValueError(f"NAUTILUS_PULSAR_BROKER={broker!r}: expected one of {', '.join(PULSAR_BROKERS)}")
     external_pulsar = bool(os.environ.get("PULSAR_SERVICE_URL"))
