@@ -1,4 +1,5 @@
-"""Start, report and stop the platform's own services: PostgreSQL 15, SeaweedFS (S3), pulsar-lite.
+"""Start, report and stop the platform's own services: PostgreSQL 15, SeaweedFS (S3), Apache Pulsar
+(standalone, scripts/pulsar_broker.py; or pulsar-lite with NAUTILUS_PULSAR_BROKER=lite).
 
 Each service runs in its own process group on 127.0.0.1 with data under NAUTILUS_HOME and ports
 from NAUTILUS_PORT_BASE, so several instances (the run command, the tests) live side by side.
