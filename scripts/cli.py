@@ -146,6 +146,7 @@ def launch_backfill(s: Settings, history_days: int) -> str:
     from nautilus_assets.microstructure.assets import KEY as VPIN
     from nautilus_assets.ml.assets import KEY as ML
     from nautilus_assets.portfolio.assets import KEY as POSITIONS
+    from nautilus_assets.pools import PRIORITY
     from nautilus_assets.portfolio.daily import KEY as NAV
     from nautilus_assets.risk.assets import KEY as RISK
     yesterday = datetime.now(timezone.utc).date() - timedelta(days=1)
@@ -154,7 +155,8 @@ def launch_backfill(s: Settings, history_days: int) -> str:
     parts = [(ANALYTICS, None), (VPIN, None), (POSITIONS, None), (BARS_1D, span), (NAV, span), (RISK, span),
              (ML, {"range": {"start": yesterday.isoformat(), "end": yesterday.isoformat()}})]
     params = {"title": "nautilus up: every product over the history",
-              "tags": [{"key": "nautilus/trigger", "value": "run command"}],
+              "tags": [{"key": "nautilus/trigger", "value": "run command"},   # below live ingest and products
+                       {"key": "dagster/priority", "value": str(PRIORITY["backfill"])}],
               "partitionsByAssets": [{"assetKey": {"path": k.path}, "partitions": p} for k, p in parts]}
     r = requests.post(f"{s.webserver_url}/graphql", json={"query": BACKFILL, "variables": {"p": params}}, timeout=120)
     out = r.json()["data"]["launchPartitionBackfill"]

@@ -42,6 +42,11 @@ def instance(settings):
 @pytest.fixture
 def clean(res):
     """Empty market-data tables and drained subscriptions, so a test can count exactly."""
+    return reset_state(res)
+
+
+def reset_state(res):
+    """What `clean` does, callable from fixtures of a wider scope."""
     from nautilus_assets.market_data.ingest import receive, subscribe
     from nautilus_assets.market_data.schema import FEEDS
     from nautilus_assets.market_data.sinks import DB, bronze_table
