@@ -4,6 +4,7 @@ global asset lineage shows the six domain groups; the analytics product's page s
 freshness status and checks; and its upstream lineage reaches the Pulsar topic. Waits are on visible text (Playwright's
 auto-retrying expectations), never sleeps. Screenshots go to test-artifacts/ui/."""
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -77,7 +78,8 @@ def test_ui_shows_domains_product_page_and_lineage_to_pulsar(clean, settings, in
         say("webserver up")
         groups = {s.group_name for s in defs.resolve_all_asset_specs()}
         assert DOMAINS <= groups and groups - DOMAINS == {"pulsar_topics"}, groups
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(ARTIFACTS, ignore_errors=True)
+        ARTIFACTS.mkdir(parents=True)
         url = settings.webserver_url
 
         with browser.browser() as b:
