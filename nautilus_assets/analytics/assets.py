@@ -24,7 +24,8 @@ DDL = ["CREATE DATABASE IF NOT EXISTS analytics",
        f"CREATE TABLE IF NOT EXISTS {TABLE} (instrument_id LowCardinality(String), minute DateTime('UTC'), "
        "close Float64, " + ", ".join(f"{n} {t}" for n, t, _, _ in COLUMNS) +
        ", source_version UInt64, version UInt64, run_id String"
-       ") ENGINE = ReplacingMergeTree(version) PARTITION BY toYYYYMM(minute) ORDER BY (instrument_id, minute)"]
+       ") ENGINE = ReplacingMergeTree(version) PARTITION BY toYYYYMM(minute) ORDER BY (instrument_id, minute)",
+       f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS batch_id String ALIAS run_id"]  # row provenance: the batch
 
 SCHEMA = dg.TableSchema(columns=[
     dg.TableColumn("instrument_id", "LowCardinality(String)", description="Instrument"),

@@ -43,7 +43,8 @@ def fetch_rows(res: dict, table: str, where: str, limit: int = 5) -> list[dict]:
         cols = [r[0] for r in c.query("SELECT name FROM system.columns WHERE database = %(d)s AND table = %(t)s",
                                       parameters={"d": db, "t": name}).result_rows]
         order = " ORDER BY version DESC" if "version" in cols else ""
-        q = c.query(f"SELECT * FROM {table} WHERE {where}{order} LIMIT {int(limit)}")
+        # every column by name: `*` leaves out ALIAS columns such as the products' batch_id
+        q = c.query(f"SELECT {', '.join(f'`{n}`' for n in cols)} FROM {table} WHERE {where}{order} LIMIT {int(limit)}")
         return [{n: _json(v) for n, v in zip(q.column_names, row)} for row in q.result_rows]
 
 

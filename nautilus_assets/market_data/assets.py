@@ -72,8 +72,20 @@ def _check(key: dg.AssetKey, name: str, description: str) -> dg.AssetCheckSpec:
     return dg.AssetCheckSpec(name, asset=key, description=description)
 
 
+def feed_lineage(feed: Feed) -> dg.TableColumnLineage:
+    """Stored columns from the topic's message fields (and the broker's message id) — column lineage to Pulsar."""
+    topic = TOPICS[feed.name].key
+    src = {n: [n] for n, *_ in feed.fields}
+    src.update({"ts": ["ts_event"], "date": ["ts_event"], "ts_event": ["ts_event"], "ts_init": ["ts_init"],
+                "schema_version": ["schema_version"], "message_id": ["message_id"], "ledger_id": ["message_id"],
+                "entry_id": ["message_id"]})
+    return dg.TableColumnLineage(deps_by_column={
+        col: [dg.TableColumnDep(asset_key=topic, column_name=c) for c in cols] for col, cols in src.items()})
+
+
 def _batch_metadata(res: BatchResult, ch: ClickHouseResource, feed: Feed) -> dict:
     meta = {k: v for k, v in res.as_dict().items() if k not in ("seconds", "delta_version")}
+    meta["dagster/column_lineage"] = feed_lineage(feed)
     meta.update({f"seconds_{k}": v for k, v in res.seconds.items()})
     meta["delta_version"] = -1 if res.delta_version is None else res.delta_version
     meta["dagster/row_count"] = int(ch.scalar(f"SELECT count() FROM {DB}.{feed.name}"))

@@ -62,6 +62,7 @@ def bars_1d(context: dg.AssetExecutionContext, lake: LakeResource, clickhouse: C
     bars = daily_bars(trades) if len(trades) else pd.DataFrame()
     with clickhouse.session() as c:
         c.command(DDL)
+        c.command(f"ALTER TABLE {DB}.bars_1d ADD COLUMN IF NOT EXISTS batch_id String ALIAS run_id")  # provenance
         if len(bars):
             c.insert_df(f"{DB}.bars_1d", bars.assign(version=time.time_ns(), run_id=context.run.run_id))
     yield dg.MaterializeResult(metadata={"dates": len(dates), "rows": len(bars), "dagster/column_lineage":

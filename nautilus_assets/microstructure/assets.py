@@ -39,6 +39,7 @@ DDL = [f"CREATE DATABASE IF NOT EXISTS {DB}",
            buy Float64, sell Float64, bucket_volume Float64, order_imbalance Float64, vpin Float64, sigma Float64,
            version UInt64, run_id String)
            ENGINE = ReplacingMergeTree(version) ORDER BY (instrument_id, variant, bucket_seq)""",
+       f"ALTER TABLE {DB}.vpin_buckets ADD COLUMN IF NOT EXISTS batch_id String ALIAS run_id",  # row provenance
        f"""CREATE TABLE IF NOT EXISTS {DB}.vpin_checkpoints (instrument_id LowCardinality(String), date Date,
            state String, version UInt64) ENGINE = ReplacingMergeTree(version) ORDER BY (instrument_id, date)""",
        f"""CREATE TABLE IF NOT EXISTS {DB}.vpin_params (instrument_id LowCardinality(String), date Date,

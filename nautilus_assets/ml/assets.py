@@ -29,6 +29,7 @@ DDL = ["CREATE DATABASE IF NOT EXISTS ml",
        "CREATE TABLE IF NOT EXISTS ml.ml_predictions (instrument_id LowCardinality(String), minute DateTime('UTC'), "
        "date Date, prob_up Float64, predicted_up UInt8, model_version String, version UInt64, run_id String) "
        "ENGINE = ReplacingMergeTree(version) ORDER BY (instrument_id, minute)",
+       "ALTER TABLE ml.ml_predictions ADD COLUMN IF NOT EXISTS batch_id String ALIAS run_id",  # row provenance
        "CREATE TABLE IF NOT EXISTS ml.model_registry (model_version String, partition_date Date, train_from Date, "
        "train_to Date, n_train UInt32, n_test UInt32, metrics String, code_version String, weights_uri String, "
        "created_at DateTime64(3, 'UTC'), run_id String) ENGINE = ReplacingMergeTree ORDER BY model_version"]
