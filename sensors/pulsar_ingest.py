@@ -10,7 +10,8 @@ when its process dies, but nothing does when that code server died too (the run 
 `dagster/max_runtime`). So each tick checks the topic's STARTED run: with the default run launcher the run's
 process (pid of its RUN_START event, on this host: runs are children of the code server evaluating this
 sensor) must be alive and not a newer process reusing the pid; with any launcher, the run must have logged an
-event within NAUTILUS_WATCHDOG_SILENT_SECONDS (default 300).
+event within NAUTILUS_WATCHDOG_SILENT_SECONDS (default 300). A killed run also never releases the pool slot
+its step claimed: the sensor frees the slots of the topic's finished runs before requesting the next batch.
 """
 
 import json
@@ -20,7 +21,7 @@ from datetime import datetime, timezone
 
 import dagster as dg
 from dagster._core.launcher import DefaultRunLauncher
-from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
+from dagster._core.storage.dagster_run import FINISHED_STATUSES, NOT_FINISHED_STATUSES
 
 from nautilus_assets.market_data.assets import BATCH_TAG, INGEST_JOBS
 from nautilus_assets.market_data.schema import FEEDS, SUBSCRIPTION, Feed
@@ -86,6 +87,22 @@ def dead_run_reason(instance: dg.DagsterInstance, record, now: float, silent_s: 
     return None
 
 
+def free_leaked_slots(instance: dg.DagsterInstance, job_name: str) -> list[str]:
+    """Free the pool slots still claimed by finished runs of the job: a killed run never releases its step's
+    slot, and with the ingest pool full no further batch would start (run monitoring frees them too, later)."""
+    storage = instance.event_log_storage
+    if not storage.supports_global_concurrency_limits:
+        return []
+    held = storage.get_concurrency_run_ids()
+    if not held:
+        return []
+    done = instance.get_run_records(dg.RunsFilter(run_ids=list(held), job_name=job_name,
+                                                  statuses=list(FINISHED_STATUSES)))
+    for r in done:
+        storage.free_concurrency_slots_for_run(r.dagster_run.run_id)
+    return [r.dagster_run.run_id for r in done]
+
+
 def build_ingest_sensor(feed: Feed, job) -> dg.SensorDefinition:
     @dg.sensor(name=f"{feed.name}_ingest_sensor", job=job, default_status=dg.DefaultSensorStatus.RUNNING,
                minimum_interval_seconds=int(_seconds("NAUTILUS_SENSOR_INTERVAL_SECONDS", 4)),
@@ -101,6 +118,8 @@ def build_ingest_sensor(feed: Feed, job) -> dg.SensorDefinition:
             context.log.warning(f"watchdog: ingest run {busy[0].dagster_run.run_id} is dead ({dead}); failing it")
             context.instance.report_run_failed(busy[0].dagster_run,
                                                f"Nautilus ingest watchdog: {dead}; its batch will be re-run")
+        for run_id in free_leaked_slots(context.instance, job.name):
+            context.log.info(f"freed the pool slots still held by finished ingest run {run_id}")
         cursor = json.loads(context.cursor) if context.cursor else {"seq": 0, "last_request": 0.0}
         now = time.time()
         last = context.instance.get_run_records(dg.RunsFilter(job_name=job.name), limit=1)

@@ -7,7 +7,7 @@ import dagster as dg
 from dagster._core.events import DagsterEvent
 from dagster._core.test_utils import create_run_for_test
 
-from sensors.pulsar_ingest import dead_run_reason, process_alive
+from sensors.pulsar_ingest import dead_run_reason, free_leaked_slots, process_alive
 
 
 def _started_run(inst, pid: int):
@@ -36,3 +36,17 @@ def test_dead_run_reason():
         starting = create_run_for_test(inst, job_name="ingest_trades", status=dg.DagsterRunStatus.STARTING)
         rec = inst.get_run_records(dg.RunsFilter(run_ids=[starting.run_id]))[0]
         assert dead_run_reason(inst, rec, now + 10_000, silent_s=300) is None
+
+
+def test_slots_of_finished_runs_are_freed():
+    with dg.instance_for_test() as inst:
+        storage = inst.event_log_storage
+        if not storage.supports_global_concurrency_limits:
+            return
+        storage.set_concurrency_slots("lake", 2)
+        killed = create_run_for_test(inst, job_name="ingest_trades", status=dg.DagsterRunStatus.FAILURE)
+        live = create_run_for_test(inst, job_name="ingest_trades", status=dg.DagsterRunStatus.STARTED)
+        for run in (killed, live):
+            storage.claim_concurrency_slot("lake", run.run_id, "ingest_trades_batch")
+        assert free_leaked_slots(inst, "ingest_trades") == [killed.run_id]
+        assert storage.get_concurrency_run_ids() == {live.run_id}
