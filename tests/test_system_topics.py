@@ -36,6 +36,44 @@ def test_topic_map_covers_the_architecture_and_every_topic_in_use():
     assert {t.rsplit("/", 1)[1] for t in in_use if "/engines/" in t} >= ARCHITECTURE["engines"]
 
 
+def test_broker_setting_picks_admin_api_or_metrics(monkeypatch, tmp_path):
+    from resources.settings import load
+    for var in ("PULSAR_SERVICE_URL", "PULSAR_ADMIN_URL", "PULSAR_METRICS_URL", "NAUTILUS_MANAGED"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NAUTILUS_HOME", str(tmp_path))
+    monkeypatch.setenv("NAUTILUS_PORT_BASE", "30000")
+    monkeypatch.delenv("NAUTILUS_PULSAR_BROKER", raising=False)
+    s = load()  # the default: Apache Pulsar, backlog from its admin API
+    assert (s["NAUTILUS_PULSAR_BROKER"], s["PULSAR_ADMIN_URL"], s["PULSAR_METRICS_URL"]) == \
+        ("apache", "http://127.0.0.1:30013", "") and "pulsar" in s.managed
+    monkeypatch.setenv("NAUTILUS_PULSAR_BROKER", "lite")
+    s = load()
+    assert (s["PULSAR_ADMIN_URL"], s["PULSAR_METRICS_URL"]) == ("", "http://127.0.0.1:30011/metrics")
+    monkeypatch.setenv("NAUTILUS_PULSAR_BROKER", "kafka")
+    with pytest.raises(ValueError):
+        load()
+    monkeypatch.setenv("NAUTILUS_PULSAR_BROKER", "apache")
+    monkeypatch.setenv("PULSAR_SERVICE_URL", "pulsar://pulsar.internal:6650")
+    s = load()  # a production broker: nothing managed, admin URL only if given
+    assert "pulsar" not in s.managed and s["PULSAR_ADMIN_URL"] == ""
+
+
+def test_broker_config_binds_loopback_and_derives_ports(tmp_path):
+    from types import SimpleNamespace
+
+    from resources.settings import PORTS
+    from scripts import pulsar_broker
+    s = SimpleNamespace(instance="t", home=tmp_path, port=lambda name: 30000 + PORTS[name])
+    conf = dict(line.split("=", 1) for line in pulsar_broker.config_text(s).splitlines() if "=" in line
+                and not line.startswith("#"))
+    assert (conf["bindAddress"], conf["advertisedAddress"], conf["listeningInterface"]) == ("127.0.0.1", "127.0.0.1", "lo")
+    assert (conf["brokerServicePort"], conf["webServicePort"], conf["bookiePort"]) == ("30010", "30013", "30014")
+    assert conf["functionsWorkerEnabled"] == "false" and "zookeeperServers" not in conf
+    argv = pulsar_broker.argv(s)
+    assert "--no-functions-worker" in argv and "--no-stream-storage" in argv and "-Xmx1g" in argv
+    assert str(tmp_path / "pulsar" / "metadata") in argv
+
+
 def test_broker_has_tenant_namespaces_retention_and_topics(settings):
     admin = settings["PULSAR_ADMIN_URL"]
     if not admin:
@@ -51,7 +89,8 @@ def test_broker_has_tenant_namespaces_retention_and_topics(settings):
 
 
 def _subscribe(client, topic):
-    return client.subscribe(topic, f"test-{uuid.uuid4().hex[:8]}", consumer_type=pulsar.ConsumerType.Exclusive,
+    # Shared: pulsar-lite delivers duplicates on Exclusive subscriptions
+    return client.subscribe(topic, f"test-{uuid.uuid4().hex[:8]}", consumer_type=pulsar.ConsumerType.Shared,
                             initial_position=pulsar.InitialPosition.Latest)
 
 
