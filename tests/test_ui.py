@@ -70,12 +70,13 @@ def test_ui_shows_domains_product_page_and_lineage_to_pulsar(clean, settings, in
     shutil.rmtree(ARTIFACTS, ignore_errors=True)
     ARTIFACTS.mkdir(parents=True)
     install_s = browser.ensure_chromium()
-    seed(res, instance)
-    say("seeded")
+    # the webserver loads the code location meanwhile (it reads runs and events live, so order does not matter)
     web = spawn(settings, "test-ui-webserver", [str(BIN / "dagster-webserver"), "-w", "workspace.yaml", "-h",
                                                  "127.0.0.1", "-p", str(settings.port("webserver"))])
     try:
-        evaluate_freshness(instance)            # meanwhile the webserver loads the code location
+        seed(res, instance)
+        say("seeded")
+        evaluate_freshness(instance)
         state = instance.get_freshness_state_records([analytics.KEY])[analytics.KEY].freshness_state.value
         assert state in ("PASS", "WARN"), state  # materialized seconds ago; SLA warns after 2 min
         say(f"freshness evaluated ({state})")
