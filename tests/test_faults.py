@@ -133,6 +133,16 @@ def _failure(instance, run_id: str):
     return recs[0] if recs else None
 
 
+def _noticed_by(instance, run_id: str, fail) -> str:
+    """Who failed the run: the sensor watchdog, the code server that launched it (its process died), or the run."""
+    if "watchdog" in (fail.event_log_entry.message or ""):
+        return "sensor watchdog"
+    engine = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT).records
+    if any("[DagsterApiServer]" in (e.event_log_entry.message or "") for e in engine):
+        return "code server"
+    return "run itself"
+
+
 def _counts(res, feed) -> dict:
     dt = res["lake"].table(sinks.bronze_table(feed))
     delta = dt.to_pyarrow_table(columns=["message_id", *(["instrument_id", "trade_id"] if feed is TRADES else [])])
@@ -234,9 +244,7 @@ def test_exactly_once_under_injected_faults(clean, settings, instance):
             "id": f["id"], "kind": f["kind"], "point": f["point"], "fired": bool(f.get("fired_at")),
             "run_status": run.dagster_run.status.value if run else None,
             "noticed_after_s": round(fail.timestamp - f["fired_at"], 1) if fail else None,
-            "noticed_by": (("sensor watchdog" if "watchdog" in (fail.event_log_entry.message or "") else
-                            "code server" if "execution process" in (fail.event_log_entry.message or "") else
-                            "run itself") if fail else None),
+            "noticed_by": _noticed_by(instance, run.dagster_run.run_id, fail) if fail else None,
             "recovered_after_s": round(f["recovered_at"] - f["fired_at"], 1) if f.get("recovered_at") else None})
     counts = {feed.name: _counts(res, feed) for feed in (TRADES, QUOTES)}
     report = {
