@@ -29,16 +29,16 @@ from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
 
 from nautilus_assets.market_data import faults, sinks
 from nautilus_assets.market_data.schema import QUOTES, SUBSCRIPTION, TRADES
-from nautilus_assets.market_data.simulator import MarketSimulator
+from nautilus_assets.market_data.simulator import MarketSimulator, messages
 from scripts import services
-from scripts.publisher import publish_tables
+from scripts.publisher import Publisher as RawPublisher
 from tests.helpers import assert_bars_equal, reference_bars, stored_bars
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 TICKS_PER_FEED = 100_000
 FIRST_CHUNK = 10_000      # per feed, published before the daemon starts
-CHUNK = 2_500             # per feed, then every PACE_S while faults are pending, as they fire
+CHUNK = 2_500             # per feed, then every PACE_S while faults are pending (see Publisher)
 PACE_S = 2.0
 DEADLINE_S = float(os.environ.get("NAUTILUS_FAULT_DEADLINE_SECONDS", 600))
 INGEST_JOBS = ("ingest_trades", "ingest_quotes")
@@ -68,30 +68,50 @@ def fault_plan(rng: random.Random) -> list[dict]:
 
 
 class Publisher(threading.Thread):
-    """Publishes the ticks in chunks while faults are pending (never while the broker is being restarted)."""
+    """Publishes the ticks in chunks while faults are pending (never while the broker is being restarted).
+
+    Per feed, every PACE_S: a chunk while the budget left exceeds a reserve of one chunk per unfired fault;
+    past that, a share of what is left whenever the feed's backlog is empty, so there is always fresh data
+    for the next fault to fire on; once all its faults fired, the rest."""
 
     def __init__(self, res, trades, quotes, plan_path: Path, lock: threading.Lock):
         super().__init__(daemon=True)
-        self.res, self.trades, self.quotes, self.plan_path, self.lock = res, trades, quotes, plan_path, lock
-        self.sent, self.error, self.finished_at, self.stop = 0, None, None, threading.Event()
+        self.res, self.plan_path, self.lock = res, plan_path, lock
+        self.tables = {"trades": trades, "quotes": quotes}
+        self.sent = {"trades": 0, "quotes": 0}
+        self.error, self.finished_at, self.stop = None, None, threading.Event()
 
-    def publish(self, n: int) -> None:
-        with self.lock:
-            publish_tables(self.res["pulsar"], self.trades.slice(self.sent, n), self.quotes.slice(self.sent, n))
-        self.sent += min(n, TICKS_PER_FEED - self.sent)
+    def publish(self, counts: dict) -> None:
+        with self.lock, self.res["pulsar"].client() as client:
+            pub = RawPublisher(client)
+            for feed, n in counts.items():
+                if n > 0:
+                    pub.send(feed, messages(self.tables[feed].slice(self.sent[feed], n)))
+            pub.flush()
+        for feed, n in counts.items():
+            self.sent[feed] += n
+
+    def _due(self, feed: str, unfired: int) -> int:
+        left = TICKS_PER_FEED - self.sent[feed]
+        if left <= 0:
+            return 0
+        if unfired == 0:
+            return left
+        if left - CHUNK >= CHUNK * unfired:
+            return CHUNK
+        topic = TRADES.topic if feed == "trades" else QUOTES.topic
+        if self.res["pulsar"].backlog(topic, SUBSCRIPTION) == 0:
+            return max(1, min(CHUNK, left // (unfired + 1)))
+        return 0
 
     def run(self):
         try:
-            while self.sent < TICKS_PER_FEED and not self.stop.is_set():
+            while any(n < TICKS_PER_FEED for n in self.sent.values()) and not self.stop.is_set():
                 plan = faults.read_plan(self.plan_path)["faults"]
-                fired = sum(1 for f in plan if f.get("fired_at"))
-                if fired == len(plan):
-                    self.publish(TICKS_PER_FEED - self.sent)
-                    break
-                # the supply grows as faults fire, so there is fresh data for every fault; the last chunk waits
-                allowed = FIRST_CHUNK + (fired + 1) * (TICKS_PER_FEED - FIRST_CHUNK - CHUNK) // len(plan)
-                if self.sent < allowed:
-                    self.publish(min(CHUNK, allowed - self.sent))
+                due = {feed: self._due(feed, sum(1 for f in plan if f["feed"] == feed and not f.get("fired_at")))
+                       for feed in self.sent}
+                if any(due.values()):
+                    self.publish(due)
                 time.sleep(PACE_S)
             self.finished_at = time.time()
         except Exception as e:  # reported by the test
@@ -175,7 +195,7 @@ def test_exactly_once_under_injected_faults(clean, settings, instance):
     broker_lock = threading.Lock()
     pub = Publisher(res, trades, quotes, plan_path, broker_lock)
     t0 = time.time()
-    pub.publish(FIRST_CHUNK)
+    pub.publish({"trades": FIRST_CHUNK, "quotes": FIRST_CHUNK})
     daemon = _spawn_daemon(settings, plan_path)
     saved_automation: dict = {}
     outages: dict = {}
