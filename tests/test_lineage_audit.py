@@ -231,13 +231,13 @@ def check_audit(instance, res, settings, tmp_path, backfill_id, yesterday):
                    f"instrument_id = 'AAPL.XNAS' AND date = '{yesterday.isoformat()}'", limit=1)
     assert bar["run"]["trigger"] == {"kind": "backfill", "name": backfill_id}
     assert bar["source"]["lake"]["table"] == "bronze/trades" and bar["materialization"]["code_version"] == "1"
-    before = {k: v for k, v in bar["row"].items() if k not in ("version", "run_id")}
+    before = {k: v for k, v in bar["row"].items() if k not in ("version", "run_id", "batch_id")}
     rep2 = rematerialize(instance, defs, resources, bar["run"]["run_id"], BARS_1D)
     assert rep2["success"] and rep2["same_data_version"], rep2
     (again,) = trace(instance, defs, res, "market_data.bars_1d",
                      f"instrument_id = 'AAPL.XNAS' AND date = '{yesterday.isoformat()}'", limit=1)
     assert again["run"]["run_id"] == rep2["replay_run"]
-    assert {k: v for k, v in again["row"].items() if k not in ("version", "run_id")} == before
+    assert {k: v for k, v in again["row"].items() if k not in ("version", "run_id", "batch_id")} == before
 
     # --- the command line, as governance runs it ---
     cp = subprocess.run([sys.executable, "-m", "scripts.cli", "audit", "row", "--table", "market_data.trades",
@@ -245,5 +245,13 @@ def check_audit(instance, res, settings, tmp_path, backfill_id, yesterday):
                         capture_output=True, text=True, timeout=300)
     assert cp.returncode == 0, cp.stderr[-3000:]
     assert json.loads(cp.stdout)[0]["run"]["run_id"] == item["run"]["run_id"]
+    cp = subprocess.run([sys.executable, "-m", "scripts.cli", "audit", "report", "--out", str(tmp_path / "cli"),
+                         "--openlineage-file", str(tmp_path / "ol.jsonl"), "--runs", "20"], cwd=ROOT,
+                        env={**os.environ, **settings.env}, capture_output=True, text=True, timeout=300)
+    assert cp.returncode == 0, cp.stderr[-3000:]
+    assert {p["product"] for p in json.loads((tmp_path / "cli" / "lineage_audit.json").read_text())["products"]} == \
+        set(PRODUCTS)
+    ol = [json.loads(x) for x in (tmp_path / "ol.jsonl").read_text().splitlines()]
+    assert ol and {e["eventType"] for e in ol} <= {"START", "COMPLETE", "FAIL", "ABORT"} and ol[0]["eventType"] == "START"
     print(f"\nreport over {sum(len(p['assets']) for p in rep['products'])} assets in {report_s:.2f}s; "
           f"{len(events)} OpenLineage events for {counts_ol['runs']} runs; row trace {trace_s:.2f}s")
