@@ -71,8 +71,8 @@ class Publisher(threading.Thread):
     """Publishes the ticks in chunks while faults are pending (never while the broker is being restarted).
 
     Per feed, every PACE_S: a chunk while the budget left exceeds a reserve of one chunk per unfired fault;
-    past that, a share of what is left whenever the feed's backlog is empty, so there is always fresh data
-    for the next fault to fire on; once all its faults fired, the rest."""
+    past that, one share of what is left after each recovery (so the next fault, armed by that recovery, has
+    fresh data to fire on and the budget never runs out first); once all its faults fired, the rest."""
 
     def __init__(self, res, trades, quotes, plan_path: Path, lock: threading.Lock):
         super().__init__(daemon=True)
@@ -80,6 +80,7 @@ class Publisher(threading.Thread):
         self.tables = {"trades": trades, "quotes": quotes}
         self.sent = {"trades": 0, "quotes": 0}
         self.error, self.finished_at, self.stop = None, None, threading.Event()
+        self.reserve_after = {"trades": -1.0, "quotes": -1.0}   # recovery time a reserve chunk was published for
 
     def publish(self, counts: dict) -> None:
         with self.lock, self.res["pulsar"].client() as client:
@@ -91,16 +92,19 @@ class Publisher(threading.Thread):
         for feed, n in counts.items():
             self.sent[feed] += n
 
-    def _due(self, feed: str, unfired: int) -> int:
+    def _due(self, feed: str, plan: list) -> int:
         left = TICKS_PER_FEED - self.sent[feed]
+        mine = [f for f in plan if f["feed"] == feed]
+        unfired = sum(1 for f in mine if not f.get("fired_at"))
         if left <= 0:
             return 0
         if unfired == 0:
             return left
         if left - CHUNK >= CHUNK * unfired:
             return CHUNK
-        topic = TRADES.topic if feed == "trades" else QUOTES.topic
-        if self.res["pulsar"].backlog(topic, SUBSCRIPTION) == 0:
+        recovered = max([f["recovered_at"] for f in mine if f.get("recovered_at")], default=0.0)
+        if recovered > self.reserve_after[feed] and left > unfired:
+            self.reserve_after[feed] = recovered
             return max(1, min(CHUNK, left // (unfired + 1)))
         return 0
 
@@ -108,8 +112,7 @@ class Publisher(threading.Thread):
         try:
             while any(n < TICKS_PER_FEED for n in self.sent.values()) and not self.stop.is_set():
                 plan = faults.read_plan(self.plan_path)["faults"]
-                due = {feed: self._due(feed, sum(1 for f in plan if f["feed"] == feed and not f.get("fired_at")))
-                       for feed in self.sent}
+                due = {feed: self._due(feed, plan) for feed in self.sent}
                 if any(due.values()):
                     self.publish(due)
                 time.sleep(PACE_S)
