@@ -162,6 +162,22 @@ def materializations(instance: dg.DagsterInstance, key: dg.AssetKey, limit: int)
     return out, lineage
 
 
+def materialization_times(instance: dg.DagsterInstance, key: dg.AssetKey, since: float,
+                          cap: int = 200_000) -> tuple[list[float], float]:
+    """Materialization times after `since`, paged; past `cap` records the window starts at the first one kept."""
+    out, cursor = [], None
+    while True:
+        page = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key, after_timestamp=float(since)),
+                                               limit=10_000, cursor=cursor, ascending=False)
+        out.extend(r.timestamp for r in page.records)
+        if not page.has_more or len(out) >= cap:
+            break
+        cursor = page.cursor
+    out.reverse()
+    truncated = len(out) >= cap
+    return out, (out[0] if truncated and out else since)
+
+
 def build_report(instance: dg.DagsterInstance, defs: dg.Definitions, limit: int = 10,
                  history_days: float = 7.0, now: float | None = None) -> dict:
     now = now or time.time()
@@ -176,8 +192,7 @@ def build_report(instance: dg.DagsterInstance, defs: dg.Definitions, limit: int 
         prod = products.setdefault(key.path[0], {"product": key.path[0], "group": node.group_name, "assets": {}})
         ups, edges = upstream(ag, key)
         mats, lineage = materializations(instance, key, limit)
-        times = [r.timestamp for r in instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=key, after_timestamp=float(since)), limit=5000, ascending=True).records]
+        times, window_start = materialization_times(instance, key, since)
         policy = _policy(node)
         static_lineage = _lineage_value(dict(node.metadata or {}))
         meta = dict(node.metadata or {})
@@ -197,7 +212,7 @@ def build_report(instance: dg.DagsterInstance, defs: dg.Definitions, limit: int 
                     "latency_target_ms": _plain(meta.get("nautilus/latency_target_ms")),
                     "availability_target": _plain(meta.get("nautilus/availability_target"))},
             "freshness": {"current": _current_state(instance, key),
-                          "history": stale_intervals(times, policy, since, now),
+                          "history": stale_intervals(times, policy, window_start, now),
                           "materializations_in_window": len(times),
                           "state_changes": state_changes(instance, key)},
             "last_materializations": mats}
