@@ -127,6 +127,7 @@ def _answers(settings) -> bool:
         return False
 
 
+@pytest.mark.timeout(2400)   # its fixture starts the platform; on a loaded 2-core machine runs take minutes to start
 def test_backfill_through_graphql_replays_the_lake_and_equals_the_streaming_path(platform, settings, instance):
     res, days = platform
     span = {"range": {"start": days[0].isoformat(), "end": days[-1].isoformat()}}
@@ -169,10 +170,11 @@ def test_backfill_through_graphql_replays_the_lake_and_equals_the_streaming_path
     replay = ch.query_df("SELECT instrument_id, date, open, high, low, close, volume, vwap, trade_count "
                          "FROM market_data.bars_1d FINAL ORDER BY instrument_id, date")
     stream = ch.query_df(
-        "SELECT instrument_id, toDate(minute) AS date, argMin(open, minute) AS open, max(high) AS high, "
-        "min(low) AS low, argMax(close, minute) AS close, sum(volume) AS volume, "
-        "sum(vwap * volume) / sum(volume) AS vwap, sum(trade_count) AS trade_count "
-        "FROM market_data.bars_1m FINAL GROUP BY instrument_id, date ORDER BY instrument_id, date")
+        "SELECT instrument_id, toDate(minute) AS day, argMin(open, minute) AS o, max(high) AS h, min(low) AS l, "
+        "argMax(close, minute) AS c, sum(volume) AS v, sum(vwap * volume) / sum(volume) AS vw, sum(trade_count) AS n "
+        "FROM market_data.bars_1m FINAL GROUP BY instrument_id, day ORDER BY instrument_id, day").rename(columns={
+            "day": "date", "o": "open", "h": "high", "l": "low", "c": "close", "v": "volume", "vw": "vwap",
+            "n": "trade_count"})
     for df in (replay, stream):
         df["instrument_id"] = df["instrument_id"].astype(str)
         df["date"] = pd.to_datetime(df["date"])
@@ -191,6 +193,7 @@ def test_backfill_through_graphql_replays_the_lake_and_equals_the_streaming_path
     np.testing.assert_allclose([eod[p] for p in sorted(eod)], [live[p] for p in sorted(eod)], rtol=1e-9)
 
 
+@pytest.mark.timeout(1800)
 def test_pool_limit_holds_under_a_burst_of_replay_runs(platform, settings, instance):
     """Three end-of-day replay runs at once (the schedule's job; its risk and ML steps, both in the mlx pool) with
     the mlx pool at one slot: no two steps of any runs hold the pool together, and every run completes."""
