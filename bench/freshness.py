@@ -38,7 +38,8 @@ from scripts.publisher import Publisher  # noqa: E402
 
 BUCKET_NS = 10_000_000   # 10 ms
 TUNING_VARS = ["NAUTILUS_PULSAR_BROKER", "NAUTILUS_SENSOR_INTERVAL_SECONDS", "NAUTILUS_BATCH_MAX_WAIT_SECONDS",
-               "NAUTILUS_BATCH_MAX_MESSAGES", "NAUTILUS_BACKLOG_STALENESS_SECONDS", "NAUTILUS_TIMER_SECONDS"]
+               "NAUTILUS_BATCH_MAX_MESSAGES", "NAUTILUS_BACKLOG_STALENESS_SECONDS", "NAUTILUS_TIMER_SECONDS",
+               "DAGSTER_GRPC_TIMEOUT_SECONDS"]
 
 
 def weighted_percentiles(values: np.ndarray, weights: np.ndarray, qs: list[float]) -> list[float]:
