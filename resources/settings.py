@@ -114,6 +114,8 @@ def load() -> Settings:
         "NAUTILUS_BATCH_MAX_WAIT_SECONDS": _env("NAUTILUS_BATCH_MAX_WAIT_SECONDS", "20"),
         "NAUTILUS_SENSOR_INTERVAL_SECONDS": _env("NAUTILUS_SENSOR_INTERVAL_SECONDS", "4"),
         "NAUTILUS_SAFETY_INTERVAL_SECONDS": _env("NAUTILUS_SAFETY_INTERVAL_SECONDS", "120"),
+        # The daemon's calls to a code server (launching a run) time out after 60 s by default: too short on 2 cores.
+        "DAGSTER_GRPC_TIMEOUT_SECONDS": _env("DAGSTER_GRPC_TIMEOUT_SECONDS", "180"),
         "NAUTILUS_LATENESS_BOUND_SECONDS": _env("NAUTILUS_LATENESS_BOUND_SECONDS", str(7 * 86400)),
         **creds,
     }

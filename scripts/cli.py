@@ -49,8 +49,6 @@ def setup(s: Settings) -> None:
         inst.upgrade()
         from nautilus_assets.pools import apply_pool_limits
         apply_pool_limits(inst)          # one concurrency pool per backend, sized from the engine shares
-        from nautilus_assets.pools import apply_pool_limits
-        apply_pool_limits(inst)          # one concurrency pool per backend, sized from the engine shares
 
 
 def access_command(s: Settings, what: str) -> None:
