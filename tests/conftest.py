@@ -39,6 +39,16 @@ def instance(settings):
         yield inst
 
 
+@pytest.fixture(autouse=True)
+def no_stale_defs_state_storage():
+    """Dagster keeps one process-wide "current" DefsStateStorage, set when an instance is entered; an instance a
+    test opened and closed can leave it pointing at a disposed instance, and every later dg.materialize then fails
+    with "undefined DagsterInstance weakref". Each test starts with none (the project keeps no defs state)."""
+    from dagster._core.storage.defs_state.base import set_defs_state_storage
+    with set_defs_state_storage(None):
+        yield
+
+
 @pytest.fixture
 def clean(res):
     """Empty market-data tables and drained subscriptions, so a test can count exactly."""
