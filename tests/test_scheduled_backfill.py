@@ -66,6 +66,12 @@ def report(settings, instance) -> None:
         run = r.dagster_run
         print(f"[runs] {run.run_id[:8]} {run.job_name:14} {run.status.value:10} "
               f"{','.join(k.to_user_string() for k in run.asset_selection or [])}")
+        if run.status == dg.DagsterRunStatus.FAILURE:   # why: the failure events' messages and errors
+            for e in instance.all_logs(run.run_id):
+                if e.dagster_event and e.dagster_event.event_type_value in ("STEP_FAILURE", "RUN_FAILURE", "ENGINE_EVENT") \
+                        and ("fail" in (e.message or "").lower() or e.dagster_event.event_type_value != "ENGINE_EVENT"):
+                    err = getattr(e.dagster_event.event_specific_data, "error", None)
+                    print(f"   {e.dagster_event.event_type_value}: {e.message[:300]} {err.message[:500] if err else ''}")
     log = settings.home / "test-daemon.log"
     if log.exists():
         lines = [ln for ln in log.read_text(errors="replace").splitlines() if "ERROR" in ln or "Error" in ln]
@@ -150,6 +156,8 @@ def test_backfill_through_graphql_replays_the_lake_and_equals_the_streaming_path
         raise
     wall = time.time() - t0
     print(f"\n[backfill] {backfill_id}: {status} in {wall:.1f}s for {len(days)} days x 3 assets")
+    if status != "COMPLETED_SUCCESS":
+        report(settings, instance)
     assert status == "COMPLETED_SUCCESS"
     keys = {d.isoformat() for d in days}
     for key in (BARS_1D, NAV, RISK):
