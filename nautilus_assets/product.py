@@ -4,7 +4,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import dagster as dg
-import orjson
 
 from resources.pulsar import PulsarResource
 
@@ -52,11 +51,9 @@ class Product:
 
     def announce(self, pulsar: PulsarResource, asset_key: dg.AssetKey, run_id: str, **facts) -> None:
         """Publish a materialization event on the product's engine topic (the data-mesh contract)."""
+        from resources.system_topics import publish
         event = {"product": self.name, "asset": asset_key.to_user_string(), "run_id": run_id, **facts}
-        with pulsar.client() as client:
-            producer = client.create_producer(self.topic)
-            producer.send(orjson.dumps(event, default=str))
-            producer.close()
+        publish(pulsar, self.topic, [(event, None)])
 
 
 # Day-level products are partitioned by UTC trading date; a range backfills as one run where the backend allows.
