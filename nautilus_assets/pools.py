@@ -9,11 +9,14 @@ steps (ceil, so no pool with a share gets zero slots):
     ClickHouse 35%, Druid 20% (OLAP)     clickhouse  55%     11
     PostgreSQL 20%, Redis 3% (state)     postgres    23%      5
     Flink 15% (stream compute)           mlx         15%      3
-    Pulsar 5%, MinIO 2% (land the feed)  lake         7%      2
+    Pulsar 5%, MinIO 2% (land the feed)  lake         7%      2 -> 4 (floor)
 
 `nautilus setup` applies the limits to the instance (what `dagster instance concurrency set <pool> <n>` does);
 dagster.yaml holds only the default for pools nobody declared. Pools are enforced per step (op granularity):
-a step waits for a slot of its pool, in priority order (run priority + step priority)."""
+a step waits for a slot of its pool, in priority order (run priority + step priority).
+
+Floors: an ingest step holds its `lake` slot for the whole life of its long-lived run, and during a handover a
+topic's run and its successor both hold one, so `lake` needs two slots per market-data feed (trades, quotes)."""
 from __future__ import annotations
 
 import math
@@ -33,9 +36,12 @@ def pool_shares() -> dict[str, int]:
     return shares
 
 
+POOL_FLOORS = {"lake": 2 * 2}   # (run + successor) x (trades, quotes): see above
+
+
 def pool_limits(budget: int = STEP_BUDGET) -> dict[str, int]:
-    """Pool -> concurrent steps: ceil(share x budget)."""
-    return {pool: math.ceil(pct * budget / 100) for pool, pct in pool_shares().items()}
+    """Pool -> concurrent steps: ceil(share x budget), at least the pool's floor."""
+    return {pool: max(math.ceil(pct * budget / 100), POOL_FLOORS.get(pool, 0)) for pool, pct in pool_shares().items()}
 
 
 POOL_LIMITS = pool_limits()

@@ -51,6 +51,55 @@ def ensure_credentials(home: Path) -> dict[str, str]:
     return creds
 
 
+# Streaming (long-lived micro-batch runs): variable -> (default, meaning). Validated by `streaming()`.
+STREAMING_VARS = {
+    "NAUTILUS_BATCH_MAX_MESSAGES": (20_000, "a micro-batch commits at most this many messages"),
+    "NAUTILUS_BATCH_MAX_WAIT_SECONDS": (0.5, "... or what arrived this long after its first message"),
+    "NAUTILUS_RUN_LIFETIME_SECONDS": (600, "an ingest run commits batches back to back for this long"),
+    "NAUTILUS_RUN_IDLE_SECONDS": (60, "... and ends earlier after this long without a message"),
+    "NAUTILUS_HANDOVER_LEAD_SECONDS": (90, "the sensor launches the successor this long before the lifetime ends"),
+    "NAUTILUS_WATCHDOG_SILENT_SECONDS": (300, "an in-flight run that logged nothing this long is failed"),
+    "NAUTILUS_LATENESS_BOUND_SECONDS": (7 * 86400, "older ts_event is quarantined (historical replays are exempt)"),
+}
+
+
+@dataclass(frozen=True)
+class Streaming:
+    batch_max_messages: int
+    batch_max_wait_s: float
+    run_lifetime_s: float
+    run_idle_s: float
+    handover_lead_s: float
+    watchdog_silent_s: float
+    lateness_bound_s: float
+
+    @property
+    def run_max_runtime_s(self) -> int:
+        """Past its lifetime a run keeps committing until its successor takes over, for at most 2 leads more;
+        `dagster/max_runtime` fails it after that and a margin."""
+        return int(self.run_lifetime_s + 2 * self.handover_lead_s + 120)
+
+    @property
+    def handover_wait_s(self) -> float:
+        """How long a successor waits for its predecessor to release the subscription."""
+        return 2 * self.handover_lead_s + 30
+
+
+def streaming(env=None) -> Streaming:
+    """The streaming settings from the environment (or `env`), validated: nonsense is an error, not a stall."""
+    env = os.environ if env is None else env
+    v = {k: float(env.get(k) or d) for k, (d, _) in STREAMING_VARS.items()}
+    if v["NAUTILUS_BATCH_MAX_MESSAGES"] < 1 or v["NAUTILUS_BATCH_MAX_WAIT_SECONDS"] <= 0:
+        raise ValueError("NAUTILUS_BATCH_MAX_MESSAGES must be >= 1 and NAUTILUS_BATCH_MAX_WAIT_SECONDS > 0")
+    if not 0 < v["NAUTILUS_HANDOVER_LEAD_SECONDS"] < v["NAUTILUS_RUN_LIFETIME_SECONDS"]:
+        raise ValueError("NAUTILUS_HANDOVER_LEAD_SECONDS must be > 0 and below NAUTILUS_RUN_LIFETIME_SECONDS")
+    if v["NAUTILUS_RUN_IDLE_SECONDS"] <= 0 or v["NAUTILUS_WATCHDOG_SILENT_SECONDS"] <= v["NAUTILUS_RUN_IDLE_SECONDS"]:
+        raise ValueError("NAUTILUS_RUN_IDLE_SECONDS must be > 0 and below NAUTILUS_WATCHDOG_SILENT_SECONDS")
+    if v["NAUTILUS_LATENESS_BOUND_SECONDS"] <= 0:
+        raise ValueError("NAUTILUS_LATENESS_BOUND_SECONDS must be > 0")
+    return Streaming(int(v["NAUTILUS_BATCH_MAX_MESSAGES"]), *(v[k] for k in list(STREAMING_VARS)[1:]))
+
+
 @dataclass(frozen=True)
 class Settings:
     instance: str
@@ -110,13 +159,11 @@ def load() -> Settings:
         "CLICKHOUSE_SECURE": _env("CLICKHOUSE_SECURE", "false"),
         "NAUTILUS_CHDB_PATH": _env("NAUTILUS_CHDB_PATH", str(home / "chdb")),
         "NAUTILUS_INSTRUMENTS": _env("NAUTILUS_INSTRUMENTS", "AAPL.XNAS,MSFT.XNAS,SPY.ARCX,ESZ6.GLBX,BTCUSDT.BINANCE"),
-        "NAUTILUS_BATCH_MAX_MESSAGES": _env("NAUTILUS_BATCH_MAX_MESSAGES", "200000"),
-        "NAUTILUS_BATCH_MAX_WAIT_SECONDS": _env("NAUTILUS_BATCH_MAX_WAIT_SECONDS", "20"),
+        **{k: _env(k, str(d)) for k, (d, _) in STREAMING_VARS.items()},
         "NAUTILUS_SENSOR_INTERVAL_SECONDS": _env("NAUTILUS_SENSOR_INTERVAL_SECONDS", "4"),
         "NAUTILUS_SAFETY_INTERVAL_SECONDS": _env("NAUTILUS_SAFETY_INTERVAL_SECONDS", "120"),
         # The daemon's calls to a code server (launching a run) time out after 60 s by default: too short on 2 cores.
         "DAGSTER_GRPC_TIMEOUT_SECONDS": _env("DAGSTER_GRPC_TIMEOUT_SECONDS", "180"),
-        "NAUTILUS_LATENESS_BOUND_SECONDS": _env("NAUTILUS_LATENESS_BOUND_SECONDS", str(7 * 86400)),
         **creds,
     }
     production = {"postgres": "DAGSTER_PG_HOST", "s3": "S3_ENDPOINT_URL", "pulsar": "PULSAR_SERVICE_URL"}

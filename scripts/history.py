@@ -60,7 +60,7 @@ def write_history(lake: LakeResource, instruments: list[str], days: int, events_
         for feed in (TRADES, QUOTES):
             if pending[feed.name]:
                 table = pa.concat_tables(pending[feed.name])
-                added, _ = sinks.write_delta(lake, feed, table, f"history-{label}")
+                added, _, _ = sinks.write_delta(lake, feed, table, f"history-{label}")
                 totals[feed.name] += added
                 pending[feed.name] = []
                 if clickhouse is not None and clickhouse_days is not None:

@@ -1,8 +1,11 @@
-"""One sensor per source topic requests a micro-batch run when messages are pending.
+"""One sensor per source topic launches the topic's long-lived ingest run when messages are pending.
 
-Pending comes from the broker (admin API, else Prometheus metrics). Where the broker cannot tell, a
-timer requests a batch; a safety interval requests one regardless (a restarted broker may not report
-its persisted backlog). Never while an ingest run for the topic is in flight: one consumer per topic.
+A run commits micro-batches back to back for its lifetime (NAUTILUS_RUN_LIFETIME_SECONDS) and ends earlier when
+idle. With no run in flight, pending messages launch one at once: pending comes from the broker (admin API, else
+Prometheus metrics); where the broker cannot tell, a timer launches one; a safety interval launches one
+regardless (a restarted broker may not report its persisted backlog). With one run in flight, its successor is
+launched NAUTILUS_HANDOVER_LEAD_SECONDS before its lifetime ends and takes the subscription over from it
+(nautilus_assets/market_data/handover.py): one consumer per topic, and no gap of a run launch between runs.
 
 Watchdog: an in-flight run whose process is gone is reported failed, so its batch is requested again at once.
 The default run launcher has no worker health check; the code server that launched a run reports it failed
@@ -10,7 +13,7 @@ when its process dies, but nothing does when that code server died too (the run 
 `dagster/max_runtime`). So each tick checks the topic's STARTED run: with the default run launcher the run's
 process (pid of its RUN_START event, on this host: runs are children of the code server evaluating this
 sensor) must be alive and not a newer process reusing the pid; with any launcher, the run must have logged an
-event within NAUTILUS_WATCHDOG_SILENT_SECONDS (default 300). A killed run also never releases the pool slot
+event within NAUTILUS_WATCHDOG_SILENT_SECONDS (default 300; a long-lived run logs every batch). A killed run also never releases the pool slot
 its step claimed: the sensor frees the slots of the topic's finished runs before requesting the next batch.
 """
 
@@ -23,7 +26,8 @@ import dagster as dg
 from dagster._core.launcher import DefaultRunLauncher
 from dagster._core.storage.dagster_run import FINISHED_STATUSES, NOT_FINISHED_STATUSES
 
-from nautilus_assets.market_data.assets import BATCH_TAG, INGEST_JOBS
+from nautilus_assets.market_data.assets import BATCH_TAG, INGEST_JOBS, STREAM
+from nautilus_assets.market_data.handover import PREDECESSOR_TAG, successor_due
 from nautilus_assets.market_data.schema import FEEDS, SUBSCRIPTION, Feed
 from resources.pulsar import PulsarResource
 
@@ -106,36 +110,47 @@ def free_leaked_slots(instance: dg.DagsterInstance, job_name: str) -> list[str]:
 def build_ingest_sensor(feed: Feed, job) -> dg.SensorDefinition:
     @dg.sensor(name=f"{feed.name}_ingest_sensor", job=job, default_status=dg.DefaultSensorStatus.RUNNING,
                minimum_interval_seconds=int(_seconds("NAUTILUS_SENSOR_INTERVAL_SECONDS", 4)),
-               description=f"Requests a micro-batch of {feed.topic} when messages are pending")
+               description=f"Launches the long-lived ingest run of {feed.topic} when messages are pending, "
+                           "and its successor before its lifetime ends")
     def _sensor(context: dg.SensorEvaluationContext, pulsar: PulsarResource):
-        busy = context.instance.get_run_records(dg.RunsFilter(job_name=job.name, statuses=list(NOT_FINISHED_STATUSES)),
-                                                limit=1)
-        if busy:
-            dead = dead_run_reason(context.instance, busy[0], time.time(),
-                                   _seconds("NAUTILUS_WATCHDOG_SILENT_SECONDS", 300))
+        now = time.time()
+        alive = []
+        for rec in context.instance.get_run_records(
+                dg.RunsFilter(job_name=job.name, statuses=list(NOT_FINISHED_STATUSES)), limit=3):
+            dead = dead_run_reason(context.instance, rec, now, STREAM.watchdog_silent_s)
             if dead is None:
-                return dg.SkipReason(f"ingest run {busy[0].dagster_run.run_id} for {feed.topic} is still in flight")
-            context.log.warning(f"watchdog: ingest run {busy[0].dagster_run.run_id} is dead ({dead}); failing it")
-            context.instance.report_run_failed(busy[0].dagster_run,
+                alive.append(rec)
+                continue
+            context.log.warning(f"watchdog: ingest run {rec.dagster_run.run_id} is dead ({dead}); failing it")
+            context.instance.report_run_failed(rec.dagster_run,
                                                f"Nautilus ingest watchdog: {dead}; its batch will be re-run")
         for run_id in free_leaked_slots(context.instance, job.name):
             context.log.info(f"freed the pool slots still held by finished ingest run {run_id}")
         cursor = json.loads(context.cursor) if context.cursor else {"seq": 0, "last_request": 0.0}
-        now = time.time()
-        last = context.instance.get_run_records(dg.RunsFilter(job_name=job.name), limit=1)
-        last_end = last[0].end_time if last and last[0].end_time else None
-        backlog = pulsar.backlog(feed.topic, SUBSCRIPTION)
-        reason = decide(backlog, now - cursor["last_request"], None if last_end is None else now - last_end,
-                        timer_s=_seconds("NAUTILUS_TIMER_SECONDS", 30),
-                        safety_s=_seconds("NAUTILUS_SAFETY_INTERVAL_SECONDS", 120),
-                        staleness_s=0 if pulsar.admin_url else _seconds("NAUTILUS_BACKLOG_STALENESS_SECONDS", 0))
-        if reason is None:
-            return dg.SkipReason(f"nothing pending on {feed.topic} (backlog {backlog})")
+        extra_tags = {}
+        if len(alive) > 1:
+            return dg.SkipReason(f"{feed.topic}: a run and its successor are in flight")
+        if alive:
+            current = alive[0]
+            if not successor_due(current, now, STREAM.run_lifetime_s, STREAM.handover_lead_s):
+                return dg.SkipReason(f"ingest run {current.dagster_run.run_id} for {feed.topic} is in flight")
+            reason = f"handover: run {current.dagster_run.run_id} nears the end of its lifetime"
+            extra_tags[PREDECESSOR_TAG] = current.dagster_run.run_id
+        else:
+            last = context.instance.get_run_records(dg.RunsFilter(job_name=job.name), limit=1)
+            last_end = last[0].end_time if last and last[0].end_time else None
+            backlog = pulsar.backlog(feed.topic, SUBSCRIPTION)
+            reason = decide(backlog, now - cursor["last_request"], None if last_end is None else now - last_end,
+                            timer_s=_seconds("NAUTILUS_TIMER_SECONDS", 30),
+                            safety_s=_seconds("NAUTILUS_SAFETY_INTERVAL_SECONDS", 120),
+                            staleness_s=0 if pulsar.admin_url else _seconds("NAUTILUS_BACKLOG_STALENESS_SECONDS", 0))
+            if reason is None:
+                return dg.SkipReason(f"nothing pending on {feed.topic} (backlog {backlog})")
         seq = cursor["seq"] + 1
         batch_id = f"{feed.name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{seq}"
         context.update_cursor(json.dumps({"seq": seq, "last_request": now}))
         return dg.RunRequest(run_key=batch_id, tags={BATCH_TAG: batch_id, "nautilus/topic": feed.name,
-                                                     "nautilus/trigger": reason})
+                                                     "nautilus/trigger": reason, **extra_tags})
 
     return _sensor
 

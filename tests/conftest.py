@@ -10,6 +10,8 @@ os.environ["NAUTILUS_INSTANCE"] = f"test-{os.getpid()}"
 os.environ["NAUTILUS_PORT_BASE"] = os.environ.get("NAUTILUS_TEST_PORT_BASE", "16000")
 os.environ.pop("NAUTILUS_HOME", None)
 os.environ.pop("DAGSTER_HOME", None)
+# Long-lived ingest runs end this long after their last message: a test's run ends soon after its data.
+os.environ.setdefault("NAUTILUS_RUN_IDLE_SECONDS", "3")
 
 from resources.settings import apply, build_resources, load  # noqa: E402
 from scripts import services  # noqa: E402

@@ -35,7 +35,7 @@ def test_same_batch_written_twice_adds_nothing(clean):
     publish(res, 2000, seed=1)
     first = batch(res, TRADES, "b-1", ack=False)
     assert first.written_delta == first.written_clickhouse == 2000
-    again_delta, _ = sinks.write_delta(res["lake"], TRADES, first.rows, "b-1")
+    again_delta, _, _ = sinks.write_delta(res["lake"], TRADES, first.rows, "b-1")
     again_ch = sinks.write_clickhouse(res["clickhouse"], TRADES, first.rows)
     assert (again_delta, again_ch) == (0, 0)
     assert counts(res, TRADES) == (2000, 2000)

@@ -129,7 +129,7 @@ def test_batch_with_quarantine_alerts_and_every_materialization_is_an_event(clea
         result = defs.resolve_job_def("ingest_trades").execute_in_process(
             instance=instance, tags={"nautilus/batch_id": batch_id})
         assert result.success
-        got = [a for a in _drain(alerts) if a["batch_id"] == batch_id]
+        got = [a for a in _drain(alerts) if a["batch_id"] == f"{batch_id}.1"]   # the run's first batch
         assert len(got) == 1, got
         a = got[0]
         assert a["type"] == "quarantine" and a["topic"] == TRADES.topic
@@ -140,7 +140,7 @@ def test_batch_with_quarantine_alerts_and_every_materialization_is_an_event(clea
         evs = [e for e in _drain(events) if e["run_id"] == result.run_id]
         assert {e["asset_key"] for e in evs} == {"market_data_feed/trades", "market_data_feed/bars_1m"}, evs
         trades_ev = next(e for e in evs if e["asset_key"] == "market_data_feed/trades")
-        assert trades_ev["metadata"]["quarantined"] == 2 and trades_ev["metadata"]["batch_id"] == batch_id
+        assert trades_ev["metadata"]["quarantined"] == 2 and trades_ev["metadata"]["batch_id"] == f"{batch_id}.1"
         assert trades_ev["data_version"] and trades_ev["event_id"] > int(cursor)
         assert int(ctx.cursor) >= max(e["event_id"] for e in evs)
         # a second tick from the new cursor publishes nothing again

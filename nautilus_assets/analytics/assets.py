@@ -8,7 +8,7 @@ import pandas as pd
 
 from nautilus_assets.market_data.assets import BARS_KEY
 from nautilus_assets.market_data.bars import BARS, changed_since
-from nautilus_assets.product import Product
+from nautilus_assets.product import Product, follows_stream
 from resources.clickhouse import ClickHouseResource
 from resources.pulsar import PulsarResource
 
@@ -73,7 +73,7 @@ def recompute(ch: ClickHouseResource, run_id: str, log=print) -> dict:
 
 @dg.asset(key=KEY, deps=[BARS_KEY], group_name=PRODUCT.group, owners=list(PRODUCT.owners),
           kinds={"clickhouse", "python"}, code_version="1", freshness_policy=PRODUCT.freshness,
-          automation_condition=dg.AutomationCondition.eager(), pool="clickhouse",
+          automation_condition=follows_stream(), pool="clickhouse",
           description="SMA 20, EMA 20, RSI 14, MACD 12/26/9, Bollinger 20/2, ATR 14 (TA-Lib) and session VWAP "
                       f"per instrument over 1-minute bars, in ClickHouse {TABLE} (read with FINAL). Each run "
                       "recomputes the bars written since the previous one, with enough look-back that values "

@@ -49,10 +49,13 @@ def fetch_rows(res: dict, table: str, where: str, limit: int = 5) -> list[dict]:
 
 
 def find_run(instance: dg.DagsterInstance, batch_id: str):
-    """The run record of a micro-batch: by the nautilus/batch_id tag, else the batch id is the run id."""
-    recs = instance.get_run_records(dg.RunsFilter(tags={BATCH_TAG: batch_id}), limit=1)
-    if not recs:
-        recs = instance.get_run_records(dg.RunsFilter(run_ids=[batch_id]), limit=1)
+    """The run record of a micro-batch: batch `<run batch id>.<n>` of a long-lived ingest run (tagged with the
+    run batch id), a run tagged with the batch id itself, else the batch id is the run id."""
+    for candidate in dict.fromkeys([batch_id.rsplit(".", 1)[0], batch_id]):
+        recs = instance.get_run_records(dg.RunsFilter(tags={BATCH_TAG: candidate}), limit=1)
+        if recs:
+            return recs[0]
+    recs = instance.get_run_records(dg.RunsFilter(run_ids=[batch_id]), limit=1)
     return recs[0] if recs else None
 
 
@@ -65,10 +68,14 @@ def table_assets(defs: dg.Definitions) -> dict[str, dg.AssetKey]:
     return out
 
 
-def _materialization(instance, run_id: str, key: dg.AssetKey | None):
+def _materialization(instance, run_id: str, key: dg.AssetKey | None, batch_id: str | None = None):
+    """The run's materialization of `key`: the one recording `batch_id` (a long-lived run logs one per batch),
+    else the run's last."""
     recs = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION, limit=10_000).records
     mine = [r for r in recs if key is None or r.asset_key == key]
-    return mine[-1] if mine else None
+    batch = [r for r in mine if getattr((r.asset_materialization.metadata or {}).get("batch_id"), "value", None)
+             == batch_id]
+    return (batch or mine)[-1] if mine else None
 
 
 def _lake_version(res: dict, lake_table: str, batch_id: str) -> int | None:
@@ -99,7 +106,7 @@ def trace(instance: dg.DagsterInstance, defs: dg.Definitions, res: dict, table: 
         item["run"] = {"run_id": run.run_id, "job": run.job_name, "status": run.status.value,
                        "trigger": trigger_of(run.tags), "started": iso(rec.start_time), "ended": iso(rec.end_time),
                        "tags": {k: v for k, v in run.tags.items() if k.startswith(("nautilus/", "dagster/"))}}
-        mat = _materialization(instance, run.run_id, key)
+        mat = _materialization(instance, run.run_id, key, batch_id)
         if mat is not None:
             m = mat.asset_materialization
             meta = {k: getattr(v, "value", v) for k, v in (m.metadata or {}).items()}

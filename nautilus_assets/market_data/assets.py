@@ -1,10 +1,11 @@
 """The `market_data_feed` product as Dagster assets: Pulsar topics -> bronze trades/quotes -> 1-minute bars.
 
-Streaming assets are unpartitioned and fed by micro-batches (one sensor-launched run per batch);
-day-level products downstream use daily partitions by UTC trading date.
+Streaming assets are unpartitioned and fed by micro-batches: a sensor-launched run per topic lives for a bounded
+lifetime and commits batches back to back, each recorded as its own materializations and check evaluations.
+Day-level products downstream use daily partitions by UTC trading date.
 """
 
-import os
+import time
 from datetime import timedelta
 
 import dagster as dg
@@ -13,9 +14,10 @@ from nautilus_assets.pools import priority_tags
 from resources.clickhouse import ClickHouseResource
 from resources.lake import LakeResource
 from resources.pulsar import PulsarResource
+from resources.settings import streaming
 
-from . import checks
-from .ingest import BatchResult, run_batch
+from . import checks, handover
+from .ingest import BatchResult, Stream
 from .schema import BARS_COLUMNS, BARS_SCHEMA, QUOTES, TRADES, Feed
 from .sinks import DB, bronze_table
 
@@ -38,10 +40,16 @@ QUOTES_KEY = dg.AssetKey(["market_data_feed", "quotes"])
 BARS_KEY = dg.AssetKey(["market_data_feed", "bars_1m"])
 
 
+STREAM = streaming()
+
+
 class BatchConfig(dg.Config):
-    """Micro-batch bounds (defaults from NAUTILUS_BATCH_MAX_MESSAGES / NAUTILUS_BATCH_MAX_WAIT_SECONDS)."""
-    max_messages: int = int(os.environ.get("NAUTILUS_BATCH_MAX_MESSAGES", "200000"))
-    max_wait_seconds: float = float(os.environ.get("NAUTILUS_BATCH_MAX_WAIT_SECONDS", "20"))
+    """Micro-batch bounds and run lifetime (defaults: resources/settings.py STREAMING_VARS)."""
+    max_messages: int = STREAM.batch_max_messages
+    max_wait_seconds: float = STREAM.batch_max_wait_s
+    lifetime_seconds: float = STREAM.run_lifetime_s
+    idle_seconds: float = STREAM.run_idle_s
+    max_batches: int = 0   # 0: no bound (a bound serves tests and one-shot runs)
 
 
 def _feed_spec(feed: Feed, key: dg.AssetKey) -> dg.AssetSpec:
@@ -88,80 +96,123 @@ def _batch_metadata(res: BatchResult, ch: ClickHouseResource, feed: Feed) -> dic
     meta["dagster/column_lineage"] = feed_lineage(feed)
     meta.update({f"seconds_{k}": v for k, v in res.seconds.items()})
     meta["delta_version"] = -1 if res.delta_version is None else res.delta_version
-    meta["dagster/row_count"] = int(ch.scalar(f"SELECT count() FROM {DB}.{feed.name}"))
+    meta["dagster/row_count"] = int(ch.scalar(f"SELECT count() FROM {DB}.{feed.name}"))  # from part metadata: O(1)
     return meta
 
 
-def _ingest(context: dg.AssetExecutionContext, config: BatchConfig, feed: Feed, pulsar: PulsarResource,
-            lake: LakeResource, clickhouse: ClickHouseResource) -> BatchResult:
-    batch_id = context.run.tags.get(BATCH_TAG) or context.run.run_id
-    res = run_batch(feed, pulsar, lake, clickhouse, batch_id, config.max_messages, config.max_wait_seconds,
-                    float(os.environ.get("NAUTILUS_LATENESS_BOUND_SECONDS", 7 * 86400)), log=context.log.info)
-    if not res.consumed:
-        context.log.info("no messages pending; nothing materialized")
-    return res
+def _versions(res: BatchResult) -> dict:
+    """Tags that record the batch's data version (its message-id range) and the code version."""
+    return {"dagster/data_version": f"{res.first_message_id}..{res.last_message_id}", "dagster/code_version": CODE_VERSION}
 
 
-def _data_version(res: BatchResult) -> dg.DataVersion:
-    return dg.DataVersion(f"{res.first_message_id}..{res.last_message_id}")
+def _stop_reason(context, started: float, last_data: float, batches: int, config: BatchConfig,
+                 checked: list) -> str | None:
+    """Why the run should stop committing now: a successor asked for the subscription, the lifetime ran out
+    with no successor in sight for two handover leads, idle, or the batch bound."""
+    now = time.monotonic()
+    if config.max_batches and batches >= config.max_batches:
+        return f"batch bound ({batches})"
+    if now - checked[0] >= 1.0:   # one look at the run's tags a second
+        checked[0] = now
+        succ = handover.handover_requested(context.instance, context.run.run_id)
+        if succ:
+            return f"handover to run {succ}"
+    if now - started >= config.lifetime_seconds + 2 * STREAM.handover_lead_s:
+        return "lifetime (no successor took over)"
+    if now - last_data >= config.idle_seconds:
+        return f"idle for {config.idle_seconds:.0f}s"
+    return None
 
 
-def _feed_outputs(feed: Feed, key: dg.AssetKey, res: BatchResult, lake, clickhouse):
-    """The feed's materialization and its reconciliation and uniqueness checks."""
-    yield dg.MaterializeResult(asset_key=key, metadata=_batch_metadata(res, clickhouse, feed),
-                               data_version=_data_version(res))
-    ok, meta = checks.reconcile(res, checks.stored_copies(lake, clickhouse, feed, res.rows))
-    yield dg.AssetCheckResult(asset_key=key, check_name="reconciles_with_consumed", passed=ok, metadata=meta)
-    dates = [d.isoformat() for d in set(res.rows["date"].to_pylist())] if res.rows.num_rows else []
-    dup = checks.duplicate_ids(clickhouse, feed, dates)
-    yield dg.AssetCheckResult(asset_key=key, check_name="no_duplicate_ids", passed=not any(dup.values()), metadata=dup)
+def _stream(context: dg.AssetExecutionContext, config: BatchConfig, feed: Feed, pulsar: PulsarResource,
+            lake: LakeResource, clickhouse: ClickHouseResource, record) -> int:
+    """Commit batches back to back until the run should stop; `record(res, stream)` logs each. Returns batches."""
+    run_batch = context.run.tags.get(BATCH_TAG) or context.run.run_id
+    handover.take_over(context.instance, context.run, STREAM.handover_wait_s, log=context.log.info)
+    started = last_data = time.monotonic()
+    batches, checked, reason = 0, [started], None
+    try:
+        with Stream(feed, pulsar, lake, clickhouse, STREAM.lateness_bound_s, log=context.log.info) as stream:
+            while (reason := _stop_reason(context, started, last_data, batches, config, checked)) is None:
+                t = time.perf_counter()
+                msgs = stream.receive(config.max_messages, config.max_wait_seconds)
+                if not msgs:
+                    continue
+                received_s = round(time.perf_counter() - t, 3)
+                res = stream.commit(f"{run_batch}.{batches + 1}", msgs)
+                res.seconds = {"receive": received_s, **res.seconds}
+                batches += 1
+                last_data = time.monotonic()
+                t = time.perf_counter()
+                record(res, stream)
+                res.seconds["record"] = round(time.perf_counter() - t, 3)
+    finally:
+        handover.release(context.instance, context.run.run_id)
+    context.log.info(f"ingest run ends ({reason}) after {batches} batches")
+    return batches
+
+
+def _log_feed(context, feed: Feed, key: dg.AssetKey, res: BatchResult, lake, clickhouse, dt) -> None:
+    """The batch's materialization of the feed and its reconciliation and uniqueness check evaluations."""
+    context.log_event(dg.AssetMaterialization(asset_key=key, metadata=_batch_metadata(res, clickhouse, feed),
+                                              tags=_versions(res)))
+    ok, meta = checks.reconcile(res, checks.stored_copies(lake, clickhouse, feed, res.rows, dt))
+    context.log_event(dg.AssetCheckEvaluation(asset_key=key, check_name="reconciles_with_consumed", passed=ok,
+                                              metadata={**meta, "batch_id": res.batch_id}))
+    dup = checks.duplicate_ids(clickhouse, feed, res.rows)
+    context.log_event(dg.AssetCheckEvaluation(asset_key=key, check_name="no_duplicate_ids",
+                                              passed=not any(dup.values()), metadata={**dup, "batch_id": res.batch_id}))
 
 
 RECONCILE_DOC = "Every consumed message is stored exactly once in Delta and in ClickHouse, or quarantined."
-UNIQUE_DOC = "No message id (and, for trades, no instrument trade id) is stored twice on the batch's dates."
+UNIQUE_DOC = ("No message id (and, for trades, no instrument trade id) is stored twice among the rows of the batch's "
+              "message-id span (trade ids reused from earlier batches are quarantined at decode).")
 
 
 @dg.multi_asset(specs=[_feed_spec(TRADES, TRADES_KEY), BARS_SPEC], name="ingest_trades_batch", pool="lake",
-                can_subset=True,  # an empty batch yields nothing: its outputs and checks are optional
+                can_subset=True,  # each batch is logged as it commits: the step itself yields no output
                 check_specs=[_check(TRADES_KEY, "reconciles_with_consumed", RECONCILE_DOC),
                              _check(TRADES_KEY, "no_duplicate_ids", UNIQUE_DOC),
                              _check(BARS_KEY, "bars_agree_with_trades",
                                     "Bars of the minutes this batch touched equal a recomputation from stored trades.")])
 def ingest_trades(context: dg.AssetExecutionContext, config: BatchConfig, pulsar: PulsarResource,
                   lake: LakeResource, clickhouse: ClickHouseResource):
-    """One micro-batch of trades: consume, validate, Delta + ClickHouse, recompute touched bars, acknowledge."""
-    res = _ingest(context, config, TRADES, pulsar, lake, clickhouse)
-    if not res.consumed:
-        return
-    yield from _feed_outputs(TRADES, TRADES_KEY, res, lake, clickhouse)
-    yield dg.MaterializeResult(asset_key=BARS_KEY, data_version=_data_version(res), metadata={
-        "bars_recomputed": res.bars_recomputed, "dagster/column_lineage": BARS_LINEAGE,
-        "dagster/row_count": int(clickhouse.scalar(f"SELECT count() FROM {DB}.bars_1m FINAL"))})
-    bars = checks.bars_mismatches(clickhouse, res.bar_keys)
-    yield dg.AssetCheckResult(asset_key=BARS_KEY, check_name="bars_agree_with_trades",
-                              passed=bars["missing"] == 0 and bars["mismatched"] == 0, metadata=bars)
+    """Micro-batches of trades, back to back: consume, validate, Delta + ClickHouse, recompute touched bars,
+    acknowledge; each batch recorded as materializations of trades and bars plus their check evaluations."""
+    def record(res: BatchResult, stream: Stream) -> None:
+        _log_feed(context, TRADES, TRADES_KEY, res, lake, clickhouse, stream.delta)
+        context.log_event(dg.AssetMaterialization(asset_key=BARS_KEY, tags=_versions(res), metadata={
+            "batch_id": res.batch_id, "bars_recomputed": res.bars_recomputed, "dagster/column_lineage": BARS_LINEAGE}))
+        bars = checks.bars_mismatches(clickhouse, res.bar_keys)
+        context.log_event(dg.AssetCheckEvaluation(asset_key=BARS_KEY, check_name="bars_agree_with_trades",
+                                                  passed=bars["missing"] == 0 and bars["mismatched"] == 0,
+                                                  metadata={**bars, "batch_id": res.batch_id}))
+
+    _stream(context, config, TRADES, pulsar, lake, clickhouse, record)
+    yield from ()
 
 
 @dg.multi_asset(specs=[_feed_spec(QUOTES, QUOTES_KEY)], name="ingest_quotes_batch", pool="lake",
-                can_subset=True,  # an empty batch yields nothing: its outputs and checks are optional
+                can_subset=True,  # each batch is logged as it commits: the step itself yields no output
                 check_specs=[_check(QUOTES_KEY, "reconciles_with_consumed", RECONCILE_DOC),
                              _check(QUOTES_KEY, "no_duplicate_ids", UNIQUE_DOC)])
 def ingest_quotes(context: dg.AssetExecutionContext, config: BatchConfig, pulsar: PulsarResource,
                   lake: LakeResource, clickhouse: ClickHouseResource):
-    """One micro-batch of level-1 quotes: consume, validate, Delta + ClickHouse, acknowledge."""
-    res = _ingest(context, config, QUOTES, pulsar, lake, clickhouse)
-    if res.consumed:
-        yield from _feed_outputs(QUOTES, QUOTES_KEY, res, lake, clickhouse)
+    """Micro-batches of level-1 quotes, back to back: consume, validate, Delta + ClickHouse, acknowledge."""
+    _stream(context, config, QUOTES, pulsar, lake, clickhouse,
+            lambda res, stream: _log_feed(context, QUOTES, QUOTES_KEY, res, lake, clickhouse, stream.delta))
+    yield from ()
 
 
-# One job per source topic (one sensor target = one partitions definition). In-process executor: a
-# micro-batch is one step, and a subprocess per step would add seconds to every batch.
+# One job per source topic (one sensor target = one partitions definition). In-process executor: the run is
+# one long-lived step, and a subprocess per step would add seconds to its start.
 INGEST_JOBS = {
     feed.name: dg.define_asset_job(
         f"ingest_{feed.name}", selection=dg.AssetSelection.assets(*keys) | dg.AssetSelection.checks_for_assets(*keys),
         executor_def=dg.in_process_executor,
-        tags={"nautilus/topic": feed.name, "dagster/max_runtime": 600, **priority_tags("market_data_ingest")},
-        description=f"One micro-batch from {feed.topic}")
+        tags={"nautilus/topic": feed.name, "dagster/max_runtime": STREAM.run_max_runtime_s,
+              **priority_tags("market_data_ingest")},
+        description=f"Micro-batches from {feed.topic}, back to back for the run's lifetime")
     for feed, keys in ((TRADES, [TRADES_KEY, BARS_KEY]), (QUOTES, [QUOTES_KEY]))}
 
 ASSETS = [*TOPICS.values(), ingest_trades, ingest_quotes]

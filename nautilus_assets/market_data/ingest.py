@@ -1,4 +1,4 @@
-"""One micro-batch: consume from the durable Shared subscription, decode and validate, write both sinks,
+"""Micro-batches: consume from the durable Shared subscription, decode and validate, write both sinks,
 then acknowledge. A message is acknowledged only after both sinks (and the quarantine) committed it."""
 from __future__ import annotations
 
@@ -88,61 +88,118 @@ def to_raw(msgs: list) -> RawBatch:
                     is_replay=lambda i: msgs[i].properties().get(REPLAY_PROPERTY) == "historical")
 
 
+def receive_window(consumer: pulsar.Consumer, max_messages: int, window_s: float, poll_ms: int = 1000) -> list:
+    """One batch of a long-lived consumer: waits up to poll_ms for a first message, then takes what arrives
+    within window_s of it, at most max_messages."""
+    try:
+        out = [consumer.receive(timeout_millis=poll_ms)]
+    except pulsar.Timeout:
+        return []
+    deadline = time.monotonic() + window_s
+    while len(out) < max_messages:
+        left_ms = int((deadline - time.monotonic()) * 1000)
+        if left_ms <= 0:
+            break
+        try:
+            out.append(consumer.receive(timeout_millis=left_ms))
+        except pulsar.Timeout:
+            break
+    return out
+
+
+class Stream:
+    """One feed's consumer on the durable Shared subscription, committing micro-batches back to back.
+
+    Each `commit` decodes and validates a batch, writes Delta and ClickHouse (each de-duplicating on the message
+    id within the batch's (ledger, entry) span), recomputes the touched bars, then acknowledges: a message is
+    acknowledged only after both sinks (and the quarantine) committed it. The Delta table handle is kept and
+    updated incrementally, so a batch never re-reads the table's log from the start."""
+
+    def __init__(self, feed: Feed, pulsar_res: PulsarResource, lake: LakeResource, ch: ClickHouseResource,
+                 lateness_s: float, log: Callable[[str], None] = print):
+        self.feed, self.pulsar_res, self.lake, self.ch = feed, pulsar_res, lake, ch
+        self.lateness_ns, self.log = int(lateness_s * 1e9), log
+        self._client_cm = self.client = self.consumer = self.delta = None
+
+    def __enter__(self) -> "Stream":
+        self._client_cm = self.pulsar_res.client()
+        self.client = self._client_cm.__enter__()
+        self.consumer = subscribe(self.client, self.feed)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.consumer.close()
+        finally:
+            self._client_cm.__exit__(*exc)
+
+    def receive(self, max_messages: int, max_wait_s: float, first: bool = False) -> list:
+        """A long-lived batch window, or (first=True) what is pending when a one-shot batch starts."""
+        if first:
+            return receive(self.consumer, max_messages, max_wait_s, first_ms=FIRST_MESSAGE_WAIT_MS)
+        return receive_window(self.consumer, max_messages, max_wait_s)
+
+    def commit(self, batch_id: str, msgs: list, ack: bool = True) -> BatchResult:
+        feed, ch, res = self.feed, self.ch, BatchResult(batch_id)
+        clock = time.perf_counter()
+
+        def lap(name: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            res.seconds[name] = round(now - clock, 3)
+            clock = now
+
+        res.consumed = len(msgs)
+        if not msgs:
+            return res
+        raw = to_raw(msgs)
+        res.first_message_id, res.last_message_id = raw.message_ids[0], raw.message_ids[-1]
+        lap("unpack")
+        dec = decode(feed, raw, feed.topic, batch_id, time.time_ns(), self.lateness_ns)
+        if feed is TRADES:   # a new message reusing a trade id an earlier batch stored
+            reject_reused_trade_ids(dec, raw, sinks.stored_trade_ids(ch, dec.table, batch_id))
+        res.rows = dec.table
+        res.valid, res.quarantined, res.duplicates_in_batch = dec.table.num_rows, len(dec.quarantine), dec.duplicates
+        lap("decode")
+        if self.delta is None:
+            self.delta = self.lake.table(sinks.bronze_table(feed))
+        # The two sinks are independent and both release the GIL: write them concurrently.
+        with ThreadPoolExecutor(2) as pool:
+            delta = pool.submit(sinks.write_delta, self.lake, feed, dec.table, batch_id, self.delta)
+            res.written_clickhouse = sinks.write_clickhouse(ch, feed, dec.table)
+            faults.point("between_sinks", feed.name, batch_id)
+            sinks.write_quarantine(ch, feed.topic, batch_id, dec.quarantine)
+            system_topics.publish_quarantine_alert(self.client, feed.topic, batch_id, len(msgs),
+                                                   dec.table.num_rows, dec.quarantine)
+            res.written_delta, res.delta_version, self.delta = delta.result()
+        lap("sinks")
+        if feed is TRADES:
+            res.bar_keys = sinks.touched_minutes(dec.table)
+            res.bars_recomputed = sinks.recompute_bars(ch, res.bar_keys, batch_id)
+            lap("bars")
+        if ack:
+            faults.point("before_ack", feed.name, batch_id)
+            half = len(msgs) // 2
+            for i, m in enumerate(msgs):
+                if i == half:
+                    faults.point("mid_ack", feed.name, batch_id)
+                self.consumer.acknowledge(m)
+            lap("ack")
+            faults.completed(feed.name)
+        self.log(f"{batch_id}: {res.valid} valid ({res.written_delta} new in Delta v{res.delta_version}, "
+                 f"{res.written_clickhouse} new in ClickHouse), {res.quarantined} quarantined; {res.seconds}")
+        return res
+
+
 def run_batch(feed: Feed, pulsar_res: PulsarResource, lake: LakeResource, ch: ClickHouseResource, batch_id: str,
               max_messages: int, max_wait_s: float, lateness_s: float,
               log: Callable[[str], None] = print, ack: bool = True) -> BatchResult:
-    res = BatchResult(batch_id)
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        res.seconds[name] = round(now - clock, 3)
-        clock = now
-
-    with pulsar_res.client() as client:
-        consumer = subscribe(client, feed)
-        try:
-            msgs = receive(consumer, max_messages, max_wait_s, first_ms=FIRST_MESSAGE_WAIT_MS)
-            res.consumed = len(msgs)
-            lap("receive")
-            log(f"{batch_id}: received {len(msgs)} messages from {feed.topic}")
-            if not msgs:
-                return res
-            raw = to_raw(msgs)
-            res.first_message_id, res.last_message_id = raw.message_ids[0], raw.message_ids[-1]
-            lap("unpack")
-            dec = decode(feed, raw, feed.topic, batch_id, time.time_ns(), int(lateness_s * 1e9))
-            if feed is TRADES:   # a new message reusing a trade id an earlier batch stored
-                reject_reused_trade_ids(dec, raw, sinks.stored_trade_ids(ch, dec.table, batch_id))
-            res.rows = dec.table
-            res.valid, res.quarantined, res.duplicates_in_batch = dec.table.num_rows, len(dec.quarantine), dec.duplicates
-            lap("decode")
-            # The two sinks are independent and both release the GIL: write them concurrently.
-            with ThreadPoolExecutor(2) as pool:
-                delta = pool.submit(sinks.write_delta, lake, feed, dec.table, batch_id)
-                res.written_clickhouse = sinks.write_clickhouse(ch, feed, dec.table)
-                faults.point("between_sinks", feed.name, batch_id)
-                sinks.write_quarantine(ch, feed.topic, batch_id, dec.quarantine)
-                system_topics.publish_quarantine_alert(client, feed.topic, batch_id, len(msgs),
-                                                       dec.table.num_rows, dec.quarantine)
-                res.written_delta, res.delta_version = delta.result()
-            lap("sinks")
-            if feed is TRADES:
-                res.bar_keys = sinks.touched_minutes(dec.table)
-                res.bars_recomputed = sinks.recompute_bars(ch, res.bar_keys, batch_id)
-                lap("bars")
-            if ack:
-                faults.point("before_ack", feed.name, batch_id)
-                half = len(msgs) // 2
-                for i, m in enumerate(msgs):
-                    if i == half:
-                        faults.point("mid_ack", feed.name, batch_id)
-                    consumer.acknowledge(m)
-                lap("ack")
-                faults.completed(feed.name)
-            log(f"{batch_id}: {res.valid} valid ({res.written_delta} new in Delta v{res.delta_version}, "
-                f"{res.written_clickhouse} new in ClickHouse), {res.quarantined} quarantined; {res.seconds}")
-        finally:
-            consumer.close()
-    return res
+    """One batch of what is pending, on a consumer of its own (tests, benchmarks, one-shot tools)."""
+    with Stream(feed, pulsar_res, lake, ch, lateness_s, log) as stream:
+        t = time.perf_counter()
+        msgs = stream.receive(max_messages, max_wait_s, first=True)
+        received_s = round(time.perf_counter() - t, 3)
+        log(f"{batch_id}: received {len(msgs)} messages from {feed.topic}")
+        res = stream.commit(batch_id, msgs, ack=ack)
+        res.seconds = {"receive": received_s, **res.seconds}
+        return res

@@ -6,7 +6,7 @@ import time
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import CommitProperties, write_deltalake
+from deltalake import CommitProperties, DeltaTable, write_deltalake
 
 from resources.clickhouse import ClickHouseResource
 from resources.lake import LakeResource
@@ -45,25 +45,36 @@ def bronze_table(feed: Feed) -> str:
     return f"bronze/{feed.name}"
 
 
-def write_delta(lake: LakeResource, feed: Feed, table: pa.Table, batch_id: str) -> tuple[int, int | None]:
-    """Append the rows whose message ids are not in the table yet. Returns (rows added, table version)."""
+def write_delta(lake: LakeResource, feed: Feed, table: pa.Table, batch_id: str,
+                dt: DeltaTable | None = None) -> tuple[int, int | None, DeltaTable | None]:
+    """Append the rows whose message ids are not in the table yet. Returns (rows added, table version, table).
+
+    `dt`, a handle kept from an earlier batch, is brought up to date incrementally (only the new log entries).
+    The look-up reads only the files that may hold the batch's ids: the date partitions, then each file's
+    min/max statistics of ledger_id and entry_id (deltalake turns them into pyarrow fragment guarantees)."""
     if table.num_rows == 0:
-        return 0, None
-    dt = lake.table(bronze_table(feed))
+        return 0, None if dt is None else dt.version(), dt
+    if dt is None:
+        dt = lake.table(bronze_table(feed))
+    else:
+        dt.update_incremental()
     if dt is not None:
         dates = [d.isoformat() for d in pc.unique(table["date"]).to_pylist()]
         existing = dt.to_pyarrow_dataset(partitions=[("date", "in", dates)]).to_table(
             columns=["message_id"], filter=in_range_expr(id_range(table)))
         table = _without(table, set(existing["message_id"].to_pylist()))
         if table.num_rows == 0:
-            return 0, dt.version()
+            return 0, dt.version(), dt
     faults.point("before_delta_commit", feed.name, batch_id)
-    write_deltalake(lake.uri(bronze_table(feed)), table, mode="append", partition_by=["date"],
-                    storage_options=lake.storage_options,
-                    commit_properties=CommitProperties(custom_metadata={"nautilus.batch_id": batch_id,
-                                                                        "nautilus.rows": str(table.num_rows)}))
+    props = CommitProperties(custom_metadata={"nautilus.batch_id": batch_id, "nautilus.rows": str(table.num_rows)})
+    write_deltalake(dt if dt is not None else lake.uri(bronze_table(feed)), table, mode="append",
+                    partition_by=["date"], storage_options=lake.storage_options, commit_properties=props)
     faults.point("after_delta_commit", feed.name, batch_id)
-    return table.num_rows, lake.table(bronze_table(feed)).version()
+    if dt is None:
+        dt = lake.table(bronze_table(feed))
+    else:
+        dt.update_incremental()
+    return table.num_rows, dt.version(), dt
 
 
 def write_clickhouse(ch: ClickHouseResource, feed: Feed, table: pa.Table) -> int:
@@ -134,6 +145,7 @@ FROM {DB}.trades WHERE {{where}} GROUP BY instrument_id, minute"""
 # the minutes in %(keys)s: (instrument, minute start in epoch seconds), between %(lo)s and %(hi)s
 BARS_SELECT = BARS_AGGREGATE.format(where=(
     "date BETWEEN toDate(toDateTime(%(lo)s, 'UTC')) AND toDate(toDateTime(%(hi)s, 'UTC')) "
+    "AND ts_event >= %(lo)s * 1000000000 AND ts_event < (%(hi)s + 60) * 1000000000 "   # primary-key range
     "AND (instrument_id, toUnixTimestamp(toStartOfMinute(ts))) IN %(keys)s"))
 
 

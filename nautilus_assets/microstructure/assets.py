@@ -17,7 +17,7 @@ from nautilus_assets.market_data.assets import BARS_KEY, TRADES_KEY
 from nautilus_assets.market_data.bars import bars_from, changed_since
 from nautilus_assets.market_data.schema import TRADES
 from nautilus_assets.market_data.sinks import bronze_table
-from nautilus_assets.product import Product, png_markdown
+from nautilus_assets.product import Product, follows_stream, png_markdown
 from resources.clickhouse import ClickHouseResource
 from resources.lake import LakeResource
 from resources.pulsar import PulsarResource
@@ -171,7 +171,7 @@ def recompute(ch: ClickHouseResource, lake: LakeResource, run_id: str, log=print
 
 @dg.asset(key=KEY, deps=[BARS_KEY, TRADES_KEY], group_name=PRODUCT.group, owners=list(PRODUCT.owners),
           kinds={"clickhouse", "python"}, code_version="1", freshness_policy=PRODUCT.freshness,
-          automation_condition=dg.AutomationCondition.eager(), pool="clickhouse",
+          automation_condition=follows_stream(), pool="clickhouse",
           description="VPIN (Easley, López de Prado, O'Hara 2012) per 50-bucket window with bulk volume "
                       "classification and with the trades' aggressor side, plus the bucket order imbalance, in "
                       f"ClickHouse {DB}.vpin_buckets (read with FINAL). Sigma and bucket volume come from past "

@@ -10,7 +10,7 @@ import pulsar
 
 from nautilus_assets.market_data.assets import BARS_KEY
 from nautilus_assets.market_data.ingest import receive
-from nautilus_assets.product import Product, png_markdown
+from nautilus_assets.product import Product, follows_stream, png_markdown
 from resources.clickhouse import ClickHouseResource
 from resources.postgres import PostgresResource
 from resources.pulsar import PulsarResource
@@ -146,7 +146,7 @@ def nav_plot(conn) -> dg.MetadataValue | None:
 @dg.asset(key=KEY, deps=[BARS_KEY, FILLS_SPEC], group_name=PRODUCT.group, owners=list(PRODUCT.owners),
           kinds={"postgres", "pulsar", "python"}, code_version="1", freshness_policy=PRODUCT.freshness,
           # eager on the bars; the fills topic is an external source that never "materializes"
-          automation_condition=dg.AutomationCondition.eager().ignore(dg.AssetSelection.assets(FILLS_SPEC.key)),
+          automation_condition=follows_stream().ignore(dg.AssetSelection.assets(FILLS_SPEC.key)),
           pool="postgres",
           description="Per model portfolio and instrument: position, average cost, realized and unrealized P&L "
                       "(marked to the latest 1-minute close at or before the state time), fees, cash and NAV, in "
