@@ -50,6 +50,9 @@ def fault_plan(rng: random.Random) -> list[dict]:
     kill_points = ["before_delta_commit", "after_delta_commit", "between_sinks", "before_ack", "mid_ack"]
     plan = {
         "trades": [*({"point": p, "action": "kill"} for p in rng.sample(kill_points, 4)),
+                   # a long-lived run killed mid-stream, with batches committed and acknowledged before
+                   {"point": rng.choice(kill_points), "action": "kill", "kind": "sigkill_long_lived_mid_stream",
+                    "min_batch": 3},
                    {"point": "clickhouse_write", "action": "raise", "kind": "clickhouse_write_error"},
                    {"point": "before_delta_commit", "action": "hold", "kind": "s3_restart"}],
         "quotes": [*({"point": p, "action": "kill"} for p in rng.sample(kill_points, 3)),
@@ -60,6 +63,9 @@ def fault_plan(rng: random.Random) -> list[dict]:
     out = []
     for feed, items in plan.items():
         rng.shuffle(items)
+        # the mid-stream kill first, while the publisher still paces a chunk every PACE_S (its run must live on
+        # for several batches; later faults may see only the reserve share published after a recovery)
+        items.sort(key=lambda f: "min_batch" not in f)
         for f in items:
             kind = f.pop("kind", None) or ("sigkill_run_and_code_server" if f["action"] == "kill_with_parent"
                                            else f"sigkill_{f['point']}")
@@ -261,13 +267,15 @@ def test_exactly_once_under_injected_faults(clean, settings, instance):
     by_status = Counter(r.dagster_run.status.value for r in runs)
     per_fault = []
     for f in final:
-        run = next((r for r in runs if r.dagster_run.tags.get("nautilus/batch_id") == f.get("batch_id")), None)
+        run_batch = (f.get("batch_id") or "").rsplit(".", 1)[0]   # batch <run batch id>.<n> of a long-lived run
+        run = next((r for r in runs if r.dagster_run.tags.get("nautilus/batch_id") == run_batch), None)
         fail = _failure(instance, run.dagster_run.run_id) if run else None
         per_fault.append({
             "id": f["id"], "kind": f["kind"], "point": f["point"], "fired": bool(f.get("fired_at")),
             "run_status": run.dagster_run.status.value if run else None,
             "noticed_after_s": round(fail.timestamp - f["fired_at"], 1) if fail else None,
             "noticed_by": _noticed_by(instance, run.dagster_run.run_id, fail) if fail else None,
+            "batch": f.get("batch_id"),
             "recovered_after_s": round(f["recovered_at"] - f["fired_at"], 1) if f.get("recovered_at") else None})
     counts = {feed.name: _counts(res, feed) for feed in (TRADES, QUOTES)}
     report = {
@@ -284,6 +292,8 @@ def test_exactly_once_under_injected_faults(clean, settings, instance):
 
     assert report["faults_fired"] == len(final) >= 10, per_fault
     assert all(p["recovered_after_s"] is not None for p in per_fault), per_fault
+    mid = next(p for p in per_fault if p["kind"] == "sigkill_long_lived_mid_stream")
+    assert faults.batch_seq(mid["batch"]) >= 3, mid   # killed several batches into its run
     for p in per_fault:   # a killed or failing run was failed, by the code server, the watchdog or itself
         if p["kind"] not in ("broker_restart", "s3_restart"):  # clients may ride out a restart by retrying
             assert p["run_status"] == "FAILURE", p

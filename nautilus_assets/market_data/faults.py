@@ -8,7 +8,8 @@ A plan is a JSON file (the tests keep it under NAUTILUS_HOME):
     {"faults": [{"id": "f01", "feed": "trades", "point": "before_ack", "action": "kill"}, ...],
      "completed": {"trades": <epoch s of the feed's last completed batch>, ...}}
 Faults of one feed fire in plan order: the feed's first unfired fault fires at its point, and only once the
-feed has completed a batch since its previous fault fired (so every fault is followed by a recovery). Taking a
+feed has completed a batch since its previous fault fired (so every fault is followed by a recovery). A fault
+with `"min_batch": N` fires only in the N-th or a later batch of a long-lived run (batch ids end in `.<n>`). Taking a
 fault is atomic (flock on <plan>.lock), so each fires exactly once, and the firing is on disk before it acts.
 
 Actions: `kill` (SIGKILL this process), `kill_with_parent` (SIGKILL the process that launched this run, when it
@@ -89,6 +90,12 @@ def hold_file(path: Path, fault_id: str) -> Path:
     return path.with_name(f"{path.name}.hold-{fault_id}")
 
 
+def batch_seq(batch_id: str) -> int:
+    """n of a long-lived run's batch `<run batch id>.<n>` (0 for a batch id without one)."""
+    tail = batch_id.rsplit(".", 1)[-1] if "." in batch_id else ""
+    return int(tail) if tail.isdigit() else 0
+
+
 def _take(path: Path, name: str, feed: str, batch_id: str) -> dict | None:
     with locked(path) as plan:
         mine = [f for f in plan["faults"] if f["feed"] == feed]
@@ -99,6 +106,8 @@ def _take(path: Path, name: str, feed: str, batch_id: str) -> dict | None:
         if fired and plan.get("completed", {}).get(feed, 0) <= max(fired):
             return None  # the previous fault of this feed has not been recovered from yet
         fault = pending[0]
+        if fault.get("min_batch") and batch_seq(batch_id) < fault["min_batch"]:
+            return None  # not yet several batches into the run
         fault.update(fired_at=time.time(), pid=os.getpid(), batch_id=batch_id)
         return dict(fault)
 
