@@ -8,6 +8,7 @@ from sensors.system_events import SYSTEM_SENSORS
 from .analytics.assets import ASSETS as ANALYTICS_ASSETS, KEY as ANALYTICS_KEY
 from .market_data.assets import ASSETS as MARKET_DATA_ASSETS, INGEST_JOBS
 from .market_data.daily import DAILY_ASSETS as MARKET_DATA_DAILY
+from .market_data.maintenance import INTEGRITY_CHECKS, INTEGRITY_JOB, SCHEDULES as MAINTENANCE, lake_maintenance_job
 from .microstructure.assets import ASSETS as MICROSTRUCTURE_ASSETS, KEY as VPIN_KEY
 from .ml.assets import ASSETS as ML_ASSETS
 from .pools import priority_tags
@@ -32,8 +33,9 @@ AUTOMATION = dg.AutomationConditionSensorDefinition(
 defs = dg.Definitions(
     assets=[*MARKET_DATA_ASSETS, *ANALYTICS_ASSETS, *MICROSTRUCTURE_ASSETS, *PORTFOLIO_ASSETS,
             *MARKET_DATA_DAILY, *PORTFOLIO_DAILY, *RISK_ASSETS, *ML_ASSETS],
-    jobs=[*INGEST_JOBS.values(), EOD_REPLAY_JOB],
-    schedules=[EOD_REPLAY],
+    asset_checks=INTEGRITY_CHECKS,
+    jobs=[*INGEST_JOBS.values(), EOD_REPLAY_JOB, INTEGRITY_JOB, lake_maintenance_job],
+    schedules=[EOD_REPLAY, *MAINTENANCE],
     sensors=[*INGEST_SENSORS, STREAMING_AUTOMATION, AUTOMATION, *SYSTEM_SENSORS],
     resources=build_resources(for_dagster=True),
 )

@@ -100,6 +100,27 @@ def streaming(env=None) -> Streaming:
     return Streaming(int(v["NAUTILUS_BATCH_MAX_MESSAGES"]), *(v[k] for k in list(STREAMING_VARS)[1:]))
 
 
+# Lake maintenance (nautilus_assets/market_data/maintenance.py): variable -> (default, meaning).
+LAKE_VARS = {
+    "NAUTILUS_LAKE_MAX_FILES_PER_PARTITION": (16, "a bronze date partition with more files is compacted"),
+    "NAUTILUS_LAKE_RETENTION_DAYS": (7, "vacuum keeps the files of this many days: time travel reaches that far"),
+}
+
+
+@dataclass(frozen=True)
+class LakeMaintenance:
+    max_files_per_partition: int
+    retention_days: float
+
+
+def lake_maintenance(env=None) -> LakeMaintenance:
+    env = os.environ if env is None else env
+    v = {k: float(env.get(k) or d) for k, (d, _) in LAKE_VARS.items()}
+    if v["NAUTILUS_LAKE_MAX_FILES_PER_PARTITION"] < 1 or v["NAUTILUS_LAKE_RETENTION_DAYS"] < 0:
+        raise ValueError("NAUTILUS_LAKE_MAX_FILES_PER_PARTITION must be >= 1 and NAUTILUS_LAKE_RETENTION_DAYS >= 0")
+    return LakeMaintenance(int(v["NAUTILUS_LAKE_MAX_FILES_PER_PARTITION"]), v["NAUTILUS_LAKE_RETENTION_DAYS"])
+
+
 @dataclass(frozen=True)
 class Settings:
     instance: str
@@ -159,7 +180,7 @@ def load() -> Settings:
         "CLICKHOUSE_SECURE": _env("CLICKHOUSE_SECURE", "false"),
         "NAUTILUS_CHDB_PATH": _env("NAUTILUS_CHDB_PATH", str(home / "chdb")),
         "NAUTILUS_INSTRUMENTS": _env("NAUTILUS_INSTRUMENTS", "AAPL.XNAS,MSFT.XNAS,SPY.ARCX,ESZ6.GLBX,BTCUSDT.BINANCE"),
-        **{k: _env(k, str(d)) for k, (d, _) in STREAMING_VARS.items()},
+        **{k: _env(k, str(d)) for k, (d, _) in {**STREAMING_VARS, **LAKE_VARS}.items()},
         "NAUTILUS_SENSOR_INTERVAL_SECONDS": _env("NAUTILUS_SENSOR_INTERVAL_SECONDS", "4"),
         "NAUTILUS_SAFETY_INTERVAL_SECONDS": _env("NAUTILUS_SAFETY_INTERVAL_SECONDS", "120"),
         # The daemon's calls to a code server (launching a run) time out after 60 s by default: too short on 2 cores.
