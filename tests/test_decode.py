@@ -34,7 +34,8 @@ def test_valid_trade_becomes_a_row_with_provenance():
     row = d.table.to_pylist()[0]
     assert row["price"] == 230.5 and row["message_id"] == "0:0:0" and row["batch_id"] == "b1"
     assert row["topic"] == TRADES.topic and row["ts_event"] == NOW - 10**9
-    assert row["ts"].timestamp() == pytest.approx((NOW - 10**9) / 1e9, abs=1e-6)
+    # µs in the table (ns truncated) and a float of ~1.8e9 s: allow a µs plus rounding
+    assert row["ts"].timestamp() == pytest.approx((NOW - 10**9) / 1e9, abs=2e-6)
     assert row["date"] == row["ts"].date()
 
 

@@ -4,7 +4,7 @@ import dagster as dg
 
 from nautilus_assets.definitions import defs
 from nautilus_assets.market_data import sinks
-from nautilus_assets.market_data.ingest import run_batch
+from nautilus_assets.market_data.ingest import Stream, run_batch
 from nautilus_assets.market_data.maintenance import files_per_partition, maintain
 from nautilus_assets.market_data.schema import TRADES
 from tests.test_idempotency import WEEK, counts, publish
@@ -13,9 +13,11 @@ from tests.test_idempotency import WEEK, counts, publish
 def test_compaction_checkpoint_vacuum(clean):
     res = clean
     publish(res, 2000, seed=41)
-    batches = [run_batch(TRADES, res["pulsar"], res["lake"], res["clickhouse"], f"m-{i}", 100, 5, WEEK,
-                         log=lambda m: None) for i in range(20)]
-    assert sum(b.written_delta for b in batches) == 2000
+    with Stream(TRADES, res["pulsar"], res["lake"], res["clickhouse"], WEEK, log=lambda m: None) as stream:
+        batches = []
+        while sum(b.consumed for b in batches) < 2000 and len(batches) < 200:
+            batches.append(stream.commit(f"m.{len(batches) + 1}", stream.receive(100, 0.5)))
+    assert sum(b.written_delta for b in batches) == 2000 and len(batches) >= 20
     table = sinks.bronze_table(TRADES)
     dt = res["lake"].table(table)
     old_version = dt.version()

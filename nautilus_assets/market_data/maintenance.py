@@ -13,6 +13,7 @@ only) leave out, as asset checks on their own schedule."""
 from collections import Counter
 
 import dagster as dg
+import pyarrow as pa
 
 from resources.clickhouse import ClickHouseResource
 from resources.lake import LakeResource
@@ -25,8 +26,8 @@ from .sinks import bronze_table
 
 
 def files_per_partition(dt) -> Counter:
-    actions = dt.get_add_actions(flatten=True).to_pydict()
-    return Counter(str(d) for d in actions.get("partition.date", []))
+    actions = pa.table(dt.get_add_actions(flatten=True))   # an arro3 table: through the Arrow C stream interface
+    return Counter(str(d) for d in actions["partition.date"].to_pylist()) if actions.num_rows else Counter()
 
 
 def maintain(lake: LakeResource, table: str, max_files: int, retention_days: float, log=print) -> dict:
