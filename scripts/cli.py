@@ -163,15 +163,40 @@ def launch_backfill(s: Settings, history_days: int) -> str:
     return out["backfillId"]
 
 
+def _batch_summary(inst, feeds: dict, after: dict, span_s: float) -> str:
+    """One line on the batches the ingest runs committed since the last look (a reporting error never stops `up`)."""
+    from dagster import AssetRecordsFilter
+    parts = []
+    try:
+        for name, key in feeds.items():
+            recs = inst.fetch_materializations(AssetRecordsFilter(asset_key=key, after_timestamp=after[name]),
+                                               limit=10_000, ascending=True).records
+            if recs:
+                after[name] = recs[-1].timestamp
+                meta = [r.asset_materialization.metadata for r in recs]
+                rows = sum(int(m["valid"].value) for m in meta if "valid" in m)
+                parts.append(f"{name} {len(recs)} batches / {rows} rows (latest {meta[-1]['batch_id'].value})")
+    except Exception as e:  # noqa: BLE001
+        return f"batch summary unavailable: {e}"
+    return f"committed in the last {span_s:.0f}s: " + ("; ".join(parts) or "nothing")
+
+
 def watch(s: Settings, children, t0: float) -> None:
-    """Report each finished micro-batch until interrupted; stop if a child process dies."""
+    """Report each finished run, and every 10 s the micro-batches the long-lived ingest runs committed, until
+    interrupted; stop if a child process dies."""
     from datetime import datetime, timezone
 
-    from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+    from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
     seen: set[str] = set()
     since = datetime.fromtimestamp(t0, timezone.utc)
+    feeds = {name: AssetKey(["market_data_feed", name]) for name in ("trades", "quotes")}
+    after = {name: float(t0) for name in feeds}
+    last_summary = time.time()
     with DagsterInstance.get() as inst:
         while True:
+            if time.time() - last_summary >= 10:
+                say(_batch_summary(inst, feeds, after, time.time() - last_summary))
+                last_summary = time.time()
             for name, p in children:
                 if p.poll() is not None:
                     raise RuntimeError(f"{name} exited with {p.returncode}; see {s.home / (name + '.log')}")
