@@ -140,7 +140,10 @@ def build_ingest_sensor(feed: Feed, job) -> dg.SensorDefinition:
             last = context.instance.get_run_records(dg.RunsFilter(job_name=job.name), limit=1)
             last_end = last[0].end_time if last and last[0].end_time else None
             backlog = pulsar.backlog(feed.topic, SUBSCRIPTION)
-            reason = decide(backlog, now - cursor["last_request"], None if last_end is None else now - last_end,
+            # timer and safety count from the later of the last request and the last run's end: a long-lived run
+            # that just idled out has looked at the subscription for its whole life
+            since = now - max(cursor["last_request"], last_end or 0.0)
+            reason = decide(backlog, since, None if last_end is None else now - last_end,
                             timer_s=_seconds("NAUTILUS_TIMER_SECONDS", 30),
                             safety_s=_seconds("NAUTILUS_SAFETY_INTERVAL_SECONDS", 120),
                             staleness_s=0 if pulsar.admin_url else _seconds("NAUTILUS_BACKLOG_STALENESS_SECONDS", 0))

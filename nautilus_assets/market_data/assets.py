@@ -204,11 +204,14 @@ def ingest_quotes(context: dg.AssetExecutionContext, config: BatchConfig, pulsar
     yield from ()
 
 
+SCHEDULED_CHECK = "no_duplicate_ids_in_table"   # whole-table: its own job and schedule (maintenance.py), not a batch's
+
 # One job per source topic (one sensor target = one partitions definition). In-process executor: the run is
 # one long-lived step, and a subprocess per step would add seconds to its start.
 INGEST_JOBS = {
     feed.name: dg.define_asset_job(
-        f"ingest_{feed.name}", selection=dg.AssetSelection.assets(*keys) | dg.AssetSelection.checks_for_assets(*keys),
+        f"ingest_{feed.name}", selection=(dg.AssetSelection.assets(*keys) | dg.AssetSelection.checks_for_assets(*keys))
+        - dg.AssetSelection.checks(dg.AssetCheckKey(keys[0], SCHEDULED_CHECK)),
         executor_def=dg.in_process_executor,
         tags={"nautilus/topic": feed.name, "dagster/max_runtime": STREAM.run_max_runtime_s,
               **priority_tags("market_data_ingest")},

@@ -20,7 +20,7 @@ from resources.lake import LakeResource
 from resources.settings import lake_maintenance
 
 from . import checks
-from .assets import QUOTES_KEY, TRADES_KEY
+from .assets import QUOTES_KEY, SCHEDULED_CHECK, TRADES_KEY
 from .schema import FEEDS, QUOTES, TRADES
 from .sinks import bronze_table
 
@@ -68,7 +68,7 @@ def lake_maintenance_job():
 
 
 def _uniqueness_check(feed, key):
-    @dg.asset_check(asset=key, name="no_duplicate_ids_in_table", blocking=False,
+    @dg.asset_check(asset=key, name=SCHEDULED_CHECK, blocking=False,
                     description="No message id (trades: no instrument trade id) twice in the whole ClickHouse table; "
                                 "scheduled, since a whole-table query has no place in a micro-batch")
     def _check(clickhouse: ClickHouseResource) -> dg.AssetCheckResult:
