@@ -179,7 +179,7 @@ def run_stats(since: float) -> dict:
                 "mean_run_s": round(float(np.mean([r.end_time - r.start_time for r in done])), 2) if done else None}
         for name in ("trades", "quotes"):   # the long-lived runs' batches: one materialization each
             mats = inst.fetch_materializations(dg.AssetRecordsFilter(
-                asset_key=dg.AssetKey(["market_data_feed", name]), after_timestamp=float(since)), limit=100_000).records
+                asset_key=dg.AssetKey(["market_data_feed", name]), after_timestamp=float(since)), limit=10_000).records
             meta = [m.asset_materialization.metadata for m in mats]
             stages = sorted({k for md in meta for k in md if k.startswith("seconds_")})
             out[f"{name}_batches"] = {"count": len(meta), "median_rows": float(np.median(
