@@ -143,9 +143,7 @@ def _stream(context: dg.AssetExecutionContext, config: BatchConfig, feed: Feed, 
                 res.seconds = {"receive": received_s, **res.seconds}
                 batches += 1
                 last_data = time.monotonic()
-                t = time.perf_counter()
                 record(res, stream)
-                res.seconds["record"] = round(time.perf_counter() - t, 3)
     finally:
         handover.release(context.instance, context.run.run_id)
     context.log.info(f"ingest run ends ({reason}) after {batches} batches")

@@ -161,8 +161,6 @@ class Stream:
         res.rows = dec.table
         res.valid, res.quarantined, res.duplicates_in_batch = dec.table.num_rows, len(dec.quarantine), dec.duplicates
         lap("decode")
-        if self.delta is None:
-            self.delta = self.lake.table(sinks.bronze_table(feed))
         # The two sinks are independent and both release the GIL: write them concurrently.
         with ThreadPoolExecutor(2) as pool:
             delta = pool.submit(sinks.write_delta, self.lake, feed, dec.table, batch_id, self.delta)
