@@ -3,39 +3,37 @@ import dagster as dg
 
 from resources.settings import apply, build_resources
 from sensors.pulsar_ingest import INGEST_SENSORS
+from sensors.streaming_products import PRODUCT_JOBS, PRODUCT_SENSORS
 from sensors.system_events import SYSTEM_SENSORS
 
-from .analytics.assets import ASSETS as ANALYTICS_ASSETS, KEY as ANALYTICS_KEY
+from .analytics.assets import ASSETS as ANALYTICS_ASSETS
 from .market_data.assets import ASSETS as MARKET_DATA_ASSETS, INGEST_JOBS
 from .market_data.daily import DAILY_ASSETS as MARKET_DATA_DAILY
 from .market_data.maintenance import INTEGRITY_CHECKS, INTEGRITY_JOB, SCHEDULES as MAINTENANCE, lake_maintenance_job
-from .microstructure.assets import ASSETS as MICROSTRUCTURE_ASSETS, KEY as VPIN_KEY
+from .microstructure.assets import ASSETS as MICROSTRUCTURE_ASSETS
 from .ml.assets import ASSETS as ML_ASSETS
 from .pools import priority_tags
-from .portfolio.assets import ASSETS as PORTFOLIO_ASSETS, KEY as POSITIONS_KEY
+from .portfolio.assets import ASSETS as PORTFOLIO_ASSETS
 from .portfolio.daily import DAILY_ASSETS as PORTFOLIO_DAILY
 from .replay import EOD_REPLAY, EOD_REPLAY_JOB
 from .risk.assets import ASSETS as RISK_ASSETS
 
 apply()  # resolve embedded defaults into the environment before resources read it
 
-# Downstream products follow the market-data micro-batches through declarative automation (eager); daily bars
-# run after midnight UTC (on_cron). Assets without an automation condition are left to their sensors.
-# The streaming products' runs carry a higher run priority than the day-level ones (nautilus_assets/pools.py).
-STREAMING = dg.AssetSelection.assets(ANALYTICS_KEY, VPIN_KEY, POSITIONS_KEY)
-STREAMING_AUTOMATION = dg.AutomationConditionSensorDefinition(
-    "streaming_products_automation", target=STREAMING, run_tags=priority_tags("streaming_products"),
-    default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=10)
+# The streaming products (indicators, VPIN, positions) are long-lived runs that their sensors launch from the
+# bars' change feed (nautilus_assets/streaming.py); the day-level products follow through declarative automation
+# (daily bars after midnight UTC: on_cron; NAV and risk: eager). Assets without an automation condition are left
+# to their sensors.
 AUTOMATION = dg.AutomationConditionSensorDefinition(
-    "products_automation", target=dg.AssetSelection.all() - STREAMING, run_tags=priority_tags("end_of_day"),
+    "products_automation", target=dg.AssetSelection.all(), run_tags=priority_tags("end_of_day"),
     default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=10)
 
 defs = dg.Definitions(
     assets=[*MARKET_DATA_ASSETS, *ANALYTICS_ASSETS, *MICROSTRUCTURE_ASSETS, *PORTFOLIO_ASSETS,
             *MARKET_DATA_DAILY, *PORTFOLIO_DAILY, *RISK_ASSETS, *ML_ASSETS],
     asset_checks=INTEGRITY_CHECKS,
-    jobs=[*INGEST_JOBS.values(), EOD_REPLAY_JOB, INTEGRITY_JOB, lake_maintenance_job],
+    jobs=[*INGEST_JOBS.values(), *PRODUCT_JOBS, EOD_REPLAY_JOB, INTEGRITY_JOB, lake_maintenance_job],
     schedules=[EOD_REPLAY, *MAINTENANCE],
-    sensors=[*INGEST_SENSORS, STREAMING_AUTOMATION, AUTOMATION, *SYSTEM_SENSORS],
+    sensors=[*INGEST_SENSORS, *PRODUCT_SENSORS, AUTOMATION, *SYSTEM_SENSORS],
     resources=build_resources(for_dagster=True),
 )

@@ -5,7 +5,6 @@ from datetime import timedelta
 
 import dagster as dg
 
-from resources.pulsar import PulsarResource
 
 ENGINES_NS = "persistent://nautilus/engines"
 
@@ -49,8 +48,9 @@ class Product:
                 "nautilus/freshness_fail_after_s": int(self.fail_after.total_seconds()),
                 "nautilus/freshness_warn_after_s": int(self.warn_after.total_seconds())}
 
-    def announce(self, pulsar: PulsarResource, asset_key: dg.AssetKey, run_id: str, **facts) -> None:
-        """Publish a materialization event on the product's engine topic (the data-mesh contract)."""
+    def announce(self, pulsar, asset_key: dg.AssetKey, run_id: str, **facts) -> None:
+        """Publish a materialization event on the product's engine topic (the data-mesh contract); `pulsar` is
+        the resource or an open client."""
         from resources.system_topics import publish
         event = {"product": self.name, "asset": asset_key.to_user_string(), "run_id": run_id, **facts}
         publish(pulsar, self.topic, [(event, None)])

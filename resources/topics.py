@@ -31,8 +31,8 @@ class Namespace:
 DAY = 24 * 60
 NAMESPACES = {ns.name: ns for ns in (
     Namespace("market-data", 7 * DAY, 10 * 1024,
-              ("level1-quotes", "level2-orderbook", "trades", "news-feeds"),
-              "Market data feeds in (quotes, order book, trades, news)"),
+              ("level1-quotes", "level2-orderbook", "trades", "news-feeds", "bars-changes"),
+              "Market data feeds in (quotes, order book, trades, news); out: the bars each committed batch changed"),
     Namespace("engines", 1 * DAY, 2 * 1024,
               ("risk-metrics", "analytics-signals", "ml-predictions", "portfolio-positions", "vpin-microstructure",
                "portfolio-fills"),
@@ -49,6 +49,7 @@ SYSTEM = NAMESPACES["system"]
 # The topics code publishes to, by role.
 TRADES = MARKET_DATA.topic("trades")
 LEVEL1_QUOTES = MARKET_DATA.topic("level1-quotes")
+BARS_CHANGES = MARKET_DATA.topic("bars-changes")    # the instrument-minutes each trades batch (re)wrote
 PORTFOLIO_FILLS = ENGINES.topic("portfolio-fills")
 SYSTEM_EVENTS = SYSTEM.topic("events")
 SYSTEM_ALERTS = SYSTEM.topic("alerts")

@@ -104,7 +104,7 @@ def up(s: Settings, rate: float, history_days: int) -> None:
                 f"(the last {STREAMING_HISTORY_DAYS} also into ClickHouse) ...")
             r = build_resources(s)
             write_history(r["lake"], instruments(s), history_days, HISTORY_EVENTS_PER_DAY, postgres=r["postgres"],
-                          clickhouse=r["clickhouse"], clickhouse_days=STREAMING_HISTORY_DAYS)
+                          clickhouse=r["clickhouse"], clickhouse_days=STREAMING_HISTORY_DAYS, pulsar=r["pulsar"])
         py = sys.executable
         bindir = Path(py).parent
         children.append(("simulator", spawn(s, "simulator", [py, "-m", "scripts.cli", "simulate", "--rate", str(rate)])))

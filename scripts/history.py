@@ -7,7 +7,7 @@ from datetime import date, datetime, timedelta, timezone
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from nautilus_assets.market_data import sinks
+from nautilus_assets.market_data import changes, sinks
 from nautilus_assets.market_data.decode import build_table
 from nautilus_assets.market_data.schema import QUOTES, TRADES
 from nautilus_assets.market_data.simulator import CHUNK, NS_PER_DAY, MarketSimulator
@@ -46,10 +46,11 @@ def simulate_days(instruments: list[str], first: date, days: int, events_per_day
 
 def write_history(lake: LakeResource, instruments: list[str], days: int, events_per_day: int = 40_000,
                   seed: int = 11, end: date | None = None, postgres=None, clickhouse=None,
-                  clickhouse_days: int | None = None, days_per_commit: int = 30) -> dict:
+                  clickhouse_days: int | None = None, days_per_commit: int = 30, pulsar=None) -> dict:
     """Days end-days .. end-1 (UTC) into the lake's bronze tables; given `postgres`, the model portfolios' fills
     into the portfolio store; given `clickhouse`, the ticks and their 1-minute bars into ClickHouse too (so the
-    streaming products can compute over history; only the last `clickhouse_days` if given). Idempotent for the
+    streaming products can compute over history; only the last `clickhouse_days` if given), announced on the bars'
+    change feed given `pulsar`. Idempotent for the
     same arguments: rows de-duplicate on their ids."""
     end = end or datetime.now(timezone.utc).date()
     totals = {TRADES.name: 0, QUOTES.name: 0, "fills": 0}
@@ -69,7 +70,11 @@ def write_history(lake: LakeResource, instruments: list[str], days: int, events_
                     sinks.write_clickhouse(clickhouse, feed, table)
                     if feed is TRADES:
                         dates = pc.unique(table["date"]).to_pylist()
-                        sinks.recompute_bars_for_dates(clickhouse, min(dates), max(dates), f"history-{label}")
+                        version, spans = sinks.recompute_bars_for_dates(clickhouse, min(dates), max(dates),
+                                                                        f"history-{label}")
+                        if pulsar is not None:   # the streaming products learn of the history's bars
+                            with pulsar.client() as client:
+                                changes.announce_once(client, f"history-{label}", version, spans=spans)
 
     for n, (day, trades, quotes) in enumerate(simulate_days(instruments, end - timedelta(days=days), days,
                                                             events_per_day, seed), start=1):

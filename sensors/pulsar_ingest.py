@@ -107,11 +107,27 @@ def free_leaked_slots(instance: dg.DagsterInstance, job_name: str) -> list[str]:
     return [r.dagster_run.run_id for r in done]
 
 
+def _backlog(pulsar: PulsarResource, topics: tuple[str, ...], subscription: str) -> int | None:
+    """Pending messages of the subscription over its topics; None when the broker cannot tell for any."""
+    counts = [pulsar.backlog(t, subscription) for t in topics]
+    known = [c for c in counts if c is not None]
+    return sum(known) if known else None
+
+
 def build_ingest_sensor(feed: Feed, job) -> dg.SensorDefinition:
-    @dg.sensor(name=f"{feed.name}_ingest_sensor", job=job, default_status=dg.DefaultSensorStatus.RUNNING,
-               minimum_interval_seconds=int(_seconds("NAUTILUS_SENSOR_INTERVAL_SECONDS", 4)),
-               description=f"Launches the long-lived ingest run of {feed.topic} when messages are pending, "
-                           "and its successor before its lifetime ends")
+    return build_stream_sensor(f"{feed.name}_ingest_sensor", feed.name, (feed.topic,), SUBSCRIPTION, job,
+                               f"Launches the long-lived ingest run of {feed.topic} when messages are pending, "
+                               "and its successor before its lifetime ends")
+
+
+def build_stream_sensor(sensor_name: str, name: str, topics: tuple[str, ...], subscription: str, job,
+                        description: str) -> dg.SensorDefinition:
+    """The sensor of one long-lived consumer job (an ingest feed or a streaming product): watchdog, successor
+    before the lifetime ends, and a new run when the subscription has a backlog."""
+    label = ", ".join(topics)
+
+    @dg.sensor(name=sensor_name, job=job, default_status=dg.DefaultSensorStatus.RUNNING,
+               minimum_interval_seconds=int(_seconds("NAUTILUS_SENSOR_INTERVAL_SECONDS", 4)), description=description)
     def _sensor(context: dg.SensorEvaluationContext, pulsar: PulsarResource):
         now = time.time()
         alive = []
@@ -121,25 +137,25 @@ def build_ingest_sensor(feed: Feed, job) -> dg.SensorDefinition:
             if dead is None:
                 alive.append(rec)
                 continue
-            context.log.warning(f"watchdog: ingest run {rec.dagster_run.run_id} is dead ({dead}); failing it")
+            context.log.warning(f"watchdog: run {rec.dagster_run.run_id} is dead ({dead}); failing it")
             context.instance.report_run_failed(rec.dagster_run,
-                                               f"Nautilus ingest watchdog: {dead}; its batch will be re-run")
+                                               f"Nautilus watchdog: {dead}; its batch will be re-run")
         for run_id in free_leaked_slots(context.instance, job.name):
-            context.log.info(f"freed the pool slots still held by finished ingest run {run_id}")
+            context.log.info(f"freed the pool slots still held by finished run {run_id}")
         cursor = json.loads(context.cursor) if context.cursor else {"seq": 0, "last_request": 0.0}
         extra_tags = {}
         if len(alive) > 1:
-            return dg.SkipReason(f"{feed.topic}: a run and its successor are in flight")
+            return dg.SkipReason(f"{label}: a run and its successor are in flight")
         if alive:
             current = alive[0]
             if not successor_due(current, now, STREAM.run_lifetime_s, STREAM.handover_lead_s):
-                return dg.SkipReason(f"ingest run {current.dagster_run.run_id} for {feed.topic} is in flight")
+                return dg.SkipReason(f"run {current.dagster_run.run_id} for {label} is in flight")
             reason = f"handover: run {current.dagster_run.run_id} nears the end of its lifetime"
             extra_tags[PREDECESSOR_TAG] = current.dagster_run.run_id
         else:
             last = context.instance.get_run_records(dg.RunsFilter(job_name=job.name), limit=1)
             last_end = last[0].end_time if last and last[0].end_time else None
-            backlog = pulsar.backlog(feed.topic, SUBSCRIPTION)
+            backlog = _backlog(pulsar, topics, subscription)
             # timer and safety count from the later of the last request and the last run's end: a long-lived run
             # that just idled out has looked at the subscription for its whole life
             since = now - max(cursor["last_request"], last_end or 0.0)
@@ -148,11 +164,11 @@ def build_ingest_sensor(feed: Feed, job) -> dg.SensorDefinition:
                             safety_s=_seconds("NAUTILUS_SAFETY_INTERVAL_SECONDS", 120),
                             staleness_s=0 if pulsar.admin_url else _seconds("NAUTILUS_BACKLOG_STALENESS_SECONDS", 0))
             if reason is None:
-                return dg.SkipReason(f"nothing pending on {feed.topic} (backlog {backlog})")
+                return dg.SkipReason(f"nothing pending on {label} (backlog {backlog})")
         seq = cursor["seq"] + 1
-        batch_id = f"{feed.name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{seq}"
+        batch_id = f"{name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{seq}"
         context.update_cursor(json.dumps({"seq": seq, "last_request": now}))
-        return dg.RunRequest(run_key=batch_id, tags={BATCH_TAG: batch_id, "nautilus/topic": feed.name,
+        return dg.RunRequest(run_key=batch_id, tags={BATCH_TAG: batch_id, "nautilus/topic": name,
                                                      "nautilus/trigger": reason, **extra_tags})
 
     return _sensor

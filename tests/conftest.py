@@ -81,12 +81,17 @@ def reset_state(res):
         from nautilus_assets.portfolio.assets import SUBSCRIPTION
         from nautilus_assets.portfolio.models import FILLS_TOPIC
         import pulsar
-        c = client.subscribe(FILLS_TOPIC, SUBSCRIPTION, consumer_type=pulsar.ConsumerType.Shared,
-                             initial_position=pulsar.InitialPosition.Earliest)
-        while msgs := receive(c, 100_000, 10, idle_ms=300):
-            for m in msgs:
-                c.acknowledge(m)
-        c.close()
+        from nautilus_assets.analytics.assets import SUBSCRIPTION as ANALYTICS
+        from nautilus_assets.microstructure.assets import SUBSCRIPTION as MICROSTRUCTURE
+        from resources.topics import BARS_CHANGES
+        for topics, sub in (([FILLS_TOPIC, BARS_CHANGES], SUBSCRIPTION), ([BARS_CHANGES], ANALYTICS),
+                            ([BARS_CHANGES], MICROSTRUCTURE)):
+            c = client.subscribe(topics, sub, consumer_type=pulsar.ConsumerType.Shared,
+                                 initial_position=pulsar.InitialPosition.Earliest)
+            while msgs := receive(c, 100_000, 10, idle_ms=300):
+                for m in msgs:
+                    c.acknowledge(m)
+            c.close()
     s3 = res["lake"].s3_client()
     for feed in FEEDS.values():
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=res["lake"].bucket, Prefix=bronze_table(feed)):

@@ -1,18 +1,108 @@
-"""Declarative automation: a new micro-batch of bars requests every streaming product downstream of it."""
+"""The streaming products follow the bars' change feed: a committed trades batch announces the minutes it changed,
+each product's sensor launches its long-lived run from the backlog, and a sensor-launched run commits batches
+back to back, each its own materialization; a redelivered announcement changes nothing; the day-level products
+stay on declarative automation."""
+import time
+
 import dagster as dg
+import orjson
+import pulsar
 
-from nautilus_assets.analytics.assets import KEY as ANALYTICS
+from nautilus_assets.analytics import assets as analytics
 from nautilus_assets.definitions import defs
-from nautilus_assets.market_data.assets import BARS_KEY, TRADES_KEY
-from nautilus_assets.microstructure.assets import KEY as VPIN
-from nautilus_assets.portfolio.assets import KEY as PORTFOLIO
+from nautilus_assets.market_data import changes
+from nautilus_assets.market_data.assets import BATCH_TAG
+from nautilus_assets.market_data.ingest import receive
+from nautilus_assets.market_data.schema import TRADES
+from nautilus_assets.market_data.simulator import MarketSimulator
+from nautilus_assets.microstructure import assets as micro
+from nautilus_assets.portfolio import assets as portfolio
+from resources.topics import BARS_CHANGES
+from scripts.publisher import publish_tables
+from sensors.streaming_products import PRODUCT_SENSORS
+from tests.test_idempotency import batch
 
 
-def test_new_bars_request_the_streaming_products():
-    with dg.instance_for_test() as inst:
-        first = dg.evaluate_automation_conditions(defs=defs, instance=inst)
-        for key in (TRADES_KEY, BARS_KEY):
-            inst.report_runless_asset_event(dg.AssetMaterialization(asset_key=key))
-        after = dg.evaluate_automation_conditions(defs=defs, instance=inst, cursor=first.cursor)
-        requested = {k for k in (ANALYTICS, VPIN, PORTFOLIO) if after.get_num_requested(k)}
-        assert requested == {ANALYTICS, VPIN, PORTFOLIO}
+def test_change_messages_merge_to_the_first_changed_minute_per_instrument():
+    a = orjson.dumps(changes.message("b1", 1, [("X", 120), ("X", 60), ("Y", 600)]))
+    b = orjson.dumps(changes.message("b2", 2, spans={"X": (0, 60)}))
+    since, upstream, bad = changes.since_by_instrument([a, b, b"not json", b'{"schema": "other"}'])
+    assert since == {"X": dg_ts(0), "Y": dg_ts(600)} and upstream == ["b1", "b2"] and bad == 2
+
+
+def dg_ts(s):
+    import pandas as pd
+    return pd.Timestamp(s, unit="s")
+
+
+def test_streaming_products_are_sensor_launched_not_automated():
+    repo = defs.get_repository_def()
+    for m in (analytics, micro, portfolio):
+        spec = next(s for s in defs.resolve_all_asset_specs() if s.key == m.KEY)
+        assert spec.automation_condition is None, m.KEY   # eager would wait behind the long-lived ingest runs
+        sensor = repo.get_sensor_def(f"{m.PRODUCT.name}_stream_sensor")
+        assert sensor.job_name == f"stream_{m.PRODUCT.name}"
+        assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+
+
+def _trades(n, seed):
+    return MarketSimulator(["AAPL.XNAS", "SPY.ARCX"], seed=seed, start_ns=time.time_ns() - 3 * 3600 * 10**9,
+                           events_per_second=0.5).take(n, 0)[0]
+
+
+def test_committed_batch_announces_and_the_sensor_launches_the_product(clean, instance):
+    res = clean
+    trades = _trades(3000, seed=41)
+    publish_tables(res["pulsar"], trades, trades.slice(0, 0))
+    b = batch(res, TRADES, "chg-1")
+    with res["pulsar"].client() as client:   # the announcement, read on a subscription of the test's own
+        c = client.subscribe(BARS_CHANGES, "test-changes", consumer_type=pulsar.ConsumerType.Shared,
+                             initial_position=pulsar.InitialPosition.Earliest)
+        msgs = [orjson.loads(m.data()) for m in receive(c, 1000, 10, idle_ms=1000)]
+        c.close()
+    mine = [m for m in msgs if m["batch_id"] == "chg-1"]
+    assert len(mine) == 1 and sorted(map(tuple, mine[0]["keys"])) == sorted(b.bar_keys)
+    sensor = next(s for s in PRODUCT_SENSORS if s.name == "market_analytics_stream_sensor")
+    tick = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, resources={"pulsar": res["pulsar"]}))
+    assert len(tick.run_requests) == 1 and tick.run_requests[0].tags["nautilus/trigger"].startswith("backlog")
+
+
+def test_a_long_lived_product_run_commits_per_batch_and_redelivery_changes_nothing(clean, instance):
+    res = clean
+    trades = _trades(4000, seed=43)
+    half = trades.num_rows // 2
+    publish_tables(res["pulsar"], trades.slice(0, half), trades.slice(0, 0))
+    batch(res, TRADES, "ll-1")
+    job = defs.resolve_job_def("stream_market_analytics")
+    cfg = {"ops": {"market_analytics__indicators_1m": {"config": {"idle_seconds": 3, "max_wait_seconds": 0.3}}}}
+
+    def run(tag):   # a sensor-launched run (its batch tag): long-lived until idle
+        return job.execute_in_process(instance=instance, tags={BATCH_TAG: tag}, run_config=cfg)
+
+    first = run("ll-run-1")
+    assert first.success
+    publish_tables(res["pulsar"], trades.slice(half), trades.slice(0, 0))
+    batch(res, TRADES, "ll-2")
+    before = res["clickhouse"].query_df(f"SELECT * FROM {analytics.TABLE} FINAL ORDER BY instrument_id, minute")
+    # the ll-2 announcement again, as a redelivery or a re-run of the upstream batch would send it
+    with res["pulsar"].client() as client:
+        changes.announce_once(client, "ll-2", time.time_ns(),
+                              spans={"AAPL.XNAS": (int(trades["ts_event"][0].as_py() // 10**9 // 60 * 60),) * 2})
+    second = run("ll-run-2")
+    assert second.success
+    mats = second.asset_materializations_for_node("market_analytics__indicators_1m")
+    assert len(mats) >= 1 and [m.metadata["batch_id"].value for m in mats] == [
+        f"ll-run-2.{i + 1}" for i in range(len(mats))]
+    assert all(e.passed for e in second.get_asset_check_evaluations())
+    after = res["clickhouse"].query_df(f"SELECT * FROM {analytics.TABLE} FINAL ORDER BY instrument_id, minute")
+    cols = [c for c in after.columns if c not in ("version", "run_id", "source_version")]
+    old = before[before["minute"] < after["minute"].max()]
+    merged = old.merge(after, on=["instrument_id", "minute"], suffixes=("", "_new"))
+    assert len(merged) == len(old) and len(after) > len(before) * 0.9
+    for c in cols:
+        if c in ("instrument_id", "minute"):
+            continue
+        a, b = merged[c].to_numpy(), merged[c + "_new"].to_numpy()
+        same = (a == b) | (a != a) & (b != b)
+        # only the last minute of the first half may change (the second half continued it)
+        assert same.sum() >= len(merged) - 2, c

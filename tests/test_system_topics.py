@@ -19,7 +19,7 @@ from resources import topics
 from sensors.system_events import system_events_sensor
 
 ARCHITECTURE = {
-    "market-data": {"level1-quotes", "level2-orderbook", "trades", "news-feeds"},
+    "market-data": {"level1-quotes", "level2-orderbook", "trades", "news-feeds", "bars-changes"},
     "engines": {"risk-metrics", "analytics-signals", "ml-predictions", "portfolio-positions", "vpin-microstructure"},
     "system": {"alerts", "commands", "events"},
 }

@@ -1,5 +1,5 @@
 """The `market_analytics` product: TA-Lib indicators per instrument over the 1-minute bars, in ClickHouse
-`analytics.indicators_1m`, recomputed for every bar the market-data product (re)wrote since the last run."""
+`analytics.indicators_1m`, recomputed, batch by batch, for every bar the market-data product announces it (re)wrote."""
 import time
 from datetime import timedelta
 
@@ -7,10 +7,12 @@ import dagster as dg
 import pandas as pd
 
 from nautilus_assets.market_data.assets import BARS_KEY
-from nautilus_assets.market_data.bars import BARS, changed_since
-from nautilus_assets.product import Product, follows_stream
+from nautilus_assets.market_data.bars import BARS, changed_since, since_condition
+from nautilus_assets.product import Product
+from nautilus_assets.streaming import Changes, FollowConfig, follow, follow_job
 from resources.clickhouse import ClickHouseResource
 from resources.pulsar import PulsarResource
+from resources.topics import BARS_CHANGES
 
 from .indicators import COLUMNS, LOOKBACK_BARS, indicators
 
@@ -50,15 +52,15 @@ def window(ch: ClickHouseResource, instrument: str, since) -> pd.DataFrame:
         parameters={"i": instrument, "s": int(pd.Timestamp(since).timestamp())})
 
 
-def recompute(ch: ClickHouseResource, run_id: str, log=print) -> dict:
-    """Indicators for every bar written since the last run; returns counts for metadata."""
-    ch.ensure(DDL)
-    cursor = int(ch.scalar(f"SELECT max(source_version) FROM {TABLE}") or 0)
+def recompute(ch: ClickHouseResource, run_id: str, since: dict, log=print) -> dict:
+    """Indicators for each instrument's bars from its `since` minute on; returns counts for metadata."""
     stats = {"instruments": 0, "rows": 0}
-    for instrument, since in changed_since(ch, cursor).items():
-        bars = window(ch, instrument, since)
+    for instrument, first in sorted(since.items()):
+        bars = window(ch, instrument, first)
+        if bars.empty:
+            continue
         ind = indicators(bars)
-        keep = bars["minute"] >= since
+        keep = bars["minute"] >= first
         rows = pd.concat([bars.loc[keep, ["instrument_id", "minute", "close"]], ind[keep]], axis=1)
         rows["source_version"] = bars.loc[keep, "version"].astype("uint64")
         rows["version"] = time.time_ns()
@@ -67,37 +69,74 @@ def recompute(ch: ClickHouseResource, run_id: str, log=print) -> dict:
             c.insert_df(TABLE, rows.reset_index(drop=True))
         stats["instruments"] += 1
         stats["rows"] += int(keep.sum())
-        log(f"{instrument}: {int(keep.sum())} bars from {since} (window {len(bars)} bars)")
+        log(f"{instrument}: {int(keep.sum())} bars from {first} (window {len(bars)} bars)")
     return stats
 
 
-@dg.asset(key=KEY, deps=[BARS_KEY], group_name=PRODUCT.group, owners=list(PRODUCT.owners),
-          kinds={"clickhouse", "python"}, code_version="1", freshness_policy=PRODUCT.freshness,
-          automation_condition=follows_stream(), pool="clickhouse",
-          description="SMA 20, EMA 20, RSI 14, MACD 12/26/9, Bollinger 20/2, ATR 14 (TA-Lib) and session VWAP "
-                      f"per instrument over 1-minute bars, in ClickHouse {TABLE} (read with FINAL). Each run "
-                      "recomputes the bars written since the previous one, with enough look-back that values "
-                      "equal TA-Lib over the full history.",
-          metadata={"dagster/column_schema": SCHEMA, "dagster/table_name": TABLE, **PRODUCT.metadata},
-          check_specs=[dg.AssetCheckSpec("every_bar_has_indicators", asset=KEY,
-                                         description="Each bar has an indicator row computed from its latest version"),
-                       dg.AssetCheckSpec("indicators_in_range", asset=KEY,
-                                         description="RSI in [0, 100], Bollinger lower <= middle <= upper, ATR >= 0")])
-def indicators_1m(context: dg.AssetExecutionContext, clickhouse: ClickHouseResource, pulsar: PulsarResource):
-    stats = recompute(clickhouse, context.run.run_id, log=context.log.info)
-    total = int(clickhouse.scalar(f"SELECT count() FROM {TABLE} FINAL"))
-    yield dg.MaterializeResult(metadata={**stats, "dagster/row_count": total, "dagster/column_lineage": LINEAGE})
-    missing = int(clickhouse.scalar(
+def bootstrap(ch: ClickHouseResource) -> dict:
+    """Every instrument's first bar minute when the product holds nothing yet (a new install, a wiped store):
+    the change feed keeps a day, the bars may hold more. Once per run, a look at one row."""
+    ch.ensure(DDL)
+    if ch.query_df(f"SELECT 1 FROM {TABLE} LIMIT 1").empty:
+        return changed_since(ch, 0)
+    return {}
+
+
+def check_batch(ch: ClickHouseResource, since: dict) -> tuple[int, int]:
+    """(bars without an indicator row of their latest version, rows out of range) among the batch's minutes."""
+    cond, params = since_condition(since)
+    missing = int(ch.scalar(
         f"SELECT count() FROM {BARS} AS b LEFT ANTI JOIN (SELECT instrument_id, minute, source_version "
-        f"FROM {TABLE} FINAL) AS i ON b.instrument_id = i.instrument_id AND b.minute = i.minute "
-        "AND b.version = i.source_version"))
-    yield dg.AssetCheckResult(check_name="every_bar_has_indicators", passed=missing == 0,
-                              metadata={"bars_without_current_indicators": missing})
-    bad = int(clickhouse.scalar(
+        f"FROM {TABLE} FINAL WHERE {cond}) AS i ON b.instrument_id = i.instrument_id AND b.minute = i.minute "
+        f"AND b.version = i.source_version WHERE {since_condition(since, 'b.')[0]}", params))
+    bad = int(ch.scalar(
         f"SELECT countIf(rsi_14 < 0 OR rsi_14 > 100 OR bb_lower > bb_middle OR bb_middle > bb_upper OR atr_14 < 0) "
-        f"FROM {TABLE} FINAL"))
-    yield dg.AssetCheckResult(check_name="indicators_in_range", passed=bad == 0, metadata={"rows_out_of_range": bad})
-    PRODUCT.announce(pulsar, KEY, context.run.run_id, **stats)
+        f"FROM {TABLE} FINAL WHERE {cond}", params))
+    return missing, bad
 
 
+@dg.multi_asset(
+    specs=[dg.AssetSpec(
+        KEY, deps=[BARS_KEY], group_name=PRODUCT.group, owners=list(PRODUCT.owners), kinds={"clickhouse", "python"},
+        code_version="1", freshness_policy=PRODUCT.freshness, skippable=True,
+        description="SMA 20, EMA 20, RSI 14, MACD 12/26/9, Bollinger 20/2, ATR 14 (TA-Lib) and session VWAP "
+                    f"per instrument over 1-minute bars, in ClickHouse {TABLE} (read with FINAL). A long-lived run "
+                    f"follows the bars' change feed ({BARS_CHANGES}); each batch recomputes the minutes that "
+                    "changed, with enough look-back that values equal TA-Lib over the full history.",
+        metadata={"dagster/column_schema": SCHEMA, "dagster/table_name": TABLE, **PRODUCT.metadata})],
+    name="market_analytics__indicators_1m", pool="clickhouse", can_subset=True,   # each batch is logged as it commits
+    check_specs=[dg.AssetCheckSpec("every_bar_has_indicators", asset=KEY,
+                                   description="Each bar of the batch's minutes has an indicator row computed from its "
+                                               "latest version"),
+                 dg.AssetCheckSpec("indicators_in_range", asset=KEY,
+                                   description="RSI in [0, 100], Bollinger lower <= middle <= upper, ATR >= 0")])
+def indicators_1m(context: dg.AssetExecutionContext, config: FollowConfig, clickhouse: ClickHouseResource,
+                  pulsar: PulsarResource):
+    def apply(batch: Changes) -> None:
+        since = dict(batch.since)
+        if batch.first:
+            for inst, m in bootstrap(clickhouse).items():
+                since[inst] = min(since.get(inst, m), m)
+        if not since:
+            return
+        stats = recompute(clickhouse, batch.batch_id, since, log=context.log.info)
+        context.log_event(dg.AssetMaterialization(KEY, metadata={
+            **stats, "batch_id": batch.batch_id, "upstream_batches": len(batch.upstream),
+            "first_changed_minute": min(since.values()).isoformat(), "dagster/column_lineage": LINEAGE},
+            tags={"dagster/data_version": batch.batch_id, "dagster/code_version": "1"}))
+        missing, bad = check_batch(clickhouse, since)
+        context.log_event(dg.AssetCheckEvaluation(asset_key=KEY, check_name="every_bar_has_indicators",
+                                                  passed=missing == 0, metadata={
+                                                      "bars_without_current_indicators": missing,
+                                                      "batch_id": batch.batch_id}))
+        context.log_event(dg.AssetCheckEvaluation(asset_key=KEY, check_name="indicators_in_range", passed=bad == 0,
+                                                  metadata={"rows_out_of_range": bad, "batch_id": batch.batch_id}))
+        PRODUCT.announce(batch.client, KEY, batch.batch_id, **stats)
+
+    follow(context, config, pulsar, SUBSCRIPTION, apply)
+    yield from ()
+
+
+SUBSCRIPTION = "nautilus-analytics"
+JOB = follow_job("market_analytics", [KEY])
 ASSETS = [indicators_1m]

@@ -105,7 +105,7 @@ def _versions(res: BatchResult) -> dict:
     return {"dagster/data_version": f"{res.first_message_id}..{res.last_message_id}", "dagster/code_version": CODE_VERSION}
 
 
-def _stop_reason(context, started: float, last_data: float, batches: int, config: BatchConfig,
+def stop_reason(context, started: float, last_data: float, batches: int, config: BatchConfig,
                  checked: list) -> str | None:
     """Why the run should stop committing now: a successor asked for the subscription, the lifetime ran out
     with no successor in sight for two handover leads, idle, or the batch bound."""
@@ -133,7 +133,7 @@ def _stream(context: dg.AssetExecutionContext, config: BatchConfig, feed: Feed, 
     batches, checked, reason = 0, [started], None
     try:
         with Stream(feed, pulsar, lake, clickhouse, STREAM.lateness_bound_s, log=context.log.info) as stream:
-            while (reason := _stop_reason(context, started, last_data, batches, config, checked)) is None:
+            while (reason := stop_reason(context, started, last_data, batches, config, checked)) is None:
                 t = time.perf_counter()
                 msgs = stream.receive(config.max_messages, config.max_wait_seconds)
                 if not msgs:

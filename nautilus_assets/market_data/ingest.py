@@ -15,7 +15,7 @@ from resources.lake import LakeResource
 from resources.pulsar import PulsarResource
 from resources import system_topics
 
-from . import faults, sinks
+from . import changes, faults, sinks
 from .decode import RawBatch, decode, reject_reused_trade_ids
 from .schema import REPLAY_PROPERTY, SUBSCRIPTION, TRADES, Feed
 
@@ -119,7 +119,7 @@ class Stream:
                  lateness_s: float, log: Callable[[str], None] = print):
         self.feed, self.pulsar_res, self.lake, self.ch = feed, pulsar_res, lake, ch
         self.lateness_ns, self.log = int(lateness_s * 1e9), log
-        self._client_cm = self.client = self.consumer = self.delta = None
+        self._client_cm = self.client = self.consumer = self.delta = self.announcer = None
 
     def __enter__(self) -> "Stream":
         self._client_cm = self.pulsar_res.client()
@@ -129,6 +129,8 @@ class Stream:
 
     def __exit__(self, *exc) -> None:
         try:
+            if self.announcer is not None:
+                self.announcer.close()
             self.consumer.close()
         finally:
             self._client_cm.__exit__(*exc)
@@ -173,8 +175,13 @@ class Stream:
         lap("sinks")
         if feed is TRADES:
             res.bar_keys = sinks.touched_minutes(dec.table)
-            res.bars_recomputed = sinks.recompute_bars(ch, res.bar_keys, batch_id)
+            version = time.time_ns()
+            res.bars_recomputed = sinks.recompute_bars(ch, res.bar_keys, batch_id, version)
             lap("bars")
+            if self.announcer is None:
+                self.announcer = changes.Announcer(self.client)
+            self.announcer.announce(batch_id, version, res.bar_keys)   # before the ack (module docstring)
+            lap("announce")
         if ack:
             faults.point("before_ack", feed.name, batch_id)
             half = len(msgs) // 2

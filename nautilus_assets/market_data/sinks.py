@@ -156,21 +156,27 @@ def touched_minutes(table: pa.Table) -> list[tuple[str, int]]:
     return list(zip(pairs["i"].to_pylist(), pairs["m"].to_pylist()))
 
 
-def recompute_bars(ch: ClickHouseResource, keys: list[tuple[str, int]], batch_id: str) -> int:
+def recompute_bars(ch: ClickHouseResource, keys: list[tuple[str, int]], batch_id: str, version: int) -> int:
     """Recompute the given minutes from all their stored trades; the new version replaces the old."""
     if not keys:
         return 0
     minutes = [m for _, m in keys]
-    params = {"lo": min(minutes), "hi": max(minutes), "keys": keys, "version": time.time_ns(), "batch": batch_id}
+    params = {"lo": min(minutes), "hi": max(minutes), "keys": keys, "version": version, "batch": batch_id}
     with ch.session() as c:
         c.command(f"INSERT INTO {DB}.bars_1m SELECT *, %(version)s AS version, %(batch)s AS batch_id FROM ({BARS_SELECT})",
                   parameters=params, settings={"max_query_size": 1 << 30})
     return len(keys)
 
 
-def recompute_bars_for_dates(ch: ClickHouseResource, first, last, batch_id: str) -> None:
-    """Recompute every bar of the UTC dates first..last (bulk loads such as history mode)."""
+def recompute_bars_for_dates(ch: ClickHouseResource, first, last, batch_id: str) -> tuple[int, dict]:
+    """Recompute every bar of the UTC dates first..last (bulk loads such as history mode). Returns the version
+    and each instrument's (first, last) minute in epoch seconds, for the change feed."""
     sql = BARS_AGGREGATE.format(where="date BETWEEN %(first)s AND %(last)s")
+    version = time.time_ns()
     with ch.session() as c:
         c.command(f"INSERT INTO {DB}.bars_1m SELECT *, %(version)s AS version, %(batch)s AS batch_id FROM ({sql})",
-                  parameters={"first": first, "last": last, "version": time.time_ns(), "batch": batch_id})
+                  parameters={"first": first, "last": last, "version": version, "batch": batch_id})
+        spans = c.query(f"SELECT instrument_id, toUnixTimestamp(min(minute)), toUnixTimestamp(max(minute)) "
+                        f"FROM {DB}.bars_1m WHERE version = %(version)s AND minute >= toDateTime(%(first)s) "
+                        "GROUP BY instrument_id", parameters={"version": version, "first": first}).result_rows
+    return version, {i: (lo, hi) for i, lo, hi in spans}

@@ -1,9 +1,11 @@
 """The `market_microstructure` product: VPIN (bulk volume classification and aggressor-side variants) and the
 bucket order imbalance per instrument, in ClickHouse `microstructure.vpin_buckets`.
 
-Each run continues from checkpoints: the VpinState of each instrument at every UTC midnight. Bars (re)written
-since the last run are replayed from the checkpoint of their day, so late trades are honoured and the result
-is exactly that of one pass over the full history. Daily parameters come from past trades in the lake."""
+A long-lived run follows the bars' change feed. Each batch continues from kept states (`vpin_states`: the
+VpinState of each instrument before the first bar of each UTC day and before its latest bar): the bars from
+the first changed minute are replayed from the latest state at or before it, so late trades are honoured and
+the result is exactly that of one pass over the full history, while a live batch replays a bar or two.
+Daily parameters come from past trades in the lake."""
 import json
 import time
 from datetime import date, timedelta
@@ -17,10 +19,12 @@ from nautilus_assets.market_data.assets import BARS_KEY, TRADES_KEY
 from nautilus_assets.market_data.bars import bars_from, changed_since
 from nautilus_assets.market_data.schema import TRADES
 from nautilus_assets.market_data.sinks import bronze_table
-from nautilus_assets.product import Product, follows_stream, png_markdown
+from nautilus_assets.product import Product, png_markdown
+from nautilus_assets.streaming import Changes, FollowConfig, follow, follow_job
 from resources.clickhouse import ClickHouseResource
 from resources.lake import LakeResource
 from resources.pulsar import PulsarResource
+from resources.topics import BARS_CHANGES
 
 from .params import ADV_DAYS, daily_params
 from .vpin import VpinState
@@ -40,8 +44,9 @@ DDL = [f"CREATE DATABASE IF NOT EXISTS {DB}",
            version UInt64, run_id String)
            ENGINE = ReplacingMergeTree(version) ORDER BY (instrument_id, variant, bucket_seq)""",
        f"ALTER TABLE {DB}.vpin_buckets ADD COLUMN IF NOT EXISTS batch_id String ALIAS run_id",  # row provenance
-       f"""CREATE TABLE IF NOT EXISTS {DB}.vpin_checkpoints (instrument_id LowCardinality(String), date Date,
-           state String, version UInt64) ENGINE = ReplacingMergeTree(version) ORDER BY (instrument_id, date)""",
+       f"""CREATE TABLE IF NOT EXISTS {DB}.vpin_states (instrument_id LowCardinality(String),
+           minute DateTime('UTC'), state String, version UInt64)
+           ENGINE = ReplacingMergeTree(version) PARTITION BY toYYYYMM(minute) ORDER BY (instrument_id, minute)""",
        f"""CREATE TABLE IF NOT EXISTS {DB}.vpin_params (instrument_id LowCardinality(String), date Date,
            sigma Float64, adv Float64, bucket_volume Float64, days_used UInt32, version UInt64)
            ENGINE = ReplacingMergeTree(version) ORDER BY (instrument_id, date)"""]
@@ -92,56 +97,86 @@ def params_for(ch: ClickHouseResource, lake: LakeResource, instrument: str, days
     return out
 
 
-def _checkpoint(ch: ClickHouseResource, instrument: str, day: date) -> tuple[date | None, dict | None]:
-    """The latest checkpoint at or before `day`: (its date, states by variant)."""
+def _checkpoint(ch: ClickHouseResource, instrument: str, since: pd.Timestamp) -> tuple[pd.Timestamp | None, dict | None]:
+    """The latest state at or before `since` (the state before that minute's bar): (its minute, states by variant)."""
     with ch.session() as c:
-        row = c.query(f"SELECT date, state FROM {DB}.vpin_checkpoints FINAL WHERE instrument_id = %(i)s "
-                      "AND date <= %(d)s ORDER BY date DESC LIMIT 1", parameters={"i": instrument, "d": day}).result_rows
-    return (row[0][0], json.loads(row[0][1])) if row else (None, None)
+        row = c.query(f"SELECT toUnixTimestamp(minute), state FROM {DB}.vpin_states FINAL WHERE instrument_id = %(i)s "
+                      "AND minute <= toDateTime(%(m)s, 'UTC') ORDER BY minute DESC LIMIT 1",
+                      parameters={"i": instrument, "m": int(since.timestamp())}).result_rows
+    return (pd.Timestamp(row[0][0], unit="s"), json.loads(row[0][1])) if row else (None, None)
+
+
+def _state_minutes(ch: ClickHouseResource, instrument: str, start: pd.Timestamp) -> set[pd.Timestamp]:
+    """Minutes after `start` that hold a state: the replay rewrites each (a late bar makes them stale)."""
+    with ch.session() as c:
+        rows = c.query(f"SELECT DISTINCT toUnixTimestamp(minute) FROM {DB}.vpin_states WHERE instrument_id = %(i)s "
+                       "AND minute > toDateTime(%(m)s, 'UTC')", parameters={"i": instrument,
+                                                                           "m": int(start.timestamp())}).result_rows
+    return {pd.Timestamp(m, unit="s") for (m,) in rows}
 
 
 def replay(ch: ClickHouseResource, lake: LakeResource, instrument: str, since: pd.Timestamp, run_id: str,
-           log=print) -> int:
-    """Recompute an instrument's buckets from the checkpoint of `since`'s day onwards; returns buckets written."""
-    day0, states = _checkpoint(ch, instrument, since.date())
-    start = pd.Timestamp(day0) if day0 else pd.Timestamp(since.date())
-    bars = bars_from(ch, instrument, start if day0 else pd.Timestamp("1970-01-01"))
+           log=print) -> tuple[int, int | None]:
+    """Recompute an instrument's buckets from its latest state at or before `since` onwards.
+
+    States are kept before the first bar of each UTC day, before the latest bar (the minute still filling, which
+    the next batch touches again: it replays from there, one or two bars) and at every minute that held one
+    already in the replayed span (rewritten, so none goes stale). Returns (buckets written, first bucket_seq)."""
+    since = pd.Timestamp(since)
+    m0, states = _checkpoint(ch, instrument, since)
+    start = m0 if m0 is not None else pd.Timestamp("1970-01-01")
+    bars = bars_from(ch, instrument, start)
     if bars.empty:
-        return 0
+        return 0, None
     st = {v: VpinState.from_dict(states[v]) if states else VpinState(window=WINDOW) for v in VARIANTS}
-    bars["date"] = pd.to_datetime(bars["minute"]).dt.date
+    first_seq = st["bvc"].buckets
+    bars["minute"] = pd.to_datetime(bars["minute"]).dt.tz_localize(None)
+    bars["date"] = bars["minute"].dt.date
+    cuts = _state_minutes(ch, instrument, start) | {bars["minute"].iloc[-1]}
+    if m0 is not None:
+        cuts.add(m0)
     out, checkpoints, version = [], [], time.time_ns()
     params = params_for(ch, lake, instrument, sorted(bars["date"].unique()))
     for day, g in bars.groupby("date", sort=True):
-        checkpoints.append({"instrument_id": instrument, "date": day, "version": version,
-                            "state": json.dumps({v: st[v].to_dict() for v in VARIANTS})})
         p = params.get(day)
+        seg = np.cumsum(g["minute"].isin(cuts).to_numpy() | (np.arange(len(g)) == 0))   # segments start at cuts
+        for _, part in g.groupby(seg, sort=True):
+            checkpoints.append({"instrument_id": instrument, "minute": part["minute"].iloc[0], "version": version,
+                                "state": json.dumps({v: st[v].to_dict() for v in VARIANTS})})
+            if p is None:
+                continue
+            out.extend(_advance(st, part, p, instrument, day, version, run_id))
         if p is None:
             log(f"{instrument} {day}: no earlier trades in the lake, VPIN undefined for the day")
-            continue
-        close, vol = g["close"].to_numpy(np.float64), g["volume"].to_numpy(np.float64)
-        aggr_vol = (g["buy_volume"] + g["sell_volume"]).to_numpy(np.float64)
-        for variant, res in (("bvc", st["bvc"].advance(close, vol, p["bucket_volume"], sigma=p["sigma"])),
-                             ("aggressor", st["aggressor"].advance(close, aggr_vol, p["bucket_volume"],
-                                                                   buy=g["buy_volume"].to_numpy(np.float64)))):
-            idx = res.pop("bar_index")
-            df = pd.DataFrame(res)
-            df["end_minute"] = g["minute"].to_numpy()[idx]
-            df["close"] = close[idx]
-            out.append(df.assign(instrument_id=instrument, variant=variant, date=day, sigma=p["sigma"],
-                                 version=version, run_id=run_id))
     with ch.session() as c:
-        c.insert_df(f"{DB}.vpin_checkpoints", pd.DataFrame(checkpoints))
+        c.insert_df(f"{DB}.vpin_states", pd.DataFrame(checkpoints))
         if out:
             c.insert_df(f"{DB}.vpin_buckets", pd.concat(out, ignore_index=True))
-    return int(sum(len(d) for d in out))
+    return int(sum(len(d) for d in out)), first_seq
 
 
-def plot(ch: ClickHouseResource) -> dg.MetadataValue | None:
-    """Markdown with a PNG of VPIN against price for the most active instrument's latest buckets."""
-    df = ch.query_df(f"SELECT instrument_id, end_minute, close, vpin FROM {DB}.vpin_buckets FINAL WHERE variant = 'bvc' "
-                     f"AND instrument_id = (SELECT instrument_id FROM {DB}.vpin_buckets FINAL GROUP BY instrument_id "
-                     "ORDER BY count() DESC LIMIT 1) ORDER BY bucket_seq DESC LIMIT 400")
+def _advance(st: dict, g: pd.DataFrame, p: dict, instrument: str, day, version: int, run_id: str) -> list:
+    """Pour bars `g` (one day's, in time order) into both variants' states; the completed buckets as frames."""
+    close, vol = g["close"].to_numpy(np.float64), g["volume"].to_numpy(np.float64)
+    aggr_vol = (g["buy_volume"] + g["sell_volume"]).to_numpy(np.float64)
+    out = []
+    for variant, res in (("bvc", st["bvc"].advance(close, vol, p["bucket_volume"], sigma=p["sigma"])),
+                         ("aggressor", st["aggressor"].advance(close, aggr_vol, p["bucket_volume"],
+                                                               buy=g["buy_volume"].to_numpy(np.float64)))):
+        idx = res.pop("bar_index")
+        df = pd.DataFrame(res)
+        df["end_minute"] = g["minute"].to_numpy()[idx]
+        df["close"] = close[idx]
+        out.append(df.assign(instrument_id=instrument, variant=variant, date=day, sigma=p["sigma"],
+                             version=version, run_id=run_id))
+    return out
+
+
+def plot(ch: ClickHouseResource, instrument: str) -> dg.MetadataValue | None:
+    """Markdown with a PNG of VPIN against price for an instrument's latest 400 buckets (a primary-key range)."""
+    df = ch.query_df(f"SELECT instrument_id, end_minute, close, vpin FROM {DB}.vpin_buckets FINAL "
+                     "WHERE instrument_id = %(i)s AND variant = 'bvc' ORDER BY bucket_seq DESC LIMIT 400",
+                     parameters={"i": instrument})
     if df.empty:
         return None
     import matplotlib
@@ -159,43 +194,92 @@ def plot(ch: ClickHouseResource) -> dg.MetadataValue | None:
     return png_markdown(fig, "VPIN against price")
 
 
-def recompute(ch: ClickHouseResource, lake: LakeResource, run_id: str, log=print) -> dict:
-    ch.ensure(DDL)
-    cursor = int(ch.scalar(f"SELECT max(version) FROM {DB}.vpin_checkpoints") or 0)
-    stats = {"instruments": 0, "buckets_written": 0}
-    for instrument, since in changed_since(ch, cursor).items():
-        stats["buckets_written"] += replay(ch, lake, instrument, pd.Timestamp(since), run_id, log)
+def recompute(ch: ClickHouseResource, lake: LakeResource, run_id: str, since: dict, log=print) -> tuple[dict, dict]:
+    """Replay each instrument from its state at or before its `since`. Returns (counts, first bucket_seq written
+    per instrument)."""
+    stats, firsts = {"instruments": 0, "buckets_written": 0}, {}
+    for instrument, first in sorted(since.items()):
+        n, seq = replay(ch, lake, instrument, pd.Timestamp(first), run_id, log)
+        stats["buckets_written"] += n
         stats["instruments"] += 1
-    return stats
+        if n:
+            firsts[instrument] = seq
+    return stats, firsts
 
 
-@dg.asset(key=KEY, deps=[BARS_KEY, TRADES_KEY], group_name=PRODUCT.group, owners=list(PRODUCT.owners),
-          kinds={"clickhouse", "python"}, code_version="1", freshness_policy=PRODUCT.freshness,
-          automation_condition=follows_stream(), pool="clickhouse",
-          description="VPIN (Easley, López de Prado, O'Hara 2012) per 50-bucket window with bulk volume "
-                      "classification and with the trades' aggressor side, plus the bucket order imbalance, in "
-                      f"ClickHouse {DB}.vpin_buckets (read with FINAL). Sigma and bucket volume come from past "
-                      "days only and are fixed for the day; bucket state carries across micro-batches.",
-          metadata={"dagster/column_schema": SCHEMA, "dagster/table_name": f"{DB}.vpin_buckets", **PRODUCT.metadata},
-          check_specs=[dg.AssetCheckSpec("buckets_are_exact", asset=KEY,
-                                         description="Every bucket holds exactly its bucket volume, buy and sell >= 0"),
-                       dg.AssetCheckSpec("vpin_in_unit_interval", asset=KEY, description="0 <= VPIN <= 1")])
-def vpin_buckets(context: dg.AssetExecutionContext, clickhouse: ClickHouseResource, lake: LakeResource,
-                 pulsar: PulsarResource):
-    stats = recompute(clickhouse, lake, context.run.run_id, log=context.log.info)
-    meta = {**stats, "dagster/column_lineage": LINEAGE,
-            "dagster/row_count": int(clickhouse.scalar(f"SELECT count() FROM {DB}.vpin_buckets FINAL"))}
-    chart = plot(clickhouse)
-    if chart:
-        meta["vpin_vs_price"] = chart
-    yield dg.MaterializeResult(metadata=meta)
-    inexact = int(clickhouse.scalar(
-        f"SELECT countIf(abs(buy + sell - bucket_volume) > 1e-6 * bucket_volume OR buy < -1e-9 OR sell < -1e-9) "
-        f"FROM {DB}.vpin_buckets FINAL"))
-    yield dg.AssetCheckResult(check_name="buckets_are_exact", passed=inexact == 0, metadata={"inexact": inexact})
-    outside = int(clickhouse.scalar(f"SELECT countIf(vpin < 0 OR vpin > 1) FROM {DB}.vpin_buckets FINAL"))
-    yield dg.AssetCheckResult(check_name="vpin_in_unit_interval", passed=outside == 0, metadata={"outside": outside})
-    PRODUCT.announce(pulsar, KEY, context.run.run_id, **stats)
+def bootstrap(ch: ClickHouseResource) -> dict:
+    """Every instrument's first bar minute when the product holds no state yet (see analytics.bootstrap)."""
+    ch.ensure(DDL)
+    if ch.query_df(f"SELECT 1 FROM {DB}.vpin_states LIMIT 1").empty:
+        return changed_since(ch, 0)
+    return {}
 
 
+def check_batch(ch: ClickHouseResource, firsts: dict) -> tuple[int, int]:
+    """(inexact buckets, VPIN outside [0, 1]) among the buckets the batch wrote: primary-key ranges."""
+    if not firsts:
+        return 0, 0
+    cond = " OR ".join(f"(instrument_id = %(i{k})s AND bucket_seq >= %(s{k})s)" for k in range(len(firsts)))
+    params = {p: v for k, (i, q) in enumerate(sorted(firsts.items())) for p, v in ((f"i{k}", i), (f"s{k}", q))}
+    with ch.session() as c:
+        inexact, outside = c.query(
+            f"SELECT countIf(abs(buy + sell - bucket_volume) > 1e-6 * bucket_volume OR buy < -1e-9 OR sell < -1e-9), "
+            f"countIf(vpin < 0 OR vpin > 1) FROM {DB}.vpin_buckets FINAL WHERE {cond}", parameters=params).first_row
+    return int(inexact), int(outside)
+
+
+PLOT_EVERY_S = 60   # a chart a minute, not a chart a batch
+
+
+@dg.multi_asset(
+    specs=[dg.AssetSpec(
+        KEY, deps=[BARS_KEY, TRADES_KEY], group_name=PRODUCT.group, owners=list(PRODUCT.owners),
+        kinds={"clickhouse", "python"}, code_version="1", freshness_policy=PRODUCT.freshness, skippable=True,
+        description="VPIN (Easley, López de Prado, O'Hara 2012) per 50-bucket window with bulk volume "
+                    "classification and with the trades' aggressor side, plus the bucket order imbalance, in "
+                    f"ClickHouse {DB}.vpin_buckets (read with FINAL). A long-lived run follows the bars' change feed "
+                    f"({BARS_CHANGES}); each batch continues from the state kept before the first minute that "
+                    "changed (the open bucket and the window), not from midnight. Sigma and bucket volume come from "
+                    "past days only and are fixed for the day.",
+        metadata={"dagster/column_schema": SCHEMA, "dagster/table_name": f"{DB}.vpin_buckets", **PRODUCT.metadata})],
+    name="market_microstructure__vpin", pool="clickhouse", can_subset=True,   # each batch is logged as it commits
+    check_specs=[dg.AssetCheckSpec("buckets_are_exact", asset=KEY,
+                                   description="Every bucket the batch wrote holds exactly its bucket volume, buy and "
+                                               "sell >= 0"),
+                 dg.AssetCheckSpec("vpin_in_unit_interval", asset=KEY, description="0 <= VPIN <= 1")])
+def vpin_buckets(context: dg.AssetExecutionContext, config: FollowConfig, clickhouse: ClickHouseResource,
+                 lake: LakeResource, pulsar: PulsarResource):
+    last_plot = [0.0]
+
+    def apply(batch: Changes) -> None:
+        since = dict(batch.since)
+        if batch.first:
+            for inst, m in bootstrap(clickhouse).items():
+                since[inst] = min(since.get(inst, m), m)
+        if not since:
+            return
+        stats, firsts = recompute(clickhouse, lake, batch.batch_id, since, log=context.log.info)
+        meta = {**stats, "batch_id": batch.batch_id, "upstream_batches": len(batch.upstream),
+                "first_changed_minute": min(since.values()).isoformat(), "dagster/column_lineage": LINEAGE}
+        if firsts and time.monotonic() - last_plot[0] >= PLOT_EVERY_S:
+            last_plot[0] = time.monotonic()
+            chart = plot(clickhouse, min(firsts))
+            if chart:
+                meta["vpin_vs_price"] = chart
+        context.log_event(dg.AssetMaterialization(KEY, metadata=meta, tags={
+            "dagster/data_version": batch.batch_id, "dagster/code_version": "1"}))
+        inexact, outside = check_batch(clickhouse, firsts)
+        context.log_event(dg.AssetCheckEvaluation(asset_key=KEY, check_name="buckets_are_exact", passed=inexact == 0,
+                                                  metadata={"inexact": inexact, "batch_id": batch.batch_id}))
+        context.log_event(dg.AssetCheckEvaluation(asset_key=KEY, check_name="vpin_in_unit_interval",
+                                                  passed=outside == 0,
+                                                  metadata={"outside": outside, "batch_id": batch.batch_id}))
+        PRODUCT.announce(batch.client, KEY, batch.batch_id, **stats)
+
+    follow(context, config, pulsar, SUBSCRIPTION, apply)
+    yield from ()
+
+
+SUBSCRIPTION = "nautilus-microstructure"
+JOB = follow_job("market_microstructure", [KEY])
 ASSETS = [vpin_buckets]

@@ -2,18 +2,19 @@
 position, average cost, realized/unrealized P&L (marked to the latest 1-minute close at or before the state time),
 fees, cash and NAV in `portfolio.portfolio_states`."""
 import math
+import time
 from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 import orjson
-import pulsar
 
 from nautilus_assets.market_data.assets import BARS_KEY
-from nautilus_assets.market_data.ingest import receive
-from nautilus_assets.product import Product, follows_stream, png_markdown
+from nautilus_assets.product import Product, png_markdown
+from nautilus_assets.streaming import Changes, FollowConfig, follow, follow_job
 from resources.clickhouse import ClickHouseResource
 from resources.postgres import PostgresResource
 from resources.pulsar import PulsarResource
+from resources.topics import BARS_CHANGES
 
 from . import store
 from .accounting import Portfolio
@@ -69,65 +70,87 @@ def validate_fill(payload: bytes) -> tuple[dict | None, str | None]:
     return rec, None
 
 
-def ingest_fills(pulsar_res: PulsarResource, pg: PostgresResource, run_id: str) -> dict:
-    """Pending fills -> portfolio.fills (idempotent on fill_id), acknowledged after the commit."""
-    stats = {"fills_consumed": 0, "fills_quarantined": 0}
-    with pulsar_res.client() as client, pg.connect() as conn:
-        consumer = client.subscribe(FILLS_TOPIC, SUBSCRIPTION, consumer_type=pulsar.ConsumerType.Shared,
-                                    initial_position=pulsar.InitialPosition.Earliest)
-        try:
-            msgs = receive(consumer, 100_000, 10)
-            for m in msgs:
-                mid = str(m.message_id())
-                rec, why = validate_fill(m.data())
-                if rec is None:
-                    conn.execute("INSERT INTO portfolio.fills_quarantine VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                                 (mid, why, m.data(), run_id))
-                    stats["fills_quarantined"] += 1
-                    continue
-                conn.execute("INSERT INTO portfolio.fills VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
-                             "ON CONFLICT (fill_id) DO NOTHING",
-                             (rec["fill_id"], rec["portfolio_id"], rec["instrument_id"], rec["quantity"], rec["price"],
-                              rec["fee"], rec["ts_event"], mid, run_id))
-            conn.commit()
-            for m in msgs:
-                consumer.acknowledge(m)
-            stats["fills_consumed"] = len(msgs)
-        finally:
-            consumer.close()
-    return stats
+def store_fills(conn, msgs: list, batch_id: str) -> tuple[list[tuple], int]:
+    """The batch's fill messages -> portfolio.fills (idempotent on fill_id) or the quarantine, in the caller's
+    transaction. Returns the fills new to the store as (ts_event, fill_id, portfolio, instrument, qty, price, fee),
+    and how many were quarantined: a redelivered fill is stored once and applied once."""
+    new, quarantined = [], 0
+    for m in msgs:
+        mid = str(m.message_id())
+        rec, why = validate_fill(m.data())
+        if rec is None:
+            conn.execute("INSERT INTO portfolio.fills_quarantine VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                         (mid, why, m.data(), batch_id))
+            quarantined += 1
+            continue
+        row = conn.execute("INSERT INTO portfolio.fills VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                           "ON CONFLICT (fill_id) DO NOTHING RETURNING fill_id",
+                           (rec["fill_id"], rec["portfolio_id"], rec["instrument_id"], rec["quantity"], rec["price"],
+                            rec["fee"], rec["ts_event"], mid, batch_id)).fetchone()
+        if row:
+            new.append((rec["ts_event"], rec["fill_id"], rec["portfolio_id"], rec["instrument_id"], rec["quantity"],
+                        rec["price"], rec["fee"]))
+    return new, quarantined
 
 
-def marks_at(ch: ClickHouseResource, state_time: datetime) -> dict:
+class Books:
+    """The model portfolios carried from batch to batch: every stored fill applied once, in (ts_event, fill_id)
+    order. New fills are applied to the carried books; a fill older than the last one applied (late) makes the
+    books replay from the store, since average-cost accounting depends on the order of fills."""
+
+    def __init__(self):
+        self.books: dict[str, Portfolio] = {}
+        self.last_price: dict[str, float] = {}
+        self.last_key: tuple | None = None
+        self.replays = 0
+
+    def _apply(self, fills) -> None:
+        for ts, fid, pf, inst, qty, price, fee in fills:
+            self.books.setdefault(pf, Portfolio(PORTFOLIOS.get(pf, 1_000_000.0))).fill(inst, qty, price, fee)
+            self.last_price[inst] = price
+            self.last_key = (ts, fid)
+
+    def replay(self, conn) -> None:
+        self.__init__()
+        self.replays = 1
+        self._apply(conn.execute("SELECT ts_event, fill_id, portfolio_id, instrument_id, quantity, price, fee "
+                                 "FROM portfolio.fills ORDER BY ts_event, fill_id").fetchall())
+
+    def add(self, conn, fills: list[tuple]) -> str:
+        """Apply new fills; returns how ('incremental', 'replay' or 'none')."""
+        if not fills:
+            return "none"
+        fills = sorted(fills)
+        if self.last_key is not None and fills[0][:2] < self.last_key:
+            self.replay(conn)
+            return "replay"
+        self._apply(fills)
+        return "incremental"
+
+    def rows(self, bar_marks: dict, state_time: datetime) -> list[dict]:
+        """Each position marked to its bar close, else (no bar yet) to its last fill price."""
+        marks = {**self.last_price, **bar_marks}
+        return [{"ts": state_time, "portfolio_id": pf, **r, "mark_source": "bar" if r["instrument_id"] in bar_marks
+                 else "fill"} for pf, book in sorted(self.books.items()) for r in book.rows(marks)]
+
+
+MARK_LOOKBACK_DAYS = 7   # a mark is the latest close within this span; older instruments mark at their last fill
+
+
+def marks_at(ch: ClickHouseResource, state_time: datetime, instruments: list[str]) -> dict:
+    """The latest 1-minute close at or before `state_time` per instrument: a primary-key range per instrument."""
+    if not instruments:
+        return {}
     df = ch.query_df("SELECT instrument_id, argMax(close, minute) AS close FROM market_data.bars_1m FINAL "
-                     "WHERE minute <= toDateTime(%(t)s, 'UTC') GROUP BY instrument_id",
-                     parameters={"t": int(state_time.timestamp())})
+                     "WHERE instrument_id IN %(i)s AND minute <= toDateTime(%(t)s, 'UTC') "
+                     "AND minute > toDateTime(%(t)s, 'UTC') - INTERVAL %(d)s DAY GROUP BY instrument_id",
+                     parameters={"t": int(state_time.timestamp()), "i": sorted(instruments), "d": MARK_LOOKBACK_DAYS})
     return dict(zip(df["instrument_id"].astype(str), df["close"]))
 
 
-def states(conn, ch: ClickHouseResource, state_time: datetime) -> list[dict]:
-    """Every portfolio replayed from all its fills up to `state_time`, marked at `state_time`."""
-    cutoff = int(state_time.timestamp() * 1e9)
-    fills = conn.execute("SELECT portfolio_id, instrument_id, quantity, price, fee FROM portfolio.fills "
-                         "WHERE ts_event <= %s ORDER BY ts_event, fill_id", (cutoff,)).fetchall()
-    books: dict[str, Portfolio] = {}
-    last_price: dict[str, float] = {}
-    for pf, inst, qty, price, fee in fills:
-        books.setdefault(pf, Portfolio(PORTFOLIOS.get(pf, 1_000_000.0))).fill(inst, qty, price, fee)
-        last_price[inst] = price
-    bar_marks = marks_at(ch, state_time)
-    marks = {**last_price, **bar_marks}
-    rows = []
-    for pf, book in sorted(books.items()):
-        for r in book.rows(marks):
-            rows.append({"ts": state_time, "portfolio_id": pf, **r,
-                         "mark_source": "bar" if r["instrument_id"] in bar_marks else "fill"})
-    return rows
-
-
-def nav_plot(conn) -> dg.MetadataValue | None:
-    data = conn.execute("SELECT ts, portfolio_id, max(nav) FROM portfolio.portfolio_states "
-                        "GROUP BY ts, portfolio_id ORDER BY ts").fetchall()
+def nav_plot(conn, since: datetime) -> dg.MetadataValue | None:
+    data = conn.execute("SELECT ts, portfolio_id, max(nav) FROM portfolio.portfolio_states WHERE ts >= %s "
+                        "GROUP BY ts, portfolio_id ORDER BY ts", (since,)).fetchall()
     if len(data) < 2:
         return None
     import matplotlib
@@ -143,58 +166,111 @@ def nav_plot(conn) -> dg.MetadataValue | None:
     return png_markdown(fig, "NAV")
 
 
-@dg.asset(key=KEY, deps=[BARS_KEY, FILLS_SPEC], group_name=PRODUCT.group, owners=list(PRODUCT.owners),
-          kinds={"postgres", "pulsar", "python"}, code_version="1", freshness_policy=PRODUCT.freshness,
-          # eager on the bars; the fills topic is an external source that never "materializes"
-          automation_condition=follows_stream().ignore(dg.AssetSelection.assets(FILLS_SPEC.key)),
-          pool="postgres",
-          description="Per model portfolio and instrument: position, average cost, realized and unrealized P&L "
-                      "(marked to the latest 1-minute close at or before the state time), fees, cash and NAV, in "
-                      "PostgreSQL portfolio.portfolio_states (TimescaleDB hypertable or native daily partitions).",
-          metadata={"dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn(n, t, description=d)
-                                                                    for n, t, d in COLUMNS]),
-                    "dagster/table_name": "portfolio.portfolio_states", **PRODUCT.metadata},
-          check_specs=[dg.AssetCheckSpec("nav_reconciles", asset=KEY,
-                                         description="NAV − initial cash = realized + unrealized − fees, per portfolio"),
-                       dg.AssetCheckSpec("positions_match_fills", asset=KEY,
-                                         description="Each position equals the sum of its signed fill quantities")])
-def portfolio_states(context: dg.AssetExecutionContext, clickhouse: ClickHouseResource, postgres: PostgresResource,
-                     pulsar: PulsarResource):
-    state_time = datetime.now(timezone.utc).replace(microsecond=0)
+def write_states(conn, rows: list[dict], batch_id: str, mode: str, state_time: datetime) -> None:
+    store.ensure_partition(conn, state_time, mode)
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO portfolio.portfolio_states (ts, portfolio_id, instrument_id, position, avg_cost, "
+            "realized_pnl, unrealized_pnl, fees, mark_price, mark_source, cash, nav, run_id) VALUES "
+            "(%(ts)s, %(portfolio_id)s, %(instrument_id)s, %(position)s, %(avg_cost)s, %(realized_pnl)s, "
+            "%(unrealized_pnl)s, %(fees)s, %(mark_price)s, %(mark_source)s, %(cash)s, %(nav)s, %(run_id)s) "
+            "ON CONFLICT DO NOTHING", [{**r, "run_id": batch_id} for r in rows])
+
+
+def nav_off(rows: list[dict]) -> list[str]:
+    """Portfolios whose NAV − initial cash differs from realized + unrealized − fees."""
+    bad = []
+    for pf in {r["portfolio_id"] for r in rows}:
+        pr = [r for r in rows if r["portfolio_id"] == pf]
+        pnl = sum(r["realized_pnl"] + r["unrealized_pnl"] - r["fees"] for r in pr)
+        if abs(pr[0]["nav"] - PORTFOLIOS.get(pf, 1_000_000.0) - pnl) > 1e-6 * max(1.0, abs(pr[0]["nav"])):
+            bad.append(pf)
+    return bad
+
+
+def positions_off(conn, rows: list[dict], pairs: set | None) -> int:
+    """Positions that differ from the sum of their stored fills' quantities: every position when `pairs` is None
+    (the run's first batch, and after a replay), else only the (portfolio, instrument) pairs the batch's fills hit."""
+    todo = [r for r in rows if pairs is None or (r["portfolio_id"], r["instrument_id"]) in pairs]
+    if not todo:
+        return 0
+    keys = sorted({(r["portfolio_id"], r["instrument_id"]) for r in todo})
+    sums = dict(((p, i), q) for p, i, q in conn.execute(
+        "SELECT portfolio_id, instrument_id, sum(quantity) FROM portfolio.fills "
+        "WHERE (portfolio_id, instrument_id) IN (SELECT * FROM unnest(%s::text[], %s::text[])) GROUP BY 1, 2",
+        ([k[0] for k in keys], [k[1] for k in keys])).fetchall())
+    return sum(1 for r in todo if abs(sums.get((r["portfolio_id"], r["instrument_id"]), 0) - r["position"]) > 1e-6)
+
+
+PLOT_EVERY_S = 60
+
+
+@dg.multi_asset(
+    specs=[dg.AssetSpec(
+        KEY, deps=[BARS_KEY, FILLS_SPEC], group_name=PRODUCT.group, owners=list(PRODUCT.owners),
+        kinds={"postgres", "pulsar", "python"}, code_version="1", freshness_policy=PRODUCT.freshness, skippable=True,
+        description="Per model portfolio and instrument: position, average cost, realized and unrealized P&L "
+                    "(marked to the latest 1-minute close at or before the state time), fees, cash and NAV, in "
+                    "PostgreSQL portfolio.portfolio_states (TimescaleDB hypertable or native daily partitions). "
+                    f"A long-lived run consumes {FILLS_TOPIC} and the bars' change feed ({BARS_CHANGES}); each "
+                    "batch stores its new fills, applies them to the books carried from the previous batch and "
+                    "writes a state marked to the latest closes.",
+        metadata={"dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn(n, t, description=d)
+                                                                  for n, t, d in COLUMNS]),
+                  "dagster/table_name": "portfolio.portfolio_states", **PRODUCT.metadata})],
+    name="portfolio_states__positions", pool="postgres", can_subset=True,   # each batch is logged as it commits
+    check_specs=[dg.AssetCheckSpec("nav_reconciles", asset=KEY,
+                                   description="NAV − initial cash = realized + unrealized − fees, per portfolio"),
+                 dg.AssetCheckSpec("positions_match_fills", asset=KEY,
+                                   description="Each position the batch changed equals the sum of its stored fills' "
+                                               "signed quantities (every position on a run's first batch)")])
+def portfolio_states(context: dg.AssetExecutionContext, config: FollowConfig, clickhouse: ClickHouseResource,
+                     postgres: PostgresResource, pulsar: PulsarResource):
+    books, last_plot = Books(), [0.0]
     with postgres.connect() as conn:
         mode = store.ensure_schema(conn)
         conn.commit()
-    stats = ingest_fills(pulsar, postgres, context.run.run_id)
-    with postgres.connect() as conn:
-        rows = states(conn, clickhouse, state_time)
-        store.ensure_partition(conn, state_time, mode)
-        with conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO portfolio.portfolio_states (ts, portfolio_id, instrument_id, position, avg_cost, "
-                "realized_pnl, unrealized_pnl, fees, mark_price, mark_source, cash, nav, run_id) VALUES "
-                "(%(ts)s, %(portfolio_id)s, %(instrument_id)s, %(position)s, %(avg_cost)s, %(realized_pnl)s, "
-                "%(unrealized_pnl)s, %(fees)s, %(mark_price)s, %(mark_source)s, %(cash)s, %(nav)s, %(run_id)s) "
-                "ON CONFLICT DO NOTHING", [{**r, "run_id": context.run.run_id} for r in rows])
-        conn.commit()
-        meta = {**stats, "partitioning": mode, "state_time": state_time.isoformat(), "rows": len(rows),
-                "dagster/column_lineage": LINEAGE}
-        chart = nav_plot(conn)
-        if chart:
-            meta["nav_curve"] = chart
-        yield dg.MaterializeResult(metadata=meta)
-        bad = []
-        for pf in {r["portfolio_id"] for r in rows}:
-            pr = [r for r in rows if r["portfolio_id"] == pf]
-            pnl = sum(r["realized_pnl"] + r["unrealized_pnl"] - r["fees"] for r in pr)
-            if abs(pr[0]["nav"] - PORTFOLIOS.get(pf, 1_000_000.0) - pnl) > 1e-6 * max(1.0, abs(pr[0]["nav"])):
-                bad.append(pf)
-        yield dg.AssetCheckResult(check_name="nav_reconciles", passed=not bad, metadata={"portfolios_off": len(bad)})
-        sums = dict(((p, i), q) for p, i, q in conn.execute(
-            "SELECT portfolio_id, instrument_id, sum(quantity) FROM portfolio.fills WHERE ts_event <= %s "
-            "GROUP BY 1, 2", (int(state_time.timestamp() * 1e9),)).fetchall())
-        off = sum(1 for r in rows if abs(sums.get((r["portfolio_id"], r["instrument_id"]), 0) - r["position"]) > 1e-6)
-        yield dg.AssetCheckResult(check_name="positions_match_fills", passed=off == 0, metadata={"positions_off": off})
-    PRODUCT.announce(pulsar, KEY, context.run.run_id, state_time=state_time.isoformat(), **stats)
+
+    def apply(batch: Changes) -> None:
+        if not (batch.first or batch.since or batch.others):
+            return
+        state_time = datetime.now(timezone.utc)
+        with postgres.connect() as conn:
+            new, quarantined = store_fills(conn, batch.others, batch.batch_id)
+            if batch.first:
+                books.replay(conn)
+                how = "replay"
+            else:
+                how = books.add(conn, new)
+            bar_marks = marks_at(clickhouse, state_time, sorted(books.last_price))
+            rows = books.rows(bar_marks, state_time)
+            write_states(conn, rows, batch.batch_id, mode, state_time)
+            conn.commit()   # fills and the state they produce commit together, before the messages are acked
+            meta = {"fills_consumed": len(batch.others), "fills_new": len(new), "fills_quarantined": quarantined,
+                    "books": how, "partitioning": mode, "state_time": state_time.isoformat(), "rows": len(rows),
+                    "batch_id": batch.batch_id, "upstream_batches": len(batch.upstream),
+                    "dagster/column_lineage": LINEAGE}
+            if time.monotonic() - last_plot[0] >= PLOT_EVERY_S:
+                last_plot[0] = time.monotonic()
+                chart = nav_plot(conn, state_time - timedelta(days=1))
+                if chart:
+                    meta["nav_curve"] = chart
+            context.log_event(dg.AssetMaterialization(KEY, metadata=meta, tags={
+                "dagster/data_version": batch.batch_id, "dagster/code_version": "1"}))
+            bad = nav_off(rows)
+            context.log_event(dg.AssetCheckEvaluation(asset_key=KEY, check_name="nav_reconciles", passed=not bad,
+                                                      metadata={"portfolios_off": len(bad), "batch_id": batch.batch_id}))
+            pairs = None if how == "replay" else {(f[2], f[3]) for f in new}
+            off = positions_off(conn, rows, pairs)
+            context.log_event(dg.AssetCheckEvaluation(asset_key=KEY, check_name="positions_match_fills",
+                                                      passed=off == 0,
+                                                      metadata={"positions_off": off, "batch_id": batch.batch_id}))
+        PRODUCT.announce(batch.client, KEY, batch.batch_id, state_time=state_time.isoformat(),
+                         fills_new=len(new), fills_quarantined=quarantined)
+
+    follow(context, config, pulsar, SUBSCRIPTION, apply, topics=(FILLS_TOPIC,))
+    yield from ()
 
 
+JOB = follow_job("portfolio_states", [KEY])
 ASSETS = [FILLS_SPEC, portfolio_states]

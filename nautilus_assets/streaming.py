@@ -1,0 +1,110 @@
+"""Long-lived runs of the downstream streaming products (analytics, microstructure, portfolio), fed by the bars'
+change feed the way market data's ingest runs are fed by their topics.
+
+A product's sensor (sensors/pulsar_ingest.py) launches its run when its subscription has a backlog; the run
+takes the subscription over from a predecessor (market_data/handover.py), then, batch after batch, merges
+the pending announcements into "per instrument, the first minute that changed", lets the product recompute
+from its carried state, logs the batch as the product's materialization and check evaluations, and only
+then acknowledges the announcements. Recomputing from stored bars is deterministic, so a redelivered or
+re-run announcement rewrites the same values: exactly once in effect.
+
+A run that was not launched by the sensor (a materialization from the UI, a backfill, a test) is a one-shot
+catch-up: it takes what is pending and ends when the subscription is drained."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import dagster as dg
+import pandas as pd
+import pulsar
+
+from nautilus_assets.market_data import changes, handover
+from nautilus_assets.market_data.assets import BATCH_TAG, STREAM, stop_reason
+from nautilus_assets.market_data.ingest import FIRST_MESSAGE_WAIT_MS, receive, receive_window
+from nautilus_assets.pools import priority_tags
+from resources.pulsar import PulsarResource
+from resources.topics import BARS_CHANGES
+
+
+class FollowConfig(dg.Config):
+    """Batch bounds and run lifetime of a streaming product's run (defaults: resources/settings.py)."""
+    max_messages: int = 1000
+    max_wait_seconds: float = STREAM.batch_max_wait_s
+    lifetime_seconds: float = STREAM.run_lifetime_s
+    idle_seconds: float = STREAM.run_idle_s
+    max_batches: int = 0   # 0: no bound
+
+
+@dataclass
+class Changes:
+    """One batch of a streaming product: what changed upstream since the previous batch."""
+    batch_id: str
+    since: dict[str, pd.Timestamp]      # per instrument, the first bar minute that changed
+    upstream: list[str]                 # the market-data batches that announced it
+    others: list = field(default_factory=list)   # messages of the product's further topics (e.g. fills)
+    client: pulsar.Client | None = None
+    bad_announcements: int = 0
+    first: bool = False                 # the run's first batch (a product may bootstrap its state here)
+
+
+def follow(context, config: FollowConfig, pulsar_res: PulsarResource, subscription: str,
+           apply: Callable[[Changes], None], topics: tuple[str, ...] = ()) -> int:
+    """Batches of change announcements (and `topics`' messages) until the run should stop. Returns batches."""
+    tag = context.run.tags.get(BATCH_TAG)
+    one_shot = tag is None
+    prefix = tag or context.run.run_id
+    handover.take_over(context.instance, context.run, STREAM.handover_wait_s, log=context.log.info)
+    started = last_data = time.monotonic()
+    batches, checked, reason = 0, [started], None
+    try:
+        with pulsar_res.client() as client:
+            consumer = changes.subscribe(client, subscription, list(topics))
+            try:
+                while True:
+                    if one_shot:
+                        msgs = receive(consumer, config.max_messages, max(config.max_wait_seconds, 5.0),
+                                       first_ms=FIRST_MESSAGE_WAIT_MS if batches == 0 else 0)
+                        if not msgs and batches:
+                            reason = "drained"
+                            break
+                    else:
+                        if (reason := stop_reason(context, started, last_data, batches, config, checked)) is not None:
+                            break
+                        msgs = receive_window(consumer, config.max_messages, config.max_wait_seconds)
+                        if not msgs and batches:
+                            continue
+                    mine = [m for m in msgs if m.topic_name().endswith(BARS_CHANGES.split("://", 1)[1])]
+                    since, upstream, bad = changes.since_by_instrument([m.data() for m in mine])
+                    if bad:
+                        context.log.warning(f"skipped {bad} messages on {BARS_CHANGES} that are not announcements")
+                    ids = set(map(id, mine))
+                    batch = Changes(f"{prefix}.{batches + 1}", since, upstream,
+                                    [m for m in msgs if id(m) not in ids], client, bad, first=batches == 0)
+                    apply(batch)
+                    for m in msgs:
+                        consumer.acknowledge(m)
+                    batches += 1
+                    if msgs:
+                        last_data = time.monotonic()
+                    if config.max_batches and batches >= config.max_batches:
+                        reason = f"batch bound ({batches})"
+                        break
+            finally:
+                consumer.close()
+    finally:
+        handover.release(context.instance, context.run.run_id)
+    context.log.info(f"streaming run ends ({reason}) after {batches} batches")
+    return batches
+
+
+def follow_job(name: str, keys: list[dg.AssetKey]) -> dg.UnresolvedAssetJobDefinition:
+    """The job of one streaming product: its assets and their checks, one in-process step, the run lifetime's
+    max runtime, and the `nautilus/topic` tag that lets a run and its successor (only) run at once."""
+    return dg.define_asset_job(
+        f"stream_{name}", selection=dg.AssetSelection.assets(*keys) | dg.AssetSelection.checks_for_assets(*keys),
+        executor_def=dg.in_process_executor,
+        tags={"nautilus/topic": name, "dagster/max_runtime": STREAM.run_max_runtime_s,
+              **priority_tags("streaming_products")},
+        description=f"{name}: batches of the bars' change feed, back to back for the run's lifetime")
