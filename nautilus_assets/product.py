@@ -56,15 +56,6 @@ class Product:
         publish(pulsar, self.topic, [(event, None)])
 
 
-def follows_stream() -> dg.AutomationCondition:
-    """`eager()` less its `~any_deps_in_progress()`: market data is committed by long-lived runs that are always in
-    progress, so eager would wait for the end of each run's lifetime. Each committed batch is a materialization,
-    and `any_deps_updated` sees it while the run goes on; `~in_progress` still keeps one run of the product at a time."""
-    A = dg.AutomationCondition
-    return (A.in_latest_time_window() & (A.newly_missing() | A.any_deps_updated()).since_last_handled()
-            & ~A.any_deps_missing() & ~A.in_progress()).with_label("eager_on_stream")
-
-
 # Day-level products are partitioned by UTC trading date; a range backfills as one run where the backend allows.
 TRADING_DAYS = dg.DailyPartitionsDefinition(start_date="2024-06-01", timezone="UTC")
 # Their SLA: the previous day is in place by 01:00 UTC.

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import threading
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -14,6 +15,9 @@ import clickhouse_connect
 import dagster as dg
 from clickhouse_connect.driver.client import Client
 from pydantic import Field
+
+
+_local = threading.local()   # this thread's open sessions, by backend
 
 
 @contextmanager
@@ -37,7 +41,22 @@ class ClickHouseResource(dg.ConfigurableResource):
 
     @contextmanager
     def session(self) -> Iterator[Client]:
-        """A short-lived client; for chDB, exclusive across processes while open."""
+        """A short-lived client; for chDB, exclusive across processes while open. Re-entrant within a thread: a
+        session opened inside another reuses it (one open, and one turn of the lock, for a batch's queries)."""
+        key = (self.host, self.port, self.chdb_path)
+        open_ = getattr(_local, "open", {})
+        if key in open_:
+            yield open_[key]
+            return
+        with self._new_session() as client:
+            _local.open = {**open_, key: client}
+            try:
+                yield client
+            finally:
+                _local.open = {k: v for k, v in _local.open.items() if k != key}
+
+    @contextmanager
+    def _new_session(self) -> Iterator[Client]:
         if self.host:
             client = clickhouse_connect.get_client(host=self.host, port=self.port, username=self.username,
                                                    password=self.password, secure=self.secure)

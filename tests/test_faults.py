@@ -42,7 +42,8 @@ CHUNK = 2_500             # per feed, then every PACE_S while faults are pending
 PACE_S = 2.0
 DEADLINE_S = float(os.environ.get("NAUTILUS_FAULT_DEADLINE_SECONDS", 600))
 INGEST_JOBS = ("ingest_trades", "ingest_quotes")
-AUTOMATION_SENSORS = ("streaming_products_automation", "products_automation")
+AUTOMATION_SENSORS = ("products_automation", "market_analytics_stream_sensor", "market_microstructure_stream_sensor",
+                      "portfolio_states_stream_sensor")
 
 
 def fault_plan(rng: random.Random) -> list[dict]:

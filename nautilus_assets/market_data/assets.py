@@ -152,12 +152,13 @@ def _stream(context: dg.AssetExecutionContext, config: BatchConfig, feed: Feed, 
 
 def _log_feed(context, feed: Feed, key: dg.AssetKey, res: BatchResult, lake, clickhouse, dt) -> None:
     """The batch's materialization of the feed and its reconciliation and uniqueness check evaluations."""
-    context.log_event(dg.AssetMaterialization(asset_key=key, metadata=_batch_metadata(res, clickhouse, feed),
-                                              tags=_versions(res)))
-    ok, meta = checks.reconcile(res, checks.stored_copies(lake, clickhouse, feed, res.rows, dt))
+    with clickhouse.session():   # the checks' queries share one session
+        meta = _batch_metadata(res, clickhouse, feed)
+        ok, rec = checks.reconcile(res, checks.stored_copies(lake, clickhouse, feed, res.rows, dt))
+        dup = checks.duplicate_ids(clickhouse, feed, res.rows)
+    context.log_event(dg.AssetMaterialization(asset_key=key, metadata=meta, tags=_versions(res)))
     context.log_event(dg.AssetCheckEvaluation(asset_key=key, check_name="reconciles_with_consumed", passed=ok,
-                                              metadata={**meta, "batch_id": res.batch_id}))
-    dup = checks.duplicate_ids(clickhouse, feed, res.rows)
+                                              metadata={**rec, "batch_id": res.batch_id}))
     context.log_event(dg.AssetCheckEvaluation(asset_key=key, check_name="no_duplicate_ids",
                                               passed=not any(dup.values()), metadata={**dup, "batch_id": res.batch_id}))
 
@@ -181,7 +182,7 @@ def ingest_trades(context: dg.AssetExecutionContext, config: BatchConfig, pulsar
         _log_feed(context, TRADES, TRADES_KEY, res, lake, clickhouse, stream.delta)
         context.log_event(dg.AssetMaterialization(asset_key=BARS_KEY, tags=_versions(res), metadata={
             "batch_id": res.batch_id, "bars_recomputed": res.bars_recomputed, "dagster/column_lineage": BARS_LINEAGE}))
-        bars = checks.bars_mismatches(clickhouse, res.bar_keys)
+        bars = checks.bars_mismatches(clickhouse, res.bar_keys)   # its own session: after the feed's checks
         context.log_event(dg.AssetCheckEvaluation(asset_key=BARS_KEY, check_name="bars_agree_with_trades",
                                                   passed=bars["missing"] == 0 and bars["mismatched"] == 0,
                                                   metadata={**bars, "batch_id": res.batch_id}))

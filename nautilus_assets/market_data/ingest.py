@@ -158,29 +158,36 @@ class Stream:
         res.first_message_id, res.last_message_id = raw.message_ids[0], raw.message_ids[-1]
         lap("unpack")
         dec = decode(feed, raw, feed.topic, batch_id, time.time_ns(), self.lateness_ns)
-        if feed is TRADES:   # a new message reusing a trade id an earlier batch stored
-            reject_reused_trade_ids(dec, raw, sinks.stored_trade_ids(ch, dec.table, batch_id))
-        res.rows = dec.table
-        res.valid, res.quarantined, res.duplicates_in_batch = dec.table.num_rows, len(dec.quarantine), dec.duplicates
         lap("decode")
-        # The two sinks are independent and both release the GIL: write them concurrently.
-        with ThreadPoolExecutor(2) as pool:
-            delta = pool.submit(sinks.write_delta, self.lake, feed, dec.table, batch_id, self.delta)
-            res.written_clickhouse = sinks.write_clickhouse(ch, feed, dec.table)
-            faults.point("between_sinks", feed.name, batch_id)
-            sinks.write_quarantine(ch, feed.topic, batch_id, dec.quarantine)
-            system_topics.publish_quarantine_alert(self.client, feed.topic, batch_id, len(msgs),
-                                                   dec.table.num_rows, dec.quarantine)
+        version = time.time_ns()
+        # One ClickHouse session for the batch (one open, one turn of chDB's lock); Delta is written beside it in
+        # a thread: the two sinks are independent and both release the GIL.
+        # The session closes before the wait for Delta: a slow or failing S3 never holds chDB's lock.
+        with ThreadPoolExecutor(1) as pool:
+            with ch.session():
+                if feed is TRADES:   # a new message reusing a trade id an earlier batch stored
+                    reject_reused_trade_ids(dec, raw, sinks.stored_trade_ids(ch, dec.table, batch_id))
+                    lap("trade_ids")
+                res.rows = dec.table
+                res.valid, res.quarantined = dec.table.num_rows, len(dec.quarantine)
+                res.duplicates_in_batch = dec.duplicates
+                delta = pool.submit(sinks.write_delta, self.lake, feed, dec.table, batch_id, self.delta)
+                res.written_clickhouse = sinks.write_clickhouse(ch, feed, dec.table)
+                faults.point("between_sinks", feed.name, batch_id)
+                sinks.write_quarantine(ch, feed.topic, batch_id, dec.quarantine)
+                lap("clickhouse")
+                if feed is TRADES:
+                    res.bar_keys = sinks.touched_minutes(dec.table)
+                    res.bars_recomputed = sinks.recompute_bars(ch, res.bar_keys, batch_id, version)
+                    lap("bars")
             res.written_delta, res.delta_version, self.delta = delta.result()
-        lap("sinks")
+            lap("delta_wait")
+        system_topics.publish_quarantine_alert(self.client, feed.topic, batch_id, len(msgs), dec.table.num_rows,
+                                               dec.quarantine)
         if feed is TRADES:
-            res.bar_keys = sinks.touched_minutes(dec.table)
-            version = time.time_ns()
-            res.bars_recomputed = sinks.recompute_bars(ch, res.bar_keys, batch_id, version)
-            lap("bars")
             if self.announcer is None:
                 self.announcer = changes.Announcer(self.client)
-            self.announcer.announce(batch_id, version, res.bar_keys)   # before the ack (module docstring)
+            self.announcer.announce(batch_id, version, res.bar_keys)   # before the ack (changes.py)
             lap("announce")
         if ack:
             faults.point("before_ack", feed.name, batch_id)

@@ -106,6 +106,16 @@ BARS_DDL = "CREATE TABLE IF NOT EXISTS {db}.bars_1m (" + ", ".join(f"`{n}` {t}" 
 BARS_SCHEMA = dg.TableSchema(columns=[dg.TableColumn(n, t, description=d) for n, t, d, _ in BARS_COLUMNS])
 
 
+# Which message holds each (instrument, date, trade id): ordered by the trade id, so a batch's look-up of reused
+# trade ids reads the few granules around its ids (venue trade ids rise), whatever the day already holds.
+TRADE_IDS_DDL = """CREATE TABLE IF NOT EXISTS {db}.trade_ids (
+  instrument_id LowCardinality(String), date Date, trade_id String, message_id String
+) ENGINE = ReplacingMergeTree PARTITION BY toYYYYMM(date) ORDER BY (instrument_id, date, trade_id, message_id)"""
+TRADE_IDS_BACKFILL = """INSERT INTO {db}.trade_ids SELECT instrument_id, date, trade_id, message_id FROM {db}.trades
+WHERE (SELECT count() FROM {db}.trade_ids) = 0"""   # a store from before the table existed: once
+
+
 def ddl(db: str) -> list[str]:
     return [f"CREATE DATABASE IF NOT EXISTS {db}", TRADES.clickhouse_ddl(db), QUOTES.clickhouse_ddl(db),
-            QUARANTINE_DDL.format(db=db), BARS_DDL.format(db=db)]
+            QUARANTINE_DDL.format(db=db), BARS_DDL.format(db=db), TRADE_IDS_DDL.format(db=db),
+            TRADE_IDS_BACKFILL.format(db=db)]
