@@ -182,7 +182,10 @@ def run_stats(since: float) -> dict:
                 asset_key=dg.AssetKey(["market_data_feed", name]), after_timestamp=float(since)), limit=10_000).records
             meta = [m.asset_materialization.metadata for m in mats]
             stages = sorted({k for md in meta for k in md if k.startswith("seconds_")})
-            out[f"{name}_batches"] = {"count": len(meta), "median_rows": float(np.median(
+            ts = sorted(m.timestamp for m in mats)
+            gaps = np.diff(ts) if len(ts) > 1 else np.zeros(0)
+            out[f"{name}_batches"] = {"count": len(meta), "median_interval_s": round(float(np.median(gaps)), 3)
+                                      if len(gaps) else None, "median_rows": float(np.median(
                 [md["consumed"].value for md in meta])) if meta else None, **{
                 f"median_{k}": round(float(np.median([md[k].value for md in meta if k in md])), 3) for k in stages}}
         out["other_runs"] = len([r for r in recs if not r.dagster_run.job_name.startswith("ingest_")])

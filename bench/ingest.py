@@ -88,7 +88,7 @@ def preload(r, n: int, chunk: int = 1_000_000) -> None:
     today_ns = time.time_ns() // 86_400_000_000_000 * 86_400_000_000_000
     span_ns = max(time.time_ns() - 3600 * 10**9 - today_ns, 10**9)
     t0 = time.time()
-    gen = (f"SELECT 'persistent://nautilus/market-data/trades' AS topic, concat('P:', toString(number)) AS message_id, "
+    gen = (f"SELECT number, 'persistent://nautilus/market-data/trades' AS topic, concat('P:', toString(number)) AS message_id, "
            f"toInt64(1000000000000 + intDiv(number, 100000)) AS ledger_id, toInt64(number % 100000) AS entry_id, "
            f"'preload' AS batch_id, ['{INSTRUMENTS[0]}','{INSTRUMENTS[1]}','{INSTRUMENTS[2]}','{INSTRUMENTS[3]}']"
            f"[1 + number % 4] AS instrument_id, 100 + (number % 1000) / 100 AS price, 1 + number % 50 AS size, "

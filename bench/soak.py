@@ -53,7 +53,7 @@ def freshness(url: str) -> dict[str, str]:
 
 
 class RunRss(threading.Thread):
-    """Peak RSS of every `dagster api execute_run` process (a run's worker), sampled every 5 s."""
+    """Peak RSS of every run worker process, sampled every 5 s."""
 
     def __init__(self):
         super().__init__(daemon=True)
@@ -65,7 +65,9 @@ class RunRss(threading.Thread):
             for pid in filter(str.isdigit, os.listdir("/proc")):
                 try:
                     cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
-                    if "execute_run" not in cmd:
+                    # a run's worker: `dagster api execute_run`, or (default run launcher) a multiprocessing
+                    # child of the code server that launched it
+                    if "execute_run" not in cmd and "multiprocessing.spawn" not in cmd:
                         continue
                     rss = next(int(line.split()[1]) for line in open(f"/proc/{pid}/status") if line.startswith("VmRSS"))
                 except (OSError, StopIteration):
