@@ -31,9 +31,9 @@ def test_market_data_ingest_runs_have_the_highest_priority():
     top = max(PRIORITY.values())
     for job in ("ingest_trades", "ingest_quotes"):
         assert int(repo.get_job(job).tags[PRIORITY_TAG]) == top == PRIORITY["market_data_ingest"]
-    streaming = repo.get_sensor_def("streaming_products_automation")
     daily = repo.get_sensor_def("products_automation")
-    assert int(streaming.run_tags[PRIORITY_TAG]) == PRIORITY["streaming_products"] < top
+    for job in ("stream_market_analytics", "stream_market_microstructure", "stream_portfolio_states"):
+        assert int(repo.get_job(job).tags[PRIORITY_TAG]) == PRIORITY["streaming_products"] < top
     assert int(daily.run_tags[PRIORITY_TAG]) == PRIORITY["end_of_day"] < PRIORITY["streaming_products"]
 
 
