@@ -99,6 +99,16 @@ def follow(context, config: FollowConfig, pulsar_res: PulsarResource, subscripti
     return batches
 
 
+def log_batch(context, key: dg.AssetKey, batch_id: str, metadata: dict, checks: dict[str, tuple[bool, dict]]) -> None:
+    """One batch of a streaming product in Dagster: its materialization (the batch id as data version) and each
+    check's evaluation {name: (passed, metadata)}, all tagged with the batch id."""
+    context.log_event(dg.AssetMaterialization(key, metadata={**metadata, "batch_id": batch_id}, tags={
+        "dagster/data_version": batch_id, "dagster/code_version": "1"}))
+    for name, (passed, meta) in checks.items():
+        context.log_event(dg.AssetCheckEvaluation(asset_key=key, check_name=name, passed=passed,
+                                                  metadata={**meta, "batch_id": batch_id}))
+
+
 def follow_job(name: str, keys: list[dg.AssetKey]) -> dg.UnresolvedAssetJobDefinition:
     """The job of one streaming product: its assets and their checks, one in-process step, the run lifetime's
     max runtime, and the `nautilus/topic` tag that lets a run and its successor (only) run at once."""

@@ -9,7 +9,7 @@ import pandas as pd
 from nautilus_assets.market_data.assets import BARS_KEY
 from nautilus_assets.market_data.bars import BARS, changed_since, since_condition
 from nautilus_assets.product import Product
-from nautilus_assets.streaming import Changes, FollowConfig, follow, follow_job
+from nautilus_assets.streaming import Changes, FollowConfig, follow, follow_job, log_batch
 from resources.clickhouse import ClickHouseResource
 from resources.pulsar import PulsarResource
 from resources.topics import BARS_CHANGES
@@ -120,17 +120,12 @@ def indicators_1m(context: dg.AssetExecutionContext, config: FollowConfig, click
         if not since:
             return
         stats = recompute(clickhouse, batch.batch_id, since, log=context.log.info)
-        context.log_event(dg.AssetMaterialization(KEY, metadata={
-            **stats, "batch_id": batch.batch_id, "upstream_batches": len(batch.upstream),
-            "first_changed_minute": min(since.values()).isoformat(), "dagster/column_lineage": LINEAGE},
-            tags={"dagster/data_version": batch.batch_id, "dagster/code_version": "1"}))
         missing, bad = check_batch(clickhouse, since)
-        context.log_event(dg.AssetCheckEvaluation(asset_key=KEY, check_name="every_bar_has_indicators",
-                                                  passed=missing == 0, metadata={
-                                                      "bars_without_current_indicators": missing,
-                                                      "batch_id": batch.batch_id}))
-        context.log_event(dg.AssetCheckEvaluation(asset_key=KEY, check_name="indicators_in_range", passed=bad == 0,
-                                                  metadata={"rows_out_of_range": bad, "batch_id": batch.batch_id}))
+        log_batch(context, KEY, batch.batch_id, {
+            **stats, "upstream_batches": len(batch.upstream), "first_changed_minute": min(since.values()).isoformat(),
+            "dagster/column_lineage": LINEAGE}, {
+            "every_bar_has_indicators": (missing == 0, {"bars_without_current_indicators": missing}),
+            "indicators_in_range": (bad == 0, {"rows_out_of_range": bad})})
         PRODUCT.announce(batch.client, KEY, batch.batch_id, **stats)
 
     follow(context, config, pulsar, SUBSCRIPTION, apply)

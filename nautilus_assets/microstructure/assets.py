@@ -20,7 +20,7 @@ from nautilus_assets.market_data.bars import bars_from, changed_since
 from nautilus_assets.market_data.schema import TRADES
 from nautilus_assets.market_data.sinks import bronze_table
 from nautilus_assets.product import Product, png_markdown
-from nautilus_assets.streaming import Changes, FollowConfig, follow, follow_job
+from nautilus_assets.streaming import Changes, FollowConfig, follow, follow_job, log_batch
 from resources.clickhouse import ClickHouseResource
 from resources.lake import LakeResource
 from resources.pulsar import PulsarResource
@@ -259,21 +259,16 @@ def vpin_buckets(context: dg.AssetExecutionContext, config: FollowConfig, clickh
         if not since:
             return
         stats, firsts = recompute(clickhouse, lake, batch.batch_id, since, log=context.log.info)
-        meta = {**stats, "batch_id": batch.batch_id, "upstream_batches": len(batch.upstream),
+        meta = {**stats, "upstream_batches": len(batch.upstream),
                 "first_changed_minute": min(since.values()).isoformat(), "dagster/column_lineage": LINEAGE}
         if firsts and time.monotonic() - last_plot[0] >= PLOT_EVERY_S:
             last_plot[0] = time.monotonic()
             chart = plot(clickhouse, min(firsts))
             if chart:
                 meta["vpin_vs_price"] = chart
-        context.log_event(dg.AssetMaterialization(KEY, metadata=meta, tags={
-            "dagster/data_version": batch.batch_id, "dagster/code_version": "1"}))
         inexact, outside = check_batch(clickhouse, firsts)
-        context.log_event(dg.AssetCheckEvaluation(asset_key=KEY, check_name="buckets_are_exact", passed=inexact == 0,
-                                                  metadata={"inexact": inexact, "batch_id": batch.batch_id}))
-        context.log_event(dg.AssetCheckEvaluation(asset_key=KEY, check_name="vpin_in_unit_interval",
-                                                  passed=outside == 0,
-                                                  metadata={"outside": outside, "batch_id": batch.batch_id}))
+        log_batch(context, KEY, batch.batch_id, meta, {"buckets_are_exact": (inexact == 0, {"inexact": inexact}),
+                                                       "vpin_in_unit_interval": (outside == 0, {"outside": outside})})
         PRODUCT.announce(batch.client, KEY, batch.batch_id, **stats)
 
     follow(context, config, pulsar, SUBSCRIPTION, apply)

@@ -10,7 +10,7 @@ import orjson
 
 from nautilus_assets.market_data.assets import BARS_KEY
 from nautilus_assets.product import Product, png_markdown
-from nautilus_assets.streaming import Changes, FollowConfig, follow, follow_job
+from nautilus_assets.streaming import Changes, FollowConfig, follow, follow_job, log_batch
 from resources.clickhouse import ClickHouseResource
 from resources.postgres import PostgresResource
 from resources.pulsar import PulsarResource
@@ -248,23 +248,18 @@ def portfolio_states(context: dg.AssetExecutionContext, config: FollowConfig, cl
             conn.commit()   # fills and the state they produce commit together, before the messages are acked
             meta = {"fills_consumed": len(batch.others), "fills_new": len(new), "fills_quarantined": quarantined,
                     "books": how, "partitioning": mode, "state_time": state_time.isoformat(), "rows": len(rows),
-                    "batch_id": batch.batch_id, "upstream_batches": len(batch.upstream),
+                    "upstream_batches": len(batch.upstream),
                     "dagster/column_lineage": LINEAGE}
             if time.monotonic() - last_plot[0] >= PLOT_EVERY_S:
                 last_plot[0] = time.monotonic()
                 chart = nav_plot(conn, state_time - timedelta(days=1))
                 if chart:
                     meta["nav_curve"] = chart
-            context.log_event(dg.AssetMaterialization(KEY, metadata=meta, tags={
-                "dagster/data_version": batch.batch_id, "dagster/code_version": "1"}))
             bad = nav_off(rows)
-            context.log_event(dg.AssetCheckEvaluation(asset_key=KEY, check_name="nav_reconciles", passed=not bad,
-                                                      metadata={"portfolios_off": len(bad), "batch_id": batch.batch_id}))
-            pairs = None if how == "replay" else {(f[2], f[3]) for f in new}
-            off = positions_off(conn, rows, pairs)
-            context.log_event(dg.AssetCheckEvaluation(asset_key=KEY, check_name="positions_match_fills",
-                                                      passed=off == 0,
-                                                      metadata={"positions_off": off, "batch_id": batch.batch_id}))
+            off = positions_off(conn, rows, None if how == "replay" else {(f[2], f[3]) for f in new})
+            log_batch(context, KEY, batch.batch_id, meta, {
+                "nav_reconciles": (not bad, {"portfolios_off": len(bad)}),
+                "positions_match_fills": (off == 0, {"positions_off": off})})
         PRODUCT.announce(batch.client, KEY, batch.batch_id, state_time=state_time.isoformat(),
                          fills_new=len(new), fills_quarantined=quarantined)
 
