@@ -24,6 +24,7 @@ from nautilus_assets.market_data import changes, handover
 from nautilus_assets.market_data.assets import BATCH_TAG, STREAM, stop_reason
 from nautilus_assets.market_data.ingest import FIRST_MESSAGE_WAIT_MS, receive, receive_window
 from nautilus_assets.pools import priority_tags
+from resources.clickhouse import lock_counters
 from resources.pulsar import PulsarResource
 from resources.topics import BARS_CHANGES
 
@@ -47,6 +48,9 @@ class Changes:
     client: pulsar.Client | None = None
     bad_announcements: int = 0
     first: bool = False                 # the run's first batch (a product may bootstrap its state here)
+    oldest_ms: int = 0                  # publish time of its oldest announcement (how far behind the product is)
+    started: float = field(default_factory=time.perf_counter)
+    lock0: dict = field(default_factory=lock_counters)
 
 
 def follow(context, config: FollowConfig, pulsar_res: PulsarResource, subscription: str,
@@ -81,7 +85,8 @@ def follow(context, config: FollowConfig, pulsar_res: PulsarResource, subscripti
                         context.log.warning(f"skipped {bad} messages on {BARS_CHANGES} that are not announcements")
                     ids = set(map(id, mine))
                     batch = Changes(f"{prefix}.{batches + 1}", since, upstream,
-                                    [m for m in msgs if id(m) not in ids], client, bad, first=batches == 0)
+                                    [m for m in msgs if id(m) not in ids], client, bad, first=batches == 0,
+                                    oldest_ms=min((m.publish_timestamp() for m in mine), default=0))
                     apply(batch)
                     for m in msgs:
                         consumer.acknowledge(m)
@@ -99,10 +104,16 @@ def follow(context, config: FollowConfig, pulsar_res: PulsarResource, subscripti
     return batches
 
 
-def log_batch(context, key: dg.AssetKey, batch_id: str, metadata: dict, checks: dict[str, tuple[bool, dict]]) -> None:
-    """One batch of a streaming product in Dagster: its materialization (the batch id as data version) and each
-    check's evaluation {name: (passed, metadata)}, all tagged with the batch id."""
-    context.log_event(dg.AssetMaterialization(key, metadata={**metadata, "batch_id": batch_id}, tags={
+def log_batch(context, key: dg.AssetKey, batch: Changes, metadata: dict, checks: dict[str, tuple[bool, dict]]) -> None:
+    """One batch of a streaming product in Dagster: its materialization (the batch id as data version, its cost
+    and how far behind its upstream it ran) and each check's evaluation {name: (passed, metadata)}."""
+    batch_id, lock1 = batch.batch_id, lock_counters()
+    metadata = {**metadata, "batch_id": batch_id, "seconds_batch": round(time.perf_counter() - batch.started, 3),
+                "seconds_chdb_wait": round(lock1["wait"] - batch.lock0["wait"], 3),
+                "seconds_chdb_held": round(lock1["held"] - batch.lock0["held"], 3)}
+    if batch.oldest_ms:
+        metadata["seconds_behind_upstream"] = round(time.time() - batch.oldest_ms / 1000, 3)
+    context.log_event(dg.AssetMaterialization(key, metadata=metadata, tags={
         "dagster/data_version": batch_id, "dagster/code_version": "1"}))
     for name, (passed, meta) in checks.items():
         context.log_event(dg.AssetCheckEvaluation(asset_key=key, check_name=name, passed=passed,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+import time
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -17,18 +18,29 @@ from clickhouse_connect.driver.client import Client
 from pydantic import Field
 
 
-_local = threading.local()   # this thread's open sessions, by backend
+_local = threading.local()   # this thread's open sessions, by backend, and its lock counters
+
+
+def lock_counters() -> dict:
+    """This thread's chDB sessions so far: how many, seconds waited for the lock, seconds held (a batch's profile
+    is the difference of two snapshots)."""
+    return dict(getattr(_local, "counters", None) or {"sessions": 0, "wait": 0.0, "held": 0.0})
 
 
 @contextmanager
 def _flock(path: str) -> Iterator[None]:
     os.makedirs(os.path.dirname(path), exist_ok=True)
+    c = lock_counters()
     with open(path, "a") as fh:
+        t0 = time.perf_counter()
         fcntl.flock(fh, fcntl.LOCK_EX)
+        t1 = time.perf_counter()
         try:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+            _local.counters = {"sessions": c["sessions"] + 1, "wait": c["wait"] + t1 - t0,
+                               "held": c["held"] + time.perf_counter() - t1}
 
 
 class ClickHouseResource(dg.ConfigurableResource):

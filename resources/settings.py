@@ -12,6 +12,7 @@ import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 from . import access
 
@@ -193,7 +194,20 @@ def load() -> Settings:
     else:
         managed = frozenset(k for k, var in production.items() if not os.environ.get(var))
     env["NAUTILUS_MANAGED"] = ",".join(sorted(managed))
+    env["DAGSTER_PG_URL"] = _env("DAGSTER_PG_URL", dagster_pg_url(env, home / "pg" if "postgres" in managed else None))
     return Settings(instance=instance, home=home, port_base=base, env=env, managed=managed)
+
+
+def dagster_pg_url(env: dict, socket_dir: Path | None) -> str:
+    """The Dagster instance storage's URL (dagster.yaml). The project's own server is reached through its Unix
+    socket (in the 0700 data directory; local connections trust the OS user): dagster-postgres opens a connection
+    per query outside the webserver, and a TCP connection with SCRAM costs ~3 ms of client CPU and a backend
+    fork each time, which under a streaming load added up to a good part of the daemon's CPU."""
+    user, db = quote(env["DAGSTER_PG_USER"]), quote(env["DAGSTER_PG_DB"])
+    if socket_dir is not None:
+        return f"postgresql+psycopg2://{user}@/{db}?host={quote(str(socket_dir))}&port={env['DAGSTER_PG_PORT']}"
+    return (f"postgresql+psycopg2://{user}:{quote(env['DAGSTER_PG_PASSWORD'], safe='')}@{env['DAGSTER_PG_HOST']}:"
+            f"{env['DAGSTER_PG_PORT']}/{db}")
 
 
 def apply(settings: Settings | None = None) -> Settings:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -267,7 +268,8 @@ def main(argv: list[str] | None = None) -> None:
         access_command(s, a.what)
     elif a.cmd == "env":
         for k, v in sorted(s.env.items()):
-            print(f"{k}={'***' if any(w in k for w in ('SECRET', 'PASSWORD')) and v else v}")
+            v = "***" if any(w in k for w in ("SECRET", "PASSWORD")) and v else re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", v)
+            print(f"{k}={v}")
 
 
 if __name__ == "__main__":

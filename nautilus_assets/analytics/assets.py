@@ -121,7 +121,7 @@ def indicators_1m(context: dg.AssetExecutionContext, config: FollowConfig, click
             return
         stats = recompute(clickhouse, batch.batch_id, since, log=context.log.info)
         missing, bad = check_batch(clickhouse, since)
-        log_batch(context, KEY, batch.batch_id, {
+        log_batch(context, KEY, batch, {
             **stats, "upstream_batches": len(batch.upstream), "first_changed_minute": min(since.values()).isoformat(),
             "dagster/column_lineage": LINEAGE}, {
             "every_bar_has_indicators": (missing == 0, {"bars_without_current_indicators": missing}),

@@ -16,7 +16,7 @@ def _dur(s: float) -> str:
 
 
 def to_html(rep: dict) -> str:
-    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>Nautilus lineage audit</title><style>"
+    out = ["<!doctype html><html><head><meta charset='utf-8'><title>Nautilus lineage audit</title><style>"
            "body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:.5em 0}"
            "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px;text-align:left;vertical-align:top}"
            "h2{border-bottom:2px solid #345}code{background:#f3f3f3}</style></head><body>",

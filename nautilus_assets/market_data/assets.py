@@ -5,19 +5,21 @@ lifetime and commits batches back to back, each recorded as its own materializat
 Day-level products downstream use daily partitions by UTC trading date.
 """
 
+import sys
 import time
 from datetime import timedelta
 
 import dagster as dg
 
 from nautilus_assets.pools import priority_tags
-from resources.clickhouse import ClickHouseResource
+from resources.clickhouse import ClickHouseResource, lock_counters
 from resources.lake import LakeResource
 from resources.pulsar import PulsarResource
 from resources.settings import streaming
 
 from . import checks, handover
 from .ingest import BatchResult, Stream
+from .recorder import Recorder
 from .schema import BARS_COLUMNS, BARS_SCHEMA, QUOTES, TRADES, Feed
 from .sinks import DB, bronze_table
 
@@ -91,12 +93,12 @@ def feed_lineage(feed: Feed) -> dg.TableColumnLineage:
         col: [dg.TableColumnDep(asset_key=topic, column_name=c) for c in cols] for col, cols in src.items()})
 
 
-def _batch_metadata(res: BatchResult, ch: ClickHouseResource, feed: Feed) -> dict:
+def _batch_metadata(res: BatchResult, feed: Feed, row_count: int) -> dict:
     meta = {k: v for k, v in res.as_dict().items() if k not in ("seconds", "delta_version")}
     meta["dagster/column_lineage"] = feed_lineage(feed)
     meta.update({f"seconds_{k}": v for k, v in res.seconds.items()})
     meta["delta_version"] = -1 if res.delta_version is None else res.delta_version
-    meta["dagster/row_count"] = int(ch.scalar(f"SELECT count() FROM {DB}.{feed.name}"))  # from part metadata: O(1)
+    meta["dagster/row_count"] = row_count
     return meta
 
 
@@ -126,11 +128,13 @@ def stop_reason(context, started: float, last_data: float, batches: int, config:
 
 def _stream(context: dg.AssetExecutionContext, config: BatchConfig, feed: Feed, pulsar: PulsarResource,
             lake: LakeResource, clickhouse: ClickHouseResource, record) -> int:
-    """Commit batches back to back until the run should stop; `record(res, stream)` logs each. Returns batches."""
+    """Commit batches back to back until the run should stop; `record(results)` logs them on the recorder's
+    thread (recorder.py) while the next batches commit. Returns batches."""
     run_batch = context.run.tags.get(BATCH_TAG) or context.run.run_id
     handover.take_over(context.instance, context.run, STREAM.handover_wait_s, log=context.log.info)
     started = last_data = time.monotonic()
     batches, checked, reason = 0, [started], None
+    recorder = Recorder(record)
     try:
         with Stream(feed, pulsar, lake, clickhouse, STREAM.lateness_bound_s, log=context.log.info) as stream:
             while (reason := stop_reason(context, started, last_data, batches, config, checked)) is None:
@@ -143,26 +147,50 @@ def _stream(context: dg.AssetExecutionContext, config: BatchConfig, feed: Feed, 
                 res.seconds = {"receive": received_s, **res.seconds}
                 batches += 1
                 last_data = time.monotonic()
-                record(res, stream)
+                recorder.submit(res)
     finally:
-        handover.release(context.instance, context.run.run_id)
+        handover.release(context.instance, context.run.run_id)   # the successor consumes while we record
+        recorder.close(raise_error=sys.exc_info()[0] is None)    # never masks the error that ends the run
     context.log.info(f"ingest run ends ({reason}) after {batches} batches")
     return batches
 
 
-def _log_feed(context, feed: Feed, key: dg.AssetKey, res: BatchResult, lake, clickhouse, dt) -> None:
-    """The batch's materialization of the feed and its reconciliation and uniqueness check evaluations."""
-    t = time.perf_counter()
-    with clickhouse.session():   # the checks' queries share one session
-        meta = _batch_metadata(res, clickhouse, feed)
-        ok, rec = checks.reconcile(res, checks.stored_copies(lake, clickhouse, feed, res.rows, dt))
-        dup = checks.duplicate_ids(clickhouse, feed, res.rows)
-    meta["seconds_checks"] = round(time.perf_counter() - t, 3)
-    context.log_event(dg.AssetMaterialization(asset_key=key, metadata=meta, tags=_versions(res)))
-    context.log_event(dg.AssetCheckEvaluation(asset_key=key, check_name="reconciles_with_consumed", passed=ok,
-                                              metadata={**rec, "batch_id": res.batch_id}))
-    context.log_event(dg.AssetCheckEvaluation(asset_key=key, check_name="no_duplicate_ids",
-                                              passed=not any(dup.values()), metadata={**dup, "batch_id": res.batch_id}))
+def _record(context, feed: Feed, key: dg.AssetKey, results: list[BatchResult], lake: LakeResource,
+            clickhouse: ClickHouseResource, state: dict) -> None:
+    """Committed batches in Dagster: each one's materialization of the feed (and, for trades, of the bars) with
+    its reconciliation, uniqueness (and bars) check evaluations. One chDB session serves all their queries; the
+    recorder keeps its own Delta handle, brought up to date incrementally."""
+    t, lock0 = time.perf_counter(), lock_counters()
+    if state.get("delta") is None:
+        state["delta"] = lake.table(bronze_table(feed))
+    else:
+        state["delta"].update_incremental()
+    in_delta = [checks.delta_span(lake, feed, res.rows, state["delta"]) for res in results]
+    with clickhouse.session() as c:
+        row_count = int(c.query(f"SELECT count() FROM {DB}.{feed.name}").first_row[0])  # part metadata: O(1)
+        spans = [checks.clickhouse_span(clickhouse, feed, res.rows) for res in results]
+        bars = [checks.bars_mismatches(clickhouse, res.bar_keys) if feed is TRADES else None for res in results]
+    lock1 = lock_counters()
+    evaluated = [(checks.reconcile(res, checks.stored_copies(res.rows, span, d)), checks.duplicate_ids(feed, span), b)
+                 for res, span, d, b in zip(results, spans, in_delta, bars)]
+    per_batch = {"seconds_checks": round((time.perf_counter() - t) / len(results), 3),
+                 "seconds_checks_chdb_wait": round((lock1["wait"] - lock0["wait"]) / len(results), 3),
+                 "recorded_together": len(results)}
+    for res, ((ok, rec), dup, bars) in zip(results, evaluated):
+        context.log_event(dg.AssetMaterialization(asset_key=key, tags=_versions(res),
+                                                  metadata={**_batch_metadata(res, feed, row_count), **per_batch}))
+        context.log_event(dg.AssetCheckEvaluation(asset_key=key, check_name="reconciles_with_consumed", passed=ok,
+                                                  metadata={**rec, "batch_id": res.batch_id}))
+        context.log_event(dg.AssetCheckEvaluation(asset_key=key, check_name="no_duplicate_ids",
+                                                  passed=not any(dup.values()),
+                                                  metadata={**dup, "batch_id": res.batch_id}))
+        if bars is not None:
+            context.log_event(dg.AssetMaterialization(asset_key=BARS_KEY, tags=_versions(res), metadata={
+                "batch_id": res.batch_id, "bars_recomputed": res.bars_recomputed,
+                "dagster/column_lineage": BARS_LINEAGE}))
+            context.log_event(dg.AssetCheckEvaluation(asset_key=BARS_KEY, check_name="bars_agree_with_trades",
+                                                      passed=bars["missing"] == 0 and bars["mismatched"] == 0,
+                                                      metadata={**bars, "batch_id": res.batch_id}))
 
 
 RECONCILE_DOC = "Every consumed message is stored exactly once in Delta and in ClickHouse, or quarantined."
@@ -180,16 +208,9 @@ def ingest_trades(context: dg.AssetExecutionContext, config: BatchConfig, pulsar
                   lake: LakeResource, clickhouse: ClickHouseResource):
     """Micro-batches of trades, back to back: consume, validate, Delta + ClickHouse, recompute touched bars,
     acknowledge; each batch recorded as materializations of trades and bars plus their check evaluations."""
-    def record(res: BatchResult, stream: Stream) -> None:
-        _log_feed(context, TRADES, TRADES_KEY, res, lake, clickhouse, stream.delta)
-        context.log_event(dg.AssetMaterialization(asset_key=BARS_KEY, tags=_versions(res), metadata={
-            "batch_id": res.batch_id, "bars_recomputed": res.bars_recomputed, "dagster/column_lineage": BARS_LINEAGE}))
-        bars = checks.bars_mismatches(clickhouse, res.bar_keys)   # its own session: after the feed's checks
-        context.log_event(dg.AssetCheckEvaluation(asset_key=BARS_KEY, check_name="bars_agree_with_trades",
-                                                  passed=bars["missing"] == 0 and bars["mismatched"] == 0,
-                                                  metadata={**bars, "batch_id": res.batch_id}))
-
-    _stream(context, config, TRADES, pulsar, lake, clickhouse, record)
+    state: dict = {}
+    _stream(context, config, TRADES, pulsar, lake, clickhouse,
+            lambda results: _record(context, TRADES, TRADES_KEY, results, lake, clickhouse, state))
     yield from ()
 
 
@@ -200,8 +221,9 @@ def ingest_trades(context: dg.AssetExecutionContext, config: BatchConfig, pulsar
 def ingest_quotes(context: dg.AssetExecutionContext, config: BatchConfig, pulsar: PulsarResource,
                   lake: LakeResource, clickhouse: ClickHouseResource):
     """Micro-batches of level-1 quotes, back to back: consume, validate, Delta + ClickHouse, acknowledge."""
+    state: dict = {}
     _stream(context, config, QUOTES, pulsar, lake, clickhouse,
-            lambda res, stream: _log_feed(context, QUOTES, QUOTES_KEY, res, lake, clickhouse, stream.delta))
+            lambda results: _record(context, QUOTES, QUOTES_KEY, results, lake, clickhouse, state))
     yield from ()
 
 

@@ -12,21 +12,38 @@ from .schema import Feed
 from .sinks import BARS_SELECT, DB, IN_RANGE_SQL, bronze_table, id_range, in_range_expr
 
 
-def stored_copies(lake: LakeResource, ch: ClickHouseResource, feed: Feed, table: pa.Table, dt=None) -> dict:
-    """How many rows, and distinct message ids, each sink holds for the batch's valid messages."""
+def delta_span(lake: LakeResource, feed: Feed, table: pa.Table, dt=None) -> pa.Table:
+    """message_id of the Delta rows in the batch's message-id span: its date partitions, then each file's min/max
+    statistics of ledger_id and entry_id (no chDB lock is held while S3 is read)."""
     if table.num_rows == 0:
-        return {"clickhouse_rows": 0, "clickhouse_ids": 0, "delta_rows": 0, "delta_ids": 0}
-    r = id_range(table)
-    with ch.session() as c:
-        candidates = c.query(f"SELECT message_id FROM {DB}.{feed.name} WHERE {IN_RANGE_SQL}", parameters=r).result_rows
-    wanted = set(table["message_id"].to_pylist())
-    in_ch = [m for (m,) in candidates if m in wanted]
-    rows, uniq = len(in_ch), len(set(in_ch))
+        return pa.table({"message_id": pa.array([], pa.string())})
     dates = [d.isoformat() for d in pc.unique(table["date"]).to_pylist()]
-    found = (dt if dt is not None else lake.table(bronze_table(feed))).to_pyarrow_dataset(partitions=[("date", "in", dates)]).to_table(
-        columns=["message_id"], filter=in_range_expr(r) & pc.field("message_id").isin(table["message_id"]))
-    return {"clickhouse_rows": rows, "clickhouse_ids": uniq, "delta_rows": found.num_rows,
-            "delta_ids": pc.count_distinct(found["message_id"]).as_py()}
+    dt = dt if dt is not None else lake.table(bronze_table(feed))
+    return dt.to_pyarrow_dataset(partitions=[("date", "in", dates)]).to_table(
+        columns=["message_id"], filter=in_range_expr(id_range(table)))
+
+
+def clickhouse_span(ch: ClickHouseResource, feed: Feed, table: pa.Table) -> pa.Table:
+    """The ClickHouse rows of the batch's message-id span (a primary-key and min/max-index range, so the cost
+    does not grow with the table): message_id, and for trades instrument_id and trade_id. One query serves both
+    the reconciliation and the uniqueness check; the whole table is checked by the scheduled integrity job."""
+    cols = "message_id, instrument_id, trade_id" if feed.name == "trades" else "message_id"
+    if table.num_rows == 0:
+        return pa.table({c: pa.array([], pa.string()) for c in cols.split(", ")})
+    dates = [d.isoformat() for d in pc.unique(table["date"]).to_pylist()]
+    with ch.session() as c:
+        return c.query_arrow(f"SELECT {cols} FROM {DB}.{feed.name} WHERE date IN %(d)s AND {IN_RANGE_SQL}",
+                             parameters={"d": dates, **id_range(table)})
+
+
+def stored_copies(table: pa.Table, ch_span: pa.Table, delta_span_: pa.Table) -> dict:
+    """How many rows, and distinct message ids, each sink holds for the batch's valid messages (the spans may
+    also hold other batches' messages: a successor run's, interleaved during a handover)."""
+    out = {}
+    for sink, span in (("clickhouse", ch_span), ("delta", delta_span_)):
+        mine = span["message_id"].filter(pc.is_in(span["message_id"], table["message_id"]))
+        out[f"{sink}_rows"], out[f"{sink}_ids"] = len(mine), pc.count_distinct(mine).as_py() if len(mine) else 0
+    return out
 
 
 def reconcile(res: BatchResult, copies: dict) -> tuple[bool, dict]:
@@ -36,18 +53,13 @@ def reconcile(res: BatchResult, copies: dict) -> tuple[bool, dict]:
     return ok, {"consumed": res.consumed, "accounted": accounted, **copies}
 
 
-def duplicate_ids(ch: ClickHouseResource, feed: Feed, table: pa.Table) -> dict:
-    """Duplicate message ids (and trade ids, for trades) among the stored rows of the batch's message-id span:
-    a primary-key and min/max-index range, so the cost does not grow with the table (the whole table is checked
-    by the scheduled `market_data_integrity` job)."""
-    if table.num_rows == 0:
-        return {"duplicate_message_ids": 0, "duplicate_trade_ids": 0}
-    dates = [d.isoformat() for d in pc.unique(table["date"]).to_pylist()]
-    trade = ", count() - uniqExact(instrument_id, trade_id)" if feed.name == "trades" else ", 0"
-    with ch.session() as c:
-        msg, trd = c.query(f"SELECT count() - uniqExact(topic, message_id){trade} FROM {DB}.{feed.name} "
-                           f"WHERE date IN %(d)s AND {IN_RANGE_SQL}",
-                           parameters={"d": dates, **id_range(table)}).first_row
+def duplicate_ids(feed: Feed, ch_span: pa.Table) -> dict:
+    """Duplicate message ids (and trade ids, for trades) among the stored rows of the batch's message-id span."""
+    n = ch_span.num_rows
+    msg = n - pc.count_distinct(ch_span["message_id"]).as_py() if n else 0
+    trd = 0
+    if feed.name == "trades" and n:
+        trd = n - ch_span.group_by(["instrument_id", "trade_id"]).aggregate([]).num_rows
     return {"duplicate_message_ids": int(msg), "duplicate_trade_ids": int(trd)}
 
 

@@ -10,7 +10,7 @@ from typing import Callable
 import pulsar
 import pyarrow as pa
 
-from resources.clickhouse import ClickHouseResource
+from resources.clickhouse import ClickHouseResource, lock_counters
 from resources.lake import LakeResource
 from resources.pulsar import PulsarResource
 from resources import system_topics
@@ -47,7 +47,7 @@ class BatchResult:
         return {**out, "already_stored": self.already_stored}
 
 
-def subscribe(client: pulsar.Client, feed: Feed, receiver_queue_size: int = 5000) -> pulsar.Consumer:
+def subscribe(client: pulsar.Client, feed: Feed, receiver_queue_size: int = 20_000) -> pulsar.Consumer:
     return client.subscribe(feed.topic, SUBSCRIPTION, consumer_type=pulsar.ConsumerType.Shared,
                             initial_position=pulsar.InitialPosition.Earliest,
                             receiver_queue_size=receiver_queue_size)
@@ -88,20 +88,20 @@ def to_raw(msgs: list) -> RawBatch:
                     is_replay=lambda i: msgs[i].properties().get(REPLAY_PROPERTY) == "historical")
 
 
-def receive_window(consumer: pulsar.Consumer, max_messages: int, window_s: float, poll_ms: int = 1000) -> list:
-    """One batch of a long-lived consumer: waits up to poll_ms for a first message, then takes what arrives
-    within window_s of it, at most max_messages."""
+def receive_window(consumer: pulsar.Consumer, max_messages: int, window_s: float, poll_ms: int = 1000,
+                   opened: float | None = None) -> list:
+    """One batch of a long-lived consumer: waits up to poll_ms for a first message, then takes what arrives until
+    window_s after `opened` (the previous batch's start; default: the first message), at most max_messages.
+    A commit that took longer than the window leaves only what is already queued to take: a batch starts at most
+    once a window, yet never waits when messages are waiting."""
     try:
         out = [consumer.receive(timeout_millis=poll_ms)]
     except pulsar.Timeout:
         return []
-    deadline = time.monotonic() + window_s
+    deadline = max(time.monotonic(), (opened or 0.0) + window_s) if opened else time.monotonic() + window_s
     while len(out) < max_messages:
-        left_ms = int((deadline - time.monotonic()) * 1000)
-        if left_ms <= 0:
-            break
         try:
-            out.append(consumer.receive(timeout_millis=left_ms))
+            out.append(consumer.receive(timeout_millis=max(0, int((deadline - time.monotonic()) * 1000))))
         except pulsar.Timeout:
             break
     return out
@@ -119,7 +119,7 @@ class Stream:
                  lateness_s: float, log: Callable[[str], None] = print):
         self.feed, self.pulsar_res, self.lake, self.ch = feed, pulsar_res, lake, ch
         self.lateness_ns, self.log = int(lateness_s * 1e9), log
-        self._client_cm = self.client = self.consumer = self.delta = self.announcer = None
+        self._client_cm = self.client = self.consumer = self.delta = self.announcer = self._opened = None
 
     def __enter__(self) -> "Stream":
         self._client_cm = self.pulsar_res.client()
@@ -139,7 +139,11 @@ class Stream:
         """A long-lived batch window, or (first=True) what is pending when a one-shot batch starts."""
         if first:
             return receive(self.consumer, max_messages, max_wait_s, first_ms=FIRST_MESSAGE_WAIT_MS)
-        return receive_window(self.consumer, max_messages, max_wait_s)
+        opened = time.monotonic()
+        msgs = receive_window(self.consumer, max_messages, max_wait_s, opened=self._opened)
+        if msgs:
+            self._opened = opened
+        return msgs
 
     def commit(self, batch_id: str, msgs: list, ack: bool = True) -> BatchResult:
         feed, ch, res = self.feed, self.ch, BatchResult(batch_id)
@@ -154,6 +158,7 @@ class Stream:
         res.consumed = len(msgs)
         if not msgs:
             return res
+        lock0 = lock_counters()
         raw = to_raw(msgs)
         res.first_message_id, res.last_message_id = raw.message_ids[0], raw.message_ids[-1]
         lap("unpack")
@@ -189,6 +194,9 @@ class Stream:
                 self.announcer = changes.Announcer(self.client)
             self.announcer.announce(batch_id, version, res.bar_keys)   # before the ack (changes.py)
             lap("announce")
+        lock1 = lock_counters()
+        res.seconds.update(chdb_wait=round(lock1["wait"] - lock0["wait"], 3),
+                           chdb_held=round(lock1["held"] - lock0["held"], 3))
         if ack:
             faults.point("before_ack", feed.name, batch_id)
             half = len(msgs) // 2

@@ -267,7 +267,7 @@ def vpin_buckets(context: dg.AssetExecutionContext, config: FollowConfig, clickh
             if chart:
                 meta["vpin_vs_price"] = chart
         inexact, outside = check_batch(clickhouse, firsts)
-        log_batch(context, KEY, batch.batch_id, meta, {"buckets_are_exact": (inexact == 0, {"inexact": inexact}),
+        log_batch(context, KEY, batch, meta, {"buckets_are_exact": (inexact == 0, {"inexact": inexact}),
                                                        "vpin_in_unit_interval": (outside == 0, {"outside": outside})})
         PRODUCT.announce(batch.client, KEY, batch.batch_id, **stats)
 

@@ -257,7 +257,7 @@ def portfolio_states(context: dg.AssetExecutionContext, config: FollowConfig, cl
                     meta["nav_curve"] = chart
             bad = nav_off(rows)
             off = positions_off(conn, rows, None if how == "replay" else {(f[2], f[3]) for f in new})
-            log_batch(context, KEY, batch.batch_id, meta, {
+            log_batch(context, KEY, batch, meta, {
                 "nav_reconciles": (not bad, {"portfolios_off": len(bad)}),
                 "positions_match_fills": (off == 0, {"positions_off": off})})
         PRODUCT.announce(batch.client, KEY, batch.batch_id, state_time=state_time.isoformat(),
