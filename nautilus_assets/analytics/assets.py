@@ -119,8 +119,9 @@ def indicators_1m(context: dg.AssetExecutionContext, config: FollowConfig, click
                 since[inst] = min(since.get(inst, m), m)
         if not since:
             return
-        stats = recompute(clickhouse, batch.batch_id, since, log=context.log.info)
-        missing, bad = check_batch(clickhouse, since)
+        with clickhouse.session():   # one open and one turn of chDB's lock for the batch's reads, writes, checks
+            stats = recompute(clickhouse, batch.batch_id, since, log=context.log.info)
+            missing, bad = check_batch(clickhouse, since)
         log_batch(context, KEY, batch, {
             **stats, "upstream_batches": len(batch.upstream), "first_changed_minute": min(since.values()).isoformat(),
             "dagster/column_lineage": LINEAGE}, {

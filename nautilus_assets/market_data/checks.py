@@ -7,9 +7,13 @@ import pyarrow.compute as pc
 from resources.clickhouse import ClickHouseResource
 from resources.lake import LakeResource
 
-from .ingest import BatchResult
+from typing import TYPE_CHECKING
+
 from .schema import Feed
 from .sinks import BARS_SELECT, DB, IN_RANGE_SQL, bronze_table, id_range, in_range_expr
+
+if TYPE_CHECKING:
+    from .ingest import BatchResult
 
 
 def delta_span(lake: LakeResource, feed: Feed, table: pa.Table, dt=None) -> pa.Table:
@@ -46,7 +50,7 @@ def stored_copies(table: pa.Table, ch_span: pa.Table, delta_span_: pa.Table) -> 
     return out
 
 
-def reconcile(res: BatchResult, copies: dict) -> tuple[bool, dict]:
+def reconcile(res: "BatchResult", copies: dict) -> tuple[bool, dict]:
     """Every consumed message is stored once in each sink, quarantined, or a duplicate within the batch."""
     accounted = res.valid + res.quarantined + res.duplicates_in_batch
     ok = accounted == res.consumed and all(copies[k] == res.valid for k in copies)

@@ -15,7 +15,7 @@ from resources.lake import LakeResource
 from resources.pulsar import PulsarResource
 from resources import system_topics
 
-from . import changes, faults, sinks
+from . import changes, checks, faults, sinks
 from .decode import RawBatch, decode, reject_reused_trade_ids
 from .schema import REPLAY_PROPERTY, SUBSCRIPTION, TRADES, Feed
 
@@ -36,6 +36,10 @@ class BatchResult:
     seconds: dict = field(default_factory=dict)
     rows: pa.Table | None = field(default=None, repr=False)        # the batch's valid rows
     bar_keys: list = field(default_factory=list, repr=False)       # (instrument, minute) the batch touched
+    # read for the batch's checks in its own chDB session, right after its writes (Stream(inspect=True))
+    stored_span: pa.Table | None = field(default=None, repr=False)  # ClickHouse rows of its message-id span
+    bars_check: dict | None = field(default=None, repr=False)
+    table_rows: int = -1
 
     @property
     def already_stored(self) -> int:
@@ -43,8 +47,11 @@ class BatchResult:
         return self.valid - self.written_clickhouse
 
     def as_dict(self) -> dict:
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("rows", "bar_keys")}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in DETAIL_FIELDS}
         return {**out, "already_stored": self.already_stored}
+
+
+DETAIL_FIELDS = ("rows", "bar_keys", "stored_span", "bars_check", "table_rows")
 
 
 def subscribe(client: pulsar.Client, feed: Feed, receiver_queue_size: int = 20_000) -> pulsar.Consumer:
@@ -116,8 +123,9 @@ class Stream:
     updated incrementally, so a batch never re-reads the table's log from the start."""
 
     def __init__(self, feed: Feed, pulsar_res: PulsarResource, lake: LakeResource, ch: ClickHouseResource,
-                 lateness_s: float, log: Callable[[str], None] = print):
+                 lateness_s: float, log: Callable[[str], None] = print, inspect: bool = False):
         self.feed, self.pulsar_res, self.lake, self.ch = feed, pulsar_res, lake, ch
+        self.inspect = inspect   # read what the batch's ClickHouse checks need while its session is open
         self.lateness_ns, self.log = int(lateness_s * 1e9), log
         self._client_cm = self.client = self.consumer = self.delta = self.announcer = self._opened = None
 
@@ -185,6 +193,11 @@ class Stream:
                     res.bar_keys = sinks.touched_minutes(dec.table)
                     res.bars_recomputed = sinks.recompute_bars(ch, res.bar_keys, batch_id, version)
                     lap("bars")
+                if self.inspect:   # in this session: a session of their own would cost an open and a lock turn
+                    res.stored_span = checks.clickhouse_span(ch, feed, dec.table)
+                    res.table_rows = int(ch.scalar(f"SELECT count() FROM {sinks.DB}.{feed.name}"))  # part metadata
+                    res.bars_check = checks.bars_mismatches(ch, res.bar_keys) if feed is TRADES else None
+                    lap("checks_clickhouse")
             res.written_delta, res.delta_version, self.delta = delta.result()
             lap("delta_wait")
         system_topics.publish_quarantine_alert(self.client, feed.topic, batch_id, len(msgs), dec.table.num_rows,

@@ -258,7 +258,9 @@ def vpin_buckets(context: dg.AssetExecutionContext, config: FollowConfig, clickh
                 since[inst] = min(since.get(inst, m), m)
         if not since:
             return
-        stats, firsts = recompute(clickhouse, lake, batch.batch_id, since, log=context.log.info)
+        with clickhouse.session():   # one open and one turn of chDB's lock for the batch's reads, writes, checks
+            stats, firsts = recompute(clickhouse, lake, batch.batch_id, since, log=context.log.info)
+            inexact, outside = check_batch(clickhouse, firsts)
         meta = {**stats, "upstream_batches": len(batch.upstream),
                 "first_changed_minute": min(since.values()).isoformat(), "dagster/column_lineage": LINEAGE}
         if firsts and time.monotonic() - last_plot[0] >= PLOT_EVERY_S:
@@ -266,7 +268,6 @@ def vpin_buckets(context: dg.AssetExecutionContext, config: FollowConfig, clickh
             chart = plot(clickhouse, min(firsts))
             if chart:
                 meta["vpin_vs_price"] = chart
-        inexact, outside = check_batch(clickhouse, firsts)
         log_batch(context, KEY, batch, meta, {"buckets_are_exact": (inexact == 0, {"inexact": inexact}),
                                                        "vpin_in_unit_interval": (outside == 0, {"outside": outside})})
         PRODUCT.announce(batch.client, KEY, batch.batch_id, **stats)
