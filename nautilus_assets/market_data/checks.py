@@ -1,13 +1,13 @@
 """Asset-check queries for a micro-batch: reconciliation, uniqueness, bars vs trades."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from resources.clickhouse import ClickHouseResource
 from resources.lake import LakeResource
-
-from typing import TYPE_CHECKING
 
 from .schema import Feed
 from .sinks import BARS_SELECT, DB, IN_RANGE_SQL, bronze_table, id_range, in_range_expr
@@ -50,7 +50,7 @@ def stored_copies(table: pa.Table, ch_span: pa.Table, delta_span_: pa.Table) -> 
     return out
 
 
-def reconcile(res: "BatchResult", copies: dict) -> tuple[bool, dict]:
+def reconcile(res: BatchResult, copies: dict) -> tuple[bool, dict]:
     """Every consumed message is stored once in each sink, quarantined, or a duplicate within the batch."""
     accounted = res.valid + res.quarantined + res.duplicates_in_batch
     ok = accounted == res.consumed and all(copies[k] == res.valid for k in copies)
@@ -81,7 +81,7 @@ def bars_mismatches(ch: ClickHouseResource, keys: list[tuple[str, int]], rel_tol
     if not keys:
         return {"bars_checked": 0, "mismatched": 0, "missing": 0}
     minutes = [m for _, m in keys]
-    close = lambda c: f"abs(b.{c} - r.{c}) <= {rel_tol} * greatest(abs(r.{c}), 1e-12)"  # noqa: E731
+    close = lambda c: f"abs(b.{c} - r.{c}) <= {rel_tol} * greatest(abs(r.{c}), 1e-12)"
     sql = f"""
     SELECT count(), countIf(b.instrument_id = ''),
            countIf(NOT ({' AND '.join(close(c) for c in ('open', 'high', 'low', 'close', 'volume', 'vwap',

@@ -3,17 +3,17 @@ then acknowledge. A message is acknowledged only after both sinks (and the quara
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
-from typing import Callable
 
 import pulsar
 import pyarrow as pa
 
+from resources import system_topics
 from resources.clickhouse import ClickHouseResource, lock_counters
 from resources.lake import LakeResource
 from resources.pulsar import PulsarResource
-from resources import system_topics
 
 from . import changes, checks, faults, sinks
 from .decode import RawBatch, decode, reject_reused_trade_ids
@@ -129,7 +129,7 @@ class Stream:
         self.lateness_ns, self.log = int(lateness_s * 1e9), log
         self._client_cm = self.client = self.consumer = self.delta = self.announcer = self._opened = None
 
-    def __enter__(self) -> "Stream":
+    def __enter__(self) -> Stream:
         self._client_cm = self.pulsar_res.client()
         self.client = self._client_cm.__enter__()
         self.consumer = subscribe(self.client, self.feed)
