@@ -110,7 +110,8 @@ def log_batch(context, key: dg.AssetKey, batch: Changes, metadata: dict, checks:
     batch_id, lock1 = batch.batch_id, lock_counters()
     metadata = {**metadata, "batch_id": batch_id, "seconds_batch": round(time.perf_counter() - batch.started, 3),
                 "seconds_chdb_wait": round(lock1["wait"] - batch.lock0["wait"], 3),
-                "seconds_chdb_held": round(lock1["held"] - batch.lock0["held"], 3)}
+                "seconds_chdb_held": round(lock1["held"] - batch.lock0["held"], 3),
+                "seconds_chdb_open": round(lock1["open"] - batch.lock0["open"], 3)}
     if batch.oldest_ms:
         metadata["seconds_behind_upstream"] = round(time.time() - batch.oldest_ms / 1000, 3)
     context.log_event(dg.AssetMaterialization(key, metadata=metadata, tags={

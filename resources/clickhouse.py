@@ -24,7 +24,11 @@ _local = threading.local()   # this thread's open sessions, by backend, and its 
 def lock_counters() -> dict:
     """This thread's chDB sessions so far: how many, seconds waited for the lock, seconds held (a batch's profile
     is the difference of two snapshots)."""
-    return dict(getattr(_local, "counters", None) or {"sessions": 0, "wait": 0.0, "held": 0.0})
+    return dict(getattr(_local, "counters", None) or {"sessions": 0, "wait": 0.0, "held": 0.0, "open": 0.0})
+
+
+def _count(key: str, seconds: float) -> None:
+    _local.counters = {**lock_counters(), key: lock_counters()[key] + seconds}
 
 
 @contextmanager
@@ -39,7 +43,7 @@ def _flock(path: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
-            _local.counters = {"sessions": c["sessions"] + 1, "wait": c["wait"] + t1 - t0,
+            _local.counters = {**lock_counters(), "sessions": c["sessions"] + 1, "wait": c["wait"] + t1 - t0,
                                "held": c["held"] + time.perf_counter() - t1}
 
 
@@ -78,11 +82,15 @@ class ClickHouseResource(dg.ConfigurableResource):
                 client.close()
             return
         with _flock(self.chdb_path.rstrip("/") + ".lock"):
+            t = time.perf_counter()
             client = clickhouse_connect.get_client(interface="chdb", path=self.chdb_path)
+            _count("open", time.perf_counter() - t)   # open + close: the fixed cost of a session, apart
             try:
                 yield client
             finally:
+                t = time.perf_counter()
                 client.close()
+                _count("open", time.perf_counter() - t)
 
     def ensure(self, statements: list[str]) -> None:
         """Run idempotent DDL (CREATE ... IF NOT EXISTS) in one session."""

@@ -82,3 +82,16 @@ def test_batch_by_batch_equals_full_history(clean, instance):
         events = [orjson.loads(m.data()) for m in receive(c, 100, 10, idle_ms=1000)]
         c.close()
     assert len(events) >= 5 and {e["product"] for e in events} == {"market_analytics"}
+
+
+def test_products_start_on_an_empty_store(clean, instance):
+    """A fresh instance, before any bar exists: the streaming products' first batch (bootstrap) finds nothing to
+    do and succeeds (chDB answers an empty query with a DataFrame that has no columns)."""
+    from nautilus_assets.market_data.bars import changed_since
+    from nautilus_assets.microstructure import assets as micro
+    res = clean
+    assert changed_since(res["clickhouse"], 0) == {}
+    for product in (analytics.indicators_1m, micro.vpin_buckets):
+        result = dg.materialize([product], instance=instance, resources={
+            "clickhouse": res["clickhouse"], "pulsar": res["pulsar"], "lake": res["lake"]})
+        assert result.success

@@ -10,9 +10,10 @@ CURSOR_MARGIN_NS = 60 * 10**9  # re-read bars written up to a minute before the 
 
 def changed_since(ch: ClickHouseResource, cursor: int) -> dict[str, pd.Timestamp]:
     """Per instrument, the first minute whose bar was (re)written after version `cursor`."""
-    df = ch.query_df(f"SELECT instrument_id, min(minute) AS since FROM {BARS} WHERE version > %(c)s "
-                     "GROUP BY instrument_id", parameters={"c": max(0, cursor - CURSOR_MARGIN_NS)})
-    return dict(zip(df["instrument_id"].astype(str), df["since"]))
+    with ch.session() as c:   # rows, not a DataFrame: chDB returns an empty one without its columns
+        rows = c.query(f"SELECT instrument_id, min(minute) AS since FROM {BARS} WHERE version > %(c)s "
+                       "GROUP BY instrument_id", parameters={"c": max(0, cursor - CURSOR_MARGIN_NS)}).result_rows
+    return {str(inst): pd.Timestamp(since) for inst, since in rows}
 
 
 def bars_from(ch: ClickHouseResource, instrument: str, start) -> pd.DataFrame:

@@ -209,7 +209,8 @@ class Stream:
             lap("announce")
         lock1 = lock_counters()
         res.seconds.update(chdb_wait=round(lock1["wait"] - lock0["wait"], 3),
-                           chdb_held=round(lock1["held"] - lock0["held"], 3))
+                           chdb_held=round(lock1["held"] - lock0["held"], 3),
+                           chdb_open=round(lock1["open"] - lock0["open"], 3))
         if ack:
             faults.point("before_ack", feed.name, batch_id)
             half = len(msgs) // 2
