@@ -61,6 +61,8 @@ STREAMING_VARS = {
     "NAUTILUS_HANDOVER_LEAD_SECONDS": (90, "the sensor launches the successor this long before the lifetime ends"),
     "NAUTILUS_WATCHDOG_SILENT_SECONDS": (300, "an in-flight run that logged nothing this long is failed"),
     "NAUTILUS_LATENESS_BOUND_SECONDS": (7 * 86400, "older ts_event is quarantined (historical replays are exempt)"),
+    "NAUTILUS_RUN_RSS_HANDOVER_MB": (640, "a run whose resident memory passes this asks for its successor early "
+                                          "(embedded chDB keeps ~0.2 MB a table per session: chdb-io/chdb#298)"),
 }
 
 
@@ -73,6 +75,7 @@ class Streaming:
     handover_lead_s: float
     watchdog_silent_s: float
     lateness_bound_s: float
+    run_rss_handover_mb: float
 
     @property
     def run_max_runtime_s(self) -> int:
@@ -96,8 +99,8 @@ def streaming(env=None) -> Streaming:
         raise ValueError("NAUTILUS_HANDOVER_LEAD_SECONDS must be > 0 and below NAUTILUS_RUN_LIFETIME_SECONDS")
     if v["NAUTILUS_RUN_IDLE_SECONDS"] <= 0 or v["NAUTILUS_WATCHDOG_SILENT_SECONDS"] <= v["NAUTILUS_RUN_IDLE_SECONDS"]:
         raise ValueError("NAUTILUS_RUN_IDLE_SECONDS must be > 0 and below NAUTILUS_WATCHDOG_SILENT_SECONDS")
-    if v["NAUTILUS_LATENESS_BOUND_SECONDS"] <= 0:
-        raise ValueError("NAUTILUS_LATENESS_BOUND_SECONDS must be > 0")
+    if v["NAUTILUS_LATENESS_BOUND_SECONDS"] <= 0 or v["NAUTILUS_RUN_RSS_HANDOVER_MB"] <= 0:
+        raise ValueError("NAUTILUS_LATENESS_BOUND_SECONDS and NAUTILUS_RUN_RSS_HANDOVER_MB must be > 0")
     return Streaming(int(v["NAUTILUS_BATCH_MAX_MESSAGES"]), *(v[k] for k in list(STREAMING_VARS)[1:]))
 
 

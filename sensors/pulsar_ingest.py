@@ -27,7 +27,7 @@ from dagster._core.launcher import DefaultRunLauncher
 from dagster._core.storage.dagster_run import FINISHED_STATUSES, NOT_FINISHED_STATUSES
 
 from nautilus_assets.market_data.assets import BATCH_TAG, INGEST_JOBS, STREAM
-from nautilus_assets.market_data.handover import PREDECESSOR_TAG, successor_due
+from nautilus_assets.market_data.handover import PREDECESSOR_TAG, SUCCESSOR_WANTED_TAG, successor_due
 from nautilus_assets.market_data.schema import FEEDS, SUBSCRIPTION, Feed
 from resources.pulsar import PulsarResource
 
@@ -150,7 +150,9 @@ def build_stream_sensor(sensor_name: str, name: str, topics: tuple[str, ...], su
             current = alive[0]
             if not successor_due(current, now, STREAM.run_lifetime_s, STREAM.handover_lead_s):
                 return dg.SkipReason(f"run {current.dagster_run.run_id} for {label} is in flight")
-            reason = f"handover: run {current.dagster_run.run_id} nears the end of its lifetime"
+            wanted = current.dagster_run.tags.get(SUCCESSOR_WANTED_TAG)
+            reason = (f"handover: run {current.dagster_run.run_id} "
+                      f"{f'wants a successor ({wanted})' if wanted else 'nears the end of its lifetime'}")
             extra_tags[PREDECESSOR_TAG] = current.dagster_run.run_id
         else:
             last = context.instance.get_run_records(dg.RunsFilter(job_name=job.name), limit=1)

@@ -15,7 +15,8 @@ from dagster._core.test_utils import create_run_for_test
 
 from nautilus_assets.definitions import defs
 from nautilus_assets.market_data.assets import BARS_KEY, BATCH_TAG, TRADES_KEY
-from nautilus_assets.market_data.handover import HANDOVER_TAG, PREDECESSOR_TAG, RELEASED_TAG, successor_due
+from nautilus_assets.market_data.handover import (HANDOVER_TAG, PREDECESSOR_TAG, RELEASED_TAG, SUCCESSOR_WANTED_TAG,
+                                                  successor_due)
 from nautilus_assets.market_data.schema import SUBSCRIPTION, TRADES
 from nautilus_assets.market_data.simulator import MarketSimulator
 from resources.pulsar import PulsarResource
@@ -32,7 +33,7 @@ def test_streaming_settings_are_validated():
     assert streaming({}).run_lifetime_s == 600 and streaming({}).batch_max_wait_s == 0.5
     for bad in ({"NAUTILUS_BATCH_MAX_MESSAGES": "0"}, {"NAUTILUS_BATCH_MAX_WAIT_SECONDS": "-1"},
                 {"NAUTILUS_HANDOVER_LEAD_SECONDS": "700"}, {"NAUTILUS_RUN_IDLE_SECONDS": "400"},
-                {"NAUTILUS_LATENESS_BOUND_SECONDS": "-5"}):
+                {"NAUTILUS_LATENESS_BOUND_SECONDS": "-5"}, {"NAUTILUS_RUN_RSS_HANDOVER_MB": "0"}):
         with pytest.raises(ValueError):
             streaming(bad)
 
@@ -56,6 +57,8 @@ def test_successor_is_due_a_handover_lead_before_the_lifetime_ends():
         assert successor_due(rec, t0 + 511, lifetime_s=600, lead_s=90)
         inst.add_run_tags(rec.dagster_run.run_id, {HANDOVER_TAG: "someone"})   # a successor already asked
         assert not successor_due(_record(inst, rec.dagster_run.run_id), t0 + 511, lifetime_s=600, lead_s=90)
+        young = _record(inst, _started(inst, tags={SUCCESSOR_WANTED_TAG: "rss 700 MB"}).run_id)  # over its budget
+        assert successor_due(young, t0 + 1, lifetime_s=600, lead_s=90)
 
 
 def test_sensor_launches_the_successor_near_the_end_of_the_lifetime_and_nothing_more(monkeypatch):
@@ -96,8 +99,10 @@ def _trades(n, seed):
     return MarketSimulator(["AAPL.XNAS", "SPY.ARCX"], seed=seed, start_ns=time.time_ns() - 5 * 60 * 10**9).take(n, 0)[0]
 
 
-def test_one_run_commits_batches_back_to_back_each_recorded(clean, instance):
+def test_one_run_commits_batches_back_to_back_each_recorded(clean, instance, monkeypatch):
     res = clean
+    from nautilus_assets.market_data import assets as md_assets
+    monkeypatch.setattr(md_assets, "STREAM", streaming({"NAUTILUS_RUN_RSS_HANDOVER_MB": "1"}))   # any run is over
     trades = _trades(6000, seed=31)
     pub = _publish_paced(res, trades, chunks=6, pause_s=1.5)
     result = defs.resolve_job_def("ingest_trades").execute_in_process(
@@ -123,6 +128,8 @@ def test_one_run_commits_batches_back_to_back_each_recorded(clean, instance):
     stored = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=TRADES_KEY), limit=100).records
     assert len([r for r in stored if r.run_id == result.run_id]) == len(mats)
     assert res["pulsar"].backlog(TRADES.topic, SUBSCRIPTION) == 0
+    # over its memory budget, the run asked for a successor (and kept committing until then: idle here)
+    assert instance.get_run_by_id(result.run_id).tags[SUCCESSOR_WANTED_TAG].startswith("rss ")
 
 
 PREDECESSOR = textwrap.dedent("""

@@ -109,18 +109,26 @@ def _versions(res: BatchResult) -> dict:
 
 def stop_reason(context, started: float, last_data: float, batches: int, config: BatchConfig,
                  checked: list) -> str | None:
-    """Why the run should stop committing now: a successor asked for the subscription, the lifetime ran out
-    with no successor in sight for two handover leads, idle, or the batch bound."""
+    """Why the run should stop committing now: a successor asked for the subscription, the lifetime (or the
+    memory budget) ran out with no successor in sight for two handover leads, idle, or the batch bound. `checked`
+    holds the last look at the run's tags and, once asked for, when the memory budget wanted a successor."""
     now = time.monotonic()
     if config.max_batches and batches >= config.max_batches:
         return f"batch bound ({batches})"
-    if now - checked[0] >= 1.0:   # one look at the run's tags a second
+    if now - checked[0] >= 1.0:   # one look at the run's tags (and its memory) a second
         checked[0] = now
         succ = handover.handover_requested(context.instance, context.run.run_id)
         if succ:
             return f"handover to run {succ}"
+        if len(checked) == 1 and (mb := handover.rss_mb()) > STREAM.run_rss_handover_mb:
+            checked.append(now)
+            context.log.info(f"resident memory {mb:.0f} MB > {STREAM.run_rss_handover_mb:.0f} MB: asking for a "
+                             "successor")
+            context.instance.add_run_tags(context.run.run_id, {handover.SUCCESSOR_WANTED_TAG: f"rss {mb:.0f} MB"})
     if now - started >= config.lifetime_seconds + 2 * STREAM.handover_lead_s:
         return "lifetime (no successor took over)"
+    if len(checked) > 1 and now - checked[1] >= 2 * STREAM.handover_lead_s:
+        return "memory budget (no successor took over)"
     if now - last_data >= config.idle_seconds:
         return f"idle for {config.idle_seconds:.0f}s"
     return None

@@ -7,6 +7,7 @@ in hand, acknowledges it, closes its consumer and tags itself released; then the
 gap is one poll of the run's tags, not a run launch. Through the Dagster instance only: no other channel."""
 from __future__ import annotations
 
+import os
 import time
 from typing import Callable
 
@@ -15,6 +16,7 @@ import dagster as dg
 PREDECESSOR_TAG = "nautilus/predecessor"   # on a successor: the run it takes over from
 HANDOVER_TAG = "nautilus/handover_to"      # on a predecessor: the successor waiting for the subscription
 RELEASED_TAG = "nautilus/released"         # on a predecessor: its consumer is closed, every batch acknowledged
+SUCCESSOR_WANTED_TAG = "nautilus/successor_wanted"   # on a run: wants its successor before its lifetime ends (why)
 POLL_S = 0.2
 
 
@@ -56,5 +58,16 @@ def successor_due(record, now: float, lifetime_s: float, lead_s: float) -> bool:
     run = record.dagster_run
     if run.status != dg.DagsterRunStatus.STARTED or RELEASED_TAG in run.tags or HANDOVER_TAG in run.tags:
         return False
+    if SUCCESSOR_WANTED_TAG in run.tags:
+        return True
     started = record.start_time or record.create_timestamp.timestamp()
     return now >= started + lifetime_s - lead_s
+
+
+def rss_mb() -> float:
+    """This process's resident memory (Linux /proc; 0 where there is none)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return 0.0
