@@ -17,7 +17,6 @@ import dagster as dg
 from clickhouse_connect.driver.client import Client
 from pydantic import Field
 
-
 _local = threading.local()   # this thread's open sessions, by backend, and its lock counters
 
 

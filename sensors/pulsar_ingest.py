@@ -27,7 +27,11 @@ from dagster._core.launcher import DefaultRunLauncher
 from dagster._core.storage.dagster_run import FINISHED_STATUSES, NOT_FINISHED_STATUSES
 
 from nautilus_assets.market_data.assets import BATCH_TAG, INGEST_JOBS, STREAM
-from nautilus_assets.market_data.handover import PREDECESSOR_TAG, SUCCESSOR_WANTED_TAG, successor_due
+from nautilus_assets.market_data.handover import (
+    PREDECESSOR_TAG,
+    SUCCESSOR_WANTED_TAG,
+    successor_due,
+)
 from nautilus_assets.market_data.schema import FEEDS, SUBSCRIPTION, Feed
 from resources.pulsar import PulsarResource
 

@@ -15,8 +15,13 @@ from dagster._core.test_utils import create_run_for_test
 
 from nautilus_assets.definitions import defs
 from nautilus_assets.market_data.assets import BARS_KEY, BATCH_TAG, TRADES_KEY
-from nautilus_assets.market_data.handover import (HANDOVER_TAG, PREDECESSOR_TAG, RELEASED_TAG, SUCCESSOR_WANTED_TAG,
-                                                  successor_due)
+from nautilus_assets.market_data.handover import (
+    HANDOVER_TAG,
+    PREDECESSOR_TAG,
+    RELEASED_TAG,
+    SUCCESSOR_WANTED_TAG,
+    successor_due,
+)
 from nautilus_assets.market_data.schema import SUBSCRIPTION, TRADES
 from nautilus_assets.market_data.simulator import MarketSimulator
 from resources.pulsar import PulsarResource
