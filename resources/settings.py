@@ -61,7 +61,7 @@ STREAMING_VARS = {
     "NAUTILUS_HANDOVER_LEAD_SECONDS": (90, "the sensor launches the successor this long before the lifetime ends"),
     "NAUTILUS_WATCHDOG_SILENT_SECONDS": (300, "an in-flight run that logged nothing this long is failed"),
     "NAUTILUS_LATENESS_BOUND_SECONDS": (7 * 86400, "older ts_event is quarantined (historical replays are exempt)"),
-    "NAUTILUS_RUN_RSS_HANDOVER_MB": (640, "a run whose resident memory passes this asks for its successor early "
+    "NAUTILUS_RUN_RSS_HANDOVER_MB": (896, "a run whose resident memory passes this asks for its successor early "
                                           "(embedded chDB keeps ~0.2 MB a table per session: chdb-io/chdb#298)"),
 }
 

@@ -64,3 +64,21 @@ def test_vpin_batch_by_batch_equals_full_history(clean, instance):
         np.testing.assert_allclose(m[col], m[col + "_ref"], rtol=1e-9, atol=1e-9, equal_nan=True, err_msg=col)
     assert m["vpin"].notna().sum() > 100 and m["vpin"].max() <= 1
 
+
+
+def test_a_run_remembers_daily_parameters_and_rechecks_missing_ones(clean):
+    """params_for with a run's memo: a day without parameters is not looked up again (no lake read per batch)
+    until NO_PARAMS_RECHECK_S has passed; then the stored parameters are found and kept."""
+    import datetime
+    res = clean
+    ch, lake, day, memo = res["clickhouse"], res["lake"], datetime.date(2026, 11, 30), {}
+    ch.ensure(micro.DDL)
+    assert micro.params_for(ch, lake, "AAPL.XNAS", [day], memo) == {} and memo[("AAPL.XNAS", day)][0] is None
+    ch.command(f"INSERT INTO {micro.DB}.vpin_params (instrument_id, date, sigma, bucket_volume, version) "
+               "VALUES ('AAPL.XNAS', '2026-11-30', 0.25, 1000, 1)")
+    assert micro.params_for(ch, lake, "AAPL.XNAS", [day], memo) == {}   # remembered as missing
+    memo[("AAPL.XNAS", day)] = (None, time.monotonic() - micro.NO_PARAMS_RECHECK_S - 1)
+    want = {day: {"sigma": 0.25, "bucket_volume": 1000.0}}
+    assert micro.params_for(ch, lake, "AAPL.XNAS", [day], memo) == want
+    ch.command(f"TRUNCATE TABLE {micro.DB}.vpin_params")
+    assert micro.params_for(ch, lake, "AAPL.XNAS", [day], memo) == want   # fixed for the day: not read again

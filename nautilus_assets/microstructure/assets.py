@@ -73,9 +73,28 @@ LINEAGE = dg.TableColumnLineage(deps_by_column={
     n: [dg.TableColumnDep(asset_key=k, column_name=c) for k, c in deps] for n, _, _, deps in COLUMNS if deps})
 
 
-def params_for(ch: ClickHouseResource, lake: LakeResource, instrument: str, days: list[date]) -> dict:
-    """{day: {sigma, bucket_volume}} for the days that have parameters: stored ones, else computed (and stored)
-    from the lake's trades of the 20 trading days before each day, read once for all the missing days."""
+NO_PARAMS_RECHECK_S = 300   # a day without parameters (no earlier trades in the lake) is looked up again after this
+
+
+def params_for(ch: ClickHouseResource, lake: LakeResource, instrument: str, days: list[date],
+               memo: dict | None = None) -> dict:
+    """{day: {sigma, bucket_volume}} for the days that have parameters. A day's parameters come from past days
+    only and are fixed for it, so a long-lived run remembers them in `memo` ((instrument, day) -> (params or None,
+    when looked up)); it also remembers for NO_PARAMS_RECHECK_S that a day has none, instead of reading the lake
+    for them (inside the batch's chDB session) in every batch."""
+    memo = {} if memo is None else memo
+    now = time.monotonic()
+    todo = [d for d in days if (instrument, d) not in memo
+            or (memo[(instrument, d)][0] is None and now - memo[(instrument, d)][1] > NO_PARAMS_RECHECK_S)]
+    found = _params_for(ch, lake, instrument, todo) if todo else {}
+    for d in todo:
+        memo[(instrument, d)] = (found.get(d), now)
+    return {d: memo[(instrument, d)][0] for d in days if memo[(instrument, d)][0] is not None}
+
+
+def _params_for(ch: ClickHouseResource, lake: LakeResource, instrument: str, days: list[date]) -> dict:
+    """Stored parameters, else computed (and stored) from the lake's trades of the 20 trading days before each
+    day, read once for all the missing days."""
     with ch.session() as c:
         rows = c.query(f"SELECT date, sigma, bucket_volume FROM {DB}.vpin_params FINAL WHERE instrument_id = %(i)s "
                        "AND date IN %(d)s", parameters={"i": instrument, "d": days}).result_rows
@@ -116,7 +135,7 @@ def _state_minutes(ch: ClickHouseResource, instrument: str, start: pd.Timestamp)
 
 
 def replay(ch: ClickHouseResource, lake: LakeResource, instrument: str, since: pd.Timestamp, run_id: str,
-           log=print) -> tuple[int, int | None]:
+           log=print, memo: dict | None = None) -> tuple[int, int | None]:
     """Recompute an instrument's buckets from its latest state at or before `since` onwards.
 
     States are kept before the first bar of each UTC day, before the latest bar (the minute still filling, which
@@ -136,7 +155,7 @@ def replay(ch: ClickHouseResource, lake: LakeResource, instrument: str, since: p
     if m0 is not None:
         cuts.add(m0)
     out, checkpoints, version = [], [], time.time_ns()
-    params = params_for(ch, lake, instrument, sorted(bars["date"].unique()))
+    params = params_for(ch, lake, instrument, sorted(bars["date"].unique()), memo)
     for day, g in bars.groupby("date", sort=True):
         p = params.get(day)
         seg = np.cumsum(g["minute"].isin(cuts).to_numpy() | (np.arange(len(g)) == 0))   # segments start at cuts
@@ -194,12 +213,13 @@ def plot(ch: ClickHouseResource, instrument: str) -> dg.MetadataValue | None:
     return png_markdown(fig, "VPIN against price")
 
 
-def recompute(ch: ClickHouseResource, lake: LakeResource, run_id: str, since: dict, log=print) -> tuple[dict, dict]:
+def recompute(ch: ClickHouseResource, lake: LakeResource, run_id: str, since: dict, log=print,
+              memo: dict | None = None) -> tuple[dict, dict]:
     """Replay each instrument from its state at or before its `since`. Returns (counts, first bucket_seq written
     per instrument)."""
     stats, firsts = {"instruments": 0, "buckets_written": 0}, {}
     for instrument, first in sorted(since.items()):
-        n, seq = replay(ch, lake, instrument, pd.Timestamp(first), run_id, log)
+        n, seq = replay(ch, lake, instrument, pd.Timestamp(first), run_id, log, memo)
         stats["buckets_written"] += n
         stats["instruments"] += 1
         if n:
@@ -249,7 +269,7 @@ PLOT_EVERY_S = 60   # a chart a minute, not a chart a batch
                  dg.AssetCheckSpec("vpin_in_unit_interval", asset=KEY, description="0 <= VPIN <= 1")])
 def vpin_buckets(context: dg.AssetExecutionContext, config: FollowConfig, clickhouse: ClickHouseResource,
                  lake: LakeResource, pulsar: PulsarResource):
-    last_plot = [0.0]
+    last_plot, params = [0.0], {}   # params: the run's memo of each day's VPIN parameters (params_for)
 
     def apply(batch: Changes) -> None:
         since = dict(batch.since)
@@ -259,7 +279,7 @@ def vpin_buckets(context: dg.AssetExecutionContext, config: FollowConfig, clickh
         if not since:
             return
         with clickhouse.session():   # one open and one turn of chDB's lock for the batch's reads, writes, checks
-            stats, firsts = recompute(clickhouse, lake, batch.batch_id, since, log=context.log.info)
+            stats, firsts = recompute(clickhouse, lake, batch.batch_id, since, log=context.log.info, memo=params)
             inexact, outside = check_batch(clickhouse, firsts)
         meta = {**stats, "upstream_batches": len(batch.upstream),
                 "first_changed_minute": min(since.values()).isoformat(), "dagster/column_lineage": LINEAGE}
