@@ -23,7 +23,6 @@ from nautilus_assets.market_data import faults
 from nautilus_assets.audit.provenance import range_in_lake, rematerialize, trace
 from nautilus_assets.audit.report import write
 from nautilus_assets.definitions import defs
-from nautilus_assets.market_data.assets import TRADES_KEY
 from nautilus_assets.market_data.daily import KEY as BARS_1D
 from nautilus_assets.analytics.assets import indicators_1m
 from nautilus_assets.market_data.daily import bars_1d
