@@ -43,33 +43,44 @@ LINEAGE = dg.TableColumnLineage(deps_by_column={
     "instrument_id": [dg.TableColumnDep(asset_key=BARS_KEY, column_name="instrument_id")],
     "minute": [dg.TableColumnDep(asset_key=BARS_KEY, column_name="minute")]})
 
-def window(ch: ClickHouseResource, instrument: str, since) -> pd.DataFrame:
-    """Bars from LOOKBACK_BARS before `since` (and at least from its UTC midnight) onwards."""
-    return ch.query_df(
-        f"WITH toDateTime(%(s)s, 'UTC') AS since SELECT * FROM {BARS} WHERE instrument_id = %(i)s "
-        f"AND minute >= least(toStartOfDay(since), (SELECT min(minute) FROM (SELECT minute FROM {BARS} "
-        f"WHERE instrument_id = %(i)s AND minute < since ORDER BY minute DESC LIMIT {LOOKBACK_BARS}))) ORDER BY minute",
-        parameters={"i": instrument, "s": int(pd.Timestamp(since).timestamp())})
+def windows(ch: ClickHouseResource, since: dict) -> dict[str, pd.DataFrame]:
+    """Per instrument, its bars from LOOKBACK_BARS before its `since` minute (and at least from that minute's UTC
+    midnight) on, in time order: two queries for all the instruments, whatever their number."""
+    cond, params = since_condition(since, op="<")
+    with ch.session() as c:
+        back = dict(c.query(f"SELECT instrument_id, min(minute) FROM (SELECT instrument_id, minute FROM {BARS} "
+                            f"WHERE {cond} ORDER BY instrument_id, minute DESC LIMIT {LOOKBACK_BARS} BY instrument_id) "
+                            "GROUP BY instrument_id", parameters=params).result_rows)
+        start = {i: min(pd.Timestamp(m).floor("D"), pd.Timestamp(back[i]) if i in back else pd.Timestamp(m))
+                 for i, m in since.items()}
+        cond, params = since_condition(start)
+        bars = c.query_df(f"SELECT * FROM {BARS} WHERE {cond} ORDER BY instrument_id, minute", parameters=params)
+    if bars.empty:   # chDB answers an empty result with a frame without columns
+        return {}
+    bars["instrument_id"] = bars["instrument_id"].astype(str)
+    return {i: g.reset_index(drop=True) for i, g in bars.groupby("instrument_id", sort=True)}
 
 
 def recompute(ch: ClickHouseResource, run_id: str, since: dict, log=print) -> dict:
-    """Indicators for each instrument's bars from its `since` minute on; returns counts for metadata."""
-    stats = {"instruments": 0, "rows": 0}
-    for instrument, first in sorted(since.items()):
-        bars = window(ch, instrument, first)
-        if bars.empty:
-            continue
+    """Indicators for each instrument's bars from its `since` minute on, written in one insert; returns counts
+    for metadata."""
+    stats, out = {"instruments": 0, "rows": 0}, []
+    for instrument, bars in windows(ch, since).items():
+        first = since[instrument]
         ind = indicators(bars)
         keep = bars["minute"] >= first
         rows = pd.concat([bars.loc[keep, ["instrument_id", "minute", "close"]], ind[keep]], axis=1)
         rows["source_version"] = bars.loc[keep, "version"].astype("uint64")
-        rows["version"] = time.time_ns()
-        rows["run_id"] = run_id
-        with ch.session() as c:
-            c.insert_df(TABLE, rows.reset_index(drop=True))
+        out.append(rows)
         stats["instruments"] += 1
         stats["rows"] += int(keep.sum())
         log(f"{instrument}: {int(keep.sum())} bars from {first} (window {len(bars)} bars)")
+    if out:
+        rows = pd.concat(out, ignore_index=True)
+        rows["version"] = time.time_ns()
+        rows["run_id"] = run_id
+        with ch.session() as c:
+            c.insert_df(TABLE, rows)
     return stats
 
 

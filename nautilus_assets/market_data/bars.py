@@ -22,13 +22,14 @@ def bars_from(ch: ClickHouseResource, instrument: str, start) -> pd.DataFrame:
                        "ORDER BY minute", parameters={"i": instrument, "s": int(pd.Timestamp(start).timestamp())})
 
 
-def since_condition(since: dict[str, pd.Timestamp], alias: str = "") -> tuple[str, dict]:
-    """A WHERE condition (and its parameters) for "this instrument's rows from that minute on", per instrument:
-    a primary-key range of (instrument_id, minute) tables, so its cost follows the change, not the table."""
+def since_condition(since: dict[str, pd.Timestamp], alias: str = "", op: str = ">=") -> tuple[str, dict]:
+    """A WHERE condition (and its parameters) for "this instrument's rows from that minute on" (`op` "<": before
+    it), per instrument: a primary-key range of (instrument_id, minute) tables, so its cost follows the change, not
+    the table."""
     if not since:
         return "0", {}
     terms, params = [], {}
     for k, (inst, m) in enumerate(sorted(since.items())):
-        terms.append(f"({alias}instrument_id = %(i{k})s AND {alias}minute >= toDateTime(%(m{k})s, 'UTC'))")
+        terms.append(f"({alias}instrument_id = %(i{k})s AND {alias}minute {op} toDateTime(%(m{k})s, 'UTC'))")
         params.update({f"i{k}": inst, f"m{k}": int(pd.Timestamp(m).timestamp())})
     return "(" + " OR ".join(terms) + ")", params
