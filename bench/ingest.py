@@ -110,7 +110,7 @@ def preload(r, n: int, chunk: int = 1_000_000) -> None:
             t = c.query_arrow(f"SELECT {exprs} FROM ({gen}) WHERE number >= {k} AND number < {k + chunk}")
             t = pa.table(t)
             if schema is not None:
-                t = t.select([f.name for f in pa.schema(schema)]).cast(pa.schema(schema))
+                t = t.select([f.name for f in pa.schema(schema)]).cast(pa.schema(schema), safe=False)   # ts: Delta keeps µs
             write_deltalake(lake.uri(bronze_table(TRADES)), t, mode="append", partition_by=["date"],
                             storage_options=lake.storage_options)
     print(f"preloaded {n:,} rows into ClickHouse and Delta in {time.time() - t0:.0f}s", flush=True)
