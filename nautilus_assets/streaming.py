@@ -61,7 +61,7 @@ def follow(context, config: FollowConfig, pulsar_res: PulsarResource, subscripti
     prefix = tag or context.run.run_id
     handover.take_over(context.instance, context.run, STREAM.handover_wait_s, log=context.log.info)
     started = last_data = time.monotonic()
-    batches, checked, reason = 0, [started], None
+    batches, checked, reason = 0, {"look": started}, None
     try:
         with pulsar_res.client() as client:
             consumer = changes.subscribe(client, subscription, list(topics))

@@ -108,26 +108,26 @@ def _versions(res: BatchResult) -> dict:
 
 
 def stop_reason(context, started: float, last_data: float, batches: int, config: BatchConfig,
-                 checked: list) -> str | None:
+                 checked: dict) -> str | None:
     """Why the run should stop committing now: a successor asked for the subscription, the lifetime (or the
     memory budget) ran out with no successor in sight for two handover leads, idle, or the batch bound. `checked`
-    holds the last look at the run's tags and, once asked for, when the memory budget wanted a successor."""
+    holds the last look at the run's tags ("look") and when the memory budget asked for a successor ("wanted")."""
     now = time.monotonic()
     if config.max_batches and batches >= config.max_batches:
         return f"batch bound ({batches})"
-    if now - checked[0] >= 1.0:   # one look at the run's tags (and its memory) a second
-        checked[0] = now
+    if now - checked["look"] >= 1.0:   # one look at the run's tags (and its memory) a second
+        checked["look"] = now
         succ = handover.handover_requested(context.instance, context.run.run_id)
         if succ:
             return f"handover to run {succ}"
-        if len(checked) == 1 and (mb := handover.rss_mb()) > STREAM.run_rss_handover_mb:
-            checked.append(now)
+        if checked.get("wanted") is None and (mb := handover.rss_mb()) > STREAM.run_rss_handover_mb:
+            checked["wanted"] = now
             context.log.info(f"resident memory {mb:.0f} MB > {STREAM.run_rss_handover_mb:.0f} MB: asking for a "
                              "successor")
             context.instance.add_run_tags(context.run.run_id, {handover.SUCCESSOR_WANTED_TAG: f"rss {mb:.0f} MB"})
     if now - started >= config.lifetime_seconds + 2 * STREAM.handover_lead_s:
         return "lifetime (no successor took over)"
-    if len(checked) > 1 and now - checked[1] >= 2 * STREAM.handover_lead_s:
+    if checked.get("wanted") is not None and now - checked["wanted"] >= 2 * STREAM.handover_lead_s:
         return "memory budget (no successor took over)"
     if now - last_data >= config.idle_seconds:
         return f"idle for {config.idle_seconds:.0f}s"
@@ -141,7 +141,7 @@ def _stream(context: dg.AssetExecutionContext, config: BatchConfig, feed: Feed, 
     run_batch = context.run.tags.get(BATCH_TAG) or context.run.run_id
     handover.take_over(context.instance, context.run, STREAM.handover_wait_s, log=context.log.info)
     started = last_data = time.monotonic()
-    batches, checked, reason = 0, [started], None
+    batches, checked, reason = 0, {"look": started}, None
     recorder = Recorder(record)
     try:
         with Stream(feed, pulsar, lake, clickhouse, STREAM.lateness_bound_s, log=context.log.info,
@@ -165,7 +165,7 @@ def _stream(context: dg.AssetExecutionContext, config: BatchConfig, feed: Feed, 
 
 
 def _record(context, feed: Feed, key: dg.AssetKey, results: list[BatchResult], lake: LakeResource,
-            clickhouse: ClickHouseResource, state: dict) -> None:
+            state: dict) -> None:
     """Committed batches in Dagster: each one's materialization of the feed (and, for trades, of the bars) with
     its reconciliation, uniqueness (and bars) check evaluations. Their ClickHouse side was read in the batch's own
     session (Stream(inspect=True)); the Delta side is read here, through the recorder's own Delta handle."""
@@ -213,7 +213,7 @@ def ingest_trades(context: dg.AssetExecutionContext, config: BatchConfig, pulsar
     acknowledge; each batch recorded as materializations of trades and bars plus their check evaluations."""
     state: dict = {}
     _stream(context, config, TRADES, pulsar, lake, clickhouse,
-            lambda results: _record(context, TRADES, TRADES_KEY, results, lake, clickhouse, state))
+            lambda results: _record(context, TRADES, TRADES_KEY, results, lake, state))
     yield from ()
 
 
@@ -226,7 +226,7 @@ def ingest_quotes(context: dg.AssetExecutionContext, config: BatchConfig, pulsar
     """Micro-batches of level-1 quotes, back to back: consume, validate, Delta + ClickHouse, acknowledge."""
     state: dict = {}
     _stream(context, config, QUOTES, pulsar, lake, clickhouse,
-            lambda results: _record(context, QUOTES, QUOTES_KEY, results, lake, clickhouse, state))
+            lambda results: _record(context, QUOTES, QUOTES_KEY, results, lake, state))
     yield from ()
 
 
