@@ -31,3 +31,16 @@ def assert_bars_equal(stored: pd.DataFrame, ref: pd.DataFrame) -> None:
     ref["instrument_id"] = ref["instrument_id"].astype(str)
     ref["minute"] = ref["minute"].astype(stored["minute"].dtype)
     pd.testing.assert_frame_equal(stored.reset_index(drop=True), ref, check_dtype=False, rtol=1e-12, atol=0)
+
+
+def fail_orphaned_runs(instance, since: float) -> list[str]:
+    """After a test killed the daemon it spawned (and with it the run workers it launched), fail the runs left
+    unfinished: a run the sensor launched moments before the kill would otherwise stay in flight in the shared
+    instance, and the next test's sensor would wait on it."""
+    import dagster as dg
+    from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
+    left = [r.dagster_run for r in instance.get_run_records(dg.RunsFilter(statuses=list(NOT_FINISHED_STATUSES)))
+            if r.create_timestamp.timestamp() >= since]
+    for run in left:
+        instance.report_run_failed(run, "the test that launched it killed its daemon")
+    return [run.run_id for run in left]

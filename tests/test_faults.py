@@ -32,7 +32,7 @@ from nautilus_assets.market_data.schema import QUOTES, SUBSCRIPTION, TRADES
 from nautilus_assets.market_data.simulator import MarketSimulator, messages
 from scripts import services
 from scripts.publisher import Publisher as RawPublisher
-from tests.helpers import assert_bars_equal, reference_bars, stored_bars
+from tests.helpers import assert_bars_equal, fail_orphaned_runs, reference_bars, stored_bars
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -259,6 +259,7 @@ def test_exactly_once_under_injected_faults(clean, settings, instance):
         if pub.is_alive():
             pub.join(timeout=60)
         services.kill_groups({"daemon": daemon.pid})
+        fail_orphaned_runs(instance, t0 - 1)
         _set_automation(instance, False, saved_automation)
         for leftover in settings.home.glob("fault-plan.json.hold-*"):
             leftover.unlink()

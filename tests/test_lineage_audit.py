@@ -32,6 +32,7 @@ from scripts import services
 from scripts.cli import ROOT, spawn
 from scripts.history import write_history
 from tests.conftest import wait_for
+from tests.helpers import fail_orphaned_runs
 from tests.test_idempotency import counts, publish
 from nautilus_assets.market_data.schema import QUOTES, TRADES
 
@@ -109,6 +110,7 @@ def test_lineage_audit_after_daemon_runs(clean, settings, instance, tmp_path, mo
         wait_for(analytics_after_start, timeout=400, every=5, what="an automation-launched analytics run")
     finally:
         services.kill_groups({str(p.pid): p.pid for p in procs})
+        fail_orphaned_runs(instance, t0 - 1)
     check_audit(instance, res, settings, tmp_path, backfill_id, yesterday, t_test)
 
 

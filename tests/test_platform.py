@@ -10,6 +10,7 @@ import requests
 from scripts import services
 from scripts.cli import spawn
 from tests.conftest import wait_for
+from tests.helpers import fail_orphaned_runs
 from tests.test_idempotency import counts, publish
 from nautilus_assets.analytics import assets as analytics
 from nautilus_assets.market_data.schema import QUOTES, TRADES
@@ -49,6 +50,7 @@ def test_daemon_launches_sensor_batches_and_the_ui_shows_them(clean, settings, i
         assert "pulsar/market_data/trades" in nodes
     finally:
         services.kill_groups({str(p.pid): p.pid for p in procs})
+        fail_orphaned_runs(instance, t_start - 1)
         for p in procs:
             assert p.poll() is not None
 

@@ -36,6 +36,7 @@ from scripts.cli import BACKFILL, spawn
 from scripts.history import HISTORY_MODEL, simulate_days, write_history
 from scripts.publisher import Publisher
 from tests.conftest import reset_state, wait_for
+from tests.helpers import fail_orphaned_runs
 
 BIN = Path(sys.executable).parent
 INSTRUMENTS = ["AAPL.XNAS", "SPY.ARCX", "BTCUSDT.BINANCE"]
@@ -111,6 +112,7 @@ def platform(res, settings, instance):
     # start_run call more than gRPC's default 60 s, or the queued coordinator fails the run.
     quiet = dataclasses.replace(settings, env={**settings.env, "NAUTILUS_SAFETY_INTERVAL_SECONDS": "86400",
                                                "NAUTILUS_TIMER_SECONDS": "86400", "DAGSTER_GRPC_TIMEOUT_SECONDS": "300"})
+    t_daemon = time.time()
     procs = [spawn(quiet, "test-daemon", [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"]),
              spawn(quiet, "test-webserver", [str(BIN / "dagster-webserver"), "-w", "workspace.yaml", "-h",
                                               "127.0.0.1", "-p", str(settings.port("webserver"))])]
@@ -123,6 +125,7 @@ def platform(res, settings, instance):
         raise
     finally:
         services.kill_groups({str(p.pid): p.pid for p in procs})
+        fail_orphaned_runs(instance, t_daemon - 1)
         apply_pool_limits(instance)
 
 
