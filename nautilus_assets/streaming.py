@@ -24,7 +24,7 @@ from nautilus_assets.market_data import changes, handover
 from nautilus_assets.market_data.assets import BATCH_TAG, STREAM, stop_reason
 from nautilus_assets.market_data.ingest import FIRST_MESSAGE_WAIT_MS, receive, receive_window
 from nautilus_assets.pools import priority_tags
-from resources.clickhouse import lock_counters
+from resources.clickhouse import session_counters
 from resources.pulsar import PulsarResource
 from resources.topics import BARS_CHANGES
 
@@ -50,7 +50,7 @@ class Changes:
     first: bool = False                 # the run's first batch (a product may bootstrap its state here)
     oldest_ms: int = 0                  # publish time of its oldest announcement (how far behind the product is)
     started: float = field(default_factory=time.perf_counter)
-    lock0: dict = field(default_factory=lock_counters)
+    ch0: dict = field(default_factory=session_counters)
 
 
 def follow(context, config: FollowConfig, pulsar_res: PulsarResource, subscription: str,
@@ -107,11 +107,10 @@ def follow(context, config: FollowConfig, pulsar_res: PulsarResource, subscripti
 def log_batch(context, key: dg.AssetKey, batch: Changes, metadata: dict, checks: dict[str, tuple[bool, dict]]) -> None:
     """One batch of a streaming product in Dagster: its materialization (the batch id as data version, its cost
     and how far behind its upstream it ran) and each check's evaluation {name: (passed, metadata)}."""
-    batch_id, lock1 = batch.batch_id, lock_counters()
+    batch_id, ch1 = batch.batch_id, session_counters()
     metadata = {**metadata, "batch_id": batch_id, "seconds_batch": round(time.perf_counter() - batch.started, 3),
-                "seconds_chdb_wait": round(lock1["wait"] - batch.lock0["wait"], 3),
-                "seconds_chdb_held": round(lock1["held"] - batch.lock0["held"], 3),
-                "seconds_chdb_open": round(lock1["open"] - batch.lock0["open"], 3)}
+                "seconds_clickhouse": round(ch1["seconds"] - batch.ch0["seconds"], 3),
+                "seconds_clickhouse_connect": round(ch1["connect"] - batch.ch0["connect"], 3)}
     if batch.oldest_ms:
         metadata["seconds_behind_upstream"] = round(time.time() - batch.oldest_ms / 1000, 3)
     context.log_event(dg.AssetMaterialization(key, metadata=metadata, tags={

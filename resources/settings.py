@@ -5,6 +5,8 @@ services on 127.0.0.1 at ports derived from NAUTILUS_PORT_BASE, data under NAUTI
 local credentials generated on first start into NAUTILUS_HOME/credentials.env (mode 0600).
 Setting CLICKHOUSE_HOST, S3_ENDPOINT_URL, PULSAR_SERVICE_URL or DAGSTER_PG_HOST points that backend at
 a production server instead; `managed` then no longer includes it and the project starts nothing for it.
+Locally, ClickHouse is embedded chDB behind the project's own HTTP server (scripts/clickhouse_server.py), so
+every process reaches it as it would reach a production server.
 """
 from __future__ import annotations
 
@@ -19,11 +21,11 @@ from . import access
 # Offsets from NAUTILUS_PORT_BASE. SeaweedFS adds 10000 to some of its ports for gRPC.
 PORTS = {"postgres": 0, "s3": 1, "weed_master": 2, "weed_volume": 3, "weed_filer": 4, "weed_admin": 5,
          "weed_metrics": 6, "weed_debug": 7, "pulsar": 10, "pulsar_metrics": 11, "timescaledb": 12,
-         "pulsar_web": 13, "pulsar_bookie": 14, "webserver": 20}
+         "pulsar_web": 13, "pulsar_bookie": 14, "webserver": 20, "clickhouse": 21}
 # Which Pulsar broker the project starts for itself: Apache Pulsar standalone (jars from Maven Central,
 # scripts/pulsar_broker.py) or pulsar-lite (a small Rust broker from PyPI, no admin API).
 PULSAR_BROKERS = ("apache", "lite")
-CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "DAGSTER_PG_PASSWORD",
+CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "DAGSTER_PG_PASSWORD", "CLICKHOUSE_PASSWORD",
                    *access.password_vars())  # NAUTILUS_PG_<ROLE>_PASSWORD: the domains' login roles
 
 
@@ -61,8 +63,7 @@ STREAMING_VARS = {
     "NAUTILUS_HANDOVER_LEAD_SECONDS": (90, "the sensor launches the successor this long before the lifetime ends"),
     "NAUTILUS_WATCHDOG_SILENT_SECONDS": (300, "an in-flight run that logged nothing this long is failed"),
     "NAUTILUS_LATENESS_BOUND_SECONDS": (7 * 86400, "older ts_event is quarantined (historical replays are exempt)"),
-    "NAUTILUS_RUN_RSS_HANDOVER_MB": (896, "a run whose resident memory passes this asks for its successor early "
-                                          "(embedded chDB keeps ~0.2 MB a table per session: chdb-io/chdb#298)"),
+    "NAUTILUS_RUN_RSS_HANDOVER_MB": (896, "a run whose resident memory passes this asks for its successor early"),
 }
 
 
@@ -141,7 +142,7 @@ class Settings:
 
     @property
     def embedded_clickhouse(self) -> bool:
-        return not self.env.get("CLICKHOUSE_HOST")
+        return "clickhouse" in self.managed
 
     @property
     def webserver_url(self) -> str:
@@ -158,6 +159,12 @@ def load() -> Settings:
     if broker not in PULSAR_BROKERS:
         raise ValueError(f"NAUTILUS_PULSAR_BROKER={broker!r}: expected one of {', '.join(PULSAR_BROKERS)}")
     external_pulsar = bool(os.environ.get("PULSAR_SERVICE_URL"))
+    production = {"postgres": "DAGSTER_PG_HOST", "s3": "S3_ENDPOINT_URL", "pulsar": "PULSAR_SERVICE_URL",
+                  "clickhouse": "CLICKHOUSE_HOST"}
+    if "NAUTILUS_MANAGED" in os.environ:  # decided by the first load; apply() then filled the URLs in
+        managed = frozenset(filter(None, os.environ["NAUTILUS_MANAGED"].split(",")))
+    else:
+        managed = frozenset(k for k, var in production.items() if not os.environ.get(var))
     if len(creds) < len(CREDENTIAL_KEYS):  # embedded defaults fill in what production settings left out
         creds = {**ensure_credentials(home), **creds}
     env = {
@@ -177,12 +184,11 @@ def load() -> Settings:
                                  else f"http://127.0.0.1:{p['pulsar_web']}"),
         "PULSAR_METRICS_URL": _env("PULSAR_METRICS_URL", "" if external_pulsar or broker == "apache"
                                    else f"http://127.0.0.1:{p['pulsar_metrics']}/metrics"),
-        "CLICKHOUSE_HOST": _env("CLICKHOUSE_HOST"),
-        "CLICKHOUSE_PORT": _env("CLICKHOUSE_PORT", "8123"),
+        "CLICKHOUSE_HOST": _env("CLICKHOUSE_HOST", "127.0.0.1"),
+        "CLICKHOUSE_PORT": _env("CLICKHOUSE_PORT", str(p["clickhouse"]) if "clickhouse" in managed else "8123"),
         "CLICKHOUSE_USER": _env("CLICKHOUSE_USER", "default"),
-        "CLICKHOUSE_PASSWORD": _env("CLICKHOUSE_PASSWORD"),  # empty for chDB
         "CLICKHOUSE_SECURE": _env("CLICKHOUSE_SECURE", "false"),
-        "NAUTILUS_CHDB_PATH": _env("NAUTILUS_CHDB_PATH", str(home / "chdb")),
+        "NAUTILUS_CHDB_PATH": _env("NAUTILUS_CHDB_PATH", str(home / "chdb")),   # the local server's data
         "NAUTILUS_INSTRUMENTS": _env("NAUTILUS_INSTRUMENTS", "AAPL.XNAS,MSFT.XNAS,SPY.ARCX,ESZ6.GLBX,BTCUSDT.BINANCE"),
         **{k: _env(k, str(d)) for k, (d, _) in {**STREAMING_VARS, **LAKE_VARS}.items()},
         "NAUTILUS_SENSOR_INTERVAL_SECONDS": _env("NAUTILUS_SENSOR_INTERVAL_SECONDS", "4"),
@@ -191,11 +197,6 @@ def load() -> Settings:
         "DAGSTER_GRPC_TIMEOUT_SECONDS": _env("DAGSTER_GRPC_TIMEOUT_SECONDS", "180"),
         **creds,
     }
-    production = {"postgres": "DAGSTER_PG_HOST", "s3": "S3_ENDPOINT_URL", "pulsar": "PULSAR_SERVICE_URL"}
-    if "NAUTILUS_MANAGED" in os.environ:  # decided by the first load; apply() then filled the URLs in
-        managed = frozenset(filter(None, os.environ["NAUTILUS_MANAGED"].split(",")))
-    else:
-        managed = frozenset(k for k, var in production.items() if not os.environ.get(var))
     env["NAUTILUS_MANAGED"] = ",".join(sorted(managed))
     env["DAGSTER_PG_URL"] = _env("DAGSTER_PG_URL", dagster_pg_url(env, home / "pg" if "postgres" in managed else None))
     return Settings(instance=instance, home=home, port_base=base, env=env, managed=managed)
@@ -241,8 +242,7 @@ def build_resources(settings: Settings | None = None, for_dagster: bool = False)
     return {
         "clickhouse": ClickHouseResource(host=s["CLICKHOUSE_HOST"], port=int(s["CLICKHOUSE_PORT"]),
                                          username=s["CLICKHOUSE_USER"], password=secret("CLICKHOUSE_PASSWORD"),
-                                         secure=s["CLICKHOUSE_SECURE"].lower() == "true",
-                                         chdb_path=s["NAUTILUS_CHDB_PATH"]),
+                                         secure=s["CLICKHOUSE_SECURE"].lower() == "true"),
         "lake": LakeResource(endpoint_url=s["S3_ENDPOINT_URL"], access_key_id=secret("AWS_ACCESS_KEY_ID"),
                              secret_access_key=secret("AWS_SECRET_ACCESS_KEY"), region=s["AWS_REGION"],
                              bucket=s["NAUTILUS_LAKE_BUCKET"]),

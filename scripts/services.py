@@ -1,5 +1,6 @@
 """Start, report and stop the platform's own services: PostgreSQL 15, SeaweedFS (S3), Apache Pulsar
-(standalone, scripts/pulsar_broker.py; or pulsar-lite with NAUTILUS_PULSAR_BROKER=lite).
+(standalone, scripts/pulsar_broker.py; or pulsar-lite with NAUTILUS_PULSAR_BROKER=lite), and ClickHouse
+(embedded chDB behind scripts/clickhouse_server.py).
 
 Each service runs in its own process group on 127.0.0.1 with data under NAUTILUS_HOME and ports
 from NAUTILUS_PORT_BASE, so several instances (the run command, the tests) live side by side.
@@ -192,6 +193,16 @@ def start_pulsar_lite(s: Settings) -> None:
     wait_port(s.port("pulsar_metrics"), "pulsar-lite metrics")
 
 
+# ---- ClickHouse: embedded chDB behind the project's HTTP server (scripts/clickhouse_server.py) ----------------
+def start_clickhouse(s: Settings) -> None:
+    port = s.port("clickhouse")
+    if not port_open(port):
+        _spawn(s, "clickhouse", [sys.executable, str(Path(__file__).with_name("clickhouse_server.py")),
+                                 "--path", s["NAUTILUS_CHDB_PATH"], "--port", str(port), "--user", s["CLICKHOUSE_USER"]],
+               env={"CLICKHOUSE_PASSWORD": s["CLICKHOUSE_PASSWORD"]})
+    wait_port(port, "ClickHouse (chDB) HTTP server")
+
+
 # ---- TimescaleDB (PGlite build, for the portfolio store's hypertable path) -------------------------------
 def start_timescaledb(s: Settings) -> int:
     """Serve PGlite + TimescaleDB on 127.0.0.1 (npm packages pinned by scripts/timescaledb/package-lock.json)."""
@@ -210,7 +221,7 @@ def start_timescaledb(s: Settings) -> int:
 
 
 # ---- all --------------------------------------------------------------------------------------------------
-STARTERS = {"postgres": start_postgres, "s3": start_s3, "pulsar": start_pulsar}
+STARTERS = {"postgres": start_postgres, "s3": start_s3, "pulsar": start_pulsar, "clickhouse": start_clickhouse}
 
 
 def start(s: Settings) -> None:
@@ -231,7 +242,8 @@ def start(s: Settings) -> None:
 
 
 def status(s: Settings) -> dict[str, str]:
-    ports = {"postgres": s.port("postgres"), "s3": s.port("s3"), "pulsar": s.port("pulsar")}
+    ports = {"postgres": s.port("postgres"), "s3": s.port("s3"), "pulsar": s.port("pulsar"),
+             "clickhouse": s.port("clickhouse")}
     out = {n: (f"up on 127.0.0.1:{p}" if port_open(p) else "down") if n in s.managed else "external"
            for n, p in ports.items()}
     if "pulsar" in s.managed and s["NAUTILUS_PULSAR_BROKER"] == "apache" and port_open(s.port("pulsar")):

@@ -50,23 +50,3 @@ def test_maintenance_job_and_integrity_checks_run(clean):
     assert len(evals) == 2 and all(e.passed for e in evals)
     assert {e.metadata["rows"].value for e in evals if e.asset_key == dg.AssetKey(["market_data_feed", "trades"])} \
         == {500}
-
-
-def test_chdb_sessions_leave_no_outdated_parts(res):
-    """A merge's replaced parts are gone when the session closes (chDB alone keeps them ~30 s past an open, which
-    short sessions never reach, and every later open would load them), and the merged data is intact."""
-    ch, table = res["clickhouse"], "scratch_outdated_parts"
-    ch.command("CREATE DATABASE IF NOT EXISTS scratch")
-    ch.command(f"DROP TABLE IF EXISTS scratch.{table}")
-    ch.command(f"CREATE TABLE scratch.{table} (d Date, a UInt64) ENGINE = ReplacingMergeTree "
-               "PARTITION BY toYYYYMM(d) ORDER BY a")
-    with ch.session() as c:
-        for k in range(20):
-            c.command(f"INSERT INTO scratch.{table} SELECT today(), number FROM numbers({k * 100}, 100)")
-        c.command(f"OPTIMIZE TABLE scratch.{table} FINAL")   # 20 parts merged into one: 20 outdated parts
-        assert c.query(f"SELECT count() FROM system.parts WHERE table = '{table}' AND NOT active").first_row[0] > 0
-    with ch.session() as c:
-        parts = c.query(f"SELECT countIf(active), countIf(NOT active), sumIf(rows, active) FROM system.parts "
-                        f"WHERE database = 'scratch' AND table = '{table}'").first_row
-        c.command(f"DROP TABLE scratch.{table}")
-    assert parts == (1, 0, 2000)

@@ -11,7 +11,7 @@ import pulsar
 import pyarrow as pa
 
 from resources import system_topics
-from resources.clickhouse import ClickHouseResource, lock_counters
+from resources.clickhouse import ClickHouseResource, session_counters
 from resources.lake import LakeResource
 from resources.pulsar import PulsarResource
 
@@ -166,16 +166,15 @@ class Stream:
         res.consumed = len(msgs)
         if not msgs:
             return res
-        lock0 = lock_counters()
+        ch0 = session_counters()
         raw = to_raw(msgs)
         res.first_message_id, res.last_message_id = raw.message_ids[0], raw.message_ids[-1]
         lap("unpack")
         dec = decode(feed, raw, feed.topic, batch_id, time.time_ns(), self.lateness_ns)
         lap("decode")
         version = time.time_ns()
-        # One ClickHouse session for the batch (one open, one turn of chDB's lock); Delta is written beside it in
-        # a thread: the two sinks are independent and both release the GIL.
-        # The session closes before the wait for Delta: a slow or failing S3 never holds chDB's lock.
+        # ClickHouse and Delta are written at the same time (Delta in a thread): the two sinks are independent and
+        # both release the GIL.
         with ThreadPoolExecutor(1) as pool:
             with ch.session():
                 if feed is TRADES:   # a new message reusing a trade id an earlier batch stored
@@ -193,7 +192,7 @@ class Stream:
                     res.bar_keys = sinks.touched_minutes(dec.table)
                     res.bars_recomputed = sinks.recompute_bars(ch, res.bar_keys, batch_id, version)
                     lap("bars")
-                if self.inspect:   # in this session: a session of their own would cost an open and a lock turn
+                if self.inspect:   # the reads the batch's checks need, while the batch's ids are at hand
                     res.stored_span = checks.clickhouse_span(ch, feed, dec.table)
                     res.table_rows = int(ch.scalar(f"SELECT count() FROM {sinks.DB}.{feed.name}"))  # part metadata
                     res.bars_check = checks.bars_mismatches(ch, res.bar_keys) if feed is TRADES else None
@@ -207,10 +206,9 @@ class Stream:
                 self.announcer = changes.Announcer(self.client)
             self.announcer.announce(batch_id, version, res.bar_keys)   # before the ack (changes.py)
             lap("announce")
-        lock1 = lock_counters()
-        res.seconds.update(chdb_wait=round(lock1["wait"] - lock0["wait"], 3),
-                           chdb_held=round(lock1["held"] - lock0["held"], 3),
-                           chdb_open=round(lock1["open"] - lock0["open"], 3))
+        ch1 = session_counters()
+        res.seconds.update(clickhouse_session=round(ch1["seconds"] - ch0["seconds"], 3),
+                           clickhouse_connect=round(ch1["connect"] - ch0["connect"], 3))
         if ack:
             faults.point("before_ack", feed.name, batch_id)
             half = len(msgs) // 2
