@@ -116,7 +116,7 @@ class Visibility(threading.Thread):
                 self.poll_once()
             except Exception as e:   # a poll racing a run's session; try again next time
                 print(f"poll failed: {e!r}")
-            # chDB is one flock-serialized engine: always leave the runs at least poll_s between two polls
+            # the poll competes with the runs for the 2 cores: at least poll_s, and twice its own cost, between polls
             self.stop.wait(max(self.poll_s, 2 * (time.time() - t)))
 
 

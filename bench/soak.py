@@ -53,7 +53,7 @@ def freshness(url: str) -> dict[str, str]:
 
 
 class RunRss(threading.Thread):
-    """Peak RSS of every run worker process, sampled every 5 s."""
+    """Peak RSS of every run worker process, and of the ClickHouse (chDB) server, sampled every 5 s."""
 
     def __init__(self):
         super().__init__(daemon=True)
@@ -67,7 +67,8 @@ class RunRss(threading.Thread):
                     cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
                     # a run's worker: `dagster api execute_run`, or (default run launcher) a multiprocessing
                     # child of the code server that launched it
-                    if "execute_run" not in cmd and "multiprocessing.spawn" not in cmd:
+                    if "execute_run" not in cmd and "multiprocessing.spawn" not in cmd \
+                            and "clickhouse_server.py" not in cmd:
                         continue
                     rss = next(int(line.split()[1]) for line in open(f"/proc/{pid}/status") if line.startswith("VmRSS"))
                 except (OSError, StopIteration):
@@ -230,9 +231,10 @@ def main() -> None:
             q = np.percentile(lat, [50, 99]) if lat else [float("nan")] * 2
             print(f"bar closed -> {name} visible ({len(lat)} minutes of {instruments[0]}): p50 {q[0]:.1f} s  "
                   f"p99 {q[1]:.1f} s  (goal p50 <= 5 s, p99 <= 15 s; poll {bars.poll_s:g} s)")
-        peaks = sorted(((rss_b, cmd) for cmd, rss_b in rss.peak.values()), reverse=True)
+        server = [b for cmd, b in rss.peak.values() if "clickhouse_server.py" in cmd]
+        peaks = sorted(((b, cmd) for cmd, b in rss.peak.values() if "clickhouse_server.py" not in cmd), reverse=True)
         print(f"run processes seen: {len(peaks)}; peak RSS (MiB): {[round(p / 2**20) for p, _ in peaks[:8]]} "
-              f"(goal < 1024)")
+              f"(goal < 1024); ClickHouse (chDB) server peak RSS {round(max(server, default=0) / 2**20)} MiB")
     finally:
         services.kill_groups({n: p.pid for n, p in children.items()})
         for name in children:

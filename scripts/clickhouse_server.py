@@ -22,6 +22,7 @@ import json
 import os
 import re
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -143,6 +144,7 @@ class Engine:
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"       # keep-alive: clickhouse-connect pools its connections
     server_version = "nautilus-chdb"
+    timeout = 600                       # an idle keep-alive connection's thread ends after this long
     engine: Engine
     user: str
     password: str
@@ -289,14 +291,22 @@ def _decoded(body: bytes, encoding: str | None) -> bytes:
                      415)
 
 
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):   # a client killed mid-request (a failed run)
+            return
+        super().handle_error(request, client_address)
+
+
 def serve(path: str, port: int, user: str, password: str) -> None:
     os.makedirs(path, exist_ok=True)
     tmp = os.path.join(os.path.dirname(path.rstrip("/")), "chdb-tmp")
     os.makedirs(tmp, exist_ok=True)
     engine = Engine(path, tmp)
     Handler.engine, Handler.user, Handler.password = engine, user, password
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    server.daemon_threads = True
+    server = Server(("127.0.0.1", port), Handler)
 
     def stop(*_):
         threading.Thread(target=server.shutdown, daemon=True).start()

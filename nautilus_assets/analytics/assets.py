@@ -130,7 +130,7 @@ def indicators_1m(context: dg.AssetExecutionContext, config: FollowConfig, click
                 since[inst] = min(since.get(inst, m), m)
         if not since:
             return
-        with clickhouse.session():   # one open and one turn of chDB's lock for the batch's reads, writes, checks
+        with clickhouse.session():   # the batch's reads, writes and checks in this run's one session
             stats = recompute(clickhouse, batch.batch_id, since, log=context.log.info)
             missing, bad = check_batch(clickhouse, since)
         log_batch(context, KEY, batch, {

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 def delta_span(lake: LakeResource, feed: Feed, table: pa.Table, dt=None) -> pa.Table:
     """message_id of the Delta rows in the batch's message-id span: its date partitions, then each file's min/max
-    statistics of ledger_id and entry_id (no chDB lock is held while S3 is read)."""
+    statistics of ledger_id and entry_id."""
     if table.num_rows == 0:
         return pa.table({"message_id": pa.array([], pa.string())})
     dates = [d.isoformat() for d in pc.unique(table["date"]).to_pylist()]

@@ -36,7 +36,7 @@ class BatchResult:
     seconds: dict = field(default_factory=dict)
     rows: pa.Table | None = field(default=None, repr=False)        # the batch's valid rows
     bar_keys: list = field(default_factory=list, repr=False)       # (instrument, minute) the batch touched
-    # read for the batch's checks in its own chDB session, right after its writes (Stream(inspect=True))
+    # read for the batch's checks in its ClickHouse session, right after its writes (Stream(inspect=True))
     stored_span: pa.Table | None = field(default=None, repr=False)  # ClickHouse rows of its message-id span
     bars_check: dict | None = field(default=None, repr=False)
     table_rows: int = -1

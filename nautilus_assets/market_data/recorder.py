@@ -3,7 +3,7 @@ thread while the next batch is received and committed.
 
 A batch is acknowledged before it is recorded (both sinks hold it), so recording later changes no data; what a
 kill between the two loses is the record of at most `max_pending` batches, never a row. When recording falls
-behind, the thread takes every waiting batch at once (one chDB session for their checks), and the committer
+behind, the thread takes every waiting batch at once (one Delta read and one round of ClickHouse queries for their checks), and the committer
 blocks once `max_pending` batches wait: the records never lag without bound."""
 from __future__ import annotations
 

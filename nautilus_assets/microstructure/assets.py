@@ -81,7 +81,7 @@ def params_for(ch: ClickHouseResource, lake: LakeResource, instrument: str, days
     """{day: {sigma, bucket_volume}} for the days that have parameters. A day's parameters come from past days
     only and are fixed for it, so a long-lived run remembers them in `memo` ((instrument, day) -> (params or None,
     when looked up)); it also remembers for NO_PARAMS_RECHECK_S that a day has none, instead of reading the lake
-    for them (inside the batch's chDB session) in every batch."""
+    for them (inside the batch's ClickHouse session) in every batch."""
     memo = {} if memo is None else memo
     now = time.monotonic()
     todo = [d for d in days if (instrument, d) not in memo
@@ -278,7 +278,7 @@ def vpin_buckets(context: dg.AssetExecutionContext, config: FollowConfig, clickh
                 since[inst] = min(since.get(inst, m), m)
         if not since:
             return
-        with clickhouse.session():   # one open and one turn of chDB's lock for the batch's reads, writes, checks
+        with clickhouse.session():   # the batch's reads, writes and checks in this run's one session
             stats, firsts = recompute(clickhouse, lake, batch.batch_id, since, log=context.log.info, memo=params)
             inexact, outside = check_batch(clickhouse, firsts)
         meta = {**stats, "upstream_batches": len(batch.upstream),
