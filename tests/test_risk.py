@@ -31,6 +31,7 @@ def test_risk_metrics_and_backtest_from_history(clean, instance):
         result = materialize_range(asset, start, last, resources, instance)
         assert result.success
     checks = result.get_asset_check_evaluations()
+    _day_is_replaced_whole(res, instance, resources, last)
     assert len(checks) == 1 and checks[0].metadata["zone"].value in ("green", "yellow", "red")
     assert checks[0].passed == (checks[0].metadata["zone"].value == "green")
 
@@ -51,3 +52,16 @@ def test_risk_metrics_and_backtest_from_history(clean, instance):
         assert row.mc_paths == 100_000 and 0 < row.mc_var_99_1d < 1
         # normal-ish daily P&L: Monte Carlo and parametric VaR agree in magnitude
         assert 0.3 < row.mc_var_99_1d / row.param_var_99_1d < 3
+
+
+def _day_is_replaced_whole(res, instance, resources, day: date) -> None:
+    """Re-materializing a day's NAV replaces its positions: a row no longer computed (here planted) is gone."""
+    q = "SELECT portfolio_id, instrument_id, position, close FROM portfolio.daily_positions WHERE date = %s ORDER BY 1, 2"
+    with res["postgres"].connect() as conn:
+        before = conn.execute(q, (day,)).fetchall()
+        conn.execute("INSERT INTO portfolio.daily_positions VALUES (%s, %s, 'STALE.XNAS', 5, 1.0)",
+                     (day, before[0][0]))
+        conn.commit()
+    assert materialize_range(daily_nav, day, day, resources, instance).success
+    with res["postgres"].connect() as conn:
+        assert conn.execute(q, (day,)).fetchall() == before

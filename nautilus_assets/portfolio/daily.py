@@ -86,7 +86,9 @@ def daily_nav(context: dg.AssetExecutionContext, postgres: PostgresResource, cli
         fills = conn.execute("SELECT ts_event, portfolio_id, instrument_id, quantity, price, fee FROM portfolio.fills "
                              "WHERE ts_event < %s ORDER BY ts_event, fill_id", (_end_ns(days[-1]),)).fetchall()
         navs, positions = eod_states(fills, closes, days)
-        with conn.cursor() as cur:
+        with conn.cursor() as cur:   # the days are replaced whole: a position gone since must not stay behind
+            cur.execute("DELETE FROM portfolio.daily_positions WHERE date = ANY(%s)", (days,))
+            cur.execute("DELETE FROM portfolio.daily_nav WHERE date = ANY(%s)", (days,))
             cur.executemany("INSERT INTO portfolio.daily_nav VALUES (%(date)s, %(portfolio_id)s, %(nav)s, "
                             "%(daily_pnl)s, %(daily_return)s, %(run_id)s) ON CONFLICT (date, portfolio_id) DO UPDATE "
                             "SET nav = EXCLUDED.nav, daily_pnl = EXCLUDED.daily_pnl, "
