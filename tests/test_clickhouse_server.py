@@ -18,9 +18,9 @@ from scripts import services
 DB = "scratch_server"
 
 
-def _client(settings, **kw):
+def _client(settings, password: str | None = None, **kw):
     return clickhouse_connect.get_client(host="127.0.0.1", port=settings.port("clickhouse"), username="default",
-                                         password=settings["CLICKHOUSE_PASSWORD"], **kw)
+                                         password=password or settings["CLICKHOUSE_PASSWORD"], **kw)
 
 
 def _http(settings, sql: str | None, body: bytes = b"", password: str | None = None, headers: dict | None = None):
@@ -61,9 +61,9 @@ def test_clickhouse_connect_reads_and_writes_every_way(settings, table):
     df = pd.DataFrame({"id": [10**9], "price": [1.5], "instrument": ["ESZ6.GLBX"],
                        "ts": [pd.Timestamp(ts, tz="UTC")]})
     assert c.insert_df(f"{DB}.t", df).written_rows == 1
-    c.insert(f"{DB}.t", [[10**9 + 1, 2.5, "MSFT.XNAS", pd.Timestamp(ts, tz="UTC").to_pydatetime()]],
+    c.insert(f"{DB}.t", [[10**9 + 1, 2.5, "MSFT.XNAS", pd.Timestamp(ts, tz="UTC").floor("us").to_pydatetime()]],
              column_names=["id", "price", "instrument", "ts"])
-    assert c.command(f"SELECT count(), sum(price) FROM {DB}.t") == [str(n + 2), str(sum(i / 4 for i in range(n)) + 4)]
+    assert c.query(f"SELECT count(), sum(price) FROM {DB}.t").first_row == (n + 2, sum(i / 4 for i in range(n)) + 4)
     back = c.query_arrow(f"SELECT * FROM {DB}.t WHERE id < {n} ORDER BY id")
     assert back.column("id").to_pylist() == arrow.column("id").to_pylist()
     assert back.column("ts").cast(pa.int64()).to_pylist() == arrow.column("ts").cast(pa.int64()).to_pylist()
@@ -93,8 +93,8 @@ def test_sessions_keep_their_own_settings_and_temporary_tables(settings, table):
     a.command("SET max_threads = 1")
     a.command("CREATE TEMPORARY TABLE mine (x UInt8)")
     a.command("INSERT INTO mine VALUES (7)")
-    assert a.command("SELECT value FROM system.settings WHERE name = 'max_threads'") == "1"
-    assert b.command("SELECT value FROM system.settings WHERE name = 'max_threads'") != "1"
+    setting = "SELECT value FROM system.settings WHERE name = 'max_threads'"
+    assert a.query(setting).first_row == ("1",) and b.query(setting).first_row != ("1",)
     assert a.command("SELECT x FROM mine") == 7
     with pytest.raises(DatabaseError, match="code: 60"):
         b.command("SELECT x FROM mine")
