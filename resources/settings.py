@@ -141,10 +141,6 @@ class Settings:
         return self.env[key]
 
     @property
-    def embedded_clickhouse(self) -> bool:
-        return "clickhouse" in self.managed
-
-    @property
     def webserver_url(self) -> str:
         return f"http://127.0.0.1:{self.port('webserver')}"
 
