@@ -10,21 +10,17 @@ from resources.clickhouse import ClickHouseResource
 from resources.lake import LakeResource
 
 from .schema import Feed
-from .sinks import BARS_SELECT, DB, IN_RANGE_SQL, bronze_table, id_range, in_range_expr
+from .sinks import BARS_SELECT, DB, IN_RANGE_SQL, bronze_table, id_range, span_message_ids
 
 if TYPE_CHECKING:
     from .ingest import BatchResult
 
 
 def delta_span(lake: LakeResource, feed: Feed, table: pa.Table, dt=None) -> pa.Table:
-    """message_id of the Delta rows in the batch's message-id span: its date partitions, then each file's min/max
-    statistics of ledger_id and entry_id."""
+    """message_id of the Delta rows in the batch's message-id span (files pruned by partition and statistics)."""
     if table.num_rows == 0:
         return pa.table({"message_id": pa.array([], pa.string())})
-    dates = [d.isoformat() for d in pc.unique(table["date"]).to_pylist()]
-    dt = dt if dt is not None else lake.table(bronze_table(feed))
-    return dt.to_pyarrow_dataset(partitions=[("date", "in", dates)]).to_table(
-        columns=["message_id"], filter=in_range_expr(id_range(table)))
+    return span_message_ids(dt if dt is not None else lake.table(bronze_table(feed)), table)
 
 
 def clickhouse_span(ch: ClickHouseResource, feed: Feed, table: pa.Table) -> pa.Table:

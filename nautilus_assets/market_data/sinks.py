@@ -34,6 +34,23 @@ def in_range_expr(r: dict) -> pc.Expression:
             & ((lid > r["l0"]) | (eid >= r["e0"])) & ((lid < r["l1"]) | (eid <= r["e1"])))
 
 
+def _sql_literal(v: str) -> str:
+    return "'" + v.replace("'", "''") + "'"
+
+
+def span_message_ids(dt: DeltaTable, table: pa.Table) -> pa.Table:
+    """message_id of the Delta rows in the batch's message-id span. deltalake prunes the files in Rust (the date
+    partitions, then each file's min/max statistics of topic, ledger_id and entry_id), so only files that may hold
+    the span become pyarrow fragments: a pyarrow filter alone would build one per file of the dates (about a
+    millisecond each, growing with the files a day's batches add), and a new batch's span usually prunes to none."""
+    r = id_range(table)
+    dates = ", ".join(_sql_literal(d.isoformat()) for d in pc.unique(table["date"]).to_pylist())
+    files = (f"date IN ({dates}) AND topic = {_sql_literal(r['topic'])} "
+             f"AND ledger_id >= {int(r['l0'])} AND ledger_id <= {int(r['l1'])}")
+    return dt.to_pyarrow_dataset(file_pruning_predicate=files).to_table(columns=["message_id"],
+                                                                          filter=in_range_expr(r))
+
+
 def _without(table: pa.Table, existing: set[str]) -> pa.Table:
     if not existing:
         return table
@@ -50,8 +67,7 @@ def write_delta(lake: LakeResource, feed: Feed, table: pa.Table, batch_id: str,
     """Append the rows whose message ids are not in the table yet. Returns (rows added, table version, table).
 
     `dt`, a handle kept from an earlier batch, is brought up to date incrementally (only the new log entries).
-    The look-up reads only the files that may hold the batch's ids: the date partitions, then each file's
-    min/max statistics of ledger_id and entry_id (deltalake turns them into pyarrow fragment guarantees)."""
+    The look-up reads only the files that may hold the batch's ids (span_message_ids)."""
     if table.num_rows == 0:
         return 0, None if dt is None else dt.version(), dt
     if dt is None:
@@ -59,10 +75,7 @@ def write_delta(lake: LakeResource, feed: Feed, table: pa.Table, batch_id: str,
     else:
         dt.update_incremental()
     if dt is not None:
-        dates = [d.isoformat() for d in pc.unique(table["date"]).to_pylist()]
-        existing = dt.to_pyarrow_dataset(partitions=[("date", "in", dates)]).to_table(
-            columns=["message_id"], filter=in_range_expr(id_range(table)))
-        table = _without(table, set(existing["message_id"].to_pylist()))
+        table = _without(table, set(span_message_ids(dt, table)["message_id"].to_pylist()))
         if table.num_rows == 0:
             return 0, dt.version(), dt
     faults.point("before_delta_commit", feed.name, batch_id)
