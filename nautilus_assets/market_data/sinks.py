@@ -45,8 +45,9 @@ def span_message_ids(dt: DeltaTable, table: pa.Table) -> pa.Table:
     millisecond each, growing with the files a day's batches add), and a new batch's span usually prunes to none."""
     r = id_range(table)
     dates = ", ".join(_sql_literal(d.isoformat()) for d in pc.unique(table["date"]).to_pylist())
-    files = (f"date IN ({dates}) AND topic = {_sql_literal(r['topic'])} "
-             f"AND ledger_id >= {int(r['l0'])} AND ledger_id <= {int(r['l1'])}")
+    l0, e0, l1, e1 = (int(r[k]) for k in ("l0", "e0", "l1", "e1"))
+    files = (f"date IN ({dates}) AND topic = {_sql_literal(r['topic'])} AND ledger_id >= {l0} AND ledger_id <= {l1} "
+             f"AND (ledger_id > {l0} OR entry_id >= {e0}) AND (ledger_id < {l1} OR entry_id <= {e1})")
     return dt.to_pyarrow_dataset(file_pruning_predicate=files).to_table(columns=["message_id"],
                                                                           filter=in_range_expr(r))
 
