@@ -4,10 +4,10 @@ with the broker's raw publish -> consume latency (a separate pulsar-client subsc
 
     .venv/bin/python -m bench.freshness [--rate 10000] [--duration 300] [--warmup 30] [--poll 1.0]
 
-Starts its own services instance (NAUTILUS_INSTANCE=freshness, ports from NAUTILUS_PORT_BASE=23500) and a
-`dagster-daemon` as `nautilus up` does, and removes the instance afterwards (--keep keeps it). The broker is
-whatever NAUTILUS_PULSAR_BROKER selects (apache | lite). Tuning goes through the usual environment
-(NAUTILUS_SENSOR_INTERVAL_SECONDS, NAUTILUS_BATCH_MAX_WAIT_SECONDS, NAUTILUS_BATCH_MAX_MESSAGES, ...).
+Starts its own services instance (NAUTILUS_INSTANCE=freshness, ports from NAUTILUS_PORT_BASE=23500), a
+`dagster-daemon` and a `dagster-webserver` (--no-webserver: none) as `nautilus up` does, and removes the
+instance afterwards (--keep keeps it). The broker is whatever NAUTILUS_PULSAR_BROKER selects (apache | lite).
+Tuning goes through the usual environment (NAUTILUS_SENSOR_INTERVAL_SECONDS, NAUTILUS_BATCH_MAX_WAIT_SECONDS, NAUTILUS_BATCH_MAX_MESSAGES, ...).
 
 How it measures: every message carries its send time in ts_init (set just before send_async); a poller asks
 ClickHouse every --poll seconds which micro-batches (batch_id) became visible since the last look, and each of
@@ -207,18 +207,24 @@ def main() -> None:
     ap.add_argument("--poll", type=float, default=1.0, help="ClickHouse poll interval (resolution)")
     ap.add_argument("--drain-timeout", type=float, default=180)
     ap.add_argument("--keep", action="store_true", help="keep the services instance afterwards")
+    ap.add_argument("--no-webserver", action="store_true", help="leave dagster-webserver out (it is up by default: "
+                                                                   "the whole platform, as a user runs it)")
     a = ap.parse_args()
     s = apply(load())
     instruments = [i.strip() for i in s["NAUTILUS_INSTRUMENTS"].split(",") if i.strip()]
     print(f"instance {s.instance} (ports from {s.port_base}); broker {s['NAUTILUS_PULSAR_BROKER']}; "
           + ", ".join(f"{k}={os.environ[k]}" for k in TUNING_VARS if k in os.environ), flush=True)
     services.start(s)
-    daemon = None
+    daemon, children = None, {}
     try:
         setup(s)
         r = build_resources(s)
-        daemon = spawn(s, "dagster-daemon", [os.path.join(os.path.dirname(os.sys.executable), "dagster-daemon"),
+        daemon = children["dagster-daemon"] = spawn(s, "dagster-daemon", [os.path.join(os.path.dirname(os.sys.executable), "dagster-daemon"),
                                              "run", "-w", "workspace.yaml"])
+        if not a.no_webserver:
+            bindir = os.path.dirname(os.sys.executable)
+            children["dagster-webserver"] = spawn(s, "dagster-webserver", [
+                f"{bindir}/dagster-webserver", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(s.port("webserver"))])
         log = s.home / "dagster-daemon.log"
         print(f"dagster-daemon started (log {log}); waiting for its code server to evaluate the sensors", flush=True)
         t_wait = time.time()
@@ -271,8 +277,8 @@ def main() -> None:
         print(f"ratio p50 end-to-end / p50 broker: {p_st[0] / max(np.percentile(rsteady, 50), 1e-6):.0f}x"
               if len(rsteady) else "no raw latency samples")
     finally:
+        services.kill_groups({name: p.pid for name, p in children.items()})
         if daemon is not None:
-            services.kill_groups({"dagster-daemon": daemon.pid})
             shutil.copy(s.home / "dagster-daemon.log", f"/tmp/{s.instance}-dagster-daemon.log")
         if a.keep:
             services.stop(s)

@@ -39,21 +39,24 @@ def trade(trade_id, **over):
     return {k: v for k, v in rec.items() if v is not ...}
 
 
-BAD = {   # payload -> the reason its quarantine row must start with
-    "not-json": (b"\xff\xfe not json", "invalid_json"),
-    "two-objects": (orjson.dumps(trade("two-a")) + b" " + orjson.dumps(trade("two-b")), "invalid_json"),
-    "empty": (b"", "invalid_json"),
-    "nan": (orjson.dumps(trade("nan", price=1.5)).replace(b"1.5", b"NaN"), "invalid_json"),
-    "inf": (orjson.dumps(trade("inf", size=1.5)).replace(b"1.5", b"1e999"), "invalid_json"),
-    "wrong-type": (orjson.dumps(trade("wt", price="230.5")), "bad_value: price"),
-    "missing": (orjson.dumps(trade("miss", size=...)), "missing_field: size"),
-    "version": (orjson.dumps(trade("v2", schema_version=2)), "unknown_schema_version"),
-    "zero-size": (orjson.dumps(trade("zs", size=0)), "bad_value: size"),
-    "neg-price": (orjson.dumps(trade("np", price=-1.0)), "bad_value: price"),
-    "future": (orjson.dumps(trade("fut", ts_event=time.time_ns() + 300 * 10**9)), "future_ts_event"),
-    "late": (orjson.dumps(trade("late", ts_event=time.time_ns() - 8 * 86400 * 10**9)), "too_late"),
-    "large": (orjson.dumps(trade("big", pad="x" * MAX_MESSAGE_BYTES)), "too_large"),
-}
+def bad_messages() -> dict:
+    """name -> (payload, the reason its quarantine row must start with). Built when sent: the future and late
+    timestamps are relative to now (a module-level dict went stale when collection ran minutes before the test)."""
+    return {
+        "not-json": (b"\xff\xfe not json", "invalid_json"),
+        "two-objects": (orjson.dumps(trade("two-a")) + b" " + orjson.dumps(trade("two-b")), "invalid_json"),
+        "empty": (b"", "invalid_json"),
+        "nan": (orjson.dumps(trade("nan", price=1.5)).replace(b"1.5", b"NaN"), "invalid_json"),
+        "inf": (orjson.dumps(trade("inf", size=1.5)).replace(b"1.5", b"1e999"), "invalid_json"),
+        "wrong-type": (orjson.dumps(trade("wt", price="230.5")), "bad_value: price"),
+        "missing": (orjson.dumps(trade("miss", size=...)), "missing_field: size"),
+        "version": (orjson.dumps(trade("v2", schema_version=2)), "unknown_schema_version"),
+        "zero-size": (orjson.dumps(trade("zs", size=0)), "bad_value: size"),
+        "neg-price": (orjson.dumps(trade("np", price=-1.0)), "bad_value: price"),
+        "future": (orjson.dumps(trade("fut", ts_event=time.time_ns() + 300 * 10**9)), "future_ts_event"),
+        "late": (orjson.dumps(trade("late", ts_event=time.time_ns() - 8 * 86400 * 10**9)), "too_late"),
+        "large": (orjson.dumps(trade("big", pad="x" * MAX_MESSAGE_BYTES)), "too_large"),
+    }
 
 
 def send(res, payloads, properties=None):
@@ -65,27 +68,27 @@ def send(res, payloads, properties=None):
 
 
 def test_mixed_bad_and_good_batches_quarantine_with_reasons_and_keep_every_valid_trade(clean):
-    res = clean
+    res, bad = clean, bad_messages()
     trades, _ = MarketSimulator(["AAPL.XNAS", "SPY.ARCX"], seed=11, start_ns=time.time_ns() - 120 * 10**9).take(600, 0)
     good = trades.slice(0, 300), trades.slice(300, 300)
     publish_tables(res["pulsar"], good[0], good[0].slice(0, 0))
-    send(res, [p for p, _ in BAD.values()])
+    send(res, [p for p, _ in bad.values()])
     send(res, [orjson.dumps(trade("replayed", ts_event=time.time_ns() - 30 * 86400 * 10**9))],
          {REPLAY_PROPERTY: "historical"})                                   # a marked historical replay: exempt
     publish_tables(res["pulsar"], good[1], good[1].slice(0, 0))
     out = batch(res, "bad-1")
-    assert out.consumed == 600 + len(BAD) + 1
-    assert (out.valid, out.quarantined, out.duplicates_in_batch) == (601, len(BAD), 0)
+    assert out.consumed == 600 + len(bad) + 1
+    assert (out.valid, out.quarantined, out.duplicates_in_batch) == (601, len(bad), 0)
     assert out.written_delta == out.written_clickhouse == 601
 
     q = res["clickhouse"].query_df("SELECT message_id, batch_id, reason, payload FROM market_data.quarantine FINAL")
-    assert len(q) == len(BAD) and set(q["batch_id"]) == {"bad-1"}
+    assert len(q) == len(bad) and set(q["batch_id"]) == {"bad-1"}
     as_bytes = lambda p: p if isinstance(p, bytes) else p.encode("utf-8", "surrogateescape")  # noqa: E731
     by_payload = {as_bytes(p): r for p, r in zip(q["payload"], q["reason"])}
-    for name, (payload, why) in BAD.items():
+    for name, (payload, why) in bad.items():
         if payload in by_payload:     # payloads came back byte for byte (the invalid UTF-8 one may not)
             assert by_payload[payload].startswith(why), (name, by_payload[payload])
-    assert sorted(r.split(":")[0] for r in q["reason"]) == sorted(w.split(":")[0] for _, w in BAD.values())
+    assert sorted(r.split(":")[0] for r in q["reason"]) == sorted(w.split(":")[0] for _, w in bad.values())
     delta_ids, ch_ids = stored(res)
     assert len(delta_ids) == len(set(delta_ids)) == 601 and sorted(delta_ids) == sorted(ch_ids)
     want = set(trades["trade_id"].to_pylist()) | {"replayed"}
