@@ -87,28 +87,31 @@ def receive(consumer: pulsar.Consumer, max_messages: int, max_wait_s: float, idl
 
 def to_raw(msgs: list) -> RawBatch:
     """Columns of a received batch; message ids parsed from their '(ledger,entry,partition,batch)' form."""
-    inner = [m._message for m in msgs]  # the C++ objects: the Python wrappers cost microseconds per call
-    parts = [str(x.message_id())[1:-1].split(",") for x in inner]
-    return RawBatch(payloads=[x.data() for x in inner], message_ids=[f"{p[0]}:{p[1]}:{p[3]}" for p in parts],
-                    ledger_ids=[int(p[0]) for p in parts], entry_ids=[int(p[1]) for p in parts],
-                    publish_ms=[x.publish_timestamp() for x in inner],
-                    is_replay=lambda i: msgs[i].properties().get(REPLAY_PROPERTY) == "historical")
+    inner = [getattr(m, "_message", m) for m in msgs]  # the C++ objects (receive_window(raw=True) gives them)
+    ids = [x.message_id() for x in inner]
+    ledgers, entries = [i.ledger_id() for i in ids], [i.entry_id() for i in ids]   # 2x faster than parsing str(id)
+    return RawBatch(payloads=[x.data() for x in inner],
+                    message_ids=[f"{ledger}:{entry}:{i.batch_index()}" for ledger, entry, i in zip(ledgers, entries, ids)],
+                    ledger_ids=ledgers, entry_ids=entries, publish_ms=[x.publish_timestamp() for x in inner],
+                    is_replay=lambda i: inner[i].properties().get(REPLAY_PROPERTY) == "historical")
 
 
 def receive_window(consumer: pulsar.Consumer, max_messages: int, window_s: float, poll_ms: int = 1000,
-                   opened: float | None = None) -> list:
+                   opened: float | None = None, raw: bool = False) -> list:
     """One batch of a long-lived consumer: waits up to poll_ms for a first message, then takes what arrives until
     window_s after `opened` (the previous batch's start; default: the first message), at most max_messages.
     A commit that took longer than the window leaves only what is already queued to take: a batch starts at most
-    once a window, yet never waits when messages are waiting."""
+    once a window, yet never waits when messages are waiting. raw=True returns pulsar-client's C++ message objects
+    (no Python wrapper per message: a third of the receive cost); consumer.acknowledge takes them as they are."""
+    recv = consumer._consumer.receive if raw else consumer.receive
     try:
-        out = [consumer.receive(timeout_millis=poll_ms)]
+        out = [recv(poll_ms)]
     except pulsar.Timeout:
         return []
     deadline = max(time.monotonic(), (opened or 0.0) + window_s) if opened else time.monotonic() + window_s
     while len(out) < max_messages:
         try:
-            out.append(consumer.receive(timeout_millis=max(0, int((deadline - time.monotonic()) * 1000))))
+            out.append(recv(max(0, int((deadline - time.monotonic()) * 1000))))
         except pulsar.Timeout:
             break
     return out
@@ -148,7 +151,7 @@ class Stream:
         if first:
             return receive(self.consumer, max_messages, max_wait_s, first_ms=FIRST_MESSAGE_WAIT_MS)
         opened = time.monotonic()
-        msgs = receive_window(self.consumer, max_messages, max_wait_s, opened=self._opened)
+        msgs = receive_window(self.consumer, max_messages, max_wait_s, opened=self._opened, raw=True)
         if msgs:
             self._opened = opened
         return msgs
