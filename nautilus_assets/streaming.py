@@ -59,7 +59,6 @@ def follow(context, config: FollowConfig, pulsar_res: PulsarResource, subscripti
     tag = context.run.tags.get(BATCH_TAG)
     one_shot = tag is None
     prefix = tag or context.run.run_id
-    handover.hold_storage_connections(context.instance)
     handover.take_over(context.instance, context.run, STREAM.handover_wait_s, log=context.log.info)
     started = last_data = time.monotonic()
     batches, checked, reason = 0, {"look": started}, None

@@ -139,7 +139,6 @@ def _stream(context: dg.AssetExecutionContext, config: BatchConfig, feed: Feed, 
     """Commit batches back to back until the run should stop; `record(results)` logs them on the recorder's
     thread (recorder.py) while the next batches commit. Returns batches."""
     run_batch = context.run.tags.get(BATCH_TAG) or context.run.run_id
-    handover.hold_storage_connections(context.instance)
     handover.take_over(context.instance, context.run, STREAM.handover_wait_s, log=context.log.info)
     started = last_data = time.monotonic()
     batches, checked, reason = 0, {"look": started}, None

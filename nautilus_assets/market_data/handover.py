@@ -18,7 +18,6 @@ HANDOVER_TAG = "nautilus/handover_to"      # on a predecessor: the successor wai
 RELEASED_TAG = "nautilus/released"         # on a predecessor: its consumer is closed, every batch acknowledged
 SUCCESSOR_WANTED_TAG = "nautilus/successor_wanted"   # on a run: wants its successor before its lifetime ends (why)
 POLL_S = 0.2
-STATEMENT_TIMEOUT_MS = 120_000   # of the pooled storage connections of a long-lived run
 
 
 def handover_requested(instance: dg.DagsterInstance, run_id: str) -> str | None:
@@ -28,13 +27,6 @@ def handover_requested(instance: dg.DagsterInstance, run_id: str) -> str | None:
 
 def release(instance: dg.DagsterInstance, run_id: str) -> None:
     instance.add_run_tags(run_id, {RELEASED_TAG: f"{time.time():.3f}"})
-
-
-def hold_storage_connections(instance: dg.DagsterInstance) -> None:
-    """A long-lived run logs several events a second, and Dagster's PostgreSQL storages open a new connection for
-    every call (NullPool): a PostgreSQL backend forked per event, ~50 a second at 10k msg/s. Hold a small pool
-    instead, as dagster-webserver does for the same reason (a no-op on other storages)."""
-    instance.optimize_for_webserver(statement_timeout=STATEMENT_TIMEOUT_MS, pool_recycle=3600, max_overflow=4)
 
 
 def take_over(instance: dg.DagsterInstance, run: dg.DagsterRun, wait_s: float,

@@ -1,0 +1,45 @@
+"""The Dagster instance's PostgreSQL storages keep their connections (resources/dagster_storage.py): many storage
+calls open a handful of connections, where dagster-postgres's default (NullPool) opens one per call."""
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import sqlalchemy as sa
+from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage
+
+from resources.dagster_storage import POOL_SIZE, PooledPostgresEventLogStorage, PooledPostgresRunStorage
+
+CALLS = 40
+
+
+def _connections_opened(storage, calls, threads: int = 1) -> int:
+    """DBAPI connections the storage's engine opens while `calls` run CALLS times (on `threads` threads)."""
+    opened = []
+    sa.event.listen(storage._engine, "connect", lambda *_: opened.append(1))
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda _: calls(storage), range(CALLS)))
+    return len(opened)
+
+
+def test_the_instance_is_built_on_the_pooled_storages(instance):
+    ref = instance.get_ref()
+    assert (ref.run_storage_data.class_name, ref.event_storage_data.class_name, ref.schedule_storage_data.class_name) \
+        == ("PooledPostgresRunStorage", "PooledPostgresEventLogStorage", "PooledPostgresScheduleStorage")
+    assert instance.get_runs(limit=1) is not None   # and it works
+
+
+def test_pooled_storages_reuse_their_connections(settings):
+    config = {"postgres_url": os.environ["DAGSTER_PG_URL"]}
+    runs = lambda s: s.get_runs(limit=1)   # noqa: E731
+    keys = lambda s: s.all_asset_keys()    # noqa: E731
+    stock_runs, stock_events = PostgresRunStorage(**config), PostgresEventLogStorage(**config)
+    assert _connections_opened(stock_runs, runs) >= CALLS          # the counter sees a connection per call
+    assert _connections_opened(stock_events, keys) >= CALLS
+    pooled_runs = PooledPostgresRunStorage.from_config_value(None, config)
+    pooled_events = PooledPostgresEventLogStorage.from_config_value(None, config)
+    assert _connections_opened(pooled_runs, runs) == 1
+    assert _connections_opened(pooled_events, keys) == 1
+    # calls from several threads at once share at most POOL_SIZE kept connections (beyond it: short-lived ones)
+    fresh = PooledPostgresRunStorage.from_config_value(None, config)
+    assert _connections_opened(fresh, runs, threads=POOL_SIZE) <= POOL_SIZE
+    for s in (stock_runs, stock_events, pooled_runs, pooled_events, fresh):
+        s.dispose()
