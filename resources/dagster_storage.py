@@ -1,27 +1,43 @@
-"""The Dagster instance's PostgreSQL storage with pooled connections (dagster.yaml names these classes).
+"""The Dagster instance's PostgreSQL storages with pooled connections (dagster.yaml names these classes).
 
 dagster-postgres opens a new connection for every storage call (SQLAlchemy NullPool) unless the process is the
 webserver. On the streaming path that is a PostgreSQL backend forked per logged event, sensor tick and daemon
 query: measured with bench/freshness.py at 10k msg/s, ~45 new sessions a second cost ~0.4 of the machine's
-2 cores. These classes are the stock storages with a QueuePool: a process keeps the connections it has used
-concurrently (at most POOL_SIZE per storage, opened on demand), checks one is alive before use, and recycles it
-hourly. Processes are spawned, never forked, by Dagster here (run workers, code servers), so no pool is shared."""
+2 cores. These are the stock storages on one pooled engine per process and URL, shared by every instance the
+process creates: a code server builds a new instance per request, so an engine per storage would keep each one's
+connections until it is collected (a soak filled PostgreSQL's 200 slots that way). The pool keeps the
+connections used at once (at most POOL_SIZE, opened on demand), pings one before use and recycles it hourly.
+Keyed by process id too: a forked child never uses its parent's connections."""
 from __future__ import annotations
+
+import os
+import threading
 
 from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
 from dagster_postgres.utils import create_pg_engine
 
-POOL_SIZE = 3        # per storage and process: the daemon's threads use a few at once, a run one or two
+POOL_SIZE = 3        # connections kept per process: the daemon's threads use a few at once, a run one or two
 MAX_OVERFLOW = 10    # beyond it, short-lived connections (closed when returned)
 POOL_RECYCLE_S = 3600
 
+_engines: dict = {}
+_lock = threading.Lock()
+
+
+def shared_engine(url: str, token_provider=None):
+    key = (os.getpid(), url, id(token_provider) if token_provider else None)
+    with _lock:
+        if key not in _engines:
+            _engines[key] = create_pg_engine(url, token_provider, isolation_level="AUTOCOMMIT", pool_size=POOL_SIZE,
+                                             max_overflow=MAX_OVERFLOW, pool_recycle=POOL_RECYCLE_S,
+                                             pool_pre_ping=True)
+        return _engines[key]
+
 
 def _pooled(storage):
-    # The same engine swap dagster-postgres's optimize_for_webserver does (which keeps only one connection).
+    # The same engine swap dagster-postgres's optimize_for_webserver does (which keeps one connection per storage).
     storage._engine.dispose()
-    storage._engine = create_pg_engine(storage.postgres_url, storage._token_provider, isolation_level="AUTOCOMMIT",
-                                       pool_size=POOL_SIZE, max_overflow=MAX_OVERFLOW, pool_recycle=POOL_RECYCLE_S,
-                                       pool_pre_ping=True)
+    storage._engine = shared_engine(storage.postgres_url, storage._token_provider)
     return storage
 
 
