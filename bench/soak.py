@@ -86,6 +86,7 @@ class BarLatency(threading.Thread):
         super().__init__(daemon=True)
         self.ch, self.pg, self.inst, self.poll_s = ch, pg, instrument, poll_s
         self.pending: dict[int, dict] = {}
+        self.started: set[int] = set()   # minutes ever pending: each is measured once
         self.done: dict[str, list[float]] = {"indicators": [], "vpin": [], "positions": []}
         self.stop = threading.Event()
         self.first = int(time.time()) // 60 * 60 + 60   # the first whole minute observed
@@ -93,7 +94,8 @@ class BarLatency(threading.Thread):
     def poll(self) -> None:
         now = time.time()
         closed = int(now) // 60 * 60 - 60
-        if closed >= self.first and closed not in self.pending:
+        if closed >= self.first and closed not in self.started:   # (a minute done is not measured again)
+            self.started.add(closed)
             self.pending[closed] = {}
         if not self.pending:
             return
