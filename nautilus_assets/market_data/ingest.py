@@ -86,7 +86,7 @@ def receive(consumer: pulsar.Consumer, max_messages: int, max_wait_s: float, idl
 
 
 def to_raw(msgs: list) -> RawBatch:
-    """Columns of a received batch; message ids parsed from their '(ledger,entry,partition,batch)' form."""
+    """Columns of a received batch (wrapped or C++ messages); message ids as 'ledger:entry:batch_index'."""
     inner = [getattr(m, "_message", m) for m in msgs]  # the C++ objects (receive_window(raw=True) gives them)
     ids = [x.message_id() for x in inner]
     ledgers, entries = [i.ledger_id() for i in ids], [i.entry_id() for i in ids]   # 2x faster than parsing str(id)
