@@ -32,7 +32,7 @@ import pulsar  # noqa: E402
 
 from nautilus_assets.market_data.schema import QUOTES, TRADES  # noqa: E402
 from resources.settings import apply, build_resources, load  # noqa: E402
-from scripts import services  # noqa: E402
+from scripts import dagster_daemon, services  # noqa: E402
 from scripts.cli import setup, spawn  # noqa: E402
 from scripts.publisher import Publisher  # noqa: E402
 
@@ -219,8 +219,7 @@ def main() -> None:
     try:
         setup(s)
         r = build_resources(s)
-        daemon = children["dagster-daemon"] = spawn(s, "dagster-daemon", [os.path.join(os.path.dirname(os.sys.executable), "dagster-daemon"),
-                                             "run", "-w", "workspace.yaml"])
+        daemon = children["dagster-daemon"] = spawn(s, "dagster-daemon", dagster_daemon.argv("run", "-w", "workspace.yaml"))
         if not a.no_webserver:
             bindir = os.path.dirname(os.sys.executable)
             children["dagster-webserver"] = spawn(s, "dagster-webserver", [

@@ -37,7 +37,7 @@ from nautilus_assets.microstructure.assets import KEY as VPIN, SUBSCRIPTION as M
 from nautilus_assets.portfolio.assets import KEY as POSITIONS, SUBSCRIPTION as PORTFOLIO_SUB  # noqa: E402
 from resources.settings import apply, build_resources, load  # noqa: E402
 from resources.topics import BARS_CHANGES  # noqa: E402
-from scripts import services  # noqa: E402
+from scripts import dagster_daemon, services  # noqa: E402
 from scripts.cli import setup, spawn  # noqa: E402
 
 STREAMING = [TRADES_KEY, QUOTES_KEY, BARS_KEY, INDICATORS, VPIN, POSITIONS]
@@ -164,7 +164,7 @@ def main() -> None:
         setup(s)
         r = build_resources(s)
         bindir = os.path.dirname(os.sys.executable)
-        children["dagster-daemon"] = spawn(s, "dagster-daemon", [f"{bindir}/dagster-daemon", "run", "-w", "workspace.yaml"])
+        children["dagster-daemon"] = spawn(s, "dagster-daemon", dagster_daemon.argv("run", "-w", "workspace.yaml"))
         children["dagster-webserver"] = spawn(s, "dagster-webserver", [
             f"{bindir}/dagster-webserver", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(s.port("webserver"))])
         services.wait_port(s.port("webserver"), "dagster-webserver", timeout=600)

@@ -105,6 +105,19 @@ def streaming(env=None) -> Streaming:
     return Streaming(int(v["NAUTILUS_BATCH_MAX_MESSAGES"]), *(v[k] for k in list(STREAMING_VARS)[1:]))
 
 
+# The daemon starts new code servers this often (scripts/dagster_daemon.py; stock dagster: every 60 s), and at once
+# when one has died.
+CODE_RELOAD_DEFAULT_S = 600
+
+
+def code_reload_seconds(env=None) -> float:
+    env = os.environ if env is None else env
+    v = float(env.get("NAUTILUS_CODE_RELOAD_SECONDS") or CODE_RELOAD_DEFAULT_S)
+    if v < 5:
+        raise ValueError("NAUTILUS_CODE_RELOAD_SECONDS must be >= 5 (the daemon checks its threads every 5 s)")
+    return v
+
+
 # Lake maintenance (nautilus_assets/market_data/maintenance.py): variable -> (default, meaning).
 LAKE_VARS = {
     "NAUTILUS_LAKE_MAX_FILES_PER_PARTITION": (16, "a bronze date partition with more files is compacted"),
@@ -189,6 +202,7 @@ def load() -> Settings:
         **{k: _env(k, str(d)) for k, (d, _) in {**STREAMING_VARS, **LAKE_VARS}.items()},
         "NAUTILUS_SENSOR_INTERVAL_SECONDS": _env("NAUTILUS_SENSOR_INTERVAL_SECONDS", "4"),
         "NAUTILUS_SAFETY_INTERVAL_SECONDS": _env("NAUTILUS_SAFETY_INTERVAL_SECONDS", "120"),
+        "NAUTILUS_CODE_RELOAD_SECONDS": _env("NAUTILUS_CODE_RELOAD_SECONDS", str(CODE_RELOAD_DEFAULT_S)),
         # The daemon's calls to a code server (launching a run) time out after 60 s by default: too short on 2 cores.
         "DAGSTER_GRPC_TIMEOUT_SECONDS": _env("DAGSTER_GRPC_TIMEOUT_SECONDS", "180"),
         **creds,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from resources.settings import Settings, apply, build_resources, load
 
-from . import services
+from . import dagster_daemon, services
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -109,8 +109,7 @@ def up(s: Settings, rate: float, history_days: int) -> None:
         py = sys.executable
         bindir = Path(py).parent
         children.append(("simulator", spawn(s, "simulator", [py, "-m", "scripts.cli", "simulate", "--rate", str(rate)])))
-        children.append(("dagster-daemon", spawn(s, "dagster-daemon", [str(bindir / "dagster-daemon"), "run",
-                                                                        "-w", "workspace.yaml"])))
+        children.append(("dagster-daemon", spawn(s, "dagster-daemon", dagster_daemon.argv("run", "-w", "workspace.yaml"))))
         children.append(("dagster-webserver", spawn(s, "dagster-webserver", [
             str(bindir / "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1",
             "-p", str(s.port("webserver"))])))

@@ -44,3 +44,36 @@ def test_pooled_storages_reuse_their_connections(settings):
     assert _connections_opened(pooled[0], runs, threads=POOL_SIZE) <= POOL_SIZE
     for s in (stock_runs, stock_events, *pooled):
         s.dispose()
+
+
+def test_a_connection_idle_long_enough_is_pinged_and_a_dropped_one_replaced(settings, monkeypatch):
+    from resources import dagster_storage
+    config = {"postgres_url": os.environ["DAGSTER_PG_URL"]}
+    storage = PooledPostgresRunStorage.from_config_value(None, config)
+    engine = storage._engine
+
+    def drop_pooled_connections():
+        """Terminate the server side of every connection the pool holds (as a restart or a firewall would)."""
+        held = [engine.connect() for _ in range(POOL_SIZE)]
+        pids = [c.exec_driver_sql("SELECT pg_backend_pid()").scalar() for c in held]
+        for c in held:
+            c.close()
+        admin = sa.create_engine(config["postgres_url"], poolclass=sa.pool.NullPool)
+        with admin.connect() as c:
+            c.exec_driver_sql(f"SELECT pg_terminate_backend(pid) FROM unnest(ARRAY{pids}) AS pid")
+        admin.dispose()
+
+    try:
+        drop_pooled_connections()
+        monkeypatch.setattr(dagster_storage, "IDLE_PING_S", 3600.0)   # "used moments ago": no ping, so it fails
+        try:
+            storage.get_runs(limit=1)
+            raise AssertionError("a dropped connection was used without an error: the test cannot see the ping")
+        except sa.exc.OperationalError:
+            pass
+        monkeypatch.setattr(dagster_storage, "IDLE_PING_S", 0.0)      # idle long enough: pinged and replaced
+        drop_pooled_connections()
+        for _ in range(POOL_SIZE + 1):
+            assert storage.get_runs(limit=1) is not None
+    finally:
+        engine.dispose()

@@ -15,7 +15,6 @@ import json
 import os
 import random
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -30,12 +29,11 @@ from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
 from nautilus_assets.market_data import faults, sinks
 from nautilus_assets.market_data.schema import QUOTES, SUBSCRIPTION, TRADES
 from nautilus_assets.market_data.simulator import MarketSimulator, messages
-from scripts import services
+from scripts import dagster_daemon, services
 from scripts.publisher import Publisher as RawPublisher
 from tests.helpers import assert_bars_equal, fail_orphaned_runs, reference_bars, stored_bars
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 TICKS_PER_FEED = 100_000
 FIRST_CHUNK = 10_000      # per feed, published before the daemon starts
 CHUNK = 2_500             # per feed, then every PACE_S while faults are pending (see Publisher)
@@ -135,7 +133,7 @@ def _spawn_daemon(settings, plan_path: Path) -> subprocess.Popen:
            # machine that took over the default 60 s, and the launch was failed although the process started
            "DAGSTER_GRPC_TIMEOUT_SECONDS": os.environ.get("DAGSTER_GRPC_TIMEOUT_SECONDS", "180")}
     logf = open(settings.home / "fault-daemon.log", "ab")
-    return subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"], cwd=ROOT, env=env,
+    return subprocess.Popen(dagster_daemon.argv("run", "-w", "workspace.yaml"), cwd=ROOT, env=env,
                             stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
 
 

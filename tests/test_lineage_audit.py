@@ -10,7 +10,6 @@ import threading
 import time
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -28,7 +27,7 @@ from nautilus_assets.analytics.assets import indicators_1m
 from nautilus_assets.market_data.daily import bars_1d
 from nautilus_assets.portfolio.assets import portfolio_states
 from tests.test_end_to_end import evaluate
-from scripts import services
+from scripts import dagster_daemon, services
 from scripts.cli import ROOT, spawn
 from scripts.history import write_history
 from tests.conftest import wait_for
@@ -36,7 +35,6 @@ from tests.helpers import fail_orphaned_runs
 from tests.test_idempotency import counts, publish
 from nautilus_assets.market_data.schema import QUOTES, TRADES
 
-BIN = Path(sys.executable).parent
 INSTR = ["AAPL.XNAS", "SPY.ARCX"]
 
 
@@ -83,7 +81,7 @@ def test_lineage_audit_after_daemon_runs(clean, settings, instance, tmp_path, mo
     # A backfill of daily bars, as the UI's Materialize > backfill (GraphQL launchPartitionBackfill) records it;
     # dagster-daemon runs it, the Pulsar sensors' micro-batches and the automation sensor's downstream runs.
     backfill_id = launch_backfill(instance, yesterday)
-    procs = [spawn(settings, "audit-daemon", [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"])]
+    procs = [spawn(settings, "audit-daemon", dagster_daemon.argv("run", "-w", "workspace.yaml"))]
     try:
         def ingested():
             runs = instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.SUCCESS],

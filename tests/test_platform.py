@@ -1,5 +1,7 @@
 """The run path: dagster-daemon and dagster-webserver as separate processes; the sensors (RUNNING by
 default) launch micro-batch runs by themselves, and the UI's GraphQL API shows the materializations."""
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -7,7 +9,7 @@ from pathlib import Path
 import dagster as dg
 import requests
 
-from scripts import services
+from scripts import dagster_daemon, services
 from scripts.cli import spawn
 from tests.conftest import wait_for
 from tests.helpers import fail_orphaned_runs
@@ -24,10 +26,13 @@ def test_daemon_launches_sensor_batches_and_the_ui_shows_them(clean, settings, i
     res = clean
     t_start = time.time()
     publish(res, 3000, seed=9)
-    procs = [spawn(settings, "test-daemon", [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"]),
+    procs = [spawn(settings, "test-daemon", dagster_daemon.argv("run", "-w", "workspace.yaml")),
              spawn(settings, "test-webserver", [str(BIN / "dagster-webserver"), "-w", "workspace.yaml", "-h",
                                                  "127.0.0.1", "-p", str(settings.port("webserver"))])]
     try:
+        first_server = wait_for(lambda: _code_servers(procs[0].pid), timeout=120, what="the daemon's code server")[0]
+        seen_at = time.monotonic()
+
         def done():
             runs = instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.SUCCESS]))
             return {r.dagster_run.job_name for r in runs if "nautilus/trigger" in r.dagster_run.tags} >= \
@@ -48,11 +53,33 @@ def test_daemon_launches_sensor_batches_and_the_ui_shows_them(clean, settings, i
         trades = nodes["market_data_feed/trades"]
         assert trades["groupName"] == "market_data" and trades["assetMaterializations"]
         assert "pulsar/market_data/trades" in nodes
+
+        # scripts/dagster_daemon.py: the code server is not restarted every 60 s, but replaced at once when it dies
+        time.sleep(max(0.0, 66 - (time.monotonic() - seen_at)))   # past stock dagster's 60-s restart
+        assert first_server in _code_servers(procs[0].pid)
+        os.kill(first_server, signal.SIGKILL)
+        killed_at = time.monotonic()
+        wait_for(lambda: [p for p in _code_servers(procs[0].pid) if p != first_server], timeout=45, every=1,
+                 what="a new code server after the daemon's was killed")
+        print(f"code server replaced {time.monotonic() - killed_at:.1f}s after the kill")
     finally:
         services.kill_groups({str(p.pid): p.pid for p in procs})
         fail_orphaned_runs(instance, t_start - 1)
         for p in procs:
             assert p.poll() is not None
+
+
+def _code_servers(parent: int) -> list[int]:
+    """pids of the live `dagster api grpc` children of `parent`."""
+    out = []
+    for d in Path("/proc").iterdir():
+        try:
+            state, ppid = (d / "stat").read_text().rsplit(")", 1)[1].split()[:2]
+            if int(ppid) == parent and state != "Z" and b"api\0grpc" in (d / "cmdline").read_bytes():
+                out.append(int(d.name))
+        except (OSError, ValueError):   # gone meanwhile, or not a process
+            continue
+    return out
 
 
 def _graphql(settings):

@@ -31,7 +31,7 @@ from nautilus_assets.portfolio.assets import KEY as POSITIONS
 from nautilus_assets.portfolio.daily import KEY as NAV
 from nautilus_assets.portfolio.models import fill_messages, model_fills
 from nautilus_assets.risk.assets import KEY as RISK
-from scripts import services
+from scripts import dagster_daemon, services
 from scripts.cli import BACKFILL, spawn
 from scripts.history import HISTORY_MODEL, simulate_days, write_history
 from scripts.publisher import Publisher
@@ -113,7 +113,7 @@ def platform(res, settings, instance):
     quiet = dataclasses.replace(settings, env={**settings.env, "NAUTILUS_SAFETY_INTERVAL_SECONDS": "86400",
                                                "NAUTILUS_TIMER_SECONDS": "86400", "DAGSTER_GRPC_TIMEOUT_SECONDS": "300"})
     t_daemon = time.time()
-    procs = [spawn(quiet, "test-daemon", [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"]),
+    procs = [spawn(quiet, "test-daemon", dagster_daemon.argv("run", "-w", "workspace.yaml")),
              spawn(quiet, "test-webserver", [str(BIN / "dagster-webserver"), "-w", "workspace.yaml", "-h",
                                               "127.0.0.1", "-p", str(settings.port("webserver"))])]
     try:

@@ -25,7 +25,7 @@ from nautilus_assets.market_data.handover import (
 from nautilus_assets.market_data.schema import SUBSCRIPTION, TRADES
 from nautilus_assets.market_data.simulator import MarketSimulator
 from resources.pulsar import PulsarResource
-from resources.settings import streaming
+from resources.settings import code_reload_seconds, streaming
 from scripts.publisher import publish_tables
 from sensors.pulsar_ingest import INGEST_SENSORS
 from tests.conftest import wait_for
@@ -41,6 +41,9 @@ def test_streaming_settings_are_validated():
                 {"NAUTILUS_LATENESS_BOUND_SECONDS": "-5"}, {"NAUTILUS_RUN_RSS_HANDOVER_MB": "0"}):
         with pytest.raises(ValueError):
             streaming(bad)
+    assert code_reload_seconds({}) == 600 and code_reload_seconds({"NAUTILUS_CODE_RELOAD_SECONDS": "30"}) == 30
+    with pytest.raises(ValueError):
+        code_reload_seconds({"NAUTILUS_CODE_RELOAD_SECONDS": "1"})
 
 
 def _started(inst, tags=None):
@@ -135,6 +138,39 @@ def test_one_run_commits_batches_back_to_back_each_recorded(clean, instance, mon
     assert res["pulsar"].backlog(TRADES.topic, SUBSCRIPTION) == 0
     # over its memory budget, the run asked for a successor (and kept committing until then: idle here)
     assert instance.get_run_by_id(result.run_id).tags[SUCCESSOR_WANTED_TAG].startswith("rss ")
+
+
+def test_a_batch_is_checked_before_the_next_batch_writes(clean, monkeypatch):
+    """The check reads run after the acknowledgement, beside the next batch's receive and decode; the next
+    batch's ClickHouse writes wait for them (its trades without its bars would fail the bars check)."""
+    from nautilus_assets.market_data import checks, ingest
+    res = clean
+    trades = _trades(3000, seed=37)   # both halves touch the same minutes
+    slow_bars = checks.bars_mismatches
+    monkeypatch.setattr(checks, "bars_mismatches", lambda *a, **k: (time.sleep(1.5), slow_bars(*a, **k))[1])
+    write, seen = ingest.sinks.write_clickhouse, []
+    batches: list = []
+
+    def watched(*a, **k):
+        seen.append([b.inspected.done() for b in batches])
+        return write(*a, **k)
+
+    monkeypatch.setattr(ingest.sinks, "write_clickhouse", watched)
+    with ingest.Stream(TRADES, res["pulsar"], res["lake"], res["clickhouse"], 3600, inspect=True) as stream:
+        for i, half in enumerate((trades.slice(0, 1500), trades.slice(1500))):
+            publish_tables(res["pulsar"], half, trades.slice(0, 0))
+            msgs = stream.receive(10_000, 1.0, first=True)
+            batches.append(stream.commit(f"checked.{i}", msgs))
+        assert seen == [[], [True]]   # the second batch wrote after the first one's check reads
+        assert batches[1].inspected.result() >= 1.5
+    for b in batches:
+        assert b.bars_check["bars_checked"] > 0 and b.bars_check["mismatched"] == b.bars_check["missing"] == 0
+        assert b.stored_span.num_rows >= 1500 and b.table_rows >= 1500
+    assert set(pa_ids(batches[0].stored_span)) >= set(pa_ids(batches[0].rows))
+
+
+def pa_ids(t):
+    return t["message_id"].to_pylist()
 
 
 PREDECESSOR = textwrap.dedent("""

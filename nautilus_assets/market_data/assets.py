@@ -167,8 +167,10 @@ def _stream(context: dg.AssetExecutionContext, config: BatchConfig, feed: Feed, 
 def _record(context, feed: Feed, key: dg.AssetKey, results: list[BatchResult], lake: LakeResource,
             state: dict) -> None:
     """Committed batches in Dagster: each one's materialization of the feed (and, for trades, of the bars) with
-    its reconciliation, uniqueness (and bars) check evaluations. Their ClickHouse side was read in the batch's own
-    session (Stream(inspect=True)); the Delta side is read here, through the recorder's own Delta handle."""
+    its reconciliation, uniqueness (and bars) check evaluations. Their ClickHouse side is read on the stream's
+    inspector thread after each batch's acknowledgement (Stream(inspect=True)); the Delta side here, through the
+    recorder's own Delta handle."""
+    checks_ch = [{"seconds_checks_clickhouse": res.inspected.result()} if res.inspected else {} for res in results]
     t = time.perf_counter()
     if state.get("delta") is None:
         state["delta"] = lake.table(bronze_table(feed))
@@ -179,9 +181,9 @@ def _record(context, feed: Feed, key: dg.AssetKey, results: list[BatchResult], l
         checks.duplicate_ids(feed, res.stored_span), res.bars_check) for res in results]
     per_batch = {"seconds_checks_delta": round((time.perf_counter() - t) / len(results), 3),
                  "recorded_together": len(results)}
-    for res, ((ok, rec), dup, bars) in zip(results, evaluated):
-        context.log_event(dg.AssetMaterialization(asset_key=key, tags=_versions(res),
-                                                  metadata={**_batch_metadata(res, feed, res.table_rows), **per_batch}))
+    for res, ((ok, rec), dup, bars), seconds in zip(results, evaluated, checks_ch):
+        context.log_event(dg.AssetMaterialization(asset_key=key, tags=_versions(res), metadata={
+            **_batch_metadata(res, feed, res.table_rows), **seconds, **per_batch}))
         context.log_event(dg.AssetCheckEvaluation(asset_key=key, check_name="reconciles_with_consumed", passed=ok,
                                                   metadata={**rec, "batch_id": res.batch_id}))
         context.log_event(dg.AssetCheckEvaluation(asset_key=key, check_name="no_duplicate_ids",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 
 import pulsar
@@ -36,10 +36,11 @@ class BatchResult:
     seconds: dict = field(default_factory=dict)
     rows: pa.Table | None = field(default=None, repr=False)        # the batch's valid rows
     bar_keys: list = field(default_factory=list, repr=False)       # (instrument, minute) the batch touched
-    # read for the batch's checks in its ClickHouse session, right after its writes (Stream(inspect=True))
+    # read for the batch's checks after its acknowledgement, before the next batch writes (Stream(inspect=True))
     stored_span: pa.Table | None = field(default=None, repr=False)  # ClickHouse rows of its message-id span
     bars_check: dict | None = field(default=None, repr=False)
     table_rows: int = -1
+    inspected: Future | None = field(default=None, repr=False)      # done when the three above are read
 
     @property
     def already_stored(self) -> int:
@@ -51,7 +52,7 @@ class BatchResult:
         return {**out, "already_stored": self.already_stored}
 
 
-DETAIL_FIELDS = ("rows", "bar_keys", "stored_span", "bars_check", "table_rows")
+DETAIL_FIELDS = ("rows", "bar_keys", "stored_span", "bars_check", "table_rows", "inspected")
 
 
 def subscribe(client: pulsar.Client, feed: Feed, receiver_queue_size: int = 20_000) -> pulsar.Consumer:
@@ -123,14 +124,21 @@ class Stream:
     Each `commit` decodes and validates a batch, writes Delta and ClickHouse (each de-duplicating on the message
     id within the batch's (ledger, entry) span), recomputes the touched bars, then acknowledges: a message is
     acknowledged only after both sinks (and the quarantine) committed it. The Delta table handle is kept and
-    updated incrementally, so a batch never re-reads the table's log from the start."""
+    updated incrementally, so a batch never re-reads the table's log from the start.
+
+    inspect=True reads what the batch's ClickHouse checks need (`BatchResult.inspected`) on a thread of its own
+    once the batch is acknowledged, while the next batch is received and decoded; the next batch writes ClickHouse
+    only after those reads, so a check sees exactly its batch's writes (the bars check recomputes the batch's
+    minutes from the stored trades: another batch's trades without its bars would read as a mismatch)."""
 
     def __init__(self, feed: Feed, pulsar_res: PulsarResource, lake: LakeResource, ch: ClickHouseResource,
                  lateness_s: float, log: Callable[[str], None] = print, inspect: bool = False):
         self.feed, self.pulsar_res, self.lake, self.ch = feed, pulsar_res, lake, ch
-        self.inspect = inspect   # read what the batch's ClickHouse checks need while its session is open
+        self.inspect = inspect
         self.lateness_ns, self.log = int(lateness_s * 1e9), log
         self._client_cm = self.client = self.consumer = self.delta = self.announcer = self._opened = None
+        self._inspector = ThreadPoolExecutor(1, thread_name_prefix="batch-checks") if inspect else None
+        self._inspecting: Future | None = None
 
     def __enter__(self) -> Stream:
         self._client_cm = self.pulsar_res.client()
@@ -140,6 +148,8 @@ class Stream:
 
     def __exit__(self, *exc) -> None:
         try:
+            if self._inspector is not None:
+                self._inspector.shutdown(wait=True)
             if self.announcer is not None:
                 self.announcer.close()
             self.consumer.close()
@@ -187,6 +197,9 @@ class Stream:
                 res.valid, res.quarantined = dec.table.num_rows, len(dec.quarantine)
                 res.duplicates_in_batch = dec.duplicates
                 delta = pool.submit(sinks.write_delta, self.lake, feed, dec.table, batch_id, self.delta)
+                if self._inspecting is not None:   # the previous batch's check reads come first (class doc)
+                    self._inspecting.result()
+                    lap("checks_wait")
                 res.written_clickhouse = sinks.write_clickhouse(ch, feed, dec.table)
                 faults.point("between_sinks", feed.name, batch_id)
                 sinks.write_quarantine(ch, feed.topic, batch_id, dec.quarantine)
@@ -195,11 +208,6 @@ class Stream:
                     res.bar_keys = sinks.touched_minutes(dec.table)
                     res.bars_recomputed = sinks.recompute_bars(ch, res.bar_keys, batch_id, version)
                     lap("bars")
-                if self.inspect:   # the reads the batch's checks need, while the batch's ids are at hand
-                    res.stored_span = checks.clickhouse_span(ch, feed, dec.table)
-                    res.table_rows = int(ch.scalar(f"SELECT count() FROM {sinks.DB}.{feed.name}"))  # part metadata
-                    res.bars_check = checks.bars_mismatches(ch, res.bar_keys) if feed is TRADES else None
-                    lap("checks_clickhouse")
             res.written_delta, res.delta_version, self.delta = delta.result()
             lap("delta_wait")
         system_topics.publish_quarantine_alert(self.client, feed.topic, batch_id, len(msgs), dec.table.num_rows,
@@ -223,7 +231,18 @@ class Stream:
             faults.completed(feed.name)
         self.log(f"{batch_id}: {res.valid} valid ({res.written_delta} new in Delta v{res.delta_version}, "
                  f"{res.written_clickhouse} new in ClickHouse), {res.quarantined} quarantined; {res.seconds}")
+        if self._inspector is not None:
+            res.inspected = self._inspecting = self._inspector.submit(self._inspect, res)
         return res
+
+    def _inspect(self, res: BatchResult) -> float:
+        """The ClickHouse reads of the batch's checks (on the inspector thread); returns their seconds."""
+        t, feed = time.perf_counter(), self.feed
+        with self.ch.session():
+            res.stored_span = checks.clickhouse_span(self.ch, feed, res.rows)
+            res.table_rows = int(self.ch.scalar(f"SELECT count() FROM {sinks.DB}.{feed.name}"))  # part metadata
+            res.bars_check = checks.bars_mismatches(self.ch, res.bar_keys) if feed is TRADES else None
+        return round(time.perf_counter() - t, 3)
 
 
 def run_batch(feed: Feed, pulsar_res: PulsarResource, lake: LakeResource, ch: ClickHouseResource, batch_id: str,

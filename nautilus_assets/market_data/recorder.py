@@ -1,9 +1,9 @@
-"""Recording committed batches off the commit path: their check queries and Dagster events run on one background
-thread while the next batch is received and committed.
+"""Recording committed batches off the commit path: their Delta check reads and Dagster events run on one background
+thread while the next batch is received and committed (their ClickHouse check reads: ingest.Stream's inspector).
 
 A batch is acknowledged before it is recorded (both sinks hold it), so recording later changes no data; what a
 kill between the two loses is the record of at most `max_pending` batches, never a row. When recording falls
-behind, the thread takes every waiting batch at once (one Delta read and one round of ClickHouse queries for their checks), and the committer
+behind, the thread takes every waiting batch at once (one Delta read for their checks), and the committer
 blocks once `max_pending` batches wait: the records never lag without bound."""
 from __future__ import annotations
 
