@@ -1,5 +1,6 @@
-"""The micro-batch code a run executes (consume, decode, validate, Delta + ClickHouse, bars, announce, ack; run
-launch excluded) against raw pulsar-client consume+ack on the same broker and the same kind of messages.
+"""The micro-batch loop a long-lived run executes (ingest.Stream: receive windows, decode, validate, Delta +
+ClickHouse, bars, announce, ack, the checks' ClickHouse reads; run launch and Dagster event logging excluded)
+against raw pulsar-client consume+ack (the same receive windows) on the same broker and the same kind of messages.
 
     .venv/bin/python -m bench.ingest [--ticks 50000] [--batch 10000] [--repeats 5]
     .venv/bin/python -m bench.ingest --preload 20000000 [--batch 10000] [--repeats 5]
@@ -28,7 +29,7 @@ import numpy as np  # noqa: E402
 import pulsar  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
-from nautilus_assets.market_data.ingest import receive, run_batch  # noqa: E402
+from nautilus_assets.market_data.ingest import Stream, receive_window  # noqa: E402
 from nautilus_assets.market_data.schema import TRADES  # noqa: E402
 from nautilus_assets.market_data.simulator import MarketSimulator, messages  # noqa: E402
 from nautilus_assets.market_data.sinks import bronze_table  # noqa: E402
@@ -57,28 +58,57 @@ class Feeder:
         self.pub.flush()
 
 
-def raw_round(client, n: int) -> float:
+def _first(receive_batch, deadline_s: float = 60) -> list:
+    """The first messages of a round: a fresh consumer may wait seconds for its first dispatch (not counted)."""
+    t = time.monotonic()
+    while time.monotonic() - t < deadline_s:
+        if msgs := receive_batch():
+            return msgs
+    raise TimeoutError("no message within a minute")
+
+
+def raw_round(client, n: int, batch: int) -> float:
+    """pulsar-client alone: the same receive windows as a run (C++ messages), then an acknowledgement each."""
     c = client.subscribe(TRADES.topic, RAW_SUB, consumer_type=pulsar.ConsumerType.Shared,
-                         initial_position=pulsar.InitialPosition.Earliest, receiver_queue_size=5000)
-    t0, got = time.perf_counter(), 0
-    while got < n:
-        for m in receive(c, n - got, 60, idle_ms=2000):
+                         initial_position=pulsar.InitialPosition.Earliest, receiver_queue_size=20_000)
+    take = lambda: receive_window(c, min(batch, n - got), 0.5, raw=True)   # noqa: E731
+    got = 0
+    msgs = _first(take)
+    t0 = time.perf_counter()
+    while True:
+        for m in msgs:
             c.acknowledge(m)
-            got += 1
+        got += len(msgs)
+        if got >= n:
+            break
+        msgs = take()
     rate = n / (time.perf_counter() - t0)
     c.close()
     return rate
 
 
-def nautilus_round(r, n: int, batch: int, label: str) -> tuple[float, list[float]]:
-    """Batches until n ticks are in; returns (ticks/s, each batch's commit seconds)."""
-    done, t0, per_batch = 0, time.perf_counter(), []
-    while done < n:
-        res = run_batch(TRADES, r["pulsar"], r["lake"], r["clickhouse"], f"{label}-{done}", min(batch, n - done), 120,
-                        7 * 86400, log=lambda m: None)
-        done += res.consumed
-        per_batch.append(sum(v for k, v in res.seconds.items() if k != "receive"))
-    return done / (time.perf_counter() - t0), per_batch
+def nautilus_round(r, n: int, batch: int, label: str) -> tuple[float, list[float], list[float]]:
+    """A run's commit loop (ingest.Stream: receive windows, decode, Delta + ClickHouse, bars, announce, ack, and the
+    checks' ClickHouse reads on the inspector thread) until n ticks are in; the run's launch, its consumer's first
+    dispatch and its Dagster event logging are not counted. Returns (ticks/s, each batch's commit seconds, each
+    batch's check-read seconds)."""
+    done, per_batch, inspected = 0, [], []
+    with Stream(TRADES, r["pulsar"], r["lake"], r["clickhouse"], 7 * 86400, log=lambda m: None,
+                inspect=True) as stream:
+        take = lambda: stream.receive(min(batch, n - done), 0.5)   # noqa: E731
+        msgs = _first(take)
+        t0 = time.perf_counter()
+        while True:
+            res = stream.commit(f"{label}.{len(per_batch) + 1}", msgs)
+            per_batch.append(sum(res.seconds.values()))
+            inspected.append(res.inspected)
+            done += res.consumed
+            if done >= n:
+                break
+            msgs = take()
+        checks = [f.result() for f in inspected]   # the last batch's check reads are part of the work
+        rate = done / (time.perf_counter() - t0)
+    return rate, per_batch, checks
 
 
 def preload(r, n: int, chunk: int = 1_000_000) -> None:
@@ -138,22 +168,25 @@ def main() -> None:
                     if phase == "preloaded":
                         preload(r, a.preload)
                     feed.publish(a.batch)          # warm-up batch, not counted
-                    raw_round(client, a.batch)
+                    raw_round(client, a.batch, a.batch)
                     nautilus_round(r, a.batch, a.batch, f"warm-{phase}")
                     feed.publish(a.batch * a.repeats)
-                    raw_round(client, a.batch * a.repeats)
-                    _, secs = nautilus_round(r, a.batch * a.repeats, a.batch, phase)
+                    raw_round(client, a.batch * a.repeats, a.batch)
+                    _, secs, checks = nautilus_round(r, a.batch * a.repeats, a.batch, phase)
                     phases[phase] = statistics.median(secs)
+                    phases[f"{phase} checks"] = statistics.median(checks)
                     print(f"{phase}: per-batch commit seconds {[round(x, 3) for x in secs]}, median "
-                          f"{phases[phase]:.3f}", flush=True)
+                          f"{phases[phase]:.3f}; check reads (after the ack) median {statistics.median(checks):.3f}",
+                          flush=True)
                 print(f"ratio preloaded / empty: {phases['preloaded'] / phases['empty']:.2f}  (goal <= 1.3; "
-                      f"{a.preload:,} rows preloaded, batches of {a.batch:,})")
+                      f"{a.preload:,} rows preloaded, batches of {a.batch:,}); check reads "
+                      f"{phases['preloaded checks'] / phases['empty checks']:.2f}")
                 return
             raws, ours = [], []
             for k in range(a.repeats + 1):
                 feed.publish(a.ticks)
-                raw = raw_round(client, a.ticks)
-                ours_k, _ = nautilus_round(r, a.ticks, a.batch, f"round{k}")
+                raw = raw_round(client, a.ticks, a.batch)
+                ours_k, _, _ = nautilus_round(r, a.ticks, a.batch, f"round{k}")
                 label = "warm-up" if k == 0 else f"round {k}"
                 print(f"{label}: raw {raw:,.0f} msg/s, nautilus {ours_k:,.0f} ticks/s, ratio {ours_k / raw:.2f}",
                       flush=True)

@@ -12,6 +12,7 @@ A run that was not launched by the sensor (a materialization from the UI, a back
 catch-up: it takes what is pending and ends when the subscription is drained."""
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -53,11 +54,26 @@ class Changes:
     ch0: dict = field(default_factory=session_counters)
 
 
+_niced = False
+
+
+def lower_priority() -> None:
+    """A sensor-launched product run yields the CPU to the ingest runs when the cores are saturated
+    (NAUTILUS_PRODUCT_RUN_NICE): publish -> queryable is the tighter SLA, and a product catches up from its
+    subscription. Once per process (a run is a process of its own; a test may run several in one)."""
+    global _niced
+    if not _niced and STREAM.product_run_nice:
+        os.nice(int(STREAM.product_run_nice))
+        _niced = True
+
+
 def follow(context, config: FollowConfig, pulsar_res: PulsarResource, subscription: str,
            apply: Callable[[Changes], None], topics: tuple[str, ...] = ()) -> int:
     """Batches of change announcements (and `topics`' messages) until the run should stop. Returns batches."""
     tag = context.run.tags.get(BATCH_TAG)
     one_shot = tag is None
+    if not one_shot:
+        lower_priority()
     prefix = tag or context.run.run_id
     handover.take_over(context.instance, context.run, STREAM.handover_wait_s, log=context.log.info)
     started = last_data = time.monotonic()

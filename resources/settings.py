@@ -64,6 +64,7 @@ STREAMING_VARS = {
     "NAUTILUS_WATCHDOG_SILENT_SECONDS": (300, "an in-flight run that logged nothing this long is failed"),
     "NAUTILUS_LATENESS_BOUND_SECONDS": (7 * 86400, "older ts_event is quarantined (historical replays are exempt)"),
     "NAUTILUS_RUN_RSS_HANDOVER_MB": (896, "a run whose resident memory passes this asks for its successor early"),
+    "NAUTILUS_PRODUCT_RUN_NICE": (5, "a sensor-launched streaming-product run lowers its CPU priority by this much"),
 }
 
 
@@ -77,6 +78,7 @@ class Streaming:
     watchdog_silent_s: float
     lateness_bound_s: float
     run_rss_handover_mb: float
+    product_run_nice: float
 
     @property
     def run_max_runtime_s(self) -> int:
@@ -102,6 +104,8 @@ def streaming(env=None) -> Streaming:
         raise ValueError("NAUTILUS_RUN_IDLE_SECONDS must be > 0 and below NAUTILUS_WATCHDOG_SILENT_SECONDS")
     if v["NAUTILUS_LATENESS_BOUND_SECONDS"] <= 0 or v["NAUTILUS_RUN_RSS_HANDOVER_MB"] <= 0:
         raise ValueError("NAUTILUS_LATENESS_BOUND_SECONDS and NAUTILUS_RUN_RSS_HANDOVER_MB must be > 0")
+    if v["NAUTILUS_PRODUCT_RUN_NICE"] not in range(0, 20):
+        raise ValueError("NAUTILUS_PRODUCT_RUN_NICE must be an integer from 0 to 19")
     return Streaming(int(v["NAUTILUS_BATCH_MAX_MESSAGES"]), *(v[k] for k in list(STREAMING_VARS)[1:]))
 
 

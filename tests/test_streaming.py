@@ -38,12 +38,22 @@ def test_streaming_settings_are_validated():
     assert streaming({}).run_lifetime_s == 600 and streaming({}).batch_max_wait_s == 0.5
     for bad in ({"NAUTILUS_BATCH_MAX_MESSAGES": "0"}, {"NAUTILUS_BATCH_MAX_WAIT_SECONDS": "-1"},
                 {"NAUTILUS_HANDOVER_LEAD_SECONDS": "700"}, {"NAUTILUS_RUN_IDLE_SECONDS": "400"},
-                {"NAUTILUS_LATENESS_BOUND_SECONDS": "-5"}, {"NAUTILUS_RUN_RSS_HANDOVER_MB": "0"}):
+                {"NAUTILUS_LATENESS_BOUND_SECONDS": "-5"}, {"NAUTILUS_RUN_RSS_HANDOVER_MB": "0"},
+                {"NAUTILUS_PRODUCT_RUN_NICE": "2.5"}, {"NAUTILUS_PRODUCT_RUN_NICE": "20"}):
         with pytest.raises(ValueError):
             streaming(bad)
     assert code_reload_seconds({}) == 600 and code_reload_seconds({"NAUTILUS_CODE_RELOAD_SECONDS": "30"}) == 30
     with pytest.raises(ValueError):
         code_reload_seconds({"NAUTILUS_CODE_RELOAD_SECONDS": "1"})
+
+
+def test_a_sensor_launched_product_run_lowers_its_cpu_priority_once():
+    code = ("import os; from nautilus_assets import streaming; before = os.nice(0); streaming.lower_priority(); "
+            "streaming.lower_priority(); print(os.nice(0) - before)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "NAUTILUS_PRODUCT_RUN_NICE": "5"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == "5"
 
 
 def _started(inst, tags=None):
