@@ -71,8 +71,8 @@ def raw_round(client, n: int, batch: int) -> float:
     """pulsar-client alone: the same receive windows as a run (C++ messages), then an acknowledgement each."""
     c = client.subscribe(TRADES.topic, RAW_SUB, consumer_type=pulsar.ConsumerType.Shared,
                          initial_position=pulsar.InitialPosition.Earliest, receiver_queue_size=20_000)
-    take = lambda: receive_window(c, min(batch, n - got), 0.5, raw=True)   # noqa: E731
     got = 0
+    take = lambda: receive_window(c, min(batch, n - got), 0.5, raw=True)   # noqa: E731
     msgs = _first(take)
     t0 = time.perf_counter()
     while True:

@@ -134,7 +134,6 @@ class Stream:
     def __init__(self, feed: Feed, pulsar_res: PulsarResource, lake: LakeResource, ch: ClickHouseResource,
                  lateness_s: float, log: Callable[[str], None] = print, inspect: bool = False):
         self.feed, self.pulsar_res, self.lake, self.ch = feed, pulsar_res, lake, ch
-        self.inspect = inspect
         self.lateness_ns, self.log = int(lateness_s * 1e9), log
         self._client_cm = self.client = self.consumer = self.delta = self.announcer = self._opened = None
         self._inspector = ThreadPoolExecutor(1, thread_name_prefix="batch-checks") if inspect else None
