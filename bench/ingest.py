@@ -87,6 +87,9 @@ def raw_round(client, n: int, batch: int) -> float:
     return rate
 
 
+STAGES: dict[str, list[float]] = {}   # each counted batch's stage seconds (BatchResult.seconds), for the profile
+
+
 def nautilus_round(r, n: int, batch: int, label: str) -> tuple[float, list[float], list[float]]:
     """A run's commit loop (ingest.Stream: receive windows, decode, Delta + ClickHouse, bars, announce, ack, and the
     checks' ClickHouse reads on the inspector thread) until n ticks are in; the run's launch, its consumer's first
@@ -100,7 +103,9 @@ def nautilus_round(r, n: int, batch: int, label: str) -> tuple[float, list[float
         t0 = time.perf_counter()
         while True:
             res = stream.commit(f"{label}.{len(per_batch) + 1}", msgs)
-            per_batch.append(sum(res.seconds.values()))
+            per_batch.append(sum(v for k, v in res.seconds.items() if not k.startswith("clickhouse_")))
+            for k, v in res.seconds.items():
+                STAGES.setdefault(k, []).append(v)
             inspected.append(res.inspected)
             done += res.consumed
             if done >= n:
@@ -190,12 +195,16 @@ def main() -> None:
                 label = "warm-up" if k == 0 else f"round {k}"
                 print(f"{label}: raw {raw:,.0f} msg/s, nautilus {ours_k:,.0f} ticks/s, ratio {ours_k / raw:.2f}",
                       flush=True)
-                if k:
+                if k == 0:
+                    STAGES.clear()
+                else:
                     raws.append(raw)
                     ours.append(ours_k)
         raw_m, ours_m = float(np.median(raws)), float(np.median(ours))
         print(f"median raw pulsar-client consume+ack: {raw_m:,.0f} msg/s; median nautilus batch ingest: "
               f"{ours_m:,.0f} ticks/s; ratio {ours_m / raw_m:.2f}  (goal >= 0.5)")
+        print("median seconds per batch by stage: " + ", ".join(
+            f"{k} {statistics.median(v):.3f}" for k, v in STAGES.items()))
     finally:
         services.remove(s)
 

@@ -82,7 +82,7 @@ class BarLatency(threading.Thread):
     poll that sees an indicator row of M computed from the bar's latest version, a VPIN state after M (the state
     before a later bar: M fully poured), and a portfolio state at or after M + 60 s (marked with M's close)."""
 
-    def __init__(self, ch, pg, instrument: str, poll_s: float = 3.0):
+    def __init__(self, ch, pg, instrument: str, poll_s: float = 1.0):
         super().__init__(daemon=True)
         self.ch, self.pg, self.inst, self.poll_s = ch, pg, instrument, poll_s
         self.pending: dict[int, dict] = {}
@@ -120,6 +120,8 @@ class BarLatency(threading.Thread):
                     seen[name] = now - (m + 60)
                     self.done[name].append(seen[name])
             if len(seen) == 3 or now - m > 900:
+                print(f"bar {time.strftime('%H:%M', time.gmtime(m))} closed -> visible: "
+                      + ", ".join(f"{k} {v:.1f}s" for k, v in seen.items()), flush=True)
                 del self.pending[m]
 
     def run(self) -> None:

@@ -143,6 +143,9 @@ class Engine:
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"       # keep-alive: clickhouse-connect pools its connections
+    # TCP_NODELAY: a reply is written as headers, then body; with Nagle the body waited for the client's delayed
+    # ACK of the headers: 40 ms on every query that returns rows (SELECT 1 took 48 ms over HTTP, 2.1 ms without)
+    disable_nagle_algorithm = True
     server_version = "nautilus-chdb"
     timeout = 600                       # an idle keep-alive connection's thread ends after this long
     engine: Engine
