@@ -61,9 +61,10 @@ def windows(ch: ClickHouseResource, since: dict) -> dict[str, pd.DataFrame]:
     return {i: g.reset_index(drop=True) for i, g in bars.groupby("instrument_id", sort=True)}
 
 
-def recompute(ch: ClickHouseResource, run_id: str, since: dict, log=print) -> dict:
+def recompute(ch: ClickHouseResource, run_id: str, since: dict, log=None) -> dict:
     """Indicators for each instrument's bars from its `since` minute on, written in one insert; returns counts
-    for metadata."""
+    for metadata. `log` takes a line per instrument (the streaming run passes none: every Dagster log line is a
+    write to the instance's event log, and a batch's counts are in its materialization)."""
     stats, out = {"instruments": 0, "rows": 0}, []
     for instrument, bars in windows(ch, since).items():
         first = since[instrument]
@@ -74,7 +75,8 @@ def recompute(ch: ClickHouseResource, run_id: str, since: dict, log=print) -> di
         out.append(rows)
         stats["instruments"] += 1
         stats["rows"] += int(keep.sum())
-        log(f"{instrument}: {int(keep.sum())} bars from {first} (window {len(bars)} bars)")
+        if log:
+            log(f"{instrument}: {int(keep.sum())} bars from {first} (window {len(bars)} bars)")
     if out:
         rows = pd.concat(out, ignore_index=True)
         rows["version"] = time.time_ns()
@@ -131,14 +133,14 @@ def indicators_1m(context: dg.AssetExecutionContext, config: FollowConfig, click
         if not since:
             return
         with clickhouse.session():   # the batch's reads, writes and checks in this run's one session
-            stats = recompute(clickhouse, batch.batch_id, since, log=context.log.info)
+            stats = recompute(clickhouse, batch.batch_id, since)
             missing, bad = check_batch(clickhouse, since)
         log_batch(context, KEY, batch, {
             **stats, "upstream_batches": len(batch.upstream), "first_changed_minute": min(since.values()).isoformat(),
             "dagster/column_lineage": LINEAGE}, {
             "every_bar_has_indicators": (missing == 0, {"bars_without_current_indicators": missing}),
             "indicators_in_range": (bad == 0, {"rows_out_of_range": bad})})
-        PRODUCT.announce(batch.client, KEY, batch.batch_id, **stats)
+        batch.record(lambda: PRODUCT.announce(batch.client, KEY, batch.batch_id, **stats))
 
     follow(context, config, pulsar, SUBSCRIPTION, apply)
     yield from ()

@@ -16,12 +16,6 @@ def changed_since(ch: ClickHouseResource, cursor: int) -> dict[str, pd.Timestamp
     return {str(inst): pd.Timestamp(since) for inst, since in rows}
 
 
-def bars_from(ch: ClickHouseResource, instrument: str, start) -> pd.DataFrame:
-    """An instrument's bars from `start` (a timestamp) on, in time order."""
-    return ch.query_df(f"SELECT * FROM {BARS} WHERE instrument_id = %(i)s AND minute >= toDateTime(%(s)s, 'UTC') "
-                       "ORDER BY minute", parameters={"i": instrument, "s": int(pd.Timestamp(start).timestamp())})
-
-
 def since_condition(since: dict[str, pd.Timestamp], alias: str = "", op: str = ">=") -> tuple[str, dict]:
     """A WHERE condition (and its parameters) for "this instrument's rows from that minute on" (`op` "<": before
     it), per instrument: a primary-key range of (instrument_id, minute) tables, so its cost follows the change, not

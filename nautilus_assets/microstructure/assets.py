@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow.compute as pc
 
 from nautilus_assets.market_data.assets import BARS_KEY, TRADES_KEY
-from nautilus_assets.market_data.bars import bars_from, changed_since
+from nautilus_assets.market_data.bars import BARS, changed_since, since_condition
 from nautilus_assets.market_data.schema import TRADES
 from nautilus_assets.market_data.sinks import bronze_table
 from nautilus_assets.product import Product, png_markdown
@@ -116,62 +116,81 @@ def _params_for(ch: ClickHouseResource, lake: LakeResource, instrument: str, day
     return out
 
 
-def _checkpoint(ch: ClickHouseResource, instrument: str, since: pd.Timestamp) -> tuple[pd.Timestamp | None, dict | None]:
-    """The latest state at or before `since` (the state before that minute's bar): (its minute, states by variant)."""
-    with ch.session() as c:
-        row = c.query(f"SELECT toUnixTimestamp(minute), state FROM {DB}.vpin_states FINAL WHERE instrument_id = %(i)s "
-                      "AND minute <= toDateTime(%(m)s, 'UTC') ORDER BY minute DESC LIMIT 1",
-                      parameters={"i": instrument, "m": int(since.timestamp())}).result_rows
-    return (pd.Timestamp(row[0][0], unit="s"), json.loads(row[0][1])) if row else (None, None)
+def _checkpoints(c, since: dict) -> dict[str, tuple[pd.Timestamp, dict]]:
+    """Per instrument, the latest state at or before its `since` minute (the state before that minute's bar):
+    {instrument: (its minute, states by variant)}, for all the instruments in one query."""
+    cond, params = since_condition(since, op="<=")
+    rows = c.query(f"SELECT instrument_id, toUnixTimestamp(minute), state FROM {DB}.vpin_states FINAL WHERE {cond} "
+                   "ORDER BY instrument_id, minute DESC LIMIT 1 BY instrument_id", parameters=params).result_rows
+    return {str(i): (pd.Timestamp(m, unit="s"), json.loads(st)) for i, m, st in rows}
 
 
-def _state_minutes(ch: ClickHouseResource, instrument: str, start: pd.Timestamp) -> set[pd.Timestamp]:
-    """Minutes after `start` that hold a state: the replay rewrites each (a late bar makes them stale)."""
-    with ch.session() as c:
-        rows = c.query(f"SELECT DISTINCT toUnixTimestamp(minute) FROM {DB}.vpin_states WHERE instrument_id = %(i)s "
-                       "AND minute > toDateTime(%(m)s, 'UTC')", parameters={"i": instrument,
-                                                                           "m": int(start.timestamp())}).result_rows
-    return {pd.Timestamp(m, unit="s") for (m,) in rows}
+def _state_minutes(c, start: dict) -> dict[str, set[pd.Timestamp]]:
+    """Per instrument, the minutes after its `start` that hold a state: the replay rewrites each (a late bar makes
+    them stale)."""
+    cond, params = since_condition(start, op=">")
+    rows = c.query(f"SELECT DISTINCT instrument_id, toUnixTimestamp(minute) FROM {DB}.vpin_states WHERE {cond}",
+                   parameters=params).result_rows
+    out: dict[str, set] = {}
+    for i, m in rows:
+        out.setdefault(str(i), set()).add(pd.Timestamp(m, unit="s"))
+    return out
 
 
-def replay(ch: ClickHouseResource, lake: LakeResource, instrument: str, since: pd.Timestamp, run_id: str,
-           log=print, memo: dict | None = None) -> tuple[int, int | None]:
-    """Recompute an instrument's buckets from its latest state at or before `since` onwards.
+def replay(ch: ClickHouseResource, lake: LakeResource, since: dict, run_id: str, log=print,
+           memo: dict | None = None) -> tuple[dict, dict]:
+    """Recompute each instrument's buckets from its latest state at or before its `since` minute onwards.
 
     States are kept before the first bar of each UTC day, before the latest bar (the minute still filling, which
     the next batch touches again: it replays from there, one or two bars) and at every minute that held one
-    already in the replayed span (rewritten, so none goes stale). Returns (buckets written, first bucket_seq)."""
-    since = pd.Timestamp(since)
-    m0, states = _checkpoint(ch, instrument, since)
-    start = m0 if m0 is not None else pd.Timestamp("1970-01-01")
-    bars = bars_from(ch, instrument, start)
-    if bars.empty:
-        return 0, None
-    st = {v: VpinState.from_dict(states[v]) if states else VpinState(window=WINDOW) for v in VARIANTS}
-    first_seq = st["bvc"].buckets
-    bars["minute"] = pd.to_datetime(bars["minute"]).dt.tz_localize(None)
-    bars["date"] = bars["minute"].dt.date
-    cuts = _state_minutes(ch, instrument, start) | {bars["minute"].iloc[-1]}
-    if m0 is not None:
-        cuts.add(m0)
+    already in the replayed span (rewritten, so none goes stale). All the instruments share each read and each
+    write (five round trips a batch, whatever their number). Returns (counts, first bucket_seq written per
+    instrument)."""
+    since = {i: pd.Timestamp(m) for i, m in since.items()}
+    stats, firsts = {"instruments": len(since), "buckets_written": 0}, {}
+    with ch.session() as c:
+        kept = _checkpoints(c, since)
+        start = {i: kept[i][0] if i in kept else pd.Timestamp("1970-01-01") for i in since}
+        cuts_after = _state_minutes(c, start)
+        cond, params = since_condition(start)
+        all_bars = c.query_df(f"SELECT * FROM {BARS} WHERE {cond} ORDER BY instrument_id, minute", parameters=params)
     out, checkpoints, version = [], [], time.time_ns()
-    params = params_for(ch, lake, instrument, sorted(bars["date"].unique()), memo)
-    for day, g in bars.groupby("date", sort=True):
-        p = params.get(day)
-        seg = np.cumsum(g["minute"].isin(cuts).to_numpy() | (np.arange(len(g)) == 0))   # segments start at cuts
-        for _, part in g.groupby(seg, sort=True):
-            checkpoints.append({"instrument_id": instrument, "minute": part["minute"].iloc[0], "version": version,
-                                "state": json.dumps({v: st[v].to_dict() for v in VARIANTS})})
+    if all_bars.empty:   # chDB answers an empty result with a frame without columns
+        return stats, firsts
+    all_bars["instrument_id"] = all_bars["instrument_id"].astype(str)
+    for instrument, bars in all_bars.groupby("instrument_id", sort=True):
+        m0, states = kept.get(instrument, (None, None))
+        bars = bars.reset_index(drop=True)
+        st = {v: VpinState.from_dict(states[v]) if states else VpinState(window=WINDOW) for v in VARIANTS}
+        first_seq = st["bvc"].buckets
+        bars["minute"] = pd.to_datetime(bars["minute"]).dt.tz_localize(None)
+        bars["date"] = bars["minute"].dt.date
+        cuts = cuts_after.get(instrument, set()) | {bars["minute"].iloc[-1]}
+        if m0 is not None:
+            cuts.add(m0)
+        params = params_for(ch, lake, instrument, sorted(bars["date"].unique()), memo)
+        written = 0
+        for day, g in bars.groupby("date", sort=True):
+            p = params.get(day)
+            seg = np.cumsum(g["minute"].isin(cuts).to_numpy() | (np.arange(len(g)) == 0))   # segments start at cuts
+            for _, part in g.groupby(seg, sort=True):
+                checkpoints.append({"instrument_id": instrument, "minute": part["minute"].iloc[0], "version": version,
+                                    "state": json.dumps({v: st[v].to_dict() for v in VARIANTS})})
+                if p is None:
+                    continue
+                frames = _advance(st, part, p, instrument, day, version, run_id)
+                written += sum(len(d) for d in frames)
+                out.extend(frames)
             if p is None:
-                continue
-            out.extend(_advance(st, part, p, instrument, day, version, run_id))
-        if p is None:
-            log(f"{instrument} {day}: no earlier trades in the lake, VPIN undefined for the day")
+                log(f"{instrument} {day}: no earlier trades in the lake, VPIN undefined for the day")
+        stats["buckets_written"] += written
+        if written:
+            firsts[instrument] = first_seq
     with ch.session() as c:
         c.insert_df(f"{DB}.vpin_states", pd.DataFrame(checkpoints))
         if out:
             c.insert_df(f"{DB}.vpin_buckets", pd.concat(out, ignore_index=True))
-    return int(sum(len(d) for d in out)), first_seq
+    return stats, firsts
 
 
 def _advance(st: dict, g: pd.DataFrame, p: dict, instrument: str, day, version: int, run_id: str) -> list:
@@ -211,20 +230,6 @@ def plot(ch: ClickHouseResource, instrument: str) -> dg.MetadataValue | None:
     ax.set_title("VPIN against price, latest buckets")
     fig.autofmt_xdate()
     return png_markdown(fig, "VPIN against price")
-
-
-def recompute(ch: ClickHouseResource, lake: LakeResource, run_id: str, since: dict, log=print,
-              memo: dict | None = None) -> tuple[dict, dict]:
-    """Replay each instrument from its state at or before its `since`. Returns (counts, first bucket_seq written
-    per instrument)."""
-    stats, firsts = {"instruments": 0, "buckets_written": 0}, {}
-    for instrument, first in sorted(since.items()):
-        n, seq = replay(ch, lake, instrument, pd.Timestamp(first), run_id, log, memo)
-        stats["buckets_written"] += n
-        stats["instruments"] += 1
-        if n:
-            firsts[instrument] = seq
-    return stats, firsts
 
 
 def bootstrap(ch: ClickHouseResource) -> dict:
@@ -270,6 +275,12 @@ PLOT_EVERY_S = 60   # a chart a minute, not a chart a batch
 def vpin_buckets(context: dg.AssetExecutionContext, config: FollowConfig, clickhouse: ClickHouseResource,
                  lake: LakeResource, pulsar: PulsarResource):
     last_plot, params = [0.0], {}   # params: the run's memo of each day's VPIN parameters (params_for)
+    reported: set[str] = set()
+
+    def log_once(msg: str) -> None:   # "no parameters for the day" once a run, not once a batch
+        if msg not in reported:
+            reported.add(msg)
+            context.log.info(msg)
 
     def apply(batch: Changes) -> None:
         since = dict(batch.since)
@@ -279,21 +290,36 @@ def vpin_buckets(context: dg.AssetExecutionContext, config: FollowConfig, clickh
         if not since:
             return
         with clickhouse.session():   # the batch's reads, writes and checks in this run's one session
-            stats, firsts = recompute(clickhouse, lake, batch.batch_id, since, log=context.log.info, memo=params)
+            stats, firsts = replay(clickhouse, lake, since, batch.batch_id, log=log_once, memo=params)
             inexact, outside = check_batch(clickhouse, firsts)
         meta = {**stats, "upstream_batches": len(batch.upstream),
                 "first_changed_minute": min(since.values()).isoformat(), "dagster/column_lineage": LINEAGE}
+        later = None
         if firsts and time.monotonic() - last_plot[0] >= PLOT_EVERY_S:
-            last_plot[0] = time.monotonic()
-            chart = plot(clickhouse, min(firsts))
-            if chart:
-                meta["vpin_vs_price"] = chart
-        log_batch(context, KEY, batch, meta, {"buckets_are_exact": (inexact == 0, {"inexact": inexact}),
-                                                       "vpin_in_unit_interval": (outside == 0, {"outside": outside})})
-        PRODUCT.announce(batch.client, KEY, batch.batch_id, **stats)
+            last_plot[0], instrument = time.monotonic(), min(firsts)
 
-    follow(context, config, pulsar, SUBSCRIPTION, apply)
+            def later() -> dict:
+                chart = plot(clickhouse, instrument)
+                return {"vpin_vs_price": chart} if chart else {}
+        log_batch(context, KEY, batch, meta, {"buckets_are_exact": (inexact == 0, {"inexact": inexact}),
+                                              "vpin_in_unit_interval": (outside == 0, {"outside": outside})}, later)
+        batch.record(lambda: PRODUCT.announce(batch.client, KEY, batch.batch_id, **stats))
+
+    follow(context, config, pulsar, SUBSCRIPTION, apply, warm=lambda: warm(clickhouse, lake, params))
     yield from ()
+
+
+def warm(ch: ClickHouseResource, lake: LakeResource, memo: dict) -> None:
+    """A run's start-up before it takes the subscription over: the tables, today's parameters of every instrument
+    with bars today (a read of the lake where none are stored yet), the plotting library."""
+    ch.ensure(DDL)
+    today = pd.Timestamp.now(tz="UTC").date()
+    with ch.session() as c:
+        instruments = c.query("SELECT DISTINCT instrument_id FROM market_data.bars_1m WHERE minute >= "
+                              "toStartOfDay(now('UTC'))").result_rows
+    for (inst,) in instruments:
+        params_for(ch, lake, str(inst), [today], memo)
+    import matplotlib.pyplot  # noqa: F401
 
 
 SUBSCRIPTION = "nautilus-microstructure"

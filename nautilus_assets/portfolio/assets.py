@@ -148,9 +148,16 @@ def marks_at(ch: ClickHouseResource, state_time: datetime, instruments: list[str
     return dict(zip(df["instrument_id"].astype(str), df["close"]))
 
 
-def nav_plot(conn, since: datetime) -> dg.MetadataValue | None:
-    data = conn.execute("SELECT ts, portfolio_id, max(nav) FROM portfolio.portfolio_states WHERE ts >= %s "
-                        "GROUP BY ts, portfolio_id ORDER BY ts", (since,)).fetchall()
+def nav_points(conn, since: datetime) -> list[tuple]:
+    """(minute, portfolio, NAV) since `since`: a point a minute (a streaming run writes a state about every second),
+    the last NAV of each minute."""
+    data = conn.execute("SELECT DISTINCT ON (portfolio_id, date_trunc('minute', ts)) date_trunc('minute', ts), "
+                        "portfolio_id, nav FROM portfolio.portfolio_states WHERE ts >= %s "
+                        "ORDER BY portfolio_id, date_trunc('minute', ts), ts DESC", (since,)).fetchall()
+    return sorted(data, key=lambda d: d[0])
+
+
+def nav_plot(data: list[tuple]) -> dg.MetadataValue | None:
     if len(data) < 2:
         return None
     import matplotlib
@@ -250,20 +257,25 @@ def portfolio_states(context: dg.AssetExecutionContext, config: FollowConfig, cl
                     "books": how, "partitioning": mode, "state_time": state_time.isoformat(), "rows": len(rows),
                     "upstream_batches": len(batch.upstream),
                     "dagster/column_lineage": LINEAGE}
+            later = None
             if time.monotonic() - last_plot[0] >= PLOT_EVERY_S:
                 last_plot[0] = time.monotonic()
-                chart = nav_plot(conn, state_time - timedelta(days=1))
-                if chart:
-                    meta["nav_curve"] = chart
+
+                points = nav_points(conn, state_time - timedelta(days=1))
+
+                def later() -> dict:   # the chart is drawn on the recorder thread
+                    chart = nav_plot(points)
+                    return {"nav_curve": chart} if chart else {}
             bad = nav_off(rows)
             off = positions_off(conn, rows, None if how == "replay" else {(f[2], f[3]) for f in new})
             log_batch(context, KEY, batch, meta, {
                 "nav_reconciles": (not bad, {"portfolios_off": len(bad)}),
-                "positions_match_fills": (off == 0, {"positions_off": off})})
-        PRODUCT.announce(batch.client, KEY, batch.batch_id, state_time=state_time.isoformat(),
-                         fills_new=len(new), fills_quarantined=quarantined)
+                "positions_match_fills": (off == 0, {"positions_off": off})}, later)
+        batch.record(lambda: PRODUCT.announce(batch.client, KEY, batch.batch_id, state_time=state_time.isoformat(),
+                                              fills_new=len(new), fills_quarantined=quarantined))
 
-    follow(context, config, pulsar, SUBSCRIPTION, apply, topics=(FILLS_TOPIC,))
+    follow(context, config, pulsar, SUBSCRIPTION, apply, topics=(FILLS_TOPIC,),
+           warm=lambda: __import__("matplotlib.pyplot"))   # the first plot's import, before the hand-over
     yield from ()
 
 
