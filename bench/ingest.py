@@ -2,12 +2,13 @@
 ClickHouse, bars, announce, ack, the checks' ClickHouse reads; run launch and Dagster event logging excluded)
 against raw pulsar-client consume+ack (the same receive windows) on the same broker and the same kind of messages.
 
-    .venv/bin/python -m bench.ingest [--ticks 50000] [--batch 10000] [--repeats 5]
-    .venv/bin/python -m bench.ingest --preload 20000000 [--batch 10000] [--repeats 5]
+    .venv/bin/python -m bench.ingest [--ticks 100000] [--batch 20000] [--repeats 5]
+    .venv/bin/python -m bench.ingest --preload 20000000 [--batch 20000] [--repeats 5]
 
 Rate (default): after a warm-up round, `--repeats` rounds that alternate raw and Nautilus on fresh messages each
 (so both see the same broker state); prints each round, the median of each and the ratio of the medians
-(goal >= 0.5).
+(goal >= 0.5), and the median seconds of each stage of a batch (the profile). --batch defaults to the runs'
+NAUTILUS_BATCH_MAX_MESSAGES.
 
 Flat in history (--preload N): median per-batch commit seconds on empty tables, then N synthetic trades are put
 into today's partition (ClickHouse trades and trade_ids, and Delta bronze/trades, in 1M-row files whose message
@@ -33,7 +34,7 @@ from nautilus_assets.market_data.ingest import Stream, receive_window  # noqa: E
 from nautilus_assets.market_data.schema import TRADES  # noqa: E402
 from nautilus_assets.market_data.simulator import MarketSimulator, messages  # noqa: E402
 from nautilus_assets.market_data.sinks import bronze_table  # noqa: E402
-from resources.settings import apply, build_resources, load  # noqa: E402
+from resources.settings import apply, build_resources, load, streaming  # noqa: E402
 from scripts import services  # noqa: E402
 from scripts.cli import setup  # noqa: E402
 from scripts.publisher import Publisher  # noqa: E402
@@ -153,8 +154,8 @@ def preload(r, n: int, chunk: int = 1_000_000) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--ticks", type=int, default=50_000, help="messages per round (rate mode)")
-    ap.add_argument("--batch", type=int, default=10_000, help="messages per batch")
+    ap.add_argument("--ticks", type=int, default=100_000, help="messages per round (rate mode)")
+    ap.add_argument("--batch", type=int, default=streaming().batch_max_messages, help="messages per batch")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--preload", type=int, default=0, help="rows put into today's partition between the phases")
     a = ap.parse_args()
