@@ -27,7 +27,7 @@ from nautilus_assets.market_data.assets import BATCH_TAG, STREAM, stop_reason
 from nautilus_assets.market_data.ingest import FIRST_MESSAGE_WAIT_MS, receive, receive_window
 from nautilus_assets.market_data.recorder import Recorder
 from nautilus_assets.pools import priority_tags
-from resources.clickhouse import session_counters
+from resources.clickhouse import lower_query_priority, session_counters
 from resources.pulsar import PulsarResource
 from resources.topics import BARS_CHANGES
 
@@ -65,10 +65,12 @@ _niced = False
 def lower_priority() -> None:
     """A sensor-launched product run yields the CPU to the ingest runs when the cores are saturated
     (NAUTILUS_PRODUCT_RUN_NICE): publish -> queryable is the tighter SLA, and a product catches up from its
-    subscription. Once per process (a run is a process of its own; a test may run several in one)."""
+    subscription. Its ClickHouse queries run at the same nice value on the server's threads (one server serves
+    every run). Once per process (a run is a process of its own; a test may run several in one)."""
     global _niced
     if not _niced and STREAM.product_run_nice:
         os.nice(int(STREAM.product_run_nice))
+        lower_query_priority(int(STREAM.product_run_nice))
         _niced = True
 
 

@@ -17,6 +17,14 @@ from clickhouse_connect.driver.client import Client
 from pydantic import Field
 
 _local = threading.local()   # this thread's clients, by server, its open sessions and its counters
+_query_settings: dict = {}   # sent with every query of the clients this process opens from now on
+
+
+def lower_query_priority(nice: int) -> None:
+    """This process's queries run on the server's threads at this nice value (ClickHouse's `os_thread_priority`):
+    a process that yields the CPU to others (a streaming-product run) also yields the server's CPU. Clients opened
+    earlier keep their settings."""
+    _query_settings["os_thread_priority"] = int(nice)
 
 
 def session_counters() -> dict:
@@ -54,7 +62,7 @@ class ClickHouseResource(dg.ConfigurableResource):
             t = time.perf_counter()
             clients[key] = clickhouse_connect.get_client(
                 host=self.host, port=self.port, username=self.username, password=self.password, secure=self.secure,
-                compress=self.compress)
+                compress=self.compress, settings=dict(_query_settings))
             _count(connect=time.perf_counter() - t)
         _local.open = open_ | {key}
         t = time.perf_counter()

@@ -48,12 +48,30 @@ def test_streaming_settings_are_validated():
 
 
 def test_a_sensor_launched_product_run_lowers_its_cpu_priority_once():
-    code = ("import os; from nautilus_assets import streaming; before = os.nice(0); streaming.lower_priority(); "
-            "streaming.lower_priority(); print(os.nice(0) - before)")
+    code = ("import os; from nautilus_assets import streaming; from resources import clickhouse; "
+            "before = os.nice(0); streaming.lower_priority(); streaming.lower_priority(); "
+            "print(os.nice(0) - before, clickhouse._query_settings['os_thread_priority'])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                          env={**os.environ, "NAUTILUS_PRODUCT_RUN_NICE": "5"})
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split()[-1] == "5"
+    assert out.stdout.split()[-2:] == ["5", "5"]
+
+
+def test_a_query_priority_reaches_the_servers_query_threads(clean):
+    """lower_query_priority: the server runs the process's later queries at that nice value (os_thread_priority)."""
+    from resources import clickhouse
+    try:
+        clickhouse.lower_query_priority(7)
+        ch = clickhouse.ClickHouseResource(**{k: getattr(clean["clickhouse"], k) for k in ("host", "port", "username",
+                                                                                            "password")})
+        result = []
+        t = threading.Thread(target=lambda: result.append(ch.scalar(
+            "SELECT value FROM system.settings WHERE name = 'os_thread_priority'")))   # a thread: a new client
+        t.start()
+        t.join()
+        assert result == ["7"]
+    finally:
+        clickhouse._query_settings.clear()
 
 
 def _started(inst, tags=None):
