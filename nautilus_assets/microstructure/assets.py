@@ -233,8 +233,8 @@ def plot(ch: ClickHouseResource, instrument: str) -> dg.MetadataValue | None:
 
 
 def bootstrap(ch: ClickHouseResource) -> dict:
-    """Every instrument's first bar minute when the product holds no state yet (see analytics.bootstrap)."""
-    ch.ensure(DDL)
+    """Every instrument's first bar minute when the product holds no state yet (see analytics.bootstrap); the tables
+    exist (`warm`, before a run's first batch)."""
     if ch.query_df(f"SELECT 1 FROM {DB}.vpin_states LIMIT 1").empty:
         return changed_since(ch, 0)
     return {}
@@ -315,7 +315,7 @@ def warm(ch: ClickHouseResource, lake: LakeResource, memo: dict) -> None:
     ch.ensure(DDL)
     today = pd.Timestamp.now(tz="UTC").date()
     with ch.session() as c:
-        instruments = c.query("SELECT DISTINCT instrument_id FROM market_data.bars_1m WHERE minute >= "
+        instruments = c.query(f"SELECT DISTINCT instrument_id FROM {BARS} WHERE minute >= "
                               "toStartOfDay(now('UTC'))").result_rows
     for (inst,) in instruments:
         params_for(ch, lake, str(inst), [today], memo)

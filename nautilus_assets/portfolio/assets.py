@@ -260,7 +260,6 @@ def portfolio_states(context: dg.AssetExecutionContext, config: FollowConfig, cl
             later = None
             if time.monotonic() - last_plot[0] >= PLOT_EVERY_S:
                 last_plot[0] = time.monotonic()
-
                 points = nav_points(conn, state_time - timedelta(days=1))
 
                 def later() -> dict:   # the chart is drawn on the recorder thread
