@@ -26,7 +26,7 @@ class Product:
     name: str                 # data product, e.g. market_analytics
     group: str                # Dagster group = domain
     owners: tuple[str, ...]
-    engine_topic: str         # short name under persistent://nautilus/engines/
+    engine_topic: str         # short name under persistent://nautilus/engines/ ("": none)
     fail_after: timedelta
     warn_after: timedelta
     latency_target_ms: float
@@ -42,7 +42,7 @@ class Product:
 
     @property
     def metadata(self) -> dict:
-        return {"nautilus/product": self.name, "nautilus/engine_topic": self.topic,
+        return {"nautilus/product": self.name, **({"nautilus/engine_topic": self.topic} if self.engine_topic else {}),
                 "nautilus/latency_target_ms": self.latency_target_ms,
                 "nautilus/availability_target": self.availability_target,
                 "nautilus/freshness_fail_after_s": int(self.fail_after.total_seconds()),

@@ -9,7 +9,8 @@ the ClickHouse side for production servers (chDB has no users).
 
 Passwords come only from the environment: NAUTILUS_PG_<ROLE>_PASSWORD (generated into
 NAUTILUS_HOME/credentials.env for the embedded set-up by resources/settings.py) and, for ClickHouse users,
-NAUTILUS_CH_<ROLE>_PASSWORD (default: the PostgreSQL one). Neither is ever printed: PostgreSQL gets a SCRAM-SHA-256
+NAUTILUS_CH_<ROLE>_PASSWORD (default: the PostgreSQL one); the product APIs take each role's bearer token,
+NAUTILUS_API_<ROLE>_TOKEN (generated likewise). None is ever printed: PostgreSQL gets a SCRAM-SHA-256
 verifier, ClickHouse a salted SHA-256 hash.
 """
 from __future__ import annotations
@@ -75,6 +76,25 @@ def password_var(role: str, system: str = "PG") -> str:
 
 def password_vars() -> tuple[str, ...]:
     return tuple(password_var(r) for r in ROLES)
+
+
+def token_var(role: str) -> str:
+    """The role's bearer token for the product APIs (nautilus_assets/api)."""
+    return f"NAUTILUS_API_{role.upper()}_TOKEN"
+
+
+def token_vars() -> tuple[str, ...]:
+    return tuple(token_var(r) for r in ROLES)
+
+
+def role_of_token(env: Mapping[str, str], token: str | None) -> str | None:
+    """The role a bearer token belongs to (compared in constant time), or None."""
+    found = None
+    for r in ROLES:
+        expected = env.get(token_var(r))
+        if token and expected and hmac.compare_digest(token.encode(), expected.encode()):
+            found = r
+    return found
 
 
 def _check(*names: str) -> None:

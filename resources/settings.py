@@ -21,12 +21,19 @@ from . import access
 # Offsets from NAUTILUS_PORT_BASE. SeaweedFS adds 10000 to some of its ports for gRPC.
 PORTS = {"postgres": 0, "s3": 1, "weed_master": 2, "weed_volume": 3, "weed_filer": 4, "weed_admin": 5,
          "weed_metrics": 6, "weed_debug": 7, "pulsar": 10, "pulsar_metrics": 11, "timescaledb": 12,
-         "pulsar_web": 13, "pulsar_bookie": 14, "webserver": 20, "clickhouse": 21}
+         "pulsar_web": 13, "pulsar_bookie": 14, "webserver": 20, "clickhouse": 21, "redis": 22}
+# The data products' read APIs (nautilus_assets/api): the source architecture's ports in production (no backend
+# started by the project), else the port base + API_PORT_OFFSET + their index here, so instances never collide.
+API_PORTS = {"market_analytics": 8100, "risk_metrics": 8200, "ml_predictions": 8400, "market_data_feed": 8800,
+             "portfolio_states": 8900, "market_microstructure": 10000}
+API_PORT_OFFSET = 30
 # Which Pulsar broker the project starts for itself: Apache Pulsar standalone (jars from Maven Central,
 # scripts/pulsar_broker.py) or pulsar-lite (a small Rust broker from PyPI, no admin API).
 PULSAR_BROKERS = ("apache", "lite")
 CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "DAGSTER_PG_PASSWORD", "CLICKHOUSE_PASSWORD",
-                   *access.password_vars())  # NAUTILUS_PG_<ROLE>_PASSWORD: the domains' login roles
+                   "NAUTILUS_REDIS_PASSWORD",
+                   *access.password_vars(),  # NAUTILUS_PG_<ROLE>_PASSWORD: the domains' login roles
+                   *access.token_vars())     # NAUTILUS_API_<ROLE>_TOKEN: the roles' bearer tokens for the APIs
 
 
 def _env(name: str, default: str = "") -> str:
@@ -161,6 +168,17 @@ class Settings:
     def webserver_url(self) -> str:
         return f"http://127.0.0.1:{self.port('webserver')}"
 
+    def api_port(self, product: str) -> int:
+        if self.env.get(f"NAUTILUS_API_PORT_{product.upper()}"):
+            return int(self.env[f"NAUTILUS_API_PORT_{product.upper()}"])
+        if not self.managed:   # production: every backend is a server by URL
+            return API_PORTS[product]
+        return self.port_base + API_PORT_OFFSET + list(API_PORTS).index(product)
+
+    def api_url(self, product: str) -> str:
+        host = self["NAUTILUS_API_HOST"]
+        return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{self.api_port(product)}/api/v1/{product}"
+
 
 def load() -> Settings:
     instance = _env("NAUTILUS_INSTANCE", "run")
@@ -173,7 +191,7 @@ def load() -> Settings:
         raise ValueError(f"NAUTILUS_PULSAR_BROKER={broker!r}: expected one of {', '.join(PULSAR_BROKERS)}")
     external_pulsar = bool(os.environ.get("PULSAR_SERVICE_URL"))
     production = {"postgres": "DAGSTER_PG_HOST", "s3": "S3_ENDPOINT_URL", "pulsar": "PULSAR_SERVICE_URL",
-                  "clickhouse": "CLICKHOUSE_HOST"}
+                  "clickhouse": "CLICKHOUSE_HOST", "redis": "NAUTILUS_REDIS_URL"}
     if "NAUTILUS_MANAGED" in os.environ:  # decided by the first load; apply() then filled the URLs in
         managed = frozenset(filter(None, os.environ["NAUTILUS_MANAGED"].split(",")))
     else:
@@ -202,6 +220,12 @@ def load() -> Settings:
         "CLICKHOUSE_USER": _env("CLICKHOUSE_USER", "default"),
         "CLICKHOUSE_SECURE": _env("CLICKHOUSE_SECURE", "false"),
         "NAUTILUS_CHDB_PATH": _env("NAUTILUS_CHDB_PATH", str(home / "chdb")),   # the local server's data
+        "NAUTILUS_REDIS_URL": _env("NAUTILUS_REDIS_URL", f"redis://127.0.0.1:{p['redis']}/0"),
+        "NAUTILUS_REDIS_PREFIX": _env("NAUTILUS_REDIS_PREFIX", f"nautilus:{instance}"),
+        # the product APIs serve a kind of current state from Redis while a writer committed to it this recently
+        # (else from the store, and say so in X-Nautilus-Source)
+        "NAUTILUS_CACHE_MAX_AGE_SECONDS": _env("NAUTILUS_CACHE_MAX_AGE_SECONDS", "120"),
+        "NAUTILUS_API_HOST": _env("NAUTILUS_API_HOST", "127.0.0.1"),
         "NAUTILUS_INSTRUMENTS": _env("NAUTILUS_INSTRUMENTS", "AAPL.XNAS,MSFT.XNAS,SPY.ARCX,ESZ6.GLBX,BTCUSDT.BINANCE"),
         **{k: _env(k, str(d)) for k, (d, _) in {**STREAMING_VARS, **LAKE_VARS}.items()},
         "NAUTILUS_SENSOR_INTERVAL_SECONDS": _env("NAUTILUS_SENSOR_INTERVAL_SECONDS", "4"),
@@ -244,6 +268,7 @@ def build_resources(settings: Settings | None = None, for_dagster: bool = False)
     from .lake import LakeResource
     from .postgres import PostgresResource
     from .pulsar import PulsarResource
+    from .redis import RedisResource
 
     s = apply(settings)
     secret = (lambda k: dg.EnvVar(k)) if for_dagster else (lambda k: s.env[k])
@@ -262,6 +287,8 @@ def build_resources(settings: Settings | None = None, for_dagster: bool = False)
                              bucket=s["NAUTILUS_LAKE_BUCKET"]),
         "pulsar": PulsarResource(service_url=s["PULSAR_SERVICE_URL"], admin_url=s["PULSAR_ADMIN_URL"],
                                  metrics_url=s["PULSAR_METRICS_URL"]),
+        "redis": RedisResource(url=s["NAUTILUS_REDIS_URL"], password=secret("NAUTILUS_REDIS_PASSWORD"),
+                               prefix=s["NAUTILUS_REDIS_PREFIX"]),
         # the portfolio store, as the portfolio domain's login role (resources/access.py: it owns schema portfolio)
         "postgres": pg_role("portfolio"),
         # read-only on every product (the governance audit's connection)

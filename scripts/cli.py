@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from resources.settings import Settings, apply, build_resources, load
+from resources.settings import API_PORTS, Settings, apply, build_resources, load
 
 from . import dagster_daemon, services
 
@@ -113,9 +113,14 @@ def up(s: Settings, rate: float, history_days: int) -> None:
         children.append(("dagster-webserver", spawn(s, "dagster-webserver", [
             str(bindir / "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1",
             "-p", str(s.port("webserver"))])))
+        children.append(("api", spawn(s, "api", [py, "-m", "nautilus_assets.api.serve"])))
         say(f"simulator publishing {rate:g} events/s; starting the Dagster daemon and webserver (logs in {s.home}) ...")
         services.wait_port(s.port("webserver"), "dagster-webserver", timeout=300)
         say(f"Dagster UI: {s.webserver_url}  (set up in {time.time() - t0:.0f}s; Ctrl-C stops everything)")
+        for product in API_PORTS:
+            services.wait_port(s.api_port(product), f"{product} API", timeout=120)
+            say(f"{product} API: {s.api_url(product)}  (docs {s.api_url(product).split('/api/')[0]}/docs)")
+        say(f"API tokens: NAUTILUS_API_<ROLE>_TOKEN in {s.home / 'credentials.env'}")
         if history_days:
             backfill = launch_backfill(s, history_days)
             say(f"backfill {backfill}: every product over the history (watch it under Overview > Backfills)")
@@ -234,6 +239,8 @@ def main(argv: list[str] | None = None) -> None:
     sp.add_argument("--history-days", type=int, default=520,
                     help="past days written first and backfilled through every product (risk's backtest needs 500)")
     sub.add_parser("env", help="print the resolved environment (secrets masked)")
+    sp = sub.add_parser("api", help="serve the data products' read APIs (each on its own port)")
+    sp.add_argument("--product", action="append", choices=list(API_PORTS), help="default: every product")
     sp = sub.add_parser("access", help="who may read which product, and the access-control SQL made from it")
     sp.add_argument("what", choices=["show", "postgres-sql", "clickhouse-sql"],
                     help="show: the declaration; postgres-sql: what `setup` applies; clickhouse-sql: for a server")
@@ -245,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.cmd == "services":
         {"start": lambda: (services.start(s), setup(s)), "stop": lambda: services.stop(s),
          "remove": lambda: services.remove(s),
-         "status": lambda: [print(f"{k:9} {v}") for k, v in services.status(s).items()]}[a.action]()
+         "status": lambda: [print(f"{k:28} {v}") for k, v in services.status(s).items()]}[a.action]()
     elif a.cmd == "setup":
         setup(s)
     elif a.cmd == "simulate":
@@ -263,11 +270,14 @@ def main(argv: list[str] | None = None) -> None:
     elif a.cmd == "audit":
         from nautilus_assets.audit.report import main as audit_main
         audit_main(a, s)
+    elif a.cmd == "api":
+        from nautilus_assets.api.serve import main as api_main
+        api_main([f"--product={p}" for p in a.product or []])
     elif a.cmd == "access":
         access_command(s, a.what)
     elif a.cmd == "env":
         for k, v in sorted(s.env.items()):
-            v = "***" if any(w in k for w in ("SECRET", "PASSWORD")) and v else re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", v)
+            v = "***" if any(w in k for w in ("SECRET", "PASSWORD", "TOKEN")) and v else re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", v)
             print(f"{k}={v}")
 
 

@@ -203,6 +203,42 @@ def start_clickhouse(s: Settings) -> None:
     wait_port(port, "ClickHouse (chDB) HTTP server")
 
 
+# ---- Redis: the current-state cache (Debian's redis-server) ---------------------------------------------
+def ensure_redis_installed() -> str:
+    found = shutil.which("redis-server") or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
+    if found:
+        return found
+    if os.geteuid() != 0:
+        raise RuntimeError("redis-server is not installed; install Debian's redis-server (or set NAUTILUS_REDIS_URL)")
+    log("installing redis-server with apt-get ...")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    if subprocess.run(["apt-get", "install", "-y", "-qq", "redis-server"], env=env,
+                      capture_output=True).returncode != 0:   # a stale package index: refresh it once
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "redis-server"], check=True, env=env)
+    return "/usr/bin/redis-server"
+
+
+def start_redis(s: Settings) -> None:
+    """127.0.0.1 only, a password, no persistence (the cache is rebuilt from the stores when empty). The password
+    is in a 0600 config file, never on the command line."""
+    port = s.port("redis")
+    if port_open(port):
+        return
+    binary = ensure_redis_installed()
+    d = s.home / "redis"
+    d.mkdir(parents=True, exist_ok=True)
+    d.chmod(0o700)
+    conf = d / "redis.conf"
+    fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"bind 127.0.0.1\nport {port}\nprotected-mode yes\ndir {d}\nsave \"\"\nappendonly no\n"
+                f"daemonize no\nlogfile \"\"\nmaxmemory 512mb\nmaxmemory-policy noeviction\n"
+                f"requirepass {s['NAUTILUS_REDIS_PASSWORD']}\n")
+    _spawn(s, "redis", [binary, str(conf)])
+    wait_port(port, "redis-server")
+
+
 # ---- TimescaleDB (PGlite build, for the portfolio store's hypertable path) -------------------------------
 def start_timescaledb(s: Settings) -> int:
     """Serve PGlite + TimescaleDB on 127.0.0.1 (npm packages pinned by scripts/timescaledb/package-lock.json)."""
@@ -221,7 +257,8 @@ def start_timescaledb(s: Settings) -> int:
 
 
 # ---- all --------------------------------------------------------------------------------------------------
-STARTERS = {"postgres": start_postgres, "s3": start_s3, "pulsar": start_pulsar, "clickhouse": start_clickhouse}
+STARTERS = {"postgres": start_postgres, "s3": start_s3, "pulsar": start_pulsar, "clickhouse": start_clickhouse,
+            "redis": start_redis}
 
 
 def start(s: Settings) -> None:
@@ -243,9 +280,12 @@ def start(s: Settings) -> None:
 
 def status(s: Settings) -> dict[str, str]:
     ports = {"postgres": s.port("postgres"), "s3": s.port("s3"), "pulsar": s.port("pulsar"),
-             "clickhouse": s.port("clickhouse")}
+             "clickhouse": s.port("clickhouse"), "redis": s.port("redis")}
     out = {n: (f"up on 127.0.0.1:{p}" if port_open(p) else "down") if n in s.managed else "external"
            for n, p in ports.items()}
+    from resources.settings import API_PORTS
+    for product in API_PORTS:   # started by `nautilus up` / `nautilus api`, not by `services start`
+        out[f"api {product}"] = f"up at {s.api_url(product)}" if port_open(s.api_port(product)) else "down"
     if "pulsar" in s.managed and s["NAUTILUS_PULSAR_BROKER"] == "apache" and port_open(s.port("pulsar")):
         from . import pulsar_broker
         out["pulsar"] += (f", Apache Pulsar admin {pulsar_broker.admin_url(s)} "

@@ -74,6 +74,7 @@ def reset_state(res):
                          parameters={"d": [DB, "analytics", "microstructure", "risk", "ml"]}).result_rows
         for db, t in tables:
             c.command(f"TRUNCATE TABLE {db}.{t}")
+    res["redis"].client().flushdb()   # the current-state cache follows the stores it was emptied with
     with res["postgres"].connect() as conn:
         if conn.execute("SELECT to_regclass('portfolio.fills')").fetchone()[0]:
             conn.execute("TRUNCATE portfolio.fills, portfolio.fills_quarantine, portfolio.portfolio_states")

@@ -57,7 +57,7 @@ def test_batch_by_batch_equals_full_history(clean, instance):
         publish_tables(res["pulsar"], trades.take(idx), quotes.slice(0, 0))
         assert batch(res, TRADES, f"b-{k}").valid == len(idx)
         result = dg.materialize([analytics.indicators_1m], instance=instance,
-                                resources={"clickhouse": res["clickhouse"], "pulsar": res["pulsar"]})
+                                resources={"clickhouse": res["clickhouse"], "pulsar": res["pulsar"], "redis": res["redis"]})
         assert result.success and all(e.passed for e in result.get_asset_check_evaluations())
     stored = res["clickhouse"].query_df(f"SELECT * FROM {analytics.TABLE} FINAL ORDER BY instrument_id, minute")
     stored["instrument_id"] = stored["instrument_id"].astype(str)
@@ -93,5 +93,5 @@ def test_products_start_on_an_empty_store(clean, instance):
     assert changed_since(res["clickhouse"], 0) == {}
     for product in (analytics.indicators_1m, micro.vpin_buckets):
         result = dg.materialize([product], instance=instance, resources={
-            "clickhouse": res["clickhouse"], "pulsar": res["pulsar"], "lake": res["lake"]})
+            "clickhouse": res["clickhouse"], "pulsar": res["pulsar"], "lake": res["lake"], "redis": res["redis"]})
         assert result.success

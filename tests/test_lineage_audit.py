@@ -140,7 +140,7 @@ def test_lineage_audit_after_real_runs(clean, settings, instance, tmp_path):
         for rr in tick.run_requests:                       # the sensor daemon adds dagster/sensor_name
             assert defs.resolve_job_def(rr.job_name or job_name).execute_in_process(
                 instance=instance, tags={**rr.tags, "dagster/sensor_name": name}).success
-    resources = {k: res[k] for k in ("lake", "clickhouse", "postgres", "pulsar")}
+    resources = {k: res[k] for k in ("lake", "clickhouse", "postgres", "pulsar", "redis")}
     assert dg.materialize([indicators_1m], instance=instance, resources=resources, tags={
         "dagster/sensor_name": "streaming_products_automation", "dagster/from_automation_condition": "true",
         "dagster/auto_materialize": "true"}).success
@@ -158,7 +158,7 @@ def own_runs(instance, since: float) -> set[str]:
 
 def check_audit(instance, res, settings, tmp_path, backfill_id, yesterday, t_test):
     # a launch by hand (what the UI's Materialize button does, without daemon tags)
-    resources = {k: res[k] for k in ("lake", "clickhouse", "postgres", "pulsar")}
+    resources = {k: res[k] for k in ("lake", "clickhouse", "postgres", "pulsar", "redis")}
     assert dg.materialize([portfolio_states], instance=instance, resources=resources).success
 
     # --- the report ---

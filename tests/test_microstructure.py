@@ -49,7 +49,7 @@ def test_vpin_batch_by_batch_equals_full_history(clean, instance):
         publish_tables(res["pulsar"], trades.take(idx), trades.slice(0, 0))
         assert batch(res, TRADES, f"v-{k}").valid == len(idx)
         result = dg.materialize([micro.vpin_buckets], instance=instance,
-                                resources={"clickhouse": res["clickhouse"], "pulsar": res["pulsar"], "lake": res["lake"]})
+                                resources={"clickhouse": res["clickhouse"], "pulsar": res["pulsar"], "lake": res["lake"], "redis": res["redis"]})
         assert result.success and all(e.passed for e in result.get_asset_check_evaluations())
     mat = result.asset_materializations_for_node("market_microstructure__vpin")[0]
     assert "data:image/png;base64," in mat.metadata["vpin_vs_price"].value

@@ -16,7 +16,7 @@ def test_walk_forward_day_with_versioned_model(clean, instance):
     res = clean
     today = datetime.now(timezone.utc).date()
     write_history(res["lake"], ["AAPL.XNAS", "SPY.ARCX"], days=4, events_per_day=12_000, clickhouse=res["clickhouse"])
-    resources = {k: res[k] for k in ("lake", "clickhouse", "pulsar")}
+    resources = {k: res[k] for k in ("lake", "clickhouse", "pulsar", "redis")}
     for asset in (indicators_1m, vpin_buckets):
         assert dg.materialize([asset], instance=instance, resources=resources).success
     day = today - timedelta(days=1)

@@ -44,7 +44,7 @@ def test_portfolio_states_from_fills(clean, store, instance):
         for m in fill_messages(fills) + [b'{"schema_version": 1, "fill_id": "bad", "quantity": 0}']:
             p.send(m)
         p.close()
-    resources = {"clickhouse": res["clickhouse"], "pulsar": res["pulsar"], "postgres": res["postgres"]}
+    resources = {"clickhouse": res["clickhouse"], "pulsar": res["pulsar"], "postgres": res["postgres"], "redis": res["redis"]}
     for _ in range(2):                                    # the second run finds no new fills: nothing doubles
         result = dg.materialize([portfolio.portfolio_states], instance=instance, resources=resources)
         assert result.success and all(e.passed for e in result.get_asset_check_evaluations())

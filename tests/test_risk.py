@@ -26,7 +26,7 @@ def test_risk_metrics_and_backtest_from_history(clean, instance):
                            postgres=res["postgres"])
     assert totals["fills"] > 1000
     first, last = today - timedelta(days=520), today - timedelta(days=1)
-    resources = {k: res[k] for k in ("lake", "clickhouse", "postgres", "pulsar")}
+    resources = {k: res[k] for k in ("lake", "clickhouse", "postgres", "pulsar", "redis")}
     for asset, start in ((bars_1d, first), (daily_nav, first), (risk.risk_metrics, last - timedelta(days=4))):
         result = materialize_range(asset, start, last, resources, instance)
         assert result.success

@@ -58,7 +58,7 @@ def seed(res, instance) -> None:
                         instance=instance, tags=rr.tags).success
             return counts(res, feed)[0] == 2000
         wait_for(landed, 180, every=1, what=f"the {feed.name} micro-batch")
-    resources = {k: res[k] for k in ("lake", "clickhouse", "postgres", "pulsar")}
+    resources = {k: res[k] for k in ("lake", "clickhouse", "postgres", "pulsar", "redis")}
     assert dg.materialize([analytics.indicators_1m], instance=instance, resources=resources).success
 
 

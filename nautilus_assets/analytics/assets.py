@@ -6,12 +6,14 @@ from datetime import timedelta
 import dagster as dg
 import pandas as pd
 
+from nautilus_assets import current
 from nautilus_assets.market_data.assets import BARS_KEY
 from nautilus_assets.market_data.bars import BARS, changed_since, since_condition
 from nautilus_assets.product import Product
 from nautilus_assets.streaming import Changes, FollowConfig, follow, follow_job, log_batch
 from resources.clickhouse import ClickHouseResource
 from resources.pulsar import PulsarResource
+from resources.redis import RedisResource
 from resources.topics import BARS_CHANGES
 
 from .indicators import COLUMNS, LOOKBACK_BARS, indicators
@@ -61,9 +63,9 @@ def windows(ch: ClickHouseResource, since: dict) -> dict[str, pd.DataFrame]:
     return {i: g.reset_index(drop=True) for i, g in bars.groupby("instrument_id", sort=True)}
 
 
-def recompute(ch: ClickHouseResource, run_id: str, since: dict, log=None) -> dict:
+def recompute(ch: ClickHouseResource, run_id: str, since: dict, log=None) -> tuple[dict, pd.DataFrame | None]:
     """Indicators for each instrument's bars from its `since` minute on, written in one insert; returns counts
-    for metadata. `log` takes a line per instrument (the streaming run passes none: every Dagster log line is a
+    for metadata and the rows written. `log` takes a line per instrument (the streaming run passes none: every Dagster log line is a
     write to the instance's event log, and a batch's counts are in its materialization)."""
     stats, out = {"instruments": 0, "rows": 0}, []
     for instrument, bars in windows(ch, since).items():
@@ -77,13 +79,14 @@ def recompute(ch: ClickHouseResource, run_id: str, since: dict, log=None) -> dic
         stats["rows"] += int(keep.sum())
         if log:
             log(f"{instrument}: {int(keep.sum())} bars from {first} (window {len(bars)} bars)")
+    rows = None
     if out:
         rows = pd.concat(out, ignore_index=True)
         rows["version"] = time.time_ns()
         rows["run_id"] = run_id
         with ch.session() as c:
             c.insert_df(TABLE, rows)
-    return stats
+    return stats, rows
 
 
 def bootstrap(ch: ClickHouseResource) -> dict:
@@ -124,7 +127,7 @@ def check_batch(ch: ClickHouseResource, since: dict) -> tuple[int, int]:
                  dg.AssetCheckSpec("indicators_in_range", asset=KEY,
                                    description="RSI in [0, 100], Bollinger lower <= middle <= upper, ATR >= 0")])
 def indicators_1m(context: dg.AssetExecutionContext, config: FollowConfig, clickhouse: ClickHouseResource,
-                  pulsar: PulsarResource):
+                  pulsar: PulsarResource, redis: RedisResource):
     def apply(batch: Changes) -> None:
         since = dict(batch.since)
         if batch.first:
@@ -133,8 +136,10 @@ def indicators_1m(context: dg.AssetExecutionContext, config: FollowConfig, click
         if not since:
             return
         with clickhouse.session():   # the batch's reads, writes and checks in this run's one session
-            stats = recompute(clickhouse, batch.batch_id, since)
+            stats, rows = recompute(clickhouse, batch.batch_id, since)
             missing, bad = check_batch(clickhouse, since)
+        if rows is not None:   # the latest indicators per instrument, committed with the batch
+            current.publish(redis, "indicators", rows, log=context.log.warning)
         log_batch(context, KEY, batch, {
             **stats, "upstream_batches": len(batch.upstream), "first_changed_minute": min(since.values()).isoformat(),
             "dagster/column_lineage": LINEAGE}, {

@@ -12,9 +12,11 @@ from datetime import timedelta
 import dagster as dg
 
 from nautilus_assets.pools import priority_tags
+from nautilus_assets.product import Product
 from resources.clickhouse import ClickHouseResource
 from resources.lake import LakeResource
 from resources.pulsar import PulsarResource
+from resources.redis import RedisResource
 from resources.settings import streaming
 
 from . import checks, handover
@@ -26,7 +28,10 @@ from .sinks import DB, bronze_table
 GROUP = "market_data"
 OWNERS = ["team:market-data"]
 BATCH_TAG = "nautilus/batch_id"
-FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(minutes=2), warn_window=timedelta(minutes=1))
+# The feed's SLA as a data product (no engine topic: its batches are announced on the bars' change feed)
+PRODUCT = Product("market_data_feed", GROUP, tuple(OWNERS), "", fail_after=timedelta(minutes=2),
+                  warn_after=timedelta(minutes=1), latency_target_ms=1, availability_target=0.9999)
+FRESHNESS = PRODUCT.freshness
 CODE_VERSION = "1"
 
 
@@ -62,7 +67,7 @@ def _feed_spec(feed: Feed, key: dg.AssetKey) -> dg.AssetSpec:
                     f"in Delta table s3://<lake>/{bronze_table(feed)} (partitioned by date) and ClickHouse "
                     f"{DB}.{feed.name}. Invalid messages go to {DB}.quarantine with a reason.",
         metadata={"dagster/column_schema": feed.table_schema, "dagster/table_name": f"{DB}.{feed.name}",
-                  "lake/delta_table": bronze_table(feed), "pulsar/topic": feed.topic})
+                  "lake/delta_table": bronze_table(feed), "pulsar/topic": feed.topic, **PRODUCT.metadata})
 
 
 BARS_SPEC = dg.AssetSpec(
@@ -71,7 +76,7 @@ BARS_SPEC = dg.AssetSpec(
     description="1-minute OHLCV bars per instrument (VWAP, trade count, aggressor buy/sell volume) in ClickHouse "
                 f"{DB}.bars_1m. Each batch recomputes every minute it touched from all of that minute's stored "
                 "trades (late trades included); the latest version wins (ReplacingMergeTree, read with FINAL).",
-    metadata={"dagster/column_schema": BARS_SCHEMA, "dagster/table_name": f"{DB}.bars_1m"})
+    metadata={"dagster/column_schema": BARS_SCHEMA, "dagster/table_name": f"{DB}.bars_1m", **PRODUCT.metadata})
 
 BARS_LINEAGE = dg.TableColumnLineage(deps_by_column={
     name: [dg.TableColumnDep(asset_key=TRADES_KEY, column_name=c) for c in cols]
@@ -135,7 +140,7 @@ def stop_reason(context, started: float, last_data: float, batches: int, config:
 
 
 def _stream(context: dg.AssetExecutionContext, config: BatchConfig, feed: Feed, pulsar: PulsarResource,
-            lake: LakeResource, clickhouse: ClickHouseResource, record) -> int:
+            lake: LakeResource, clickhouse: ClickHouseResource, record, cache: RedisResource | None = None) -> int:
     """Commit batches back to back until the run should stop; `record(results)` logs them on the recorder's
     thread (recorder.py) while the next batches commit. Returns batches."""
     run_batch = context.run.tags.get(BATCH_TAG) or context.run.run_id
@@ -145,7 +150,7 @@ def _stream(context: dg.AssetExecutionContext, config: BatchConfig, feed: Feed, 
     recorder = Recorder(record)
     try:
         with Stream(feed, pulsar, lake, clickhouse, STREAM.lateness_bound_s, log=context.log.info,
-                    inspect=True) as stream:
+                    inspect=True, cache=cache) as stream:
             while (reason := stop_reason(context, started, last_data, batches, config, checked)) is None:
                 t = time.perf_counter()
                 msgs = stream.receive(config.max_messages, config.max_wait_seconds)
@@ -224,11 +229,12 @@ def ingest_trades(context: dg.AssetExecutionContext, config: BatchConfig, pulsar
                 check_specs=[_check(QUOTES_KEY, "reconciles_with_consumed", RECONCILE_DOC),
                              _check(QUOTES_KEY, "no_duplicate_ids", UNIQUE_DOC)])
 def ingest_quotes(context: dg.AssetExecutionContext, config: BatchConfig, pulsar: PulsarResource,
-                  lake: LakeResource, clickhouse: ClickHouseResource):
-    """Micro-batches of level-1 quotes, back to back: consume, validate, Delta + ClickHouse, acknowledge."""
+                  lake: LakeResource, clickhouse: ClickHouseResource, redis: RedisResource):
+    """Micro-batches of level-1 quotes, back to back: consume, validate, Delta + ClickHouse (+ the latest top of
+    book per instrument in Redis), acknowledge."""
     state: dict = {}
     _stream(context, config, QUOTES, pulsar, lake, clickhouse,
-            lambda results: _record(context, QUOTES, QUOTES_KEY, results, lake, state))
+            lambda results: _record(context, QUOTES, QUOTES_KEY, results, lake, state), cache=redis)
     yield from ()
 
 

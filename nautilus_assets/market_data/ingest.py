@@ -10,14 +10,18 @@ from dataclasses import dataclass, field, fields
 import pulsar
 import pyarrow as pa
 
+from nautilus_assets import current
 from resources import system_topics
 from resources.clickhouse import ClickHouseResource, session_counters
 from resources.lake import LakeResource
 from resources.pulsar import PulsarResource
+from resources.redis import RedisResource
 
 from . import changes, checks, faults, sinks
 from .decode import RawBatch, decode, reject_reused_trade_ids
-from .schema import REPLAY_PROPERTY, SUBSCRIPTION, TRADES, Feed
+from .schema import QUOTES, REPLAY_PROPERTY, SUBSCRIPTION, TRADES, Feed
+
+QUOTE_STATE = ["instrument_id", "bid_price", "ask_price", "bid_size", "ask_size", "ts_event", "ts_init"]
 
 
 @dataclass
@@ -132,8 +136,9 @@ class Stream:
     minutes from the stored trades: another batch's trades without its bars would read as a mismatch)."""
 
     def __init__(self, feed: Feed, pulsar_res: PulsarResource, lake: LakeResource, ch: ClickHouseResource,
-                 lateness_s: float, log: Callable[[str], None] = print, inspect: bool = False):
-        self.feed, self.pulsar_res, self.lake, self.ch = feed, pulsar_res, lake, ch
+                 lateness_s: float, log: Callable[[str], None] = print, inspect: bool = False,
+                 cache: RedisResource | None = None):
+        self.feed, self.pulsar_res, self.lake, self.ch, self.cache = feed, pulsar_res, lake, ch, cache
         self.lateness_ns, self.log = int(lateness_s * 1e9), log
         self._client_cm = self.client = self.consumer = self.delta = self.announcer = self._opened = None
         self._inspector = ThreadPoolExecutor(1, thread_name_prefix="batch-checks") if inspect else None
@@ -211,6 +216,10 @@ class Stream:
             lap("delta_wait")
         system_topics.publish_quarantine_alert(self.client, feed.topic, batch_id, len(msgs), dec.table.num_rows,
                                                dec.quarantine)
+        if feed is QUOTES and self.cache is not None:   # the latest top of book per instrument, before the ack
+            current.publish(self.cache, "quotes", current.latest_arrow(current.KINDS["quotes"], dec.table, "ts_event",
+                                                                       QUOTE_STATE), log=self.log)
+            lap("cache")
         if feed is TRADES:
             if self.announcer is None:
                 self.announcer = changes.Announcer(self.client)

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
 
+from nautilus_assets import current
 from nautilus_assets.market_data.assets import BARS_KEY, TRADES_KEY
 from nautilus_assets.market_data.bars import BARS, changed_since, since_condition
 from nautilus_assets.market_data.schema import TRADES
@@ -24,6 +25,7 @@ from nautilus_assets.streaming import Changes, FollowConfig, follow, follow_job,
 from resources.clickhouse import ClickHouseResource
 from resources.lake import LakeResource
 from resources.pulsar import PulsarResource
+from resources.redis import RedisResource
 from resources.topics import BARS_CHANGES
 
 from .params import ADV_DAYS, daily_params
@@ -138,14 +140,14 @@ def _state_minutes(c, start: dict) -> dict[str, set[pd.Timestamp]]:
 
 
 def replay(ch: ClickHouseResource, lake: LakeResource, since: dict, run_id: str, log=print,
-           memo: dict | None = None) -> tuple[dict, dict]:
+           memo: dict | None = None, written: list | None = None) -> tuple[dict, dict]:
     """Recompute each instrument's buckets from its latest state at or before its `since` minute onwards.
 
     States are kept before the first bar of each UTC day, before the latest bar (the minute still filling, which
     the next batch touches again: it replays from there, one or two bars) and at every minute that held one
     already in the replayed span (rewritten, so none goes stale). All the instruments share each read and each
     write (five round trips a batch, whatever their number). Returns (counts, first bucket_seq written per
-    instrument)."""
+    instrument); `written` receives the bucket frames written."""
     since = {i: pd.Timestamp(m) for i, m in since.items()}
     stats, firsts = {"instruments": len(since), "buckets_written": 0}, {}
     with ch.session() as c:
@@ -190,6 +192,8 @@ def replay(ch: ClickHouseResource, lake: LakeResource, since: dict, run_id: str,
         c.insert_df(f"{DB}.vpin_states", pd.DataFrame(checkpoints))
         if out:
             c.insert_df(f"{DB}.vpin_buckets", pd.concat(out, ignore_index=True))
+    if written is not None:
+        written.extend(out)
     return stats, firsts
 
 
@@ -273,7 +277,7 @@ PLOT_EVERY_S = 60   # a chart a minute, not a chart a batch
                                                "sell >= 0"),
                  dg.AssetCheckSpec("vpin_in_unit_interval", asset=KEY, description="0 <= VPIN <= 1")])
 def vpin_buckets(context: dg.AssetExecutionContext, config: FollowConfig, clickhouse: ClickHouseResource,
-                 lake: LakeResource, pulsar: PulsarResource):
+                 lake: LakeResource, pulsar: PulsarResource, redis: RedisResource):
     last_plot, params = [0.0], {}   # params: the run's memo of each day's VPIN parameters (params_for)
     reported: set[str] = set()
 
@@ -290,8 +294,11 @@ def vpin_buckets(context: dg.AssetExecutionContext, config: FollowConfig, clickh
         if not since:
             return
         with clickhouse.session():   # the batch's reads, writes and checks in this run's one session
-            stats, firsts = replay(clickhouse, lake, since, batch.batch_id, log=log_once, memo=params)
+            written: list[pd.DataFrame] = []
+            stats, firsts = replay(clickhouse, lake, since, batch.batch_id, log=log_once, memo=params, written=written)
             inexact, outside = check_batch(clickhouse, firsts)
+        if written:   # the latest bucket per instrument and variant, committed with the batch
+            current.publish(redis, "vpin", pd.concat(written, ignore_index=True), log=context.log.warning)
         meta = {**stats, "upstream_batches": len(batch.upstream),
                 "first_changed_minute": min(since.values()).isoformat(), "dagster/column_lineage": LINEAGE}
         later = None

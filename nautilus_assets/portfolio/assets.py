@@ -8,12 +8,14 @@ from datetime import datetime, timedelta, timezone
 import dagster as dg
 import orjson
 
+from nautilus_assets import current
 from nautilus_assets.market_data.assets import BARS_KEY
 from nautilus_assets.product import Product, png_markdown
 from nautilus_assets.streaming import Changes, FollowConfig, follow, follow_job, log_batch
 from resources.clickhouse import ClickHouseResource
 from resources.postgres import PostgresResource
 from resources.pulsar import PulsarResource
+from resources.redis import RedisResource
 from resources.topics import BARS_CHANGES
 
 from . import store
@@ -232,7 +234,7 @@ PLOT_EVERY_S = 60
                                    description="Each position the batch changed equals the sum of its stored fills' "
                                                "signed quantities (every position on a run's first batch)")])
 def portfolio_states(context: dg.AssetExecutionContext, config: FollowConfig, clickhouse: ClickHouseResource,
-                     postgres: PostgresResource, pulsar: PulsarResource):
+                     postgres: PostgresResource, pulsar: PulsarResource, redis: RedisResource):
     books, last_plot = Books(), [0.0]
     with postgres.connect() as conn:
         mode = store.ensure_schema(conn)
@@ -253,6 +255,8 @@ def portfolio_states(context: dg.AssetExecutionContext, config: FollowConfig, cl
             rows = books.rows(bar_marks, state_time)
             write_states(conn, rows, batch.batch_id, mode, state_time)
             conn.commit()   # fills and the state they produce commit together, before the messages are acked
+            current.publish(redis, "positions", [{**r, "run_id": batch.batch_id} for r in rows],
+                            log=context.log.warning)   # the latest position and mark, with the commit
             meta = {"fills_consumed": len(batch.others), "fills_new": len(new), "fills_quarantined": quarantined,
                     "books": how, "partitioning": mode, "state_time": state_time.isoformat(), "rows": len(rows),
                     "upstream_batches": len(batch.upstream),

@@ -1,0 +1,1 @@
+"""The data products' read APIs (app.py), what they serve (datasets.py), their server (serve.py), a client."""

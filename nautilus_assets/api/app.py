@@ -1,0 +1,257 @@
+"""The read API of one data product (FastAPI): its datasets, its `/latest` view, Prometheus metrics.
+
+    GET /api/v1/<product>                 the product: datasets, SLA, owners
+    GET /api/v1/<product>/latest          current state (Redis; the store when the cache cannot answer)
+    GET /api/v1/<product>/<dataset>       rows: instrument / portfolio, start / end, as_of, limit, cursor, format
+    GET /metrics, /health, /docs, /openapi.json
+
+Every /api/v1 route takes `Authorization: Bearer <token>`: the token names a role (resources/access.py), and the
+role must be the product's owner, a declared reader or governance (else 403; no or an unknown token: 401).
+Store queries run on the threadpool (blocking clients), read-only: ClickHouse with readonly=2, PostgreSQL in a
+read-only transaction as the domain's role.
+"""
+
+import io
+import time
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+
+from nautilus_assets import current
+from resources import access
+
+from . import datasets as D
+from .products import PRODUCTS, ApiProduct
+
+FORMATS = {"json": "application/json", "arrow": "application/vnd.apache.arrow.stream",
+           "parquet": "application/vnd.apache.parquet"}
+# sub-millisecond buckets: the /latest target is 1 ms at p99
+BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass
+class Backends:
+    """What an API process reads: the resources of resources/settings.py (one set for all its products)."""
+    clickhouse: object
+    postgres: object        # the portfolio store, connected as the portfolio role
+    lake: object
+    redis: object | None
+    env: dict               # settings (tokens, cache max age)
+
+    @property
+    def max_age_s(self) -> float:
+        return float(self.env.get("NAUTILUS_CACHE_MAX_AGE_SECONDS") or 60)
+
+
+class Metrics:
+    """Pure ASGI middleware: per-request latency and outcome by route template, and a Server-Timing header."""
+
+    def __init__(self, app, product: str, registry: CollectorRegistry):
+        self.app, self.product = app, product
+        self.seconds = Histogram("nautilus_api_request_duration_seconds", "Server time per request",
+                                 ["product", "route"], buckets=BUCKETS, registry=registry)
+        self.requests = Counter("nautilus_api_requests", "Requests by outcome", ["product", "route", "code"],
+                                registry=registry)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0, status = time.perf_counter(), [500]
+
+        async def timed(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                ms = (time.perf_counter() - t0) * 1000
+                message["headers"] = [*message.get("headers", []), (b"server-timing", f"app;dur={ms:.3f}".encode())]
+            await send(message)
+        try:
+            await self.app(scope, receive, timed)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "unmatched"
+            if path not in ("/metrics", "/health"):
+                self.seconds.labels(self.product, path).observe(time.perf_counter() - t0)
+                self.requests.labels(self.product, path, str(status[0])).inc()
+
+
+def create_app(product: str, backends: Backends) -> FastAPI:
+    spec: ApiProduct = PRODUCTS[product]
+    sets = D.DATASETS[product]
+    prefix = f"/api/v1/{product}"
+    app = FastAPI(title=f"{product} API", version="1",
+                  description=f"Read API of the `{product}` data product (owner: {', '.join(spec.owners)}). "
+                              f"Datasets: {', '.join(sets)}. Bearer token per role; readers as declared in "
+                              "resources/access.py.")
+    registry = CollectorRegistry()
+    fallbacks = Counter("nautilus_api_cache_fallbacks", "/latest answered from the store, by reason",
+                        ["product", "reason"], registry=registry)
+    bearer = HTTPBearer(auto_error=False, description="The role's token (NAUTILUS_API_<ROLE>_TOKEN)")
+
+    def reader(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
+        role = access.role_of_token(backends.env, creds.credentials if creds else None)
+        if role is None:
+            raise HTTPException(401, "no or unknown bearer token", headers={"WWW-Authenticate": "Bearer"})
+        if access.access(role, spec.domain) == "none":
+            raise HTTPException(403, f"role {role} may not read {product} (readers: resources/access.py)")
+        return role
+
+    Reader = Annotated[str, Depends(reader)]
+
+    @app.exception_handler(D.BadQuery)
+    async def bad_query(_: Request, e: D.BadQuery):
+        return Response(orjson.dumps({"detail": str(e)}), status_code=400, media_type="application/json")
+
+    @app.get("/health", include_in_schema=False)
+    async def health():
+        return {"status": "ok", "product": product}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics():
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get(prefix, summary="The product: datasets, SLA, owners")
+    async def describe(role: Reader):
+        return {"product": product, "domain": spec.domain, "owners": list(spec.owners), "role": role,
+                "sla": {"latency_target_ms": spec.latency_target_ms, "availability_target": spec.availability_target},
+                "datasets": [d.info() for d in sets.values()], "latest": f"{prefix}/latest"}
+
+    @app.get(prefix + "/latest", summary="Current state: the latest row per instrument (or portfolio)")
+    async def latest(role: Reader, instrument: Annotated[list[str] | None, Query()] = None,
+                     portfolio: Annotated[list[str] | None, Query()] = None,
+                     format: Literal["json", "arrow", "parquet"] = "json"):
+        kind = current.BY_PRODUCT.get(product)
+        rows, source = None, "store"
+        if kind is not None and backends.redis is not None:
+            rows, reason = await _from_cache(kind)
+            if rows is None:
+                fallbacks.labels(product, reason).inc()
+                source = f"store; cache={reason}"
+            else:
+                source = "redis"
+        if rows is None:
+            rows = await run_in_threadpool(_latest_from_store, kind)
+        rows = _filtered(rows, D.split(instrument), D.split(portfolio))
+        if format == "json":   # the hot path: no Arrow round trip
+            return Response(orjson.dumps({"product": product, "source": source, "count": len(rows), "rows": rows}),
+                            media_type=FORMATS["json"], headers={"x-nautilus-source": source})
+        return _render(pa.Table.from_pylist(rows), format, {"x-nautilus-source": source}, extra={})
+
+    async def _from_cache(kind) -> tuple[list[dict] | None, str]:
+        try:
+            if not hasattr(app.state, "redis"):
+                app.state.redis = backends.redis.async_client()
+            values, meta = await backends.redis.aget(app.state.redis, kind.name)
+        except Exception:  # noqa: BLE001 - an unreachable cache is a miss, never an error
+            return None, "unavailable"
+        if meta.get("complete") != "1":
+            return None, "missing" if not meta else "incomplete"
+        if time.time() - float(meta.get("updated_at") or 0) > backends.max_age_s:
+            return None, "stale"
+        return list(values.values()), "hit"
+
+    def _latest_from_store(kind) -> list[dict]:
+        if kind is None:
+            with backends.clickhouse.session() as c:
+                res = c.query(D.LATEST_SQL[product], settings=D.QUERY_SETTINGS)
+                return [{k: current.plain(v) for k, v in zip(res.column_names, r)} for r in res.result_rows]
+        rows = current.from_store(kind, backends.clickhouse, backends.postgres)
+        if backends.redis is not None:
+            try:
+                current.rebuild(backends.redis, kind, rows)   # the next /latest reads the cache again
+            except Exception:  # noqa: BLE001
+                pass
+        return rows
+
+    def _filtered(rows: list[dict], instruments: list[str], portfolios: list[str]) -> list[dict]:
+        return [r for r in rows if (not instruments or r.get("instrument_id") in instruments)
+                and (not portfolios or r.get("portfolio_id") in portfolios)]
+
+    @app.get(prefix + "/{dataset}", summary="Rows of a dataset, a page at a time",
+             responses={200: {"content": {m: {} for m in FORMATS.values()}}})
+    def rows(role: Reader, dataset: str,
+             instrument: Annotated[list[str] | None, Query(description="Instrument id(s); repeat or comma-separate")] = None,
+             portfolio: Annotated[list[str] | None, Query(description="Portfolio id(s)")] = None,
+             start: Annotated[str | None, Query(description="From (inclusive): ISO 8601 or int64 UTC ns")] = None,
+             end: Annotated[str | None, Query(description="To (exclusive): ISO 8601 or int64 UTC ns")] = None,
+             as_of: Annotated[str | None, Query(description="Lake-backed datasets: Delta version or timestamp")] = None,
+             limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
+             cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+             format: Literal["json", "arrow", "parquet"] = "json"):
+        ds = sets.get(dataset)
+        if ds is None:
+            raise HTTPException(404, f"{product} has no dataset {dataset!r}; it has {', '.join(sets)}")
+        q = D.Query(D.split(instrument), D.split(portfolio), D.parse_time(start, "start"), D.parse_time(end, "end"),
+                    limit, D.decode_cursor(cursor, ds))
+        if q.instruments and not ds.instrument:
+            raise D.BadQuery(f"{dataset} is not per instrument")
+        if q.portfolios and not ds.portfolio:
+            raise D.BadQuery(f"{dataset} is not per portfolio")
+        if q.start is not None and q.end is not None and q.start >= q.end:
+            raise D.BadQuery("start must be before end")
+        version = D.parse_as_of(as_of)
+        if version is not None and not ds.lake:
+            raise D.BadQuery(f"as_of: {dataset} is not lake-backed (as_of applies to {_lake_sets()})")
+        table, source, headers = _query(ds, q, version)
+        nxt = D.encode_cursor(table.slice(table.num_rows - 1).to_pylist()[0], ds) if table.num_rows == q.limit else None
+        if nxt:
+            headers["x-next-cursor"] = nxt
+        return _render(table, format, {"x-nautilus-source": source, **headers},
+                       extra={"product": product, "dataset": dataset, "source": source, "next_cursor": nxt})
+
+    def _query(ds: D.Dataset, q: D.Query, version) -> tuple[pa.Table, str, dict]:
+        if version is not None:
+            dt = backends.lake.table(ds.lake)
+            if dt is None:
+                raise HTTPException(404, f"no Delta table {ds.lake} on the lake yet")
+            try:
+                dt.load_as_version(version)
+            except Exception as e:  # noqa: BLE001 - deltalake raises several types for a version it lacks
+                raise D.BadQuery(f"as_of={version}: not a version of {ds.lake} ({str(e).splitlines()[0]})") from None
+            return D.lake_scan(dt, ds, q), "lake", {"x-delta-version": str(dt.version())}
+        if ds.store == "clickhouse":
+            sql, params = D.clickhouse_sql(ds, q)
+            with backends.clickhouse.session() as c:
+                return c.query_arrow(sql, parameters=params, settings=D.QUERY_SETTINGS, use_strings=True), \
+                    "clickhouse", {}
+        sql, params = D.postgres_sql(ds, q)
+        with backends.postgres.connect() as conn:
+            conn.read_only = True
+            cur = conn.execute(sql, params)
+            names = [d.name for d in cur.description]
+            data = cur.fetchall()
+        return pa.Table.from_pylist([dict(zip(names, r)) for r in data]) if data else \
+            pa.table({n: pa.array([], pa.null()) for n in names}), "postgres", {}
+
+    def _lake_sets() -> str:
+        return ", ".join(f"{p}/{d.name}" for p, ds in D.DATASETS.items() for d in ds.values() if d.lake)
+
+    app.add_middleware(Metrics, product=product, registry=registry)
+    return app
+
+
+def _render(table: pa.Table, fmt: str, headers: dict, extra: dict) -> Response:
+    if fmt == "json":
+        body = orjson.dumps({**extra, "count": table.num_rows, "rows": table.to_pylist()},
+                            option=orjson.OPT_SERIALIZE_NUMPY, default=_iso)
+    elif fmt == "arrow":
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as w:
+            w.write_table(table)
+        body = sink.getvalue().to_pybytes()
+    else:
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        body = buf.getvalue()
+    return Response(body, media_type=FORMATS[fmt], headers=headers)
+
+
+def _iso(v):
+    return v.isoformat() if hasattr(v, "isoformat") else str(v)
