@@ -7,8 +7,8 @@
 
 Every /api/v1 route takes `Authorization: Bearer <token>`: the token names a role (resources/access.py), and the
 role must be the product's owner, a declared reader or governance (else 403; no or an unknown token: 401).
-Store queries run on the threadpool (blocking clients), read-only: ClickHouse with readonly=2, PostgreSQL in a
-read-only transaction as the domain's role.
+Store queries run on the threadpool (blocking clients): fixed SQL templates per dataset with bound parameters;
+PostgreSQL in a read-only transaction.
 """
 
 import io
@@ -199,7 +199,12 @@ def create_app(product: str, backends: Backends) -> FastAPI:
         version = D.parse_as_of(as_of)
         if version is not None and not ds.lake:
             raise D.BadQuery(f"as_of: {dataset} is not lake-backed (as_of applies to {_lake_sets()})")
-        table, source, headers = _query(ds, q, version)
+        try:
+            table, source, headers = _query(ds, q, version)
+        except Exception as e:
+            if _missing_table(e):
+                raise HTTPException(404, f"{product}/{dataset} holds no data yet ({ds.table} does not exist)") from None
+            raise
         nxt = D.encode_cursor(table.slice(table.num_rows - 1).to_pylist()[0], ds) if table.num_rows == q.limit else None
         if nxt:
             headers["x-next-cursor"] = nxt
@@ -219,8 +224,7 @@ def create_app(product: str, backends: Backends) -> FastAPI:
         if ds.store == "clickhouse":
             sql, params = D.clickhouse_sql(ds, q)
             with backends.clickhouse.session() as c:
-                return c.query_arrow(sql, parameters=params, settings=D.QUERY_SETTINGS, use_strings=True), \
-                    "clickhouse", {}
+                return D.clickhouse_arrow(c, ds, sql, params), "clickhouse", {}
         sql, params = D.postgres_sql(ds, q)
         with backends.postgres.connect() as conn:
             conn.read_only = True
@@ -235,6 +239,12 @@ def create_app(product: str, backends: Backends) -> FastAPI:
 
     app.add_middleware(Metrics, product=product, registry=registry)
     return app
+
+
+def _missing_table(e: Exception) -> bool:
+    """A table that the product's first materialization has not created yet (PostgreSQL or ClickHouse)."""
+    import psycopg
+    return isinstance(e, psycopg.errors.UndefinedTable) or "UNKNOWN_TABLE" in str(e) or "Code: 60." in str(e)
 
 
 def _render(table: pa.Table, fmt: str, headers: dict, extra: dict) -> Response:

@@ -18,9 +18,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-# ClickHouse settings of every API query: read-only (settings may still be set), bounded in time and size.
-QUERY_SETTINGS = {"readonly": 2, "max_execution_time": 30, "max_result_rows": 1_000_000,
-                  "result_overflow_mode": "throw"}
+# ClickHouse settings of every API query: bounded in time and size. The SQL is a fixed template per dataset with
+# bound parameters; `readonly` is not set per query (a session that set it may not set it again).
+QUERY_SETTINGS = {"max_execution_time": 30, "max_result_rows": 1_000_000, "result_overflow_mode": "throw"}
 
 
 class BadQuery(ValueError):
@@ -192,6 +192,22 @@ def clickhouse_sql(ds: Dataset, q: Query) -> tuple[str, dict]:
     sql = (f"SELECT * FROM {ds.table}{' FINAL' if ds.final else ''}"
            f"{' WHERE ' + ' AND '.join(where) if where else ''} ORDER BY {', '.join(ds.order)} LIMIT {int(q.limit)}")
     return sql, p
+
+
+_types: dict[str, dict[str, str]] = {}   # ClickHouse column types by table, read once per process
+
+
+def clickhouse_arrow(client, ds: Dataset, sql: str, params: dict) -> pa.Table:
+    """The query as Arrow. ClickHouse sends DateTime as uint32 seconds in Arrow: they become UTC timestamps."""
+    table = client.query_arrow(sql, parameters=params, settings=QUERY_SETTINGS, use_strings=True)
+    if ds.table not in _types:
+        db, name = ds.table.split(".")
+        _types[ds.table] = dict(client.query("SELECT name, type FROM system.columns WHERE database = %(d)s AND "
+                                             "table = %(t)s", parameters={"d": db, "t": name}).result_rows)
+    for i, field in enumerate(table.schema):
+        if pa.types.is_unsigned_integer(field.type) and _types[ds.table].get(field.name, "").startswith("DateTime("):
+            table = table.set_column(i, field.name, table.column(i).cast(pa.int64()).cast(pa.timestamp("s", "UTC")))
+    return table
 
 
 def postgres_sql(ds: Dataset, q: Query) -> tuple[str, dict]:
