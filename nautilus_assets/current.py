@@ -1,11 +1,15 @@
-"""Current state of the products in Redis (resources/redis.py): the latest top-of-book quote, indicators and VPIN
-per instrument, and the latest position and mark per portfolio and instrument.
+"""Current state of the products in Redis (resources/redis.py): the latest top-of-book quote, indicators, VPIN and
+ML prediction per instrument, the latest position and mark per portfolio and instrument, the latest risk figures
+per portfolio.
 
 The streaming runs write a kind in the step that commits their batch (`publish`, after the store commit and
-before the acknowledgement); the product APIs read it for `/latest`, and when a kind is missing, incomplete or
-not written to for NAUTILUS_CACHE_MAX_AGE_SECONDS they answer from the store (`from_store`, the same rows the
-writers would cache) and rebuild the kind from that answer. A write that fails forgets the kind (or, when Redis
-is unreachable, the next write does), so a stale cache is never served past that bound.
+before the acknowledgement). The product APIs serve `/latest` from it while the kind is complete (rebuilt from
+the store at least once) and was written to within NAUTILUS_CACHE_MAX_AGE_SECONDS; otherwise they answer from
+the store (`from_store`: the same rows the writers cache) and say so. An API also rebuilds its kind from the
+store in the background when it has not been written to for half that age (refresh-ahead: idle writers and
+day-level products, and any entry a failed write left behind, are corrected within it). A write that fails
+forgets the kind (or, when Redis is unreachable, the next write does). Rebuilds never put an older entry back
+(versions, resources/redis.py).
 """
 from __future__ import annotations
 
@@ -54,6 +58,14 @@ KINDS = {k.name: k for k in (
          "SELECT * EXCEPT (batch_id) FROM microstructure.vpin_buckets FINAL "
          f"WHERE date >= today() - {RECENT_DAYS} ORDER BY instrument_id, variant, bucket_seq DESC "
          "LIMIT 1 BY instrument_id, variant"),
+    Kind("risk", "risk_metrics", ("portfolio_id",), lambda r: version(_ns(r["date"]), r["version"]), "clickhouse",
+         "SELECT * EXCEPT (batch_id) FROM risk.risk_metrics FINAL ORDER BY portfolio_id, date DESC "
+         "LIMIT 1 BY portfolio_id"),
+    Kind("predictions", "ml_predictions", ("instrument_id",), lambda r: version(_ns(r["minute"]), r["version"]),
+         "clickhouse",
+         "SELECT * EXCEPT (batch_id) FROM ml.ml_predictions FINAL "
+         f"WHERE minute >= now() - INTERVAL {RECENT_DAYS} DAY ORDER BY instrument_id, minute DESC "
+         "LIMIT 1 BY instrument_id"),
     Kind("positions", "portfolio_states", ("portfolio_id", "instrument_id"), lambda r: version(_ns(r["ts"])),
          "postgres",
          "SELECT DISTINCT ON (portfolio_id, instrument_id) ts, portfolio_id, instrument_id, position, avg_cost, "

@@ -3,10 +3,12 @@ import dagster as dg
 
 from resources.settings import apply, build_resources
 from sensors.pulsar_ingest import INGEST_SENSORS
+from sensors.sla import SLA_SENSORS
 from sensors.streaming_products import PRODUCT_JOBS, PRODUCT_SENSORS
 from sensors.system_events import SYSTEM_SENSORS
 
 from .analytics.assets import ASSETS as ANALYTICS_ASSETS
+from .api.sla import api_sla
 from .market_data.assets import ASSETS as MARKET_DATA_ASSETS, INGEST_JOBS
 from .market_data.daily import DAILY_ASSETS as MARKET_DATA_DAILY
 from .market_data.maintenance import INTEGRITY_CHECKS, INTEGRITY_JOB, SCHEDULES as MAINTENANCE, lake_maintenance_job
@@ -31,9 +33,9 @@ AUTOMATION = dg.AutomationConditionSensorDefinition(
 defs = dg.Definitions(
     assets=[*MARKET_DATA_ASSETS, *ANALYTICS_ASSETS, *MICROSTRUCTURE_ASSETS, *PORTFOLIO_ASSETS,
             *MARKET_DATA_DAILY, *PORTFOLIO_DAILY, *RISK_ASSETS, *ML_ASSETS],
-    asset_checks=INTEGRITY_CHECKS,
+    asset_checks=[*INTEGRITY_CHECKS, api_sla],
     jobs=[*INGEST_JOBS.values(), *PRODUCT_JOBS, EOD_REPLAY_JOB, INTEGRITY_JOB, lake_maintenance_job],
     schedules=[EOD_REPLAY, *MAINTENANCE],
-    sensors=[*INGEST_SENSORS, *PRODUCT_SENSORS, AUTOMATION, *SYSTEM_SENSORS],
+    sensors=[*INGEST_SENSORS, *PRODUCT_SENSORS, AUTOMATION, *SYSTEM_SENSORS, *SLA_SENSORS],
     resources=build_resources(for_dagster=True),
 )

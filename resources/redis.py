@@ -91,6 +91,9 @@ class RedisResource(dg.ConfigurableResource):
         """`get` on an asyncio client."""
         return _decode(fields, *await _read(client.pipeline(transaction=False), self.key_names(kind), fields).execute())
 
+    async def ameta(self, client, kind: str) -> dict:
+        return {k.decode(): v.decode() for k, v in (await client.hgetall(self.key_names(kind)[2])).items()}
+
     def ping(self) -> bool:
         return bool(self.client().ping())
 

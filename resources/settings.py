@@ -222,10 +222,13 @@ def load() -> Settings:
         "NAUTILUS_CHDB_PATH": _env("NAUTILUS_CHDB_PATH", str(home / "chdb")),   # the local server's data
         "NAUTILUS_REDIS_URL": _env("NAUTILUS_REDIS_URL", f"redis://127.0.0.1:{p['redis']}/0"),
         "NAUTILUS_REDIS_PREFIX": _env("NAUTILUS_REDIS_PREFIX", f"nautilus:{instance}"),
-        # the product APIs serve a kind of current state from Redis while a writer committed to it this recently
-        # (else from the store, and say so in X-Nautilus-Source)
-        "NAUTILUS_CACHE_MAX_AGE_SECONDS": _env("NAUTILUS_CACHE_MAX_AGE_SECONDS", "120"),
+        # the product APIs serve a kind of current state from Redis while it was written this recently (else from
+        # the store, and say so in X-Nautilus-Source), and look every REFRESH seconds whether to rebuild it from
+        # the store ahead of that (nautilus_assets/current.py; 0: never)
+        "NAUTILUS_CACHE_MAX_AGE_SECONDS": _env("NAUTILUS_CACHE_MAX_AGE_SECONDS", "60"),
+        "NAUTILUS_CACHE_REFRESH_SECONDS": _env("NAUTILUS_CACHE_REFRESH_SECONDS", "5"),
         "NAUTILUS_API_HOST": _env("NAUTILUS_API_HOST", "127.0.0.1"),
+        **{v: os.environ[v] for v in (f"NAUTILUS_API_PORT_{p.upper()}" for p in API_PORTS) if os.environ.get(v)},
         "NAUTILUS_INSTRUMENTS": _env("NAUTILUS_INSTRUMENTS", "AAPL.XNAS,MSFT.XNAS,SPY.ARCX,ESZ6.GLBX,BTCUSDT.BINANCE"),
         **{k: _env(k, str(d)) for k, (d, _) in {**STREAMING_VARS, **LAKE_VARS}.items()},
         "NAUTILUS_SENSOR_INTERVAL_SECONDS": _env("NAUTILUS_SENSOR_INTERVAL_SECONDS", "4"),

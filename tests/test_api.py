@@ -25,6 +25,7 @@ from resources import access
 from resources.settings import API_PORTS
 from scripts import services
 from scripts.publisher import publish_tables
+from tests.conftest import wait_for
 
 INSTR = ["AAPL.XNAS", "MSFT.XNAS"]
 # Who may read which product, written out (resources/access.py's declaration, as the source architecture states it)
@@ -48,8 +49,9 @@ def api(settings, res, instance):
     from tests.conftest import reset_state
     reset_state(res)
     log = open(settings.home / "api.log", "ab")
-    p = subprocess.Popen([sys.executable, "-W", "ignore", "-m", "nautilus_assets.api.serve"], env={**os.environ},
-                         start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
+    p = subprocess.Popen([sys.executable, "-W", "ignore", "-m", "nautilus_assets.api.serve"], start_new_session=True,
+                         env={**os.environ, "NAUTILUS_CACHE_REFRESH_SECONDS": "0"},   # each test decides the cache
+                         stdout=log, stderr=subprocess.STDOUT)
     try:
         for product in API_PORTS:
             services.wait_port(settings.api_port(product), f"{product} API", timeout=120)
@@ -186,6 +188,30 @@ def test_latest_reads_the_cache_and_falls_back_to_the_store(api, res, market):
     assert get(api, "market_data_feed", "/latest").headers["x-nautilus-source"] == "store; cache=missing"
     res["redis"].client().hset(res["redis"].key_names("quotes")[2], "updated_at", str(time.time() - 3600))
     assert get(api, "market_data_feed", "/latest").headers["x-nautilus-source"] == "store; cache=stale"
+
+
+def test_an_api_rebuilds_an_idle_or_emptied_cache_ahead_of_requests(api, res, settings, market):
+    port = settings.port_base + 90
+    log = open(settings.home / "api-refresh.log", "ab")
+    p = subprocess.Popen([sys.executable, "-W", "ignore", "-m", "nautilus_assets.api.serve", "--product",
+                          "market_analytics"], start_new_session=True, stdout=log, stderr=subprocess.STDOUT,
+                         env={**os.environ, "NAUTILUS_CACHE_REFRESH_SECONDS": "0.5",
+                              "NAUTILUS_API_PORT_MARKET_ANALYTICS": str(port)})
+    try:
+        services.wait_port(port, "market_analytics API", timeout=120)
+        res["redis"].client().flushdb()
+        meta = res["redis"].key_names("indicators")[2]
+        assert wait_for(lambda: res["redis"].meta("indicators").get("complete") == "1", timeout=20)
+        url = f"http://127.0.0.1:{port}/api/v1/market_analytics"
+        r = requests.get(f"{url}/latest", headers={"Authorization": f"Bearer {token(api, 'ml')}"}, timeout=30)
+        assert r.headers["x-nautilus-source"] == "redis" and r.json()["count"] == len(INSTR)
+        res["redis"].client().hset(meta, "updated_at", str(time.time() - 3600))     # nobody wrote it for an hour
+        assert wait_for(lambda: time.time() - float(res["redis"].meta("indicators")["updated_at"]) < 60, timeout=20)
+        assert "nautilus_api_cache_fallbacks_total{" not in requests.get(f"http://127.0.0.1:{port}/metrics",
+                                                                         timeout=30).text   # no request waited
+    finally:
+        os.killpg(p.pid, signal.SIGTERM)
+        p.wait(30)
 
 
 def test_a_cache_that_is_down_never_fails_a_batch_or_a_read(api, res, settings):

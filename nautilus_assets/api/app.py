@@ -11,6 +11,8 @@ Store queries run on the threadpool (blocking clients): fixed SQL templates per 
 PostgreSQL in a read-only transaction.
 """
 
+import asyncio
+import contextlib
 import io
 import time
 from dataclasses import dataclass
@@ -86,7 +88,15 @@ def create_app(product: str, backends: Backends) -> FastAPI:
     spec: ApiProduct = PRODUCTS[product]
     sets = D.DATASETS[product]
     prefix = f"/api/v1/{product}"
-    app = FastAPI(title=f"{product} API", version="1",
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        task = asyncio.create_task(refresh_ahead()) if backends.redis is not None else None
+        yield
+        if task is not None:
+            task.cancel()
+
+    app = FastAPI(lifespan=lifespan, title=f"{product} API", version="1",
                   description=f"Read API of the `{product}` data product (owner: {', '.join(spec.owners)}). "
                               f"Datasets: {', '.join(sets)}. Bearer token per role; readers as declared in "
                               "resources/access.py.")
@@ -123,32 +133,37 @@ def create_app(product: str, backends: Backends) -> FastAPI:
                 "sla": {"latency_target_ms": spec.latency_target_ms, "availability_target": spec.availability_target},
                 "datasets": [d.info() for d in sets.values()], "latest": f"{prefix}/latest"}
 
+    kind = current.BY_PRODUCT[product]
+
     @app.get(prefix + "/latest", summary="Current state: the latest row per instrument (or portfolio)")
     async def latest(role: Reader, instrument: Annotated[list[str] | None, Query()] = None,
                      portfolio: Annotated[list[str] | None, Query()] = None,
                      format: Literal["json", "arrow", "parquet"] = "json"):
-        kind = current.BY_PRODUCT.get(product)
-        rows, source = None, "store"
-        if kind is not None and backends.redis is not None:
-            rows, reason = await _from_cache(kind)
-            if rows is None:
-                fallbacks.labels(product, reason).inc()
-                source = f"store; cache={reason}"
-            else:
-                source = "redis"
+        rows, reason = await _from_cache() if backends.redis is not None else (None, "none")
+        source = "redis"
         if rows is None:
-            rows = await run_in_threadpool(_latest_from_store, kind)
+            fallbacks.labels(product, reason).inc()
+            source = f"store; cache={reason}"
+            try:
+                rows = await run_in_threadpool(_rebuild)
+            except Exception as e:
+                if not _missing_table(e):
+                    raise
+                rows, source = [], "store; no data yet"   # before the product's first materialization
         rows = _filtered(rows, D.split(instrument), D.split(portfolio))
         if format == "json":   # the hot path: no Arrow round trip
             return Response(orjson.dumps({"product": product, "source": source, "count": len(rows), "rows": rows}),
                             media_type=FORMATS["json"], headers={"x-nautilus-source": source})
         return _render(pa.Table.from_pylist(rows), format, {"x-nautilus-source": source}, extra={})
 
-    async def _from_cache(kind) -> tuple[list[dict] | None, str]:
+    def _redis():
+        if not hasattr(app.state, "redis"):
+            app.state.redis = backends.redis.async_client()
+        return app.state.redis
+
+    async def _from_cache() -> tuple[list[dict] | None, str]:
         try:
-            if not hasattr(app.state, "redis"):
-                app.state.redis = backends.redis.async_client()
-            values, meta = await backends.redis.aget(app.state.redis, kind.name)
+            values, meta = await backends.redis.aget(_redis(), kind.name)
         except Exception:  # noqa: BLE001 - an unreachable cache is a miss, never an error
             return None, "unavailable"
         if meta.get("complete") != "1":
@@ -157,18 +172,28 @@ def create_app(product: str, backends: Backends) -> FastAPI:
             return None, "stale"
         return list(values.values()), "hit"
 
-    def _latest_from_store(kind) -> list[dict]:
-        if kind is None:
-            with backends.clickhouse.session() as c:
-                res = c.query(D.LATEST_SQL[product], settings=D.QUERY_SETTINGS)
-                return [{k: current.plain(v) for k, v in zip(res.column_names, r)} for r in res.result_rows]
+    def _rebuild() -> list[dict]:
+        """The store's answer, which also rebuilds the cache (best effort: the answer stands without it)."""
         rows = current.from_store(kind, backends.clickhouse, backends.postgres)
         if backends.redis is not None:
             try:
-                current.rebuild(backends.redis, kind, rows)   # the next /latest reads the cache again
+                current.rebuild(backends.redis, kind, rows)
             except Exception:  # noqa: BLE001
                 pass
         return rows
+
+    async def refresh_ahead() -> None:
+        """Rebuild the kind from the store when nobody wrote it for half its max age (module doc of current.py)."""
+        every = float(backends.env.get("NAUTILUS_CACHE_REFRESH_SECONDS") or 0)
+        while every > 0:
+            try:
+                meta = await backends.redis.ameta(_redis(), kind.name)
+                age = time.time() - float(meta.get("updated_at") or 0)
+                if meta.get("complete") != "1" or age > backends.max_age_s / 2:
+                    await run_in_threadpool(_rebuild)
+            except Exception:  # noqa: BLE001 - the store or the cache is down: requests fall back meanwhile
+                pass
+            await asyncio.sleep(every)
 
     def _filtered(rows: list[dict], instruments: list[str], portfolios: list[str]) -> list[dict]:
         return [r for r in rows if (not instruments or r.get("instrument_id") in instruments)
@@ -244,7 +269,8 @@ def create_app(product: str, backends: Backends) -> FastAPI:
 def _missing_table(e: Exception) -> bool:
     """A table that the product's first materialization has not created yet (PostgreSQL or ClickHouse)."""
     import psycopg
-    return isinstance(e, psycopg.errors.UndefinedTable) or "UNKNOWN_TABLE" in str(e) or "Code: 60." in str(e)
+    return (isinstance(e, (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName))
+            or any(code in str(e) for code in ("UNKNOWN_TABLE", "UNKNOWN_DATABASE", "Code: 60.", "Code: 81.")))
 
 
 def _render(table: pa.Table, fmt: str, headers: dict, extra: dict) -> Response:

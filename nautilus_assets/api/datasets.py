@@ -84,14 +84,6 @@ DATASETS: dict[str, dict[str, Dataset]] = {
         Dataset("models", "clickhouse", "ml.model_registry", "created_at", "datetime", ("model_version",),
                 "Model registry: training span, metrics, code version, weights URI", instrument=None))},
 }
-# /latest of the products without a current-state cache (nautilus_assets/current.py has the others)
-LATEST_SQL = {
-    "risk_metrics": "SELECT * EXCEPT (batch_id) FROM risk.risk_metrics FINAL ORDER BY portfolio_id, date DESC "
-                    "LIMIT 1 BY portfolio_id",
-    "ml_predictions": "SELECT * EXCEPT (batch_id) FROM ml.ml_predictions FINAL WHERE minute >= now() - INTERVAL 7 DAY "
-                      "ORDER BY instrument_id, minute DESC LIMIT 1 BY instrument_id",
-}
-
 
 # ---- parameters ------------------------------------------------------------------------------------------
 def parse_time(value: str | None, what: str) -> int | None:

@@ -32,7 +32,7 @@ async def serve(s: Settings, products: list[str]) -> None:
     b = backends(s)
     servers = [_Server(uvicorn.Config(create_app(p, b), host=s["NAUTILUS_API_HOST"], port=s.api_port(p),
                                       log_level="warning", access_log=False, loop="uvloop", http="httptools",
-                                      lifespan="off"))
+                                      lifespan="on"))
                for p in products]
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
