@@ -28,6 +28,10 @@ from resources.topics import SYSTEM_ALERTS
 REPEAT_S = 900
 
 
+def _now() -> float:   # the sensors' clock (a test moves it)
+    return time.time()
+
+
 def alert(kind: str, severity: str, product: str, asset: dg.AssetKey, figure: str, value, target, **more) -> dict:
     return {"schema": ALERT_SCHEMA, "type": kind, "severity": severity, "product": product,
             "asset": asset.to_user_string(), "figure": figure, "value": value, "target": target, **more,
@@ -67,7 +71,7 @@ def _publish(pulsar: PulsarResource, alerts: list[dict], log) -> None:
                        "against the product's targets (asset checks), alerts on system/alerts")
 def sla_probe_sensor(context: dg.SensorEvaluationContext, pulsar: PulsarResource):
     from resources.settings import load
-    s, now = load(), time.time()
+    s, now = load(), _now()
     cur = orjson.loads(context.cursor) if context.cursor else {}
     alerts, events = [], []
     for product, p in PRODUCTS.items():
@@ -134,7 +138,7 @@ def freshness_failing(context: dg.SensorEvaluationContext, now: float) -> dict[d
 @dg.sensor(name="freshness_alerts_sensor", default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=10,
            description="Publishes an alert on system/alerts when an asset's freshness policy starts failing")
 def freshness_alerts_sensor(context: dg.SensorEvaluationContext, pulsar: PulsarResource):
-    now = time.time()
+    now = _now()
     cur = orjson.loads(context.cursor) if context.cursor else {}
     product_of = {str(k): (node.metadata or {}).get("nautilus/product")
                   for k, node in ((k, context.repository_def.asset_graph.get(k))

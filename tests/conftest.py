@@ -41,6 +41,29 @@ def instance(settings):
         yield inst
 
 
+@pytest.fixture(scope="session")
+def api(settings):
+    """The product APIs (`nautilus api`) on the test instance's ports, rebuilding the cache only when a request
+    finds it unusable (NAUTILUS_CACHE_REFRESH_SECONDS=0: each test decides what the cache holds)."""
+    import signal
+    import subprocess
+    import sys
+
+    from resources.settings import API_PORTS
+    log = open(settings.home / "api.log", "ab")
+    p = subprocess.Popen([sys.executable, "-W", "ignore", "-m", "nautilus_assets.api.serve"], start_new_session=True,
+                         env={**os.environ, "NAUTILUS_CACHE_REFRESH_SECONDS": "0"}, stdout=log,
+                         stderr=subprocess.STDOUT)
+    try:
+        for product in API_PORTS:
+            services.wait_port(settings.api_port(product), f"{product} API", timeout=120)
+        yield settings
+    finally:
+        os.killpg(p.pid, signal.SIGTERM)
+        p.wait(30)
+        log.close()
+
+
 @pytest.fixture(autouse=True)
 def no_stale_defs_state_storage():
     """Dagster keeps one process-wide "current" DefsStateStorage, set when an instance is entered; an instance a

@@ -45,25 +45,10 @@ def ingest(res, feed, batch_id, cache=True):
 
 
 @pytest.fixture(scope="module")
-def api(settings, res, instance):
-    from tests.conftest import reset_state
-    reset_state(res)
-    log = open(settings.home / "api.log", "ab")
-    p = subprocess.Popen([sys.executable, "-W", "ignore", "-m", "nautilus_assets.api.serve"], start_new_session=True,
-                         env={**os.environ, "NAUTILUS_CACHE_REFRESH_SECONDS": "0"},   # each test decides the cache
-                         stdout=log, stderr=subprocess.STDOUT)
-    try:
-        for product in API_PORTS:
-            services.wait_port(settings.api_port(product), f"{product} API", timeout=120)
-        yield settings
-    finally:
-        os.killpg(p.pid, signal.SIGTERM)
-        p.wait(30)
-
-
-@pytest.fixture(scope="module")
 def market(api, res, instance):
     """Two batches of trades and quotes (Delta versions 0 and 1), and the indicators of their bars."""
+    from tests.conftest import reset_state
+    reset_state(res)
     now = time.time_ns()
     sim = MarketSimulator(INSTR, seed=5, start_ns=now - 4 * 3600 * 10**9, events_per_second=2)
     stamps = []

@@ -145,7 +145,7 @@ def _typed(v, column: str, ds: Dataset):
     if column == ds.time and ds.time_type == "date":
         return date.fromisoformat(v)
     if not isinstance(v, (str, int)):
-        raise ValueError(f"{column}: unexpected {type(v).__name__}")
+        raise TypeError(f"{column}: unexpected {type(v).__name__}")
     return v
 
 

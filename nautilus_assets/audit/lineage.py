@@ -121,6 +121,36 @@ def state_changes(instance: dg.DagsterInstance, key: dg.AssetKey, limit: int = 2
     return out[::-1]
 
 
+SLA_CHECKS = ("latency_within_target", "availability_within_target")
+
+
+def alerts(instance: dg.DagsterInstance, key: dg.AssetKey, since: float, limit: int = 200) -> list[dict]:
+    """The SLA and freshness alerts published for the asset (sensors/sla.py records each as an observation)."""
+    recs = instance.fetch_observations(dg.AssetRecordsFilter(asset_key=key, after_timestamp=float(since)),
+                                       limit=limit, ascending=False).records
+    out = []
+    for r in recs:
+        meta = r.asset_observation.metadata or {}
+        if "nautilus/alert" in meta:
+            out.append({"at": iso(r.timestamp), **{k: _plain(meta.get(k)) for k in
+                                                   ("nautilus/alert", "severity", "figure", "value", "target")}})
+    return out[::-1]
+
+
+def sla_checks(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict:
+    """The latest evaluation of each measured SLA check of the asset (passed, with its figures)."""
+    out = {}
+    for name in SLA_CHECKS:
+        ck = dg.AssetCheckKey(key, name)
+        entry = getattr(instance.event_log_storage.get_latest_asset_check_execution_by_key([ck]).get(ck), "event", None)
+        d = entry.dagster_event.event_specific_data if entry is not None and entry.dagster_event else None
+        if isinstance(d, dg.AssetCheckEvaluation):
+            out[name] = {"passed": d.passed, "at": iso(entry.timestamp), **{
+                k: _plain(v) for k, v in (d.metadata or {}).items()
+                if k in ("p99_latency_ms", "availability", "requests", "window_s")}}
+    return out
+
+
 def _lineage_value(meta: dict) -> dict | None:
     v = meta.get("dagster/column_lineage")
     if v is None:
@@ -214,7 +244,9 @@ def build_report(instance: dg.DagsterInstance, defs: dg.Definitions, limit: int 
             "freshness": {"current": _current_state(instance, key),
                           "history": stale_intervals(times, policy, window_start, now),
                           "materializations_in_window": len(times),
-                          "state_changes": state_changes(instance, key)},
+                          "state_changes": state_changes(instance, key),
+                          "alerts": alerts(instance, key, since),
+                          "sla_checks": sla_checks(instance, key)},
             "last_materializations": mats}
     for prod in products.values():
         a = prod["assets"].values()

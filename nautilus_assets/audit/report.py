@@ -42,6 +42,13 @@ def to_html(rep: dict) -> str:
                        f"in all, longest {_dur(fail.get('longest_seconds', 0))}; "
                        f"{a['freshness']['materializations_in_window']} materializations in the window; "
                        f"{len(a['freshness']['state_changes'])} recorded state changes</td></tr>"
+                       f"<tr><th>measured SLA</th><td>" + "<br>".join(
+                           f"{_e(n)}: {'passed' if c['passed'] else 'FAILED'} at {_e(c['at'])} "
+                           f"(p99 {_e(c.get('p99_latency_ms'))} ms, availability {_e(c.get('availability'))})"
+                           for n, c in a["freshness"]["sla_checks"].items()) + "</td></tr>"
+                       f"<tr><th>alerts</th><td>{len(a['freshness']['alerts'])} in the window" + "".join(
+                           f"<br>{_e(x['at'])} {_e(x['nautilus/alert'])} {_e(x['figure'])}={_e(x['value'])} "
+                           f"(target {_e(x['target'])})" for x in a["freshness"]["alerts"][-10:]) + "</td></tr>"
                        f"<tr><th>upstream</th><td>" + "<br>".join(f"{_e(x)} &rarr; {_e(y)}" for x, y in a["edges"])
                        + "</td></tr></table>")
             if a["column_lineage"]:

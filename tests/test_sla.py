@@ -1,0 +1,119 @@
+"""SLAs measured and alerted: the window figures against hand-worked examples, then the real probe sensor against
+the real API with ClickHouse stopped (an availability breach on persistent://nautilus/system/alerts, read back
+with a consumer), and a product that fell behind its freshness policy."""
+import time
+import uuid
+
+import dagster as dg
+import orjson
+import pulsar
+import pytest
+
+from nautilus_assets.analytics import assets as analytics
+from nautilus_assets.api import sla
+from nautilus_assets.audit.lineage import build_report
+from nautilus_assets.definitions import defs
+from resources.topics import SYSTEM_ALERTS
+from scripts import services
+from sensors import sla as sla_sensors
+
+
+def test_p99_is_prometheus_histogram_quantile():
+    # 100 requests: 90 under 0.5 ms, 9 in (0.5, 1] ms, 1 in (1, 2] ms. Rank 99 is the last of the (0.5, 1] bucket.
+    b = {"0.0005": 90, "0.001": 99, "0.002": 100, "+Inf": 100}
+    assert sla.quantile(0.99, b) == pytest.approx(0.001)
+    assert sla.quantile(0.5, b) == pytest.approx(0.0005 * 50 / 90)        # linear within the first bucket
+    assert sla.quantile(0.995, b) == pytest.approx(0.001 + 0.001 * 0.5)   # half way into (1, 2] ms
+    assert sla.quantile(0.99, {"0.001": 0, "+Inf": 0}) is None
+    assert sla.quantile(0.99, {"0.001": 0, "+Inf": 5}) == 0.001          # above the last finite bound: that bound
+
+
+def test_window_figures_and_alert_transitions():
+    first = sla.Scrape(0.0, {"0.001": 10, "0.002": 10, "+Inf": 10}, 20, 1)
+    last = sla.Scrape(300.0, {"0.001": 108, "0.002": 110, "+Inf": 110}, 220, 3)
+    fig = sla.figures(first, last, failed_probes=2)
+    # 200 answered + 2 unreachable probes; 2 answered 5xx + 2 unreachable failed
+    assert fig["requests"] == 202 and fig["failed_requests"] == 4
+    assert fig["availability"] == pytest.approx(1 - 4 / 202, abs=1e-6)
+    assert fig["latest_requests"] == 100 and fig["p99_latency_ms"] == pytest.approx(1.5)
+    res = sla.evaluate("market_analytics", fig)                # targets 5 ms and 0.999
+    assert res[sla.LATENCY][0] and not res[sla.AVAILABILITY][0]
+    state = {}
+    assert sla_sensors.transitions(state, "x", True, 0) == "fail"
+    assert sla_sensors.transitions(state, "x", True, 60) is None          # no repeat within REPEAT_S
+    assert sla_sensors.transitions(state, "x", True, sla_sensors.REPEAT_S + 1) == "fail"
+    assert sla_sensors.transitions(state, "x", False, 2000) == "recover"
+    assert sla_sensors.transitions(state, "x", False, 2001) is None
+
+
+def alerts_consumer(client):
+    return client.subscribe(SYSTEM_ALERTS, f"test-{uuid.uuid4().hex[:8]}",
+                            initial_position=pulsar.InitialPosition.Latest)
+
+
+def read_alerts(consumer, want, timeout_s: float = 20) -> list[dict]:
+    out, deadline = [], time.time() + timeout_s
+    while time.time() < deadline and not want(out):
+        try:
+            m = consumer.receive(timeout_millis=1000)
+        except pulsar.Timeout:
+            continue
+        consumer.acknowledge(m)
+        out.append(orjson.loads(m.data()))
+    return out
+
+
+def tick(sensor, instance, res, cursor=None):
+    return sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources={"pulsar": res["pulsar"]},
+                                          definitions=defs))
+
+
+def test_a_stopped_backend_is_an_availability_breach_alerted_and_recorded(api, res, settings, instance, clean):
+    with res["pulsar"].client() as client:
+        consumer = alerts_consumer(client)
+        first = tick(sla_sensors.sla_probe_sensor, instance, res)
+        services.stop_one(settings, "clickhouse")          # /latest of the ClickHouse products: 5xx from now
+        try:
+            t0 = time.time()
+            second = tick(sla_sensors.sla_probe_sensor, instance, res, first.cursor)
+            alerts = read_alerts(consumer, lambda got: any(a["product"] == "market_analytics" for a in got))
+            elapsed = time.time() - t0
+        finally:
+            services.start_clickhouse(settings)
+        consumer.close()
+    breach = next(a for a in alerts if a["product"] == "market_analytics" and a["figure"] == "availability")
+    assert breach["type"] == "sla_breach" and breach["severity"] == "error" and breach["target"] == 0.999
+    assert breach["value"] < 0.999 and breach["asset"] == "market_analytics/indicators_1m"
+    assert elapsed < 60
+    evals = {(e.asset_key.to_user_string(), e.check_name): e for e in second.asset_events
+             if isinstance(e, dg.AssetCheckEvaluation)}
+    assert not evals[("market_analytics/indicators_1m", sla.AVAILABILITY)].passed
+    assert evals[("market_data_feed/quotes", sla.AVAILABILITY)].passed is not None
+    # the daemon stores what a tick returns: do the same, then the lineage audit's SLA history has both
+    for e in second.asset_events:
+        instance.report_runless_asset_event(e)
+    rep = build_report(instance, defs, history_days=1)
+    a = next(p for p in rep["products"] if p["product"] == "market_analytics")["assets"]["market_analytics/indicators_1m"]
+    assert a["freshness"]["sla_checks"][sla.AVAILABILITY]["passed"] is False
+    assert any(x["nautilus/alert"] == "sla_breach" and x["figure"] == "availability" for x in a["freshness"]["alerts"])
+
+
+def test_a_product_behind_its_freshness_policy_is_alerted(res, instance, monkeypatch):
+    key = analytics.KEY            # fail window 5 minutes
+    instance.report_runless_asset_event(dg.AssetMaterialization(key))
+    now = time.time()
+    with res["pulsar"].client() as client:
+        consumer = alerts_consumer(client)
+        monkeypatch.setattr(sla_sensors, "_now", lambda: now + 30)
+        quiet = tick(sla_sensors.freshness_alerts_sensor, instance, res)
+        assert not [e for e in quiet.asset_events if e.asset_key == key]
+        monkeypatch.setattr(sla_sensors, "_now", lambda: now + 301)   # the product fell behind
+        late = tick(sla_sensors.freshness_alerts_sensor, instance, res, quiet.cursor)
+        got = read_alerts(consumer, lambda xs: any(x["asset"] == key.to_user_string() for x in xs))
+        monkeypatch.setattr(sla_sensors, "_now", lambda: now + 302)
+        again = tick(sla_sensors.freshness_alerts_sensor, instance, res, late.cursor)
+        consumer.close()
+    a = next(x for x in got if x["asset"] == key.to_user_string())
+    assert a["type"] == "freshness_failure" and a["product"] == "market_analytics"
+    assert a["value"] > 300 and a["target"] == 300
+    assert not [e for e in again.asset_events if e.asset_key == key]     # alerted once, not every tick
