@@ -1,10 +1,12 @@
 """market_microstructure: VPIN computed batch by batch (with daily parameters from the lake's past trades)
 equals one pass over the full history; the plot is attached; checks pass."""
 import time
+
 import dagster as dg
 import numpy as np
 import pandas as pd
 
+from nautilus_assets import current
 from nautilus_assets.market_data.schema import TRADES
 from nautilus_assets.market_data.simulator import MarketSimulator
 from nautilus_assets.market_data.sinks import bronze_table
@@ -63,6 +65,11 @@ def test_vpin_batch_by_batch_equals_full_history(clean, instance):
     for col in ("buy", "sell", "vpin", "order_imbalance", "bucket_volume"):
         np.testing.assert_allclose(m[col], m[col + "_ref"], rtol=1e-9, atol=1e-9, equal_nan=True, err_msg=col)
     assert m["vpin"].notna().sum() > 100 and m["vpin"].max() <= 1
+    # the runs kept the latest bucket per instrument and variant in Redis, as the store has it
+    cached, _ = res["redis"].get("vpin")
+    kind = current.KINDS["vpin"]
+    assert cached == {kind.field(r): r for r in current.from_store(kind, res["clickhouse"])}
+    assert len(cached) == 2 * len(INSTR)
 
 
 

@@ -7,10 +7,16 @@ import dagster as dg
 import pandas as pd
 import pytest
 
+from nautilus_assets import current
 from nautilus_assets.market_data.schema import TRADES
 from nautilus_assets.market_data.simulator import MarketSimulator
 from nautilus_assets.portfolio import assets as portfolio
-from nautilus_assets.portfolio.models import FILLS_TOPIC, PORTFOLIOS, fill_messages, model_fills
+from nautilus_assets.portfolio.models import (
+    FILLS_TOPIC,
+    PORTFOLIOS,
+    fill_messages,
+    model_fills,
+)
 from resources.postgres import PostgresResource
 from scripts import services
 from scripts.publisher import publish_tables
@@ -49,6 +55,10 @@ def test_portfolio_states_from_fills(clean, store, instance):
         result = dg.materialize([portfolio.portfolio_states], instance=instance, resources=resources)
         assert result.success and all(e.passed for e in result.get_asset_check_evaluations())
     meta = result.asset_materializations_for_node("portfolio_states__positions")[0].metadata
+    # the latest position and mark per portfolio and instrument in Redis, as the store has it
+    cached, _ = res["redis"].get("positions")
+    kind = current.KINDS["positions"]
+    assert cached and cached == {kind.field(r): r for r in current.from_store(kind, postgres=res["postgres"])}
     mode = "timescaledb" if store.user == "postgres" else "native"
     assert meta["partitioning"].value == mode and "nav_curve" in meta
 

@@ -140,14 +140,14 @@ def _state_minutes(c, start: dict) -> dict[str, set[pd.Timestamp]]:
 
 
 def replay(ch: ClickHouseResource, lake: LakeResource, since: dict, run_id: str, log=print,
-           memo: dict | None = None, written: list | None = None) -> tuple[dict, dict]:
+           memo: dict | None = None, sink: list | None = None) -> tuple[dict, dict]:
     """Recompute each instrument's buckets from its latest state at or before its `since` minute onwards.
 
     States are kept before the first bar of each UTC day, before the latest bar (the minute still filling, which
     the next batch touches again: it replays from there, one or two bars) and at every minute that held one
     already in the replayed span (rewritten, so none goes stale). All the instruments share each read and each
     write (five round trips a batch, whatever their number). Returns (counts, first bucket_seq written per
-    instrument); `written` receives the bucket frames written."""
+    instrument); `sink` receives the bucket frames written."""
     since = {i: pd.Timestamp(m) for i, m in since.items()}
     stats, firsts = {"instruments": len(since), "buckets_written": 0}, {}
     with ch.session() as c:
@@ -192,8 +192,8 @@ def replay(ch: ClickHouseResource, lake: LakeResource, since: dict, run_id: str,
         c.insert_df(f"{DB}.vpin_states", pd.DataFrame(checkpoints))
         if out:
             c.insert_df(f"{DB}.vpin_buckets", pd.concat(out, ignore_index=True))
-    if written is not None:
-        written.extend(out)
+    if sink is not None:
+        sink.extend(out)
     return stats, firsts
 
 
@@ -295,7 +295,7 @@ def vpin_buckets(context: dg.AssetExecutionContext, config: FollowConfig, clickh
             return
         with clickhouse.session():   # the batch's reads, writes and checks in this run's one session
             written: list[pd.DataFrame] = []
-            stats, firsts = replay(clickhouse, lake, since, batch.batch_id, log=log_once, memo=params, written=written)
+            stats, firsts = replay(clickhouse, lake, since, batch.batch_id, log=log_once, memo=params, sink=written)
             inexact, outside = check_batch(clickhouse, firsts)
         if written:   # the latest bucket per instrument and variant, committed with the batch
             current.publish(redis, "vpin", pd.concat(written, ignore_index=True), log=context.log.warning)
