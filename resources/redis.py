@@ -2,11 +2,11 @@
 command on 127.0.0.1 with a password and no persistence (the cache is derived from the stores and rebuilt when
 empty); in production a server by URL (NAUTILUS_REDIS_URL, redis:// or rediss://).
 
-A kind of current state (quotes, indicators, ...) is two hashes and a meta hash under `<prefix>:current:<kind>`:
-`values` (field -> JSON), `versions` (field -> a fixed-width version string) and `meta` (updated_at, complete).
-Writes are version-guarded in one Lua script: an entry only replaces an older one, so a rebuild from the store
-racing a streaming run's write never puts an older value back. `meta.complete` says the hash holds every entry
-(written by a rebuild); `meta.updated_at` when a writer last committed to it.
+A kind of current state (quotes, indicators, ...) is two hashes under `<prefix>:current:<kind>`: `values`
+(field -> JSON, plus the meta fields `__updated_at` and `__complete`, so one HGETALL reads a kind) and `versions`
+(field -> a fixed-width version string). Writes are version-guarded in one Lua script: an entry only replaces an
+older one, so a rebuild from the store racing a streaming run's write never puts an older value back.
+`__complete` says the hash holds every entry (written by a rebuild); `__updated_at` when it was last written.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import orjson
 import redis
 from pydantic import Field
 
-# KEYS: values, versions, meta. ARGV: updated_at, complete ("1" / ""), then field, version, value triples.
+# KEYS: values, versions. ARGV: updated_at, complete ("1" / ""), then field, version, value triples.
 _PUT = """
 local n = 0
 for i = 3, #ARGV, 3 do
@@ -29,11 +29,12 @@ for i = 3, #ARGV, 3 do
     n = n + 1
   end
 end
-redis.call('HSET', KEYS[3], 'updated_at', ARGV[1])
-if ARGV[2] == '1' then redis.call('HSET', KEYS[3], 'complete', '1') end
+redis.call('HSET', KEYS[1], '__updated_at', ARGV[1])
+if ARGV[2] == '1' then redis.call('HSET', KEYS[1], '__complete', '1') end
 return n
 """
 VERSION_WIDTH = 40   # versions are compared as strings: every one is zero-padded to this width
+META = (b"__updated_at", b"__complete")
 
 
 def version(*parts: int) -> str:
@@ -57,29 +58,31 @@ class RedisResource(dg.ConfigurableResource):
                                                      socket_connect_timeout=self.timeout_s)
         return c
 
-    def key_names(self, kind: str) -> tuple[str, str, str]:
+    def key_names(self, kind: str) -> tuple[str, str]:
         base = f"{self.prefix}:current:{kind}"
-        return f"{base}:values", f"{base}:versions", f"{base}:meta"
+        return f"{base}:values", f"{base}:versions"
 
     def put(self, kind: str, entries: Iterable[tuple[str, str, dict]], complete: bool = False) -> int:
         """Write (field, version, value) entries that are newer than what the cache holds; returns how many."""
         argv: list = [repr(time.time()), "1" if complete else ""]
         for field, ver, value in entries:
             argv += [field, ver, orjson.dumps(value, default=str)]
-        c = self.client()
-        return int(c.eval(_PUT, 3, *self.key_names(kind), *argv))
+        return int(self.client().eval(_PUT, 2, *self.key_names(kind), *argv))
 
     def invalidate(self, kind: str) -> None:
         """Forget a kind's state (a writer whose write failed): readers go to the store until it is rebuilt."""
         self.client().delete(*self.key_names(kind))
 
-    def meta(self, kind: str) -> dict:
-        m = self.client().hgetall(self.key_names(kind)[2])
-        return {k.decode(): v.decode() for k, v in m.items()}
+    def set_meta(self, kind: str, **meta: str) -> None:
+        self.client().hset(self.key_names(kind)[0], mapping={f"__{k}": v for k, v in meta.items()})
 
-    def get(self, kind: str, fields: list[str] | None = None) -> tuple[dict[str, dict], dict]:
-        """(entries by field, meta) in one round trip."""
-        return _decode(fields, *_read(self.client().pipeline(transaction=False), self.key_names(kind), fields).execute())
+    def meta(self, kind: str) -> dict:
+        return split(self.client().hgetall(self.key_names(kind)[0]))[1]
+
+    def get(self, kind: str) -> tuple[dict[str, dict], dict]:
+        """(entries by field, meta) in one HGETALL."""
+        raw, meta = split(self.client().hgetall(self.key_names(kind)[0]))
+        return {k: orjson.loads(v) for k, v in raw.items()}, meta
 
     def async_client(self):
         """An asyncio client (for the product APIs), bound to the event loop that first uses it."""
@@ -87,12 +90,9 @@ class RedisResource(dg.ConfigurableResource):
         return redis.asyncio.Redis.from_url(self.url, password=self.password or None, socket_timeout=self.timeout_s,
                                             socket_connect_timeout=self.timeout_s)
 
-    async def aget(self, client, kind: str, fields: list[str] | None = None) -> tuple[dict[str, dict], dict]:
-        """`get` on an asyncio client."""
-        return _decode(fields, *await _read(client.pipeline(transaction=False), self.key_names(kind), fields).execute())
-
-    async def ameta(self, client, kind: str) -> dict:
-        return {k.decode(): v.decode() for k, v in (await client.hgetall(self.key_names(kind)[2])).items()}
+    async def aget_raw(self, client, kind: str) -> tuple[dict[str, bytes], dict]:
+        """(entries by field as their JSON bytes, meta) in one HGETALL on an asyncio client."""
+        return split(await client.hgetall(self.key_names(kind)[0]))
 
     def ping(self) -> bool:
         return bool(self.client().ping())
@@ -101,13 +101,7 @@ class RedisResource(dg.ConfigurableResource):
 _clients: dict[tuple, redis.Redis] = {}
 
 
-def _read(pipeline, keys: tuple[str, str, str], fields: list[str] | None):
-    values, _, meta = keys
-    pipeline.hgetall(meta)
-    return pipeline.hmget(values, fields) if fields else pipeline.hgetall(values)
-
-
-def _decode(fields: list[str] | None, meta: dict, values) -> tuple[dict[str, dict], dict]:
-    got = dict(zip(fields, values)) if fields else {k.decode(): v for k, v in values.items()}
-    return ({k: orjson.loads(v) for k, v in got.items() if v is not None},
-            {k.decode(): v.decode() for k, v in meta.items()})
+def split(h: dict[bytes, bytes]) -> tuple[dict[str, bytes], dict[str, str]]:
+    """A values hash as (entries, meta): {"updated_at": ..., "complete": ...}."""
+    meta = {k[2:].decode(): h.pop(k).decode() for k in META if k in h}
+    return {k.decode(): v for k, v in h.items()}, meta

@@ -171,7 +171,7 @@ def test_latest_reads_the_cache_and_falls_back_to_the_store(api, res, market):
     # an emptied cache answers from the store and says so; a stale one too
     res["redis"].client().flushdb()
     assert get(api, "market_data_feed", "/latest").headers["x-nautilus-source"] == "store; cache=missing"
-    res["redis"].client().hset(res["redis"].key_names("quotes")[2], "updated_at", str(time.time() - 3600))
+    res["redis"].set_meta("quotes", updated_at=str(time.time() - 3600))
     assert get(api, "market_data_feed", "/latest").headers["x-nautilus-source"] == "store; cache=stale"
 
 
@@ -185,12 +185,11 @@ def test_an_api_rebuilds_an_idle_or_emptied_cache_ahead_of_requests(api, res, se
     try:
         services.wait_port(port, "market_analytics API", timeout=120)
         res["redis"].client().flushdb()
-        meta = res["redis"].key_names("indicators")[2]
         assert wait_for(lambda: res["redis"].meta("indicators").get("complete") == "1", timeout=20)
         url = f"http://127.0.0.1:{port}/api/v1/market_analytics"
         r = requests.get(f"{url}/latest", headers={"Authorization": f"Bearer {token(api, 'ml')}"}, timeout=30)
         assert r.headers["x-nautilus-source"] == "redis" and r.json()["count"] == len(INSTR)
-        res["redis"].client().hset(meta, "updated_at", str(time.time() - 3600))     # nobody wrote it for an hour
+        res["redis"].set_meta("indicators", updated_at=str(time.time() - 3600))     # nobody wrote it for an hour
         assert wait_for(lambda: time.time() - float(res["redis"].meta("indicators")["updated_at"]) < 60, timeout=20)
         assert "nautilus_api_cache_fallbacks_total{" not in requests.get(f"http://127.0.0.1:{port}/metrics",
                                                                          timeout=30).text   # no request waited
