@@ -31,12 +31,12 @@ import time
 os.environ.setdefault("NAUTILUS_INSTANCE", "serve")
 os.environ.setdefault("NAUTILUS_PORT_BASE", "27500")
 
-import numpy as np  # noqa: E402
-import requests  # noqa: E402
+import numpy as np
+import requests
 
-from resources import access  # noqa: E402
-from resources.settings import apply, build_resources, load  # noqa: E402
-from scripts import services  # noqa: E402
+from resources import access
+from resources.settings import apply, build_resources, load
+from scripts import services
 
 INSTRUMENTS = ["AAPL.XNAS", "MSFT.XNAS"]
 # the ingest runs' commit stages (market_data/ingest.py Stream.commit; receive and the overlapping session total out)
@@ -182,7 +182,7 @@ def commit_times(since: float, until: float) -> list[float]:
     with dg.DagsterInstance.get() as inst:
         for key in (TRADES_KEY, QUOTES_KEY):
             recs = inst.fetch_materializations(dg.AssetRecordsFilter(asset_key=key, after_timestamp=since,
-                                                                     before_timestamp=until), limit=100_000).records
+                                                                     before_timestamp=until), limit=10_000).records
             for rec in recs:
                 m = rec.asset_materialization.metadata
                 out.append(sum(float(m[f"seconds_{k}"].value) for k in COMMIT_STAGES if f"seconds_{k}" in m))
@@ -201,12 +201,12 @@ def streaming_phase(s, a, day: str) -> dict:
         t = time.time()
         while time.time() - t < 600 and "trades_ingest_sensor" not in log.read_text(errors="replace"):
             time.sleep(2)
-        total = 60 + 2 * a.stream_seconds
+        total = 90 + 2 * a.stream_seconds
         marks = {}
         loaded = {}
 
         def load_phase():
-            time.sleep(60 + a.stream_seconds)   # warm-up, then the quiet phase
+            time.sleep(90 + a.stream_seconds)   # warm-up (the runs start), then the quiet phase
             marks["load"] = time.time()
             end = marks["load"] + a.stream_seconds
             loaded["latest"], loaded["arrow"] = [], []
@@ -217,7 +217,7 @@ def streaming_phase(s, a, day: str) -> dict:
 
         th = threading.Thread(target=load_phase, daemon=True)
         th.start()
-        marks["quiet"] = time.time() + 60
+        marks["quiet"] = time.time() + 90
         with r["pulsar"].client() as client:
             sent = publish(client, a.rate, total, instruments)
         th.join()

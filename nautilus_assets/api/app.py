@@ -14,6 +14,7 @@ PostgreSQL in a read-only transaction.
 import asyncio
 import contextlib
 import io
+import logging
 import time
 from dataclasses import dataclass
 from typing import Annotated, Literal
@@ -34,6 +35,7 @@ from resources import access
 from . import datasets as D
 from .products import PRODUCTS, ApiProduct
 
+log = logging.getLogger("nautilus.api")
 FORMATS = {"json": "application/json", "arrow": "application/vnd.apache.arrow.stream",
            "parquet": "application/vnd.apache.parquet"}
 # sub-millisecond buckets: the /latest target is 1 ms at p99
@@ -197,8 +199,8 @@ def create_app(product: str, backends: Backends) -> FastAPI:
         if backends.redis is not None:
             try:
                 current.rebuild(backends.redis, kind, rows)
-            except Exception:  # noqa: BLE001
-                pass
+            except Exception as e:  # noqa: BLE001 - the answer stands; the next request tries again
+                log.warning(f"{product}: cache not rebuilt ({type(e).__name__}: {e})")
         return rows
 
     async def refresh_ahead() -> None:
@@ -210,8 +212,8 @@ def create_app(product: str, backends: Backends) -> FastAPI:
                 age = time.time() - float(meta.get("updated_at") or 0)
                 if meta.get("complete") != "1" or age > backends.max_age_s / 2:
                     await run_in_threadpool(_rebuild)
-            except Exception:  # noqa: BLE001 - the store or the cache is down: requests fall back meanwhile
-                pass
+            except Exception as e:  # noqa: BLE001 - the store or the cache is down: requests fall back meanwhile
+                log.warning(f"{product}: refresh-ahead failed ({type(e).__name__}: {e})")
             await asyncio.sleep(every)
 
     @app.get(prefix + "/{dataset}", summary="Rows of a dataset, a page at a time",

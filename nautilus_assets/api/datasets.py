@@ -160,14 +160,18 @@ class Query:
     after: list | None      # the decoded cursor
 
 
-def clickhouse_sql(ds: Dataset, q: Query) -> tuple[str, dict]:
+def _members(ds: Dataset, q: Query, member: str) -> tuple[list[str], dict]:
+    """The instrument and portfolio filters; `member` spells "column in the list %(name)s" in the SQL dialect."""
     where, p = [], {}
-    if q.instruments:
-        where.append(f"{ds.instrument} IN %(instruments)s")
-        p["instruments"] = q.instruments
-    if q.portfolios:
-        where.append(f"{ds.portfolio} IN %(portfolios)s")
-        p["portfolios"] = q.portfolios
+    for col, name, values in ((ds.instrument, "instruments", q.instruments), (ds.portfolio, "portfolios", q.portfolios)):
+        if values:
+            where.append(member.format(col=col, name=name))
+            p[name] = values
+    return where, p
+
+
+def clickhouse_sql(ds: Dataset, q: Query) -> tuple[str, dict]:
+    where, p = _members(ds, q, "{col} IN %({name})s")
     for op, name, ns in ((">=", "start", q.start), ("<", "end", q.end)):
         if ns is not None:
             p[name] = ns
@@ -203,13 +207,7 @@ def clickhouse_arrow(client, ds: Dataset, sql: str, params: dict) -> pa.Table:
 
 
 def postgres_sql(ds: Dataset, q: Query) -> tuple[str, dict]:
-    where, p = [], {}
-    if q.instruments:
-        where.append(f"{ds.instrument} = ANY(%(instruments)s)")
-        p["instruments"] = q.instruments
-    if q.portfolios:
-        where.append(f"{ds.portfolio} = ANY(%(portfolios)s)")
-        p["portfolios"] = q.portfolios
+    where, p = _members(ds, q, "{col} = ANY(%({name})s)")
     for op, name, ns in ((">=", "start", q.start), ("<", "end", q.end)):
         if ns is not None:
             t = datetime.fromtimestamp(ns / 1e9, timezone.utc)
