@@ -228,6 +228,8 @@ def load() -> Settings:
         "NAUTILUS_CACHE_MAX_AGE_SECONDS": _env("NAUTILUS_CACHE_MAX_AGE_SECONDS", "60"),
         "NAUTILUS_CACHE_REFRESH_SECONDS": _env("NAUTILUS_CACHE_REFRESH_SECONDS", "5"),
         "NAUTILUS_API_HOST": _env("NAUTILUS_API_HOST", "127.0.0.1"),
+        # the API process (and its queries on the ClickHouse server) yields the CPU to ingestion by this much
+        "NAUTILUS_API_NICE": _env("NAUTILUS_API_NICE", "5"),
         **{v: os.environ[v] for v in (f"NAUTILUS_API_PORT_{p.upper()}" for p in API_PORTS) if os.environ.get(v)},
         "NAUTILUS_INSTRUMENTS": _env("NAUTILUS_INSTRUMENTS", "AAPL.XNAS,MSFT.XNAS,SPY.ARCX,ESZ6.GLBX,BTCUSDT.BINANCE"),
         **{k: _env(k, str(d)) for k, (d, _) in {**STREAMING_VARS, **LAKE_VARS}.items()},

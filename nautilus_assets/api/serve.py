@@ -8,10 +8,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 
 import uvicorn
 
+from resources.clickhouse import lower_query_priority
 from resources.settings import API_PORTS, Settings, apply, build_resources, load
 
 from .app import Backends, create_app
@@ -46,8 +48,15 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="nautilus-api", description=__doc__)
     ap.add_argument("--product", action="append", choices=list(API_PORTS), help="default: every product")
     a = ap.parse_args(argv)
+    s = apply(load())
+    nice = int(s["NAUTILUS_API_NICE"])
+    if not 0 <= nice <= 19:
+        raise ValueError("NAUTILUS_API_NICE must be an integer from 0 to 19")
+    if nice:   # readers wait a little longer on saturated cores; publish -> queryable is the tighter SLA
+        os.nice(nice)
+        lower_query_priority(nice)
     import uvloop
-    uvloop.run(serve(apply(load()), a.product or list(API_PORTS)))
+    uvloop.run(serve(s, a.product or list(API_PORTS)))
 
 
 if __name__ == "__main__":
