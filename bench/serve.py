@@ -161,10 +161,9 @@ def seed(s) -> str:
 
 
 def start_api(s) -> subprocess.Popen:
-    p = subprocess.Popen([sys.executable, "-W", "ignore", "-m", "nautilus_assets.api.serve"], start_new_session=True,
-                         stdout=open(s.home / "api.log", "ab"), stderr=subprocess.STDOUT, env={**os.environ})
-    for product in ("market_analytics",):
-        services.wait_port(s.api_port(product), "API", timeout=120)
+    from scripts.cli import spawn
+    p = spawn(s, "api", [sys.executable, "-W", "ignore", "-m", "nautilus_assets.api.serve"])
+    services.wait_port(s.api_port("market_analytics"), "API", timeout=120)
     return p
 
 

@@ -103,14 +103,15 @@ def latest_rows(kind: Kind, rows: pd.DataFrame | list[dict]) -> list[dict]:
 
 
 def latest_arrow(kind: Kind, table, order: str, columns: list[str]) -> list[dict]:
-    """`latest_rows` of an Arrow table (an ingest batch), reduced in Arrow first: a row per key, not per message."""
+    """The last row per key of an Arrow table (an ingest batch) in `order`, reduced in Arrow: a row per key, not per
+    message, for `publish`."""
     import pyarrow.compute as pc
     if table.num_rows == 0:
         return []
     t = table.select(columns).take(pc.sort_indices(table, [(order, "ascending")]))
     last = t.group_by(list(kind.keys), use_threads=False).aggregate(
         [(c, "last") for c in columns if c not in kind.keys])
-    return latest_rows(kind, last.rename_columns([n.removesuffix("_last") for n in last.column_names]).to_pylist())
+    return last.rename_columns([n.removesuffix("_last") for n in last.column_names]).to_pylist()
 
 
 def entries(kind: Kind, rows: list[dict]) -> list[tuple[str, str, dict]]:

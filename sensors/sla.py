@@ -86,9 +86,12 @@ def sla_probe_sensor(context: dg.SensorEvaluationContext, pulsar: PulsarResource
             scrapes.append(got)
         c["scrapes"] = [x.to_json() for x in scrapes]
         failed = sum(1 for t, good in c["probes"] if not good and (not scrapes or t >= scrapes[0].t))
-        fig = sla.figures(scrapes[0], scrapes[-1], failed) if len(scrapes) >= 2 else \
-            sla.figures(sla.Scrape(now, {}, 0, 0), sla.Scrape(now, {}, 0, 0), failed) if failed else None
-        if fig is None:
+        if len(scrapes) >= 2:
+            fig = sla.figures(scrapes[0], scrapes[-1], failed)
+        elif failed:   # unreachable: no pair of scrapes, only the failed probes
+            none = sla.Scrape(now, {}, 0, 0)
+            fig = sla.figures(none, none, failed)
+        else:
             continue   # one scrape so far: no window yet
         results = sla.evaluate(product, fig)
         events += sla.check_evaluations(product, results)
@@ -121,10 +124,9 @@ def freshness_failing(context: dg.SensorEvaluationContext, now: float) -> dict[d
             continue
         policy = ag.get(key).freshness_policy
         age = now - last.timestamp
-        fail_after = getattr(policy, "fail_window", None)
-        if fail_after is not None:
-            limit = fail_after.to_timedelta().total_seconds() if hasattr(fail_after, "to_timedelta") else \
-                fail_after.total_seconds()
+        fail_window = getattr(policy, "fail_window", None)   # time-window policies (cron ones have none)
+        if fail_window is not None:
+            limit = fail_window.to_timedelta().total_seconds()
             out[key] = (age > limit, {"seconds_since_materialization": round(age, 1), "fail_after_s": limit})
         else:
             if not daemon:
@@ -140,16 +142,12 @@ def freshness_failing(context: dg.SensorEvaluationContext, now: float) -> dict[d
 def freshness_alerts_sensor(context: dg.SensorEvaluationContext, pulsar: PulsarResource):
     now = _now()
     cur = orjson.loads(context.cursor) if context.cursor else {}
-    product_of = {str(k): (node.metadata or {}).get("nautilus/product")
-                  for k, node in ((k, context.repository_def.asset_graph.get(k))
-                                  for k in context.repository_def.asset_graph.get_all_asset_keys())}
     alerts = []
     for key, (failing, fig) in freshness_failing(context, now).items():
         what = transitions(cur, key.to_user_string(), failing, now)
         if what:
-            prod = product_of.get(str(key)) or key.path[0]
             alerts.append(alert("freshness_failure" if what == "fail" else "freshness_recovered",
-                                "error" if what == "fail" else "info", str(getattr(prod, "value", prod)), key,
+                                "error" if what == "fail" else "info", key.path[0], key,   # products own their keys' prefix
                                 "seconds_since_materialization", fig["seconds_since_materialization"],
                                 fig["fail_after_s"]))
     _publish(pulsar, alerts, context.log)

@@ -12,6 +12,8 @@ os.environ.pop("NAUTILUS_HOME", None)
 os.environ.pop("DAGSTER_HOME", None)
 # Long-lived ingest runs end this long after their last message: a test's run ends soon after its data.
 os.environ.setdefault("NAUTILUS_RUN_IDLE_SECONDS", "3")
+# The product APIs rebuild their cache only when a request finds it unusable: each test decides what it holds.
+os.environ.setdefault("NAUTILUS_CACHE_REFRESH_SECONDS", "0")
 
 from resources.settings import apply, build_resources, load  # noqa: E402
 from scripts import services  # noqa: E402
@@ -43,25 +45,18 @@ def instance(settings):
 
 @pytest.fixture(scope="session")
 def api(settings):
-    """The product APIs (`nautilus api`) on the test instance's ports, rebuilding the cache only when a request
-    finds it unusable (NAUTILUS_CACHE_REFRESH_SECONDS=0: each test decides what the cache holds)."""
-    import signal
-    import subprocess
+    """The product APIs (`nautilus api`) on the test instance's ports."""
     import sys
 
     from resources.settings import API_PORTS
-    log = open(settings.home / "api.log", "ab")
-    p = subprocess.Popen([sys.executable, "-W", "ignore", "-m", "nautilus_assets.api.serve"], start_new_session=True,
-                         env={**os.environ, "NAUTILUS_CACHE_REFRESH_SECONDS": "0"}, stdout=log,
-                         stderr=subprocess.STDOUT)
+    from scripts.cli import spawn
+    p = spawn(settings, "api", [sys.executable, "-W", "ignore", "-m", "nautilus_assets.api.serve"])
     try:
         for product in API_PORTS:
             services.wait_port(settings.api_port(product), f"{product} API", timeout=120)
         yield settings
     finally:
-        os.killpg(p.pid, signal.SIGTERM)
-        p.wait(30)
-        log.close()
+        services.kill_groups({"api": p.pid})
 
 
 @pytest.fixture(autouse=True)

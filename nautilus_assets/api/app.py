@@ -144,12 +144,7 @@ def create_app(product: str, backends: Backends) -> FastAPI:
                      format: Literal["json", "arrow", "parquet"] = "json"):
         wanted = _wanted(D.split(instrument), D.split(portfolio))
         raw, reason = await _from_cache() if backends.redis is not None else (None, "none")
-        if raw is not None and format == "json":   # the hot path: the cached JSON as it is, nothing parsed
-            rows = [v for f, v in raw.items() if wanted(f)]
-            body = b'{"product":"%s","source":"redis","count":%d,"rows":[%s]}' % (
-                product.encode(), len(rows), b",".join(rows))
-            return Response(body, media_type=FORMATS["json"], headers={"x-nautilus-source": "redis"})
-        if raw is not None:
+        if raw is not None:   # (a plain JSON read of a usable cache rarely gets here: fast_latest answers it)
             rows, source = [orjson.loads(v) for f, v in raw.items() if wanted(f)], "redis"
         else:
             fallbacks.labels(product, reason).inc()

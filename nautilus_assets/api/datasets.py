@@ -18,6 +18,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from nautilus_assets.current import plain
+
 # ClickHouse settings of every API query: bounded in time and size. The SQL is a fixed template per dataset with
 # bound parameters; `readonly` is not set per query (a session that set it may not set it again).
 QUERY_SETTINGS = {"max_execution_time": 30, "max_result_rows": 1_000_000, "result_overflow_mode": "throw"}
@@ -117,7 +119,7 @@ def split(values: list[str] | None) -> list[str]:
 
 
 def encode_cursor(row: dict, ds: Dataset) -> str:
-    key = [_json(row[c]) for c in ds.order]
+    key = [plain(row[c]) for c in ds.order]
     return base64.urlsafe_b64encode(orjson.dumps(key)).decode().rstrip("=")
 
 
@@ -131,12 +133,6 @@ def decode_cursor(cursor: str | None, ds: Dataset) -> list | None:
         return [_typed(v, c, ds) for v, c in zip(key, ds.order)]
     except (ValueError, TypeError) as e:
         raise BadQuery(f"cursor: not a cursor of {ds.name} ({e}); pass the next_cursor of the previous page") from None
-
-
-def _json(v):
-    if isinstance(v, (datetime, pd.Timestamp, date)):
-        return v.isoformat()
-    return v
 
 
 def _typed(v, column: str, ds: Dataset):

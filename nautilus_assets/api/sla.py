@@ -153,7 +153,8 @@ def api_sla(context: dg.AssetCheckExecutionContext):
     for product, p in PRODUCTS.items():
         wanted = {k.name for k in context.selected_asset_check_keys if k.asset_key == p.asset}
         if wanted:
-            for e in check_evaluations(product, evaluate(product, burst(s, product))):
-                if e.check_name in wanted:
-                    yield dg.AssetCheckResult(asset_key=e.asset_key, check_name=e.check_name, passed=e.passed,
-                                              severity=e.severity, metadata=e.metadata)
+            for name, (passed, meta) in evaluate(product, burst(s, product)).items():
+                if name in wanted:
+                    yield dg.AssetCheckResult(asset_key=p.asset, check_name=name, passed=passed,
+                                              severity=dg.AssetCheckSeverity.WARN,
+                                              metadata={k: v for k, v in meta.items() if v is not None})
