@@ -77,7 +77,7 @@ def spawn(s: Settings, name: str, argv: list[str]) -> subprocess.Popen:
                             start_new_session=True, env={**os.environ, **s.env})
 
 
-def up(s: Settings, rate: float, history_days: int) -> None:
+def up(s: Settings, rate: float, history_days: int, volume: str = "small") -> None:
     """Start everything, publish a live market, serve the UI; Ctrl-C stops all of it."""
     children: list[tuple[str, subprocess.Popen]] = []
     stopping = False
@@ -105,7 +105,8 @@ def up(s: Settings, rate: float, history_days: int) -> None:
                 f"(the last {STREAMING_HISTORY_DAYS} also into ClickHouse) ...")
             r = build_resources(s)
             write_history(r["lake"], instruments(s), history_days, HISTORY_EVENTS_PER_DAY, postgres=r["postgres"],
-                          clickhouse=r["clickhouse"], clickhouse_days=STREAMING_HISTORY_DAYS, pulsar=r["pulsar"])
+                          clickhouse=r["clickhouse"], clickhouse_days=STREAMING_HISTORY_DAYS, pulsar=r["pulsar"],
+                          volume=volume)
         py = sys.executable
         bindir = Path(py).parent
         children.append(("simulator", spawn(s, "simulator", [py, "-m", "scripts.cli", "simulate", "--rate", str(rate)])))
@@ -219,6 +220,7 @@ def watch(s: Settings, children, t0: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from nautilus_assets.market_data.simulator import MODELS, VOLUMES
     ap = argparse.ArgumentParser(prog="nautilus", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     sp = sub.add_parser("services", help="start, report or stop the platform's services")
@@ -234,10 +236,14 @@ def main(argv: list[str] | None = None) -> None:
     sp = sub.add_parser("history", help="write N past days straight into the lake")
     sp.add_argument("--days", type=int, required=True)
     sp.add_argument("--events-per-day", type=int, default=40_000)
+    sp.add_argument("--model", choices=MODELS, default="stylized", help="the simulated market's model")
+    sp.add_argument("--volume", choices=list(VOLUMES), default="small",
+                    help="realistic: a listed stock's day (100,000 trades, 1,000,000 quotes per instrument)")
     sp = sub.add_parser("up", help="run the platform: services, simulator, Dagster daemon and UI")
     sp.add_argument("--rate", type=float, default=500.0)
     sp.add_argument("--history-days", type=int, default=520,
                     help="past days written first and backfilled through every product (risk's backtest needs 500)")
+    sp.add_argument("--volume", choices=list(VOLUMES), default="small", help="the history's volume (see history)")
     sub.add_parser("env", help="print the resolved environment (secrets masked)")
     sp = sub.add_parser("api", help="serve the data products' read APIs (each on its own port)")
     sp.add_argument("--product", action="append", choices=list(API_PORTS), help="default: every product")
@@ -264,9 +270,10 @@ def main(argv: list[str] | None = None) -> None:
     elif a.cmd == "history":
         from .history import write_history
         r = build_resources(s)
-        print(write_history(r["lake"], instruments(s), a.days, a.events_per_day, postgres=r["postgres"]))
+        print(write_history(r["lake"], instruments(s), a.days, a.events_per_day, postgres=r["postgres"],
+                            model=a.model, volume=a.volume))
     elif a.cmd == "up":
-        up(s, a.rate, a.history_days)
+        up(s, a.rate, a.history_days, a.volume)
     elif a.cmd == "audit":
         from nautilus_assets.audit.report import main as audit_main
         audit_main(a, s)

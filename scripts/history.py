@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 from nautilus_assets.market_data import changes, sinks
 from nautilus_assets.market_data.decode import build_table
 from nautilus_assets.market_data.schema import QUOTES, TRADES
-from nautilus_assets.market_data.simulator import CHUNK, NS_PER_DAY, MarketSimulator
+from nautilus_assets.market_data.simulator import CHUNK, NS_PER_DAY, MarketSimulator, volume_settings
 from nautilus_assets.portfolio.models import model_fills
 from resources.lake import LakeResource
 
@@ -24,10 +24,14 @@ def _with_provenance(feed, t: pa.Table, day: date) -> pa.Table:
         ledger_id=pa.array([-1] * n, pa.int64()), entry_id=pa.array(range(n), pa.int64()))
 
 
-def simulate_days(instruments: list[str], first: date, days: int, events_per_day: int, seed: int):
-    """Yield (day, trades, quotes) for consecutive UTC days from one continuous simulation (prices carry over)."""
+def simulate_days(instruments: list[str], first: date, days: int, events_per_day: int, seed: int,
+                  model: str = "stylized", volume: str = "small"):
+    """Yield (day, trades, quotes) for consecutive UTC days from one continuous simulation (prices carry over).
+    A named `volume` other than "small" replaces events_per_day (e.g. "realistic": a listed stock's day)."""
     start_ns = int(datetime(first.year, first.month, first.day, tzinfo=timezone.utc).timestamp()) * 1_000_000_000
-    sim = MarketSimulator(instruments, seed=seed, start_ns=start_ns, events_per_second=events_per_day / 86_400)
+    kw = {"events_per_second": events_per_day / 86_400, **volume_settings(volume, len(instruments))}
+    events_per_day = int(kw["events_per_second"] * 86_400)
+    sim = MarketSimulator(instruments, seed=seed, start_ns=start_ns, model=model, **kw)
     carry = {TRADES.name: [], QUOTES.name: []}
     for k in range(days):
         day_end = start_ns + (k + 1) * NS_PER_DAY
@@ -46,12 +50,13 @@ def simulate_days(instruments: list[str], first: date, days: int, events_per_day
 
 def write_history(lake: LakeResource, instruments: list[str], days: int, events_per_day: int = 40_000,
                   seed: int = 11, end: date | None = None, postgres=None, clickhouse=None,
-                  clickhouse_days: int | None = None, days_per_commit: int = 30, pulsar=None) -> dict:
+                  clickhouse_days: int | None = None, days_per_commit: int = 30, pulsar=None,
+                  model: str = "stylized", volume: str = "small") -> dict:
     """Days end-days .. end-1 (UTC) into the lake's bronze tables; given `postgres`, the model portfolios' fills
     into the portfolio store; given `clickhouse`, the ticks and their 1-minute bars into ClickHouse too (so the
     streaming products can compute over history; only the last `clickhouse_days` if given), announced on the bars'
-    change feed given `pulsar`. Idempotent for the
-    same arguments: rows de-duplicate on their ids."""
+    change feed given `pulsar`. `model` and `volume` choose the simulated market (simulator.MODELS, VOLUMES).
+    Idempotent for the same arguments: rows de-duplicate on their ids."""
     end = end or datetime.now(timezone.utc).date()
     totals = {TRADES.name: 0, QUOTES.name: 0, "fills": 0}
     pending = {TRADES.name: [], QUOTES.name: []}
@@ -77,7 +82,7 @@ def write_history(lake: LakeResource, instruments: list[str], days: int, events_
                                 changes.announce_once(client, f"history-{label}", version, spans=spans)
 
     for n, (day, trades, quotes) in enumerate(simulate_days(instruments, end - timedelta(days=days), days,
-                                                            events_per_day, seed), start=1):
+                                                            events_per_day, seed, model, volume), start=1):
         pending[TRADES.name].append(_with_provenance(TRADES, trades, day))
         pending[QUOTES.name].append(_with_provenance(QUOTES, quotes, day))
         if postgres is not None:

@@ -57,7 +57,9 @@ def simulate(res: PulsarResource, instruments: list[str], rate: float, duration_
              seed: int = 7, progress_every_s: float = 10.0) -> dict:
     """Publish a live simulated market at `rate` events/s, event times paced to the wall clock, and the
     model portfolios' fills."""
-    sim = MarketSimulator(instruments, seed=seed, start_ns=time.time_ns(), events_per_second=rate)
+    # a flat rate: the live feed is a load the operator chooses (history carries the intraday profile)
+    sim = MarketSimulator(instruments, seed=seed, start_ns=time.time_ns(), events_per_second=rate,
+                          intraday_profile=False)
     t_end = time.time() + duration_s if duration_s else float("inf")
     last_report, chunk_no = time.time(), 0
     with res.client() as client:
