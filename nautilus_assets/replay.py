@@ -4,7 +4,7 @@
 Nothing on this path reads Pulsar: daily bars replay the lake's bronze Delta trades for the date; NAV reads the
 portfolio store's fills (PostgreSQL) and the daily closes the same run just wrote; risk reads NAV and closes;
 ML reads the stored analytics and microstructure products. A date range (a backfill) runs as one run per asset
-where the backend allows it (`BackfillPolicy.single_run()` on bars_1d, daily_nav, risk_metrics/daily: each
+where the backend allows it (`BackfillPolicy.single_run()` on bars_1d, daily_nav, risk_metrics/*: each
 reads and writes a range in one query/transaction) and one day per run for ML (a model version per day)."""
 import warnings
 
@@ -15,9 +15,9 @@ from nautilus_assets.ml.assets import KEY as ML
 from nautilus_assets.pools import priority_tags
 from nautilus_assets.portfolio.daily import KEY as NAV
 from nautilus_assets.product import TRADING_DAYS
-from nautilus_assets.risk.assets import KEY as RISK
+from nautilus_assets.risk.assets import KEYS as RISK
 
-DAY_CHAIN = [BARS_1D, NAV, RISK, ML]
+DAY_CHAIN = [BARS_1D, NAV, *RISK, ML]
 # The job mixes single-run assets with ML's one-day-per-run policy; Dagster warns and takes the stricter one,
 # which is moot here: the schedule requests one day per run.
 warnings.filterwarnings("ignore", message="Asset job eod_replay materializes assets with varying BackfillPolicies")

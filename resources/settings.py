@@ -168,6 +168,21 @@ class Settings:
     def webserver_url(self) -> str:
         return f"http://127.0.0.1:{self.port('webserver')}"
 
+    @property
+    def mc_backend(self) -> str:
+        value = self.env.get("NAUTILUS_MC_BACKEND", "")
+        if value not in ("", "numpy", "mlx"):
+            raise ValueError(f"NAUTILUS_MC_BACKEND={value!r}: expected numpy or mlx (or empty: by the machine)")
+        return value
+
+    @property
+    def stress_scenarios(self) -> Path:
+        value = self.env.get("NAUTILUS_STRESS_SCENARIOS", "")
+        path = Path(value) if value else Path(__file__).parent.parent / "nautilus_assets" / "risk" / "scenarios.yaml"
+        if not path.is_file():
+            raise ValueError(f"NAUTILUS_STRESS_SCENARIOS={value!r}: no such file")
+        return path
+
     def api_port(self, product: str) -> int:
         if self.env.get(f"NAUTILUS_API_PORT_{product.upper()}"):
             return int(self.env[f"NAUTILUS_API_PORT_{product.upper()}"])
@@ -230,6 +245,10 @@ def load() -> Settings:
         "NAUTILUS_API_HOST": _env("NAUTILUS_API_HOST", "127.0.0.1"),
         # the API process (and its queries on the ClickHouse server) yields the CPU to ingestion by this much
         "NAUTILUS_API_NICE": _env("NAUTILUS_API_NICE", "5"),
+        # Monte Carlo VaR backend: numpy | mlx (empty: MLX where it has a GPU, else NumPy; risk/montecarlo.py)
+        "NAUTILUS_MC_BACKEND": _env("NAUTILUS_MC_BACKEND", ""),
+        # user-defined stress scenarios (YAML; empty: nautilus_assets/risk/scenarios.yaml)
+        "NAUTILUS_STRESS_SCENARIOS": _env("NAUTILUS_STRESS_SCENARIOS", ""),
         **{v: os.environ[v] for v in (f"NAUTILUS_API_PORT_{p.upper()}" for p in API_PORTS) if os.environ.get(v)},
         "NAUTILUS_INSTRUMENTS": _env("NAUTILUS_INSTRUMENTS", "AAPL.XNAS,MSFT.XNAS,SPY.ARCX,ESZ6.GLBX,BTCUSDT.BINANCE"),
         **{k: _env(k, str(d)) for k, (d, _) in {**STREAMING_VARS, **LAKE_VARS}.items()},

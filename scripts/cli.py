@@ -152,11 +152,11 @@ def launch_backfill(s: Settings, history_days: int) -> str:
     from nautilus_assets.portfolio.assets import KEY as POSITIONS
     from nautilus_assets.pools import PRIORITY
     from nautilus_assets.portfolio.daily import KEY as NAV
-    from nautilus_assets.risk.assets import KEY as RISK
+    from nautilus_assets.risk.assets import KEYS as RISK
     yesterday = datetime.now(timezone.utc).date() - timedelta(days=1)
     first = yesterday - timedelta(days=history_days - 1)
     span = {"range": {"start": first.isoformat(), "end": yesterday.isoformat()}}
-    parts = [(ANALYTICS, None), (VPIN, None), (POSITIONS, None), (BARS_1D, span), (NAV, span), (RISK, span),
+    parts = [(ANALYTICS, None), (VPIN, None), (POSITIONS, None), (BARS_1D, span), (NAV, span), *((k, span) for k in RISK),
              (ML, {"range": {"start": yesterday.isoformat(), "end": yesterday.isoformat()}})]
     params = {"title": "nautilus up: every product over the history",
               "tags": [{"key": "nautilus/trigger", "value": "run command"},   # below live ingest and products

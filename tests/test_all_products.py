@@ -66,7 +66,7 @@ def test_simulator_to_all_six_products(clean, instance):
     with res["postgres"].connect() as conn:
         assert conn.execute("SELECT count(*) FROM portfolio.portfolio_states").fetchone()[0] > 0
         assert conn.execute("SELECT count(*) FROM portfolio.daily_nav").fetchone()[0] == 6 * 3
-    keys = [a.key for a in (indicators_1m, vpin_buckets, portfolio_states, risk_metrics, next_bar_direction)]
+    keys = [a.key for a in (indicators_1m, vpin_buckets, portfolio_states, next_bar_direction)] + list(risk_metrics.keys)
     assert all(instance.get_latest_materialization_event(k) for k in keys)
     with res["pulsar"].client() as client:
         for topic in ("analytics-signals", "vpin-microstructure", "portfolio-positions", "risk-metrics",

@@ -31,6 +31,7 @@ from nautilus_assets.portfolio.assets import KEY as POSITIONS
 from nautilus_assets.portfolio.daily import KEY as NAV
 from nautilus_assets.portfolio.models import fill_messages, model_fills
 from nautilus_assets.risk.assets import KEY as RISK
+from nautilus_assets.risk.assets import KEYS as RISK_KEYS
 from scripts import dagster_daemon, services
 from scripts.cli import BACKFILL, spawn
 from scripts.history import HISTORY_MODEL, simulate_days, write_history
@@ -143,7 +144,7 @@ def test_backfill_through_graphql_replays_the_lake_and_equals_the_streaming_path
     params = {"title": "test: day-level chain from the lake", "tags": [{"key": "dagster/priority",
                                                                         "value": str(PRIORITY["backfill"])}],
               "partitionsByAssets": [{"assetKey": {"path": k.path}, "partitions": p}
-                                     for k, p in ((BARS_1D, span), (NAV, span), (RISK, span))]}
+                                     for k, p in ((BARS_1D, span), (NAV, span), *((k, span) for k in RISK_KEYS))]}
     t0 = time.time()
     out = gql(settings, BACKFILL, {"p": params})["launchPartitionBackfill"]
     assert out["__typename"] == "LaunchBackfillSuccess", out
@@ -216,7 +217,7 @@ def test_pool_limit_holds_under_a_burst_of_replay_runs(platform, settings, insta
     for d in days:
         out = gql(settings, LAUNCH_RUN, {"p": {
             "selector": {"repositoryLocationName": "nautilus", "repositoryName": "__repository__",
-                         "jobName": "eod_replay", "assetSelection": [{"path": RISK.path}, {"path": ML.path}]},
+                         "jobName": "eod_replay", "assetSelection": [{"path": k.path} for k in (*RISK_KEYS, ML)]},
             "runConfigData": {"execution": {"config": {"in_process": {}}}},
             "executionMetadata": {"tags": [{"key": "dagster/partition", "value": d.isoformat()}]}}})["launchRun"]
         assert out["__typename"] == "LaunchRunSuccess", out

@@ -77,8 +77,14 @@ DATASETS: dict[str, dict[str, Dataset]] = {
                 "End-of-day NAV, P&L and return per model portfolio", instrument=None, portfolio="portfolio_id"))},
     "risk_metrics": {d.name: d for d in (
         Dataset("daily", "clickhouse", "risk.risk_metrics", "date", "date", ("portfolio_id", "date"),
-                "VaR (historical, parametric, Monte Carlo) and expected shortfall per portfolio and day",
-                final=True, instrument=None, portfolio="portfolio_id"),)},
+                "Positions-based VaR and expected shortfall (historical, parametric, Monte Carlo) per portfolio and day",
+                final=True, instrument=None, portfolio="portfolio_id"),
+        Dataset("var_components", "clickhouse", "risk.var_components", "date", "date",
+                ("portfolio_id", "date", "instrument_id"), "Component (Euler), marginal and incremental VaR per "
+                "portfolio, day and instrument", final=True, portfolio="portfolio_id"),
+        Dataset("stress_results", "clickhouse", "risk.stress_results", "date", "date",
+                ("portfolio_id", "date", "scenario"), "Stress P&L per portfolio, day and scenario (worst historical "
+                "days, user-defined shocks)", final=True, instrument=None, portfolio="portfolio_id"))},
     "ml_predictions": {d.name: d for d in (
         Dataset("next_bar_direction", "clickhouse", "ml.ml_predictions", "minute", "datetime",
                 ("instrument_id", "minute"), "Probability that the next 1-minute bar closes up, per model version",

@@ -1,28 +1,56 @@
-"""Monte Carlo VaR with MLX: correlated instrument returns through a Cholesky factor of their covariance.
-MLX factorises on the CPU stream (its GPU backends have no Cholesky); the simulation runs on MLX's default
-device, so the same code uses a GPU where MLX has one."""
+"""Monte Carlo P&L: correlated instrument returns ~ N(mean, cov) through a Cholesky factor, one set of scenarios
+shared by every portfolio (P&L = scenarios @ exposuresᵀ), in NumPy or MLX.
+
+`backend()` is the one place that chooses: MLX where it has a GPU (Metal or CUDA), NumPy on a CPU, where
+bench/compute.py measures MLX slower (its CPU backend draws and multiplies in float32 without NumPy's BLAS
+threading). MLX factorises on the CPU stream (its GPU backends have no Cholesky); the simulation runs on its
+default device. `NAUTILUS_MC_BACKEND` (resources/settings.py) overrides the choice.
+"""
+import functools
+
 import mlx.core as mx
 import numpy as np
 
+from resources.settings import load
+
+BACKENDS = ("numpy", "mlx")
+
+
+@functools.cache
+def backend() -> str:
+    """The Monte Carlo backend for this machine: the setting, else MLX on a GPU, else NumPy."""
+    chosen = load().mc_backend
+    if chosen:
+        return chosen
+    return "mlx" if mx.default_device().type == mx.DeviceType.gpu else "numpy"
+
+
+def _chol(cov: np.ndarray) -> np.ndarray:
+    cov = np.atleast_2d(cov)
+    return np.linalg.cholesky(cov + 1e-18 * np.eye(cov.shape[0]))
+
+
+def simulate_pnl(exposures: np.ndarray, mean: np.ndarray, cov: np.ndarray, paths: int = 100_000, seed: int = 0,
+                 backend_name: str | None = None) -> np.ndarray:
+    """paths × P simulated 1-day P&L (currency) of the portfolios' exposures (P × n) under N(mean, cov)."""
+    e = np.atleast_2d(np.asarray(exposures, np.float64))
+    name = backend_name or backend()
+    if name == "numpy":
+        z = np.random.default_rng(seed).standard_normal((paths, e.shape[1]))
+        return (z @ _chol(cov).T + mean) @ e.T
+    if name != "mlx":
+        raise ValueError(f"Monte Carlo backend {name!r}: one of {BACKENDS}")
+    chol = mx.linalg.cholesky(mx.array(np.atleast_2d(cov) + 1e-18 * np.eye(e.shape[1]), dtype=mx.float32),
+                              stream=mx.cpu)
+    z = mx.random.normal((paths, e.shape[1]), key=mx.random.key(seed))
+    sims = (z @ chol.T + mx.array(mean, dtype=mx.float32)) @ mx.array(e.T, dtype=mx.float32)
+    return np.array(sims, dtype=np.float64)
+
 
 def monte_carlo_var(exposures: np.ndarray, returns: np.ndarray, nav: float, level: float = 0.99,
-                    paths: int = 100_000, seed: int = 0) -> float:
-    """1-day VaR as a fraction of NAV (positive loss) for currency `exposures` per instrument, simulating
-    `paths` draws of instrument returns ~ N(mean, cov) estimated from `returns` (days × instruments)."""
+                    paths: int = 100_000, seed: int = 0, backend_name: str | None = None) -> float:
+    """1-day VaR as a fraction of NAV (positive loss) of one portfolio's currency `exposures`, simulating `paths`
+    draws of instrument returns ~ N(mean, cov) estimated from `returns` (days × instruments)."""
     returns = np.atleast_2d(np.asarray(returns, np.float64))
-    mean = returns.mean(axis=0)
-    cov = np.atleast_2d(np.cov(returns, rowvar=False)) + 1e-18 * np.eye(returns.shape[1])
-    chol = mx.linalg.cholesky(mx.array(cov, dtype=mx.float32), stream=mx.cpu)
-    z = mx.random.normal((paths, returns.shape[1]), key=mx.random.key(seed))
-    sims = z @ chol.T + mx.array(mean, dtype=mx.float32)
-    pnl = sims @ mx.array(np.asarray(exposures, np.float64), dtype=mx.float32)
-    return float(-np.quantile(np.array(pnl, dtype=np.float64), 1 - level) / nav)
-
-
-def monte_carlo_var_numpy(exposures, returns, nav, level=0.99, paths=100_000, seed=0) -> float:
-    """The same estimator in NumPy (baseline for bench/compute.py and an independent check)."""
-    returns = np.atleast_2d(np.asarray(returns, np.float64))
-    rng = np.random.default_rng(seed)
-    chol = np.linalg.cholesky(np.atleast_2d(np.cov(returns, rowvar=False)))
-    sims = rng.standard_normal((paths, returns.shape[1])) @ chol.T + returns.mean(axis=0)
-    return float(-np.quantile(sims @ np.asarray(exposures, np.float64), 1 - level) / nav)
+    pnl = simulate_pnl(exposures, returns.mean(axis=0), np.cov(returns, rowvar=False), paths, seed, backend_name)
+    return float(-np.quantile(pnl[:, 0], 1 - level) / nav)
