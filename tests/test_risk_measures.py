@@ -194,3 +194,15 @@ def test_the_three_models_on_the_simulators_markets():
     s = position_risk(e, _simulated_daily_returns("stylized"), nav, paths=200_000, backend="numpy")
     assert s["hist_es"][0] > 1.1 * s["param_es"][0]
     assert s["mc_var"][0] == pytest.approx(s["param_var"][0], rel=0.02)
+
+
+def test_tail_losses_equal_the_quantile_definitions():
+    """The partial-sort VaR/ES equal historical_var / expected_shortfall row by row, ties included."""
+    from nautilus_assets.risk.positions import tail_losses
+    rng = np.random.default_rng(6)
+    rows = [rng.standard_t(4, 250), rng.normal(size=1000), np.round(rng.normal(size=400), 1),  # ties
+            np.repeat([-2.0, -1.0, 0.0, 1.0], 10)]
+    for x in rows:
+        var, es = tail_losses(x[None, :], 0.99, 0.975)
+        assert var[0] == pytest.approx(historical_var(x, 0.99), rel=1e-12, abs=1e-15)
+        assert es[0] == pytest.approx(expected_shortfall(x, 0.975), rel=1e-12, abs=1e-15)

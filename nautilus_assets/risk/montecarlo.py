@@ -30,21 +30,25 @@ def _chol(cov: np.ndarray) -> np.ndarray:
     return np.linalg.cholesky(cov + 1e-18 * np.eye(cov.shape[0]))
 
 
+def scenarios(mean: np.ndarray, cov: np.ndarray, paths: int = 100_000, seed: int = 0,
+              backend_name: str | None = None) -> np.ndarray:
+    """paths × n simulated 1-day instrument returns ~ N(mean, cov), shared by every portfolio."""
+    mean, cov = np.atleast_1d(mean), np.atleast_2d(cov)
+    name = backend_name or backend()
+    if name == "numpy":
+        z = np.random.default_rng(seed).standard_normal((paths, mean.size))
+        return z @ _chol(cov).T + mean
+    if name != "mlx":
+        raise ValueError(f"Monte Carlo backend {name!r}: one of {BACKENDS}")
+    chol = mx.linalg.cholesky(mx.array(cov + 1e-18 * np.eye(mean.size), dtype=mx.float32), stream=mx.cpu)
+    z = mx.random.normal((paths, mean.size), key=mx.random.key(seed))
+    return np.array(z @ chol.T + mx.array(mean, dtype=mx.float32), dtype=np.float64)
+
+
 def simulate_pnl(exposures: np.ndarray, mean: np.ndarray, cov: np.ndarray, paths: int = 100_000, seed: int = 0,
                  backend_name: str | None = None) -> np.ndarray:
     """paths × P simulated 1-day P&L (currency) of the portfolios' exposures (P × n) under N(mean, cov)."""
-    e = np.atleast_2d(np.asarray(exposures, np.float64))
-    name = backend_name or backend()
-    if name == "numpy":
-        z = np.random.default_rng(seed).standard_normal((paths, e.shape[1]))
-        return (z @ _chol(cov).T + mean) @ e.T
-    if name != "mlx":
-        raise ValueError(f"Monte Carlo backend {name!r}: one of {BACKENDS}")
-    chol = mx.linalg.cholesky(mx.array(np.atleast_2d(cov) + 1e-18 * np.eye(e.shape[1]), dtype=mx.float32),
-                              stream=mx.cpu)
-    z = mx.random.normal((paths, e.shape[1]), key=mx.random.key(seed))
-    sims = (z @ chol.T + mx.array(mean, dtype=mx.float32)) @ mx.array(e.T, dtype=mx.float32)
-    return np.array(sims, dtype=np.float64)
+    return scenarios(mean, cov, paths, seed, backend_name) @ np.atleast_2d(exposures).T
 
 
 def monte_carlo_var(exposures: np.ndarray, returns: np.ndarray, nav: float, level: float = 0.99,
