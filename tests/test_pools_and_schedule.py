@@ -6,9 +6,17 @@ import dagster as dg
 from nautilus_assets.definitions import defs
 from nautilus_assets.market_data.daily import KEY as BARS_1D
 from nautilus_assets.ml.assets import KEY as ML
-from nautilus_assets.pools import ENGINE_SHARES, POOL_LIMITS, POOL_OF_ENGINE, PRIORITY, PRIORITY_TAG, pool_shares
+from nautilus_assets.pools import (
+    ENGINE_SHARES,
+    POOL_LIMITS,
+    POOL_OF_ENGINE,
+    PRIORITY,
+    PRIORITY_TAG,
+    pool_shares,
+)
 from nautilus_assets.portfolio.daily import KEY as NAV
 from nautilus_assets.risk.assets import KEY as RISK
+from nautilus_assets.risk.assets import KEYS as RISK_KEYS
 
 
 def test_pool_limits_derive_from_the_engine_shares():
@@ -49,7 +57,7 @@ def test_eod_schedule_replays_the_previous_trading_day():
     assert sched.cron_schedule == "30 0 * * *" and sched.execution_timezone in (None, "UTC")
     assert sched.default_status == dg.DefaultScheduleStatus.RUNNING
     job = defs.resolve_job_def(sched.job_name)
-    assert set(job.asset_layer.selected_asset_keys) == {BARS_1D, NAV, RISK, ML}
+    assert set(job.asset_layer.selected_asset_keys) == {BARS_1D, NAV, *RISK_KEYS, ML}
     with dg.instance_for_test() as inst:
         for tick, day in ((datetime(2026, 11, 25, 0, 30, tzinfo=timezone.utc), "2026-11-24"),
                           (datetime(2026, 3, 1, 0, 30, tzinfo=timezone.utc), "2026-02-28")):
