@@ -8,7 +8,7 @@ import pandas as pd
 import pyarrow as pa
 
 from nautilus_assets.market_data.simulator import MarketSimulator
-from nautilus_assets.microstructure.vpin import _CHUNK, VpinState, erf, vpin
+from nautilus_assets.microstructure.vpin import _CHUNK, VpinState, erf, vpin, vpin_straightforward
 from tests.helpers import reference_bars
 
 
@@ -87,17 +87,6 @@ def test_toxic_bursts_raise_vpin():
     assert np.nanmean(v_toxic) > np.nanmean(v_calm)
 
 
-def previous_vpin(close, volume, V, sigma, window=50):
-    """The straightforward vectorised form: BVC with a Python math.erf call per bar, np.interp at each bucket edge."""
-    close, volume = np.asarray(close, np.float64), np.asarray(volume, np.float64)
-    z = np.diff(close, prepend=close[0]) / sigma / math.sqrt(2.0) if sigma > 0 else np.zeros_like(close)
-    buy = volume * 0.5 * (1.0 + np.frompyfunc(math.erf, 1, 1)(z).astype(np.float64))
-    x, y = np.r_[0.0, np.cumsum(volume[volume > 0])], np.r_[0.0, np.cumsum(buy[volume > 0])]
-    b = np.diff(np.interp(V * np.arange(int(x[-1] / V + 1e-12) + 1), x, y))
-    imb = np.r_[0.0, np.cumsum(np.abs(V - 2 * b))]
-    out = np.full(b.size, np.nan)
-    out[window - 1:] = (imb[window:] - imb[:-window]) / (window * V)
-    return out
 
 
 def test_erf_equals_math_erf():
@@ -117,7 +106,7 @@ def test_equals_the_previous_implementation_across_chunks():
     for volume, V in ((rng.gamma(2.0, 100.0, n), 20_000.0),
                       (np.where(rng.random(n) < 0.2, 0.0, rng.integers(0, 400, n)).astype(float), 5_000.0)):
         for sigma, window in ((0.05, 50), (0.5, 1), (0.0, 10)):
-            ours, ref = vpin(close, volume, V, sigma, window), previous_vpin(close, volume, V, sigma, window)
+            ours, ref = vpin(close, volume, V, sigma, window), vpin_straightforward(close, volume, V, sigma, window)
             assert ours.size == ref.size > 500
             # absolute: a one-bucket window's |S - B| / V near 0 keeps the rounding of the cumulative sums (~1e-12)
             np.testing.assert_allclose(ours, ref, rtol=1e-9, atol=1e-10, equal_nan=True)

@@ -201,3 +201,17 @@ class VpinState:
             oi = (b - s) / (b + s)
         return {"bucket_seq": seq, "bar_index": np.minimum(ends, max(close.size - 1, 0)), "buy": b, "sell": s,
                 "bucket_volume": vols, "order_imbalance": oi, "vpin": v}
+
+
+def vpin_straightforward(close, volume, V, sigma, window=50):
+    """vpin() in its straightforward form (BVC with a Python math.erf call per bar, np.interp at each bucket edge):
+    the reference the tests and bench/compute.py compare the fast path with."""
+    close, volume = np.asarray(close, np.float64), np.asarray(volume, np.float64)
+    z = np.diff(close, prepend=close[0]) / sigma / math.sqrt(2.0) if sigma > 0 else np.zeros_like(close)
+    buy = volume * 0.5 * (1.0 + np.frompyfunc(math.erf, 1, 1)(z).astype(np.float64))
+    x, y = np.r_[0.0, np.cumsum(volume[volume > 0])], np.r_[0.0, np.cumsum(buy[volume > 0])]
+    b = np.diff(np.interp(V * np.arange(int(x[-1] / V + 1e-12) + 1), x, y))
+    imb = np.r_[0.0, np.cumsum(np.abs(V - 2 * b))]
+    out = np.full(b.size, np.nan)
+    out[window - 1:] = (imb[window:] - imb[:-window]) / (window * V)
+    return out
