@@ -219,7 +219,7 @@ def check_audit(instance, res, settings, tmp_path, backfill_id, yesterday, t_tes
     with res["clickhouse"].session() as c:
         inst_id, trade_id = c.query("SELECT instrument_id, trade_id FROM market_data.trades "
                                     "ORDER BY ledger_id, entry_id LIMIT 1").first_row
-    where = f"instrument_id = '{inst_id}' AND trade_id = '{trade_id}'"
+    where = [("instrument_id", "=", inst_id), ("trade_id", "=", trade_id)]
     t_trace = time.perf_counter()
     (item,) = trace(instance, defs, res, "market_data.trades", where)
     trace_s = time.perf_counter() - t_trace
@@ -238,21 +238,21 @@ def check_audit(instance, res, settings, tmp_path, backfill_id, yesterday, t_tes
 
     # --- a daily bar traced to its backfill run and lake version, and re-materialized to the same data version ---
     (bar,) = trace(instance, defs, res, "market_data.bars_1d",
-                   f"instrument_id = 'AAPL.XNAS' AND date = '{yesterday.isoformat()}'", limit=1)
+                   [("instrument_id", "=", "AAPL.XNAS"), ("date", "=", yesterday.isoformat())], limit=1)
     assert bar["run"]["trigger"] == {"kind": "backfill", "name": backfill_id}
     assert bar["source"]["lake"]["table"] == "bronze/trades" and bar["materialization"]["code_version"] == "1"
     before = {k: v for k, v in bar["row"].items() if k not in ("version", "run_id", "batch_id")}
     rep2 = rematerialize(instance, defs, resources, bar["run"]["run_id"], BARS_1D)
     assert rep2["success"] and rep2["same_data_version"], rep2
     (again,) = trace(instance, defs, res, "market_data.bars_1d",
-                     f"instrument_id = 'AAPL.XNAS' AND date = '{yesterday.isoformat()}'", limit=1)
+                     [("instrument_id", "=", "AAPL.XNAS"), ("date", "=", yesterday.isoformat())], limit=1)
     assert again["run"]["run_id"] == rep2["replay_run"]
     assert {k: v for k, v in again["row"].items() if k not in ("version", "run_id", "batch_id")} == before
 
     # --- the command line, as governance runs it ---
     cp = subprocess.run([sys.executable, "-m", "scripts.cli", "audit", "row", "--table", "market_data.trades",
-                         "--where", where], cwd=ROOT, env={**os.environ, **settings.env},
-                        capture_output=True, text=True, timeout=300)
+                         "--where", f"instrument_id = {inst_id}", "--where", f"trade_id = {trade_id}"], cwd=ROOT,
+                        env={**os.environ, **settings.env}, capture_output=True, text=True, timeout=300)
     assert cp.returncode == 0, cp.stderr[-3000:]
     assert json.loads(cp.stdout)[0]["run"]["run_id"] == item["run"]["run_id"]
     cp = subprocess.run([sys.executable, "-m", "scripts.cli", "audit", "report", "--out", str(tmp_path / "cli"),

@@ -25,26 +25,69 @@ def _json(v):
     return v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
 
 
-def fetch_rows(res: dict, table: str, where: str, limit: int = 5) -> list[dict]:
-    """Rows of `table` (db.table) matching the governance user's `where` (read-only roles in production)."""
+OPERATORS = ("=", "!=", "<", "<=", ">", ">=", "like")
+MAX_ROWS = 100               # the most rows one look-up returns, whatever the caller asks
+QUERY_TIMEOUT_S = 30         # and the longest it may hold the store (the chDB server serialises queries)
+
+
+def parse_filter(text: str) -> tuple[str, str, str]:
+    """'column op value' (op one of OPERATORS; the value is everything after it, taken literally) -> a filter."""
+    m = re.match(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|!=|=|<|>|\blike\b)\s*(.*)$", text, re.IGNORECASE)
+    if not m:
+        raise ValueError(f"filter {text!r}: expected 'column op value' with op one of {', '.join(OPERATORS)}")
+    return m.group(1), m.group(2).lower(), m.group(3)
+
+
+def _checked(filters, columns: dict[str, str], table: str) -> list[tuple[str, str, str]]:
+    out = []
+    for col, op, value in filters:
+        if col not in columns:
+            raise ValueError(f"{table} has no column {col!r} (columns: {', '.join(sorted(columns))})")
+        if op not in OPERATORS:
+            raise ValueError(f"operator {op!r}: one of {', '.join(OPERATORS)}")
+        out.append((col, op, str(value)))
+    return out
+
+
+def fetch_rows(res: dict, table: str, filters, limit: int = 5) -> list[dict]:
+    """Rows of `table` (db.table) matching every (column, operator, value) filter: columns checked against the
+    table, values bound as typed parameters (never spliced into SQL), at most MAX_ROWS rows, and the query
+    stopped after QUERY_TIMEOUT_S seconds. Read with the governance role where there is one."""
     if not IDENT.match(table):
         raise ValueError(f"not a db.table name: {table!r}")
-    if ";" in where:
-        raise ValueError("one condition, no statements")
-    if table.split(".")[0] in PG_SCHEMAS:
+    limit = max(1, min(int(limit), MAX_ROWS))
+    db, name = table.split(".")
+    if db in PG_SCHEMAS:
+        from psycopg import sql
         pg = res.get("postgres_governance") or res["postgres"]   # the read-only governance role where there is one
         with pg.connect() as conn:
-            cur = conn.execute(f"SELECT * FROM {table} WHERE {where} LIMIT {int(limit)}")
+            conn.execute(f"SET statement_timeout = '{QUERY_TIMEOUT_S}s'")
+            columns = dict(conn.execute("SELECT column_name, data_type FROM information_schema.columns "
+                                        "WHERE table_schema = %s AND table_name = %s", (db, name)).fetchall())
+            checked = _checked(filters, columns, table)
+            where = sql.SQL(" AND ").join(
+                sql.SQL("{}::text {} %s" if op == "like" else "{} {} %s").format(sql.Identifier(c), sql.SQL(op))
+                for c, op, _ in checked) if checked else sql.SQL("TRUE")
+            cur = conn.execute(sql.SQL("SELECT * FROM {}.{} WHERE {} LIMIT {}").format(
+                sql.Identifier(db), sql.Identifier(name), where, sql.Literal(limit)), [v for *_, v in checked])
             names = [d.name for d in cur.description]
             return [{n: _json(v) for n, v in zip(names, row)} for row in cur.fetchall()]
     ch = res["clickhouse"]
-    db, name = table.split(".")
     with ch.session() as c:
-        cols = [r[0] for r in c.query("SELECT name FROM system.columns WHERE database = %(d)s AND table = %(t)s",
-                                      parameters={"d": db, "t": name}).result_rows]
-        order = " ORDER BY version DESC" if "version" in cols else ""
+        columns = dict(c.query("SELECT name, type FROM system.columns WHERE database = %(d)s AND table = %(t)s",
+                               parameters={"d": db, "t": name}).result_rows)
+        checked = _checked(filters, columns, table)
+        # server-side parameters: each value travels apart from the SQL and is parsed as the column's type (from
+        # the catalog), never as SQL
+        conds = [f"toString(`{col}`) LIKE {{p{i}:String}}" if op == "like"
+                 else f"`{col}` {op} CAST({{p{i}:String}} AS {columns[col]})" for i, (col, op, _) in enumerate(checked)]
+        order = " ORDER BY version DESC" if "version" in columns else ""
         # every column by name: `*` leaves out ALIAS columns such as the products' batch_id
-        q = c.query(f"SELECT {', '.join(f'`{n}`' for n in cols)} FROM {table} WHERE {where}{order} LIMIT {int(limit)}")
+        q = c.query(f"SELECT {', '.join(f'`{n}`' for n in columns)} FROM `{db}`.`{name}` "
+                    f"WHERE {' AND '.join(conds) or '1'}{order} LIMIT {limit}",
+                    parameters={f"p{i}": v for i, (*_, v) in enumerate(checked)},
+                    settings={"max_execution_time": QUERY_TIMEOUT_S, "max_result_rows": MAX_ROWS,
+                              "result_overflow_mode": "break"})
         return [{n: _json(v) for n, v in zip(q.column_names, row)} for row in q.result_rows]
 
 
@@ -89,12 +132,12 @@ def _lake_version(res: dict, lake_table: str, batch_id: str) -> int | None:
     return None
 
 
-def trace(instance: dg.DagsterInstance, defs: dg.Definitions, res: dict, table: str, where: str,
+def trace(instance: dg.DagsterInstance, defs: dg.Definitions, res: dict, table: str, filters,
           limit: int = 5) -> list[dict]:
-    """Provenance of each matching row (latest version first)."""
+    """Provenance of each row matching the (column, operator, value) filters (latest version first)."""
     key = table_assets(defs).get(table)
     out = []
-    for row in fetch_rows(res, table, where, limit):
+    for row in fetch_rows(res, table, filters, limit):
         batch_id = row.get("batch_id") or row.get("run_id")
         item = {"table": table, "asset": key.to_user_string() if key else None, "row": row, "batch_id": batch_id}
         rec = find_run(instance, batch_id) if batch_id else None

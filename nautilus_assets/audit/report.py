@@ -94,8 +94,9 @@ def main(a, s) -> None:
             from .ol_events import client_for, emit
             print(json.dumps(emit(inst, defs, client_for(a.url, a.file), a.runs, a.run_id or None)))
         elif a.audit_cmd == "row":
-            from .provenance import trace
-            print(json.dumps(trace(inst, defs, build_resources(s), a.table, a.where, a.limit), indent=1, default=str))
+            from .provenance import parse_filter, trace
+            filters = [parse_filter(w) for w in a.where]
+            print(json.dumps(trace(inst, defs, build_resources(s), a.table, filters, a.limit), indent=1, default=str))
         elif a.audit_cmd == "reproduce":
             from .provenance import rematerialize
             print(json.dumps(rematerialize(inst, defs, build_resources(s), a.run_id, AssetKey.from_user_string(a.asset)),
@@ -119,8 +120,10 @@ def add_parser(sub) -> None:
     o.add_argument("--run-id", action="append", default=[])
     w = asub.add_parser("row", help="provenance of a stored row: run, trigger, message range / lake version, versions")
     w.add_argument("--table", required=True, help="db.table, e.g. market_data.trades")
-    w.add_argument("--where", required=True, help="SQL condition, e.g. \"trade_id='S7T1-1'\"")
-    w.add_argument("--limit", type=int, default=5)
+    w.add_argument("--where", action="append", required=True, metavar="'COLUMN OP VALUE'",
+                   help="a filter, e.g. \"trade_id = S7T1-1\" (op: = != < <= > >= like; the value is bound as a "
+                        "parameter, never SQL); repeat to AND several")
+    w.add_argument("--limit", type=int, default=5, help="rows (at most 100)")
     p = asub.add_parser("reproduce", help="re-materialize the batch of a run and compare data versions")
     p.add_argument("--run-id", required=True)
     p.add_argument("--asset", required=True, help="asset key, e.g. market_data_feed/bars_1d")
