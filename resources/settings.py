@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -47,17 +48,45 @@ def _read_env_file(path: Path) -> dict[str, str]:
     return {k.strip(): v.strip() for k, v in pairs}
 
 
+def check_private(path: Path) -> None:
+    """Refuse a secrets file this user does not own, or that others may read or write: one planted beforehand
+    (e.g. under /var/tmp) would otherwise choose the passwords."""
+    st = path.lstat()
+    if not stat.S_ISREG(st.st_mode):
+        raise PermissionError(f"{path}: not a regular file; remove it (the platform generates its credentials)")
+    if st.st_uid != os.geteuid():
+        raise PermissionError(f"{path} belongs to uid {st.st_uid}, not to this user ({os.geteuid()}); remove it or "
+                              "set NAUTILUS_HOME to a directory of your own")
+    if st.st_mode & 0o077:
+        raise PermissionError(f"{path} has mode {stat.S_IMODE(st.st_mode):04o}; it must be 0600 (chmod 600 it if "
+                              "its contents are yours, else remove it)")
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a secrets file atomically, created 0600: a temporary file in the same directory, then a rename."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def ensure_credentials(home: Path) -> dict[str, str]:
-    """Local credentials, generated once per instance; never committed."""
+    """Local credentials, generated once per instance (0600, owned by this user); never committed."""
     path = home / "credentials.env"
+    if os.path.lexists(path):
+        check_private(path)
     creds = _read_env_file(path)
     if not all(k in creds for k in CREDENTIAL_KEYS):  # add what is missing; keep what an instance already uses
-        home.mkdir(parents=True, exist_ok=True)
+        home.mkdir(parents=True, exist_ok=True, mode=0o711)
         creds = {**{k: secrets.token_urlsafe(18) for k in CREDENTIAL_KEYS},
                  "AWS_ACCESS_KEY_ID": "nautilus" + secrets.token_hex(4),
                  "AWS_SECRET_ACCESS_KEY": secrets.token_urlsafe(24), **creds}
-        path.touch(mode=0o600)
-        path.write_text("".join(f"{k}={v}\n" for k, v in creds.items()))
+        write_private(path, "".join(f"{k}={v}\n" for k, v in creds.items()))
     return creds
 
 

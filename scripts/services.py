@@ -92,7 +92,10 @@ def start_postgres(s: Settings) -> None:
         log(f"initdb {data}")
         data.mkdir(parents=True, exist_ok=True)
         pwfile = s.home / "pg.pw"
-        pwfile.write_text(s["DAGSTER_PG_PASSWORD"] + "\n")
+        pwfile.unlink(missing_ok=True)                 # never a file someone else left there: a new one, 0600
+        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(s["DAGSTER_PG_PASSWORD"] + "\n")
         if os.geteuid() == 0:
             uid = pwd.getpwnam("postgres")
             for p in (data, pwfile):
@@ -105,18 +108,35 @@ def start_postgres(s: Settings) -> None:
         _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-l", str(data / "server.log"), "start",
                       "-o", f"-c listen_addresses=127.0.0.1 -p {port} -k {data} -c max_connections=200"])
     wait_port(port, "postgres")
-    _psql(s, f"""DO $$ BEGIN
-      IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{s["DAGSTER_PG_USER"]}') THEN
-        CREATE ROLE {s["DAGSTER_PG_USER"]} LOGIN CREATEDB CREATEROLE PASSWORD '{s["DAGSTER_PG_PASSWORD"]}';
-      END IF; END $$;""")
+    create_admin_role(s)
+
+
+def create_admin_role(s: Settings) -> None:
+    """The platform's PostgreSQL login role and its databases. The password goes to psql on its standard input,
+    as an escaped literal (never on a command line, where /proc/*/cmdline shows it)."""
+    user = s["DAGSTER_PG_USER"]
+    if _psql(s, f"SELECT 1 FROM pg_roles WHERE rolname = {sql_literal(user)}").strip() != "1":
+        _psql(s, f"CREATE ROLE {sql_ident(user)} LOGIN CREATEDB CREATEROLE PASSWORD "
+                 f"{sql_literal(s['DAGSTER_PG_PASSWORD'])}")
     for db in (s["DAGSTER_PG_DB"], "nautilus"):
-        if _psql(s, f"SELECT 1 FROM pg_database WHERE datname = '{db}'").strip() != "1":
-            _psql(s, f"CREATE DATABASE {db} OWNER {s['DAGSTER_PG_USER']}")
+        if _psql(s, f"SELECT 1 FROM pg_database WHERE datname = {sql_literal(db)}").strip() != "1":
+            _psql(s, f"CREATE DATABASE {sql_ident(db)} OWNER {sql_ident(user)}")
+
+
+def sql_literal(v: str) -> str:
+    """A PostgreSQL string literal (standard_conforming_strings: quotes doubled; no NUL)."""
+    if "\0" in v:
+        raise ValueError("a NUL character cannot be in a PostgreSQL string")
+    return "'" + v.replace("'", "''") + "'"
+
+
+def sql_ident(v: str) -> str:
+    return '"' + v.replace('"', '""') + '"'
 
 
 def _psql(s: Settings, sql: str) -> str:
     return _as_postgres(["psql", "-h", str(s.home / "pg"), "-p", str(s.port("postgres")), "-U", "postgres",
-                         "-d", "postgres", "-tAq", "-v", "ON_ERROR_STOP=1", "-c", sql]).stdout
+                         "-d", "postgres", "-tAq", "-v", "ON_ERROR_STOP=1", "-f", "-"], input=sql).stdout
 
 
 def stop_postgres(s: Settings) -> None:
@@ -262,12 +282,17 @@ STARTERS = {"postgres": start_postgres, "s3": start_s3, "pulsar": start_pulsar, 
 
 
 def start(s: Settings) -> None:
+    # what the services write is the owner's alone (data, logs, configs); the postgres user gets only the right to
+    # traverse to its data directory (x, not r: no one else lists or reads the instance)
+    os.umask(0o077)
     s.home.mkdir(parents=True, exist_ok=True)
-    for parent in [s.home, *s.home.parents]:  # the postgres user must traverse to its data directory
+    if s.home.stat().st_uid == os.geteuid():
+        s.home.chmod(0o711)
+    for parent in s.home.parents:
         if parent == Path("/"):
             break
         if parent.stat().st_uid == os.geteuid():
-            parent.chmod(parent.stat().st_mode | 0o755)
+            parent.chmod(parent.stat().st_mode | 0o011)
     for name, starter in STARTERS.items():
         if name in s.managed:
             t = time.time()
