@@ -75,14 +75,36 @@ def write_private(path: Path, text: str) -> None:
         raise
 
 
-def ensure_credentials(home: Path) -> dict[str, str]:
+INSTANCE_MARKER = ".nautilus-instance"   # in an instance directory the platform created: `remove` deletes only those
+
+
+def make_home(home: Path, instance: str) -> None:
+    """Create the instance directory (0711: others may only traverse it) and mark it as the platform's; an existing
+    directory is left as it is, unmarked, so `services remove` will not delete it."""
+    home.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        home.mkdir(mode=0o711)
+    except FileExistsError:
+        return
+    write_private(home / INSTANCE_MARKER, instance + "\n")
+
+
+def is_instance_home(home: Path, instance: str) -> bool:
+    marker = home / INSTANCE_MARKER
+    try:
+        return marker.is_file() and not marker.is_symlink() and marker.read_text().strip() == instance
+    except OSError:
+        return False
+
+
+def ensure_credentials(home: Path, instance: str = "") -> dict[str, str]:
     """Local credentials, generated once per instance (0600, owned by this user); never committed."""
     path = home / "credentials.env"
     if os.path.lexists(path):
         check_private(path)
     creds = _read_env_file(path)
     if not all(k in creds for k in CREDENTIAL_KEYS):  # add what is missing; keep what an instance already uses
-        home.mkdir(parents=True, exist_ok=True, mode=0o711)
+        make_home(home, instance or home.name)
         creds = {**{k: secrets.token_urlsafe(18) for k in CREDENTIAL_KEYS},
                  "AWS_ACCESS_KEY_ID": "nautilus" + secrets.token_hex(4),
                  "AWS_SECRET_ACCESS_KEY": secrets.token_urlsafe(24), **creds}
@@ -241,7 +263,7 @@ def load() -> Settings:
     else:
         managed = frozenset(k for k, var in production.items() if not os.environ.get(var))
     if len(creds) < len(CREDENTIAL_KEYS):  # embedded defaults fill in what production settings left out
-        creds = {**ensure_credentials(home), **creds}
+        creds = {**ensure_credentials(home, instance), **creds}
     env = {
         "NAUTILUS_INSTANCE": instance, "NAUTILUS_HOME": str(home), "NAUTILUS_PORT_BASE": str(base),
         "DAGSTER_HOME": _env("DAGSTER_HOME", str(home / "dagster_home")),

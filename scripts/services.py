@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from resources.settings import Settings, build_resources
+from resources.settings import INSTANCE_MARKER, Settings, build_resources, is_instance_home, make_home
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 VENV_BIN = Path(sys.executable).parent
@@ -61,9 +61,38 @@ def _spawn(s: Settings, name: str, argv: list[str], env: dict | None = None) -> 
     p = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                          start_new_session=True, env={**os.environ, **(env or {})}, cwd=s.home)
     state = _read_state(s)
-    state[name] = p.pid
+    state[name] = {"pid": p.pid, "start": process_start(p.pid)}   # the start time tells a reused pid apart
     _write_state(s, state)
     return p.pid
+
+
+def process_start(pid: int) -> int | None:
+    """The process's start time (clock ticks after boot, /proc/<pid>/stat field 22); None if it is gone."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _ours(s: Settings) -> dict[str, int]:
+    """The recorded services whose pid is still the process this instance started (same start time; an entry of
+    an older state file without one: a process whose working directory is the instance's). Others are logged and
+    left alone: a recycled pid belongs to someone else."""
+    out = {}
+    for name, entry in _read_state(s).items():
+        pid, start = (entry["pid"], entry.get("start")) if isinstance(entry, dict) else (entry, None)
+        if start is not None:
+            same = process_start(pid) == start
+        else:
+            try:
+                same = Path(os.readlink(f"/proc/{pid}/cwd")) == s.home
+            except OSError:
+                same = False
+        if same:
+            out[name] = pid
+        elif process_start(pid) is not None:
+            log(f"not signalling {name}: pid {pid} is no longer the process this instance started")
+    return out
 
 
 # ---- PostgreSQL -------------------------------------------------------------------------------------------
@@ -285,7 +314,7 @@ def start(s: Settings) -> None:
     # what the services write is the owner's alone (data, logs, configs); the postgres user gets only the right to
     # traverse to its data directory (x, not r: no one else lists or reads the instance)
     os.umask(0o077)
-    s.home.mkdir(parents=True, exist_ok=True)
+    make_home(s.home, s.instance)
     if s.home.stat().st_uid == os.geteuid():
         s.home.chmod(0o711)
     for parent in s.home.parents:
@@ -324,7 +353,7 @@ def stop(s: Settings) -> None:
             stop_postgres(s)
         except subprocess.CalledProcessError as e:
             log(f"postgres stop: {e.stderr.strip()}")
-    kill_groups(_read_state(s))
+    kill_groups(_ours(s))
     _write_state(s, {})
 
 
@@ -359,13 +388,18 @@ def kill_groups(pids: dict[str, int], timeout: float = 10) -> None:
 
 
 def remove(s: Settings) -> None:
+    """Stop the services and delete the instance directory: only one the platform created (its marker file)."""
+    if s.home.exists() and not is_instance_home(s.home, s.instance):
+        raise RuntimeError(f"refusing to delete {s.home}: the platform did not create it (no {INSTANCE_MARKER} "
+                           f"naming instance {s.instance!r}); stop the services with `nautilus services stop` and "
+                           "delete what you want yourself")
     stop(s)
     shutil.rmtree(s.home, ignore_errors=True)
 
 
 def stop_one(s: Settings, name: str) -> None:
     """Stop one service this project started (its process group); not PostgreSQL (use stop)."""
-    pid = _read_state(s).get(name)
+    pid = _ours(s).get(name)
     if pid:
         kill_groups({name: pid})
 

@@ -19,7 +19,7 @@ def test_credentials_are_created_private(tmp_path):
     assert set(CREDENTIAL_KEYS) <= set(creds)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and path.stat().st_uid == os.geteuid()
     assert ensure_credentials(home) == creds                              # kept, not regenerated
-    assert [p.name for p in home.iterdir()] == ["credentials.env"]        # no temporary file left behind
+    assert {p.name for p in home.iterdir()} == {"credentials.env", ".nautilus-instance"}   # no temporary file left
 
 
 def test_a_planted_credentials_file_is_refused(tmp_path):
