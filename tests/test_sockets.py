@@ -47,8 +47,7 @@ def _socket_inodes(pid: int) -> set[int]:
 
 
 def test_every_listening_socket_is_on_loopback(settings):
-    state = services._read_state(settings)
-    pgids = {os.getpgid(pid) for pid in state.values() if Path(f"/proc/{pid}").exists()}
+    pgids = {os.getpgid(pid) for pid in services._ours(settings).values()}
     postmaster = int((settings.home / "pg" / "postmaster.pid").read_text().split()[0])
     pids = _group_members(pgids) | {postmaster}
     listening = _listening()
