@@ -79,6 +79,9 @@ def spawn(s: Settings, name: str, argv: list[str]) -> subprocess.Popen:
 
 def up(s: Settings, rate: float, history_days: int, volume: str = "small") -> None:
     """Start everything, publish a live market, serve the UI; Ctrl-C stops all of it."""
+    if history_days:   # a bad --volume stops here, not after the services started
+        from nautilus_assets.market_data.simulator import volume_settings
+        volume_settings(volume, 1)
     children: list[tuple[str, subprocess.Popen]] = []
     stopping = False
 
@@ -220,7 +223,6 @@ def watch(s: Settings, children, t0: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from nautilus_assets.market_data.simulator import MODELS, VOLUMES
     ap = argparse.ArgumentParser(prog="nautilus", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     sp = sub.add_parser("services", help="start, report or stop the platform's services")
@@ -236,14 +238,15 @@ def main(argv: list[str] | None = None) -> None:
     sp = sub.add_parser("history", help="write N past days straight into the lake")
     sp.add_argument("--days", type=int, required=True)
     sp.add_argument("--events-per-day", type=int, default=40_000)
-    sp.add_argument("--model", choices=MODELS, default="stylized", help="the simulated market's model")
-    sp.add_argument("--volume", choices=list(VOLUMES), default="small",
-                    help="realistic: a listed stock's day (100,000 trades, 1,000,000 quotes per instrument)")
+    # choices checked by the simulator (importing it here would load NumPy and Arrow for every command)
+    sp.add_argument("--model", default="stylized", help="the simulated market: stylized | gaussian | random_walk")
+    sp.add_argument("--volume", default="small",
+                    help="small | realistic: a listed stock's day (100,000 trades, 1,000,000 quotes per instrument)")
     sp = sub.add_parser("up", help="run the platform: services, simulator, Dagster daemon and UI")
     sp.add_argument("--rate", type=float, default=500.0)
     sp.add_argument("--history-days", type=int, default=520,
                     help="past days written first and backfilled through every product (risk's backtest needs 500)")
-    sp.add_argument("--volume", choices=list(VOLUMES), default="small", help="the history's volume (see history)")
+    sp.add_argument("--volume", default="small", help="the history's volume: small | realistic (see history)")
     sub.add_parser("env", help="print the resolved environment (secrets masked)")
     sp = sub.add_parser("api", help="serve the data products' read APIs (each on its own port)")
     sp.add_argument("--product", action="append", choices=list(API_PORTS), help="default: every product")

@@ -50,6 +50,8 @@ def intraday_intensity(frac):
 
 def volume_settings(volume: str, instruments: int) -> dict:
     """MarketSimulator keyword arguments for a named volume ("small": none, the caller's rate stands)."""
+    if volume not in VOLUMES:
+        raise ValueError(f"volume {volume!r}: one of {', '.join(VOLUMES)}")
     if VOLUMES[volume] is None:
         return {}
     trades, quotes = VOLUMES[volume]

@@ -45,6 +45,7 @@ COMPONENT_COLUMNS = [("exposure", "position × close, currency"),
                      ("marginal_var", "∂ parametric VaR / ∂ exposure (currency per currency)"),
                      ("component_var", "Euler component of parametric VaR 99%, fraction of NAV (sums to the VaR)"),
                      ("incremental_var", "Parametric VaR 99% minus the VaR without this instrument, fraction of NAV")]
+TYPES = {"scenario": "String", "kind": "LowCardinality(String)", "scenario_date": "Nullable(Date)"}  # else Float64
 STRESS_COLUMNS = [("scenario", "historical_worst_<k> or a scenario of the YAML"), ("kind", "historical | user"),
                   ("scenario_date", "the historical day replayed (historical scenarios)"),
                   ("pnl", "P&L of the end-of-day exposures under the scenario, currency"),
@@ -181,7 +182,7 @@ def backtest_positions(pos: pd.DataFrame, navs: dict, returns: pd.DataFrame, las
     return out
 
 
-def explain(days, realized, forecasts, bt: dict, returns_vol_ratio: float) -> str:
+def explain(bt: dict, returns_vol_ratio: float) -> str:
     """Why a backtest is where it is, in words (for the check's metadata)."""
     why = [f"{bt['exceptions']} exceptions in {bt['observations']} days (expected {bt['observations'] / 100:.1f})"]
     if bt["christoffersen_p_value"] < 0.05:
@@ -215,8 +216,7 @@ def backtest_plot(results: dict) -> dg.MetadataValue | None:
 # ---- the assets ---------------------------------------------------------------------------------------------
 def _spec(key: dg.AssetKey, table: str, columns: list[tuple[str, str]], description: str) -> dg.AssetSpec:
     schema = dg.TableSchema(columns=[dg.TableColumn("date", "Date"), dg.TableColumn("portfolio_id", "String"),
-                                     *[dg.TableColumn(n, "Float64" if n not in ("scenario", "kind", "scenario_date")
-                                                      else "String", description=d) for n, d in columns]])
+                                     *[dg.TableColumn(n, TYPES.get(n, "Float64"), description=d) for n, d in columns]])
     return dg.AssetSpec(key, deps=[NAV_KEY, BARS_1D_KEY], group_name=PRODUCT.group, owners=list(PRODUCT.owners),
                         kinds={"clickhouse", "python"}, code_version=CODE_VERSION, freshness_policy=PRODUCT.freshness,
                         automation_condition=dg.AutomationCondition.eager(), description=description,
@@ -307,7 +307,7 @@ def var_backtest_check(pos, navs, returns, last: date) -> dg.AssetCheckResult:
         zones.append(bt["zone"])
         recent, whole = np.std(realized[-20:]), np.std(realized)
         meta.update({f"{pf}_{k}": v for k, v in bt.items()})
-        meta[f"{pf}_why"] = explain(days, realized, forecasts, bt, recent / whole if whole else 1.0)
+        meta[f"{pf}_why"] = explain(bt, recent / whole if whole else 1.0)
         hits = [f"{d}: loss {-a:.2%} > VaR {f:.2%}" for d, a, f in zip(days, realized, forecasts) if a < -f]
         meta[f"{pf}_exceptions_list"] = dg.MetadataValue.md("\n".join(f"- {h}" for h in hits) or "none")
     worst = "red" if "red" in zones else "yellow" if "yellow" in zones else "green"

@@ -25,30 +25,20 @@ def backend() -> str:
     return "mlx" if mx.default_device().type == mx.DeviceType.gpu else "numpy"
 
 
-def _chol(cov: np.ndarray) -> np.ndarray:
-    cov = np.atleast_2d(cov)
-    return np.linalg.cholesky(cov + 1e-18 * np.eye(cov.shape[0]))
-
-
 def scenarios(mean: np.ndarray, cov: np.ndarray, paths: int = 100_000, seed: int = 0,
               backend_name: str | None = None) -> np.ndarray:
     """paths × n simulated 1-day instrument returns ~ N(mean, cov), shared by every portfolio."""
-    mean, cov = np.atleast_1d(mean), np.atleast_2d(cov)
+    mean = np.atleast_1d(mean)
+    cov = np.atleast_2d(cov) + 1e-18 * np.eye(mean.size)      # positive definite where a variance is 0
     name = backend_name or backend()
     if name == "numpy":
         z = np.random.default_rng(seed).standard_normal((paths, mean.size))
-        return z @ _chol(cov).T + mean
+        return z @ np.linalg.cholesky(cov).T + mean
     if name != "mlx":
         raise ValueError(f"Monte Carlo backend {name!r}: one of {BACKENDS}")
-    chol = mx.linalg.cholesky(mx.array(cov + 1e-18 * np.eye(mean.size), dtype=mx.float32), stream=mx.cpu)
+    chol = mx.linalg.cholesky(mx.array(cov, dtype=mx.float32), stream=mx.cpu)
     z = mx.random.normal((paths, mean.size), key=mx.random.key(seed))
     return np.array(z @ chol.T + mx.array(mean, dtype=mx.float32), dtype=np.float64)
-
-
-def simulate_pnl(exposures: np.ndarray, mean: np.ndarray, cov: np.ndarray, paths: int = 100_000, seed: int = 0,
-                 backend_name: str | None = None) -> np.ndarray:
-    """paths × P simulated 1-day P&L (currency) of the portfolios' exposures (P × n) under N(mean, cov)."""
-    return scenarios(mean, cov, paths, seed, backend_name) @ np.atleast_2d(exposures).T
 
 
 def monte_carlo_var(exposures: np.ndarray, returns: np.ndarray, nav: float, level: float = 0.99,
@@ -56,5 +46,5 @@ def monte_carlo_var(exposures: np.ndarray, returns: np.ndarray, nav: float, leve
     """1-day VaR as a fraction of NAV (positive loss) of one portfolio's currency `exposures`, simulating `paths`
     draws of instrument returns ~ N(mean, cov) estimated from `returns` (days × instruments)."""
     returns = np.atleast_2d(np.asarray(returns, np.float64))
-    pnl = simulate_pnl(exposures, returns.mean(axis=0), np.cov(returns, rowvar=False), paths, seed, backend_name)
-    return float(-np.quantile(pnl[:, 0], 1 - level) / nav)
+    sims = scenarios(returns.mean(axis=0), np.cov(returns, rowvar=False), paths, seed, backend_name)
+    return float(-np.quantile(sims @ np.asarray(exposures, np.float64), 1 - level) / nav)

@@ -56,8 +56,7 @@ def parametric(exposures: np.ndarray, mean: np.ndarray, cov: np.ndarray, var_lev
     z, z_es = Z.inv_cdf(var_level), Z.inv_cdf(es_level)
     with np.errstate(invalid="ignore", divide="ignore"):
         marginal = z * cov_e / sd_p[:, None] - mean          # ∂VaR/∂e_i
-    return {"var": z * sd_p - mu_p, "es": sd_p * Z.pdf(z_es) / (1 - es_level) - mu_p, "sd": sd_p,
-            "marginal": marginal}
+    return {"var": z * sd_p - mu_p, "es": sd_p * Z.pdf(z_es) / (1 - es_level) - mu_p, "marginal": marginal}
 
 
 def incremental_var(exposures: np.ndarray, mean: np.ndarray, cov: np.ndarray, level: float = 0.99) -> np.ndarray:
@@ -83,8 +82,8 @@ def position_risk(exposures: np.ndarray, returns: np.ndarray, nav: np.ndarray, v
     mean, cov = r.mean(axis=0), np.atleast_2d(np.cov(r, rowvar=False))
     par = parametric(e, mean, cov, var_level, es_level)
     hist_var, hist_es = tail_losses(pnl, var_level, es_level)
-    out = {"hist_var": hist_var / nav, "hist_es": hist_es / nav, "param_var": par["var"] / nav, "param_es": par["es"] / nav,
-           "marginal_var": par["marginal"], "component_var": e * par["marginal"] / nav[:, None],
+    out = {"hist_var": hist_var / nav, "hist_es": hist_es / nav,
+           "param_var": par["var"] / nav, "param_es": par["es"] / nav, "marginal_var": par["marginal"], "component_var": e * par["marginal"] / nav[:, None],
            "incremental_var": incremental_var(e, mean, cov, var_level) / nav[:, None]}
     if paths:
         sims = scenarios(mean, cov, paths, seed, backend)         # paths × n, one set for every portfolio
