@@ -37,7 +37,9 @@ def quarantine_alert(topic: str, batch_id: str, consumed: int, valid: int, quara
                      sample: int = 5) -> dict:
     """The alert for one batch's quarantined messages: counts, reasons, a few message ids."""
     reasons = Counter(str(q.get("reason", "")).split(":", 1)[0] for q in quarantine)
-    return {"schema": ALERT_SCHEMA, "type": "quarantine", "severity": "warning", "topic": topic,
+    # another message under a stored message id means the broker's ids restarted under a kept store: act now
+    severity = "critical" if "changed_content" in reasons else "warning"
+    return {"schema": ALERT_SCHEMA, "type": "quarantine", "severity": severity, "topic": topic,
             "batch_id": batch_id, "consumed": consumed, "valid": valid, "quarantined": len(quarantine),
             "reasons": dict(reasons.most_common()),
             "examples": [{"message_id": q.get("message_id"), "reason": q.get("reason")} for q in quarantine[:sample]],

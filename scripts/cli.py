@@ -67,6 +67,27 @@ def access_command(s: Settings, what: str) -> None:
     print("\n".join(f"{stmt};" for stmt in statements))
 
 
+def quarantine_command(s: Settings, a) -> None:
+    from nautilus_assets.market_data import quarantine
+    from resources.settings import streaming
+    since = quarantine.parse_since(a.since) if a.since else None
+    r = build_resources(s)
+    if a.action == "replay":
+        out = quarantine.replay(r["pulsar"], r["lake"], r["clickhouse"], streaming(s.env).lateness_bound_s,
+                                s.home / "quarantine-replay.lock", feed=a.feed, reason=a.reason, since=since,
+                                accept_late=a.accept_late, log=say)
+        say(f"{out['replay_id']}: {out['taken']} taken, {out['stored']} stored, {out['quarantined']} still "
+            f"quarantined {out['reasons'] or ''}".rstrip())
+        return
+    rows = quarantine.select(r["clickhouse"], feed=a.feed, reason=a.reason, since=since)
+    print(f"{'quarantined_at':26} {'topic':14} {'message_id':18} {'replayed':10} reason")
+    for q in rows[:a.limit]:
+        print(f"{q['quarantined_at']:%Y-%m-%d %H:%M:%S.%f} {q['topic'].rsplit('/', 1)[-1]:14} {q['message_id']:18} "
+              f"{(q['replay_outcome'] or '-').split(':')[0]:10} {q['reason'][:120]}")
+    pending = sum(q["replay_outcome"] != quarantine.STORED for q in rows)
+    say(f"{len(rows)} quarantined ({pending} not stored by a replay){'; first ' + str(a.limit) + ' shown' if len(rows) > a.limit else ''}")
+
+
 def instruments(s: Settings) -> list[str]:
     return [i.strip() for i in s["NAUTILUS_INSTRUMENTS"].split(",") if i.strip()]
 
@@ -247,6 +268,13 @@ def main(argv: list[str] | None = None) -> None:
     sp.add_argument("--history-days", type=int, default=520,
                     help="past days written first and backfilled through every product (risk's backtest needs 500)")
     sp.add_argument("--volume", default="small", help="the history's volume: small | realistic (see history)")
+    sp = sub.add_parser("quarantine", help="list quarantined messages, or re-ingest them once the cause is fixed")
+    sp.add_argument("action", choices=["list", "replay"])
+    sp.add_argument("--feed", choices=["trades", "quotes"], help="default: both")
+    sp.add_argument("--reason", default="", help="reason prefix, e.g. too_late or bad_value: price")
+    sp.add_argument("--since", help="quarantined since: an ISO date/time (UTC) or an age such as 30m, 2h, 7d")
+    sp.add_argument("--accept-late", action="store_true", help="replay: exempt from the lateness bound")
+    sp.add_argument("--limit", type=int, default=50, help="list: rows shown (the count covers all)")
     sub.add_parser("env", help="print the resolved environment (secrets masked)")
     sp = sub.add_parser("api", help="serve the data products' read APIs (each on its own port)")
     sp.add_argument("--product", action="append", choices=list(API_PORTS), help="default: every product")
@@ -283,6 +311,8 @@ def main(argv: list[str] | None = None) -> None:
     elif a.cmd == "api":
         from nautilus_assets.api.serve import main as api_main
         api_main([f"--product={p}" for p in a.product or []])
+    elif a.cmd == "quarantine":
+        quarantine_command(s, a)
     elif a.cmd == "access":
         access_command(s, a.what)
     elif a.cmd == "env":

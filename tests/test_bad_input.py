@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from nautilus_assets.market_data.decode import FUTURE_TOLERANCE_NS, RawMessage, decode
 from nautilus_assets.market_data.schema import MAX_MESSAGE_BYTES, QUOTES, TRADES
 
-NOW = time.time_ns()
+NOW = time.time_ns() // 10**6 * 10**6   # a whole millisecond: messages carry it as their publish time
 LATENESS = 7 * 86400 * 10**9
 SIDES = ["BUYER", "SELLER", "NO_AGGRESSOR"]
 NUMERIC = {"price", "size"}

@@ -73,6 +73,30 @@ def test_historical_replay_is_exempt_from_the_lateness_bound():
     assert run(msg(old)).quarantine[0]["reason"].startswith("too_late")
 
 
+def test_event_times_are_judged_against_the_publish_time_not_the_worker_clock():
+    """issue 13 item 1: a worker clock 61 s slow (or 8 days fast) and an outage longer than the lateness bound
+    quarantine nothing; a message published long after its event is still too late, and one stamped more than the
+    tolerance after its publish time is in the future, whatever the worker's clock says."""
+    pub_ms = NOW // 10**6
+
+    def at(rec, publish_ms, i=0):
+        return RawMessage(orjson.dumps(rec), f"0:{i}:0", 0, i, publish_time_ms=publish_ms)
+
+    fresh = trade(ts_event=pub_ms * 10**6 - 10**6)
+    for worker_now in (NOW - 61 * 10**9, NOW + WEEK + 86400 * 10**9):
+        d = decode(TRADES, [at(fresh, pub_ms)], TRADES.topic, "b", worker_now, WEEK)
+        assert d.quarantine == [] and d.table.num_rows == 1, worker_now
+    backlog_ms = pub_ms - 9 * 86400 * 1000                       # published 9 days ago, consumed now (an outage)
+    old = [at(trade(trade_id=f"o{i}", ts_event=backlog_ms * 10**6 - i), backlog_ms, i) for i in range(3)]
+    d = decode(TRADES, old, TRADES.topic, "b", NOW, WEEK)
+    assert d.quarantine == [] and d.table.num_rows == 3
+    late = decode(TRADES, [at(trade(ts_event=pub_ms * 10**6 - WEEK - 10**9), pub_ms)], TRADES.topic, "b", NOW, WEEK)
+    assert late.quarantine[0]["reason"].startswith("too_late: published")
+    ahead = decode(TRADES, [at(trade(ts_event=pub_ms * 10**6 + 61 * 10**9), pub_ms)], TRADES.topic, "b",
+                   NOW + 3600 * 10**9, WEEK)
+    assert ahead.quarantine[0]["reason"].startswith("future_ts_event")
+
+
 def test_redelivered_message_is_counted_not_duplicated():
     d = run(msg(trade()), msg(trade()))
     assert d.table.num_rows == 1 and d.duplicates == 1 and d.quarantine == []

@@ -52,6 +52,19 @@ class Decoded:
     quarantine: list[dict] = field(default_factory=list)   # message_id, reason, payload, publish_time_ms
     duplicates: int = 0                                     # same message id seen twice in this batch
 
+    def move_to_quarantine(self, raw: RawBatch, reasons: dict[str, str]) -> int:
+        """Take the rows of these message ids out of the table into the quarantine, each with its reason."""
+        if not reasons:
+            return 0
+        at = {mid: i for i, mid in enumerate(raw.message_ids) if mid in reasons}
+        for mid, why in reasons.items():
+            i = at[mid]
+            self.quarantine.append({"message_id": mid, "reason": why, "payload": raw.payloads[i],
+                                    "publish_time_ms": raw.publish_ms[i]})
+        self.table = self.table.filter(pc.invert(pc.is_in(self.table["message_id"],
+                                                          pa.array(list(reasons), pa.string()))))
+        return len(reasons)
+
 
 def _check(kind: str, value) -> str | None:
     """Why `value` is not acceptable for a field of this kind, or None."""
@@ -72,9 +85,11 @@ def _check(kind: str, value) -> str | None:
     return None
 
 
-def validate(feed: Feed, payload: bytes, now_ns: int, lateness_ns: int,
+def validate(feed: Feed, payload: bytes, ref_ns: int, lateness_ns: int,
              is_replay: Callable[[], bool] = lambda: False) -> tuple[dict | None, str | None]:
-    """(record, None) for a valid message, (None, reason) otherwise."""
+    """(record, None) for a valid message, (None, reason) otherwise. Event times are judged against `ref_ns`, the
+    broker's publish time of the message (`reference_times`): not the worker's clock, which may be off, and not
+    the time of consumption, which an outage delays."""
     if len(payload) > MAX_MESSAGE_BYTES:
         return None, f"too_large: {len(payload)} bytes > {MAX_MESSAGE_BYTES}"
     try:
@@ -94,10 +109,11 @@ def validate(feed: Feed, payload: bytes, now_ns: int, lateness_ns: int,
         if why:
             return None, f"bad_value: {name} {why}"
     ts = rec["ts_event"]
-    if ts > now_ns + FUTURE_TOLERANCE_NS:
-        return None, f"future_ts_event: {(ts - now_ns) / 1e9:.1f}s ahead of ingestion"
-    if ts < now_ns - lateness_ns and not is_replay():
-        return None, f"too_late: {(now_ns - ts) / 1e9:.0f}s old, lateness bound {lateness_ns / 1e9:.0f}s"
+    if ts > ref_ns + FUTURE_TOLERANCE_NS:
+        return None, f"future_ts_event: {(ts - ref_ns) / 1e9:.1f}s after its publish time"
+    if ts < ref_ns - lateness_ns and not is_replay():
+        return None, (f"too_late: published {(ref_ns - ts) / 1e9:.0f}s after its event, "
+                      f"lateness bound {lateness_ns / 1e9:.0f}s")
     if "bid_price" in rec and float(rec["bid_price"]) > float(rec["ask_price"]):   # as stored (float64)
         return None, "crossed_quote: bid_price > ask_price"
     return rec, None
@@ -106,7 +122,13 @@ def validate(feed: Feed, payload: bytes, now_ns: int, lateness_ns: int,
 _NUM = (int, float)
 
 
-def _fast_path(feed: Feed, payloads: list[bytes], now_ns: int, lateness_ns: int) -> pa.Table | None:
+def reference_times(publish_ms: list, now_ns: int) -> np.ndarray:
+    """Each message's publish time in ns (the broker's clock); now_ns where a message has none (tools, tests)."""
+    ms = np.asarray(publish_ms, dtype=np.int64)
+    return np.where(ms > 0, ms * 1_000_000, now_ns)
+
+
+def _fast_path(feed: Feed, payloads: list[bytes], ref_ns: np.ndarray, lateness_ns: int) -> pa.Table | None:
     """The whole batch parsed by Arrow's JSON reader and checked column-wise, when every message is valid;
     None as soon as anything is off (the record-by-record path then finds and names each problem)."""
     # Arrow reads one row per JSON object, not per line: a payload holding two objects (or none) would shift
@@ -134,8 +156,8 @@ def _fast_path(feed: Feed, payloads: list[bytes], now_ns: int, lateness_ns: int)
             ok = pc.and_(ok, pc.is_in(col, pa.array(sorted(SIDES))))
     for name in ("ts_event", "ts_init"):
         ok = pc.and_(ok, pc.greater(t[name], 0))
-    ok = pc.and_(ok, pc.less_equal(t["ts_event"], now_ns + FUTURE_TOLERANCE_NS))
-    ok = pc.and_(ok, pc.greater_equal(t["ts_event"], now_ns - lateness_ns))
+    ok = pc.and_(ok, pc.less_equal(t["ts_event"], pa.array(ref_ns + FUTURE_TOLERANCE_NS)))
+    ok = pc.and_(ok, pc.greater_equal(t["ts_event"], pa.array(ref_ns - lateness_ns)))
     if feed is not TRADES:
         ok = pc.and_(ok, pc.less_equal(t["bid_price"], t["ask_price"]))
     if not pc.all(ok).as_py():
@@ -146,7 +168,7 @@ def _fast_path(feed: Feed, payloads: list[bytes], now_ns: int, lateness_ns: int)
     return t
 
 
-def _screen(feed: Feed, recs: list[dict], now_ns: int, lateness_ns: int) -> np.ndarray:
+def _screen(feed: Feed, recs: list[dict], ref_ns: np.ndarray, lateness_ns: int) -> np.ndarray:
     """Vectorised fast path: True where a record certainly passes `validate` (which stays the authority and
     names the reason for everything else). Field by field over the batch instead of record by record."""
     n = len(recs)
@@ -167,7 +189,7 @@ def _screen(feed: Feed, recs: list[dict], now_ns: int, lateness_ns: int) -> np.n
         good = np.fromiter((type(v) is int and 0 < v < 2**63 for v in vals), bool, n)
         ts[name] = np.fromiter((v if g else 0 for v, g in zip(vals, good)), np.int64, n)
         ok &= good
-    ok &= (ts["ts_event"] <= now_ns + FUTURE_TOLERANCE_NS) & (ts["ts_event"] >= now_ns - lateness_ns)
+    ok &= (ts["ts_event"] <= ref_ns + FUTURE_TOLERANCE_NS) & (ts["ts_event"] >= ref_ns - lateness_ns)
     if feed is not TRADES:
         bid = np.fromiter((r.get("bid_price", 0) if ok[i] else 0 for i, r in enumerate(recs)), float, n)
         ask = np.fromiter((r.get("ask_price", 0) if ok[i] else 0 for i, r in enumerate(recs)), float, n)
@@ -177,7 +199,8 @@ def _screen(feed: Feed, recs: list[dict], now_ns: int, lateness_ns: int) -> np.n
 
 def decode(feed: Feed, raw: RawBatch | list[RawMessage], topic: str, batch_id: str, now_ns: int,
            lateness_ns: int) -> Decoded:
-    """Validated rows of one micro-batch as an Arrow table in `feed.arrow_schema`, plus quarantine rows."""
+    """Validated rows of one micro-batch as an Arrow table in `feed.arrow_schema`, plus quarantine rows.
+    now_ns stamps `ingested_at`; event times are judged against each message's publish time (`validate`)."""
     raw = raw if isinstance(raw, RawBatch) else RawBatch.of(raw)
     out = Decoded(table=feed.arrow_schema.empty_table())
     first = {}
@@ -185,7 +208,8 @@ def decode(feed: Feed, raw: RawBatch | list[RawMessage], topic: str, batch_id: s
         first.setdefault(mid, i)
     idx = list(first.values())                      # first occurrence of each message id, in order
     out.duplicates = len(raw.message_ids) - len(idx)
-    fast_table = _fast_path(feed, [raw.payloads[i] for i in idx], now_ns, lateness_ns)
+    ref = reference_times([raw.publish_ms[i] for i in idx], now_ns)
+    fast_table = _fast_path(feed, [raw.payloads[i] for i in idx], ref, lateness_ns)
     if fast_table is not None:
         out.table = build_table(
             feed, {name: fast_table[name] for name, *_ in feed.fields}, ts_event=fast_table["ts_event"],
@@ -201,13 +225,13 @@ def decode(feed: Feed, raw: RawBatch | list[RawMessage], topic: str, batch_id: s
             recs.append(orjson.loads(p) if len(p) <= MAX_MESSAGE_BYTES else None)
         except orjson.JSONDecodeError:
             recs.append(None)
-    fast = _screen(feed, recs, now_ns, lateness_ns)
+    fast = _screen(feed, recs, ref, lateness_ns)
     keep: list[int] = []
     seen_trade: set = set()
     for k, i in enumerate(idx):
         rec, why = recs[k], None
         if not fast[k]:
-            rec, why = validate(feed, raw.payloads[i], now_ns, lateness_ns, lambda i=i: raw.is_replay(i))
+            rec, why = validate(feed, raw.payloads[i], int(ref[k]), lateness_ns, lambda i=i: raw.is_replay(i))
             recs[k] = rec
         if rec is not None and feed is TRADES:
             key = (rec["instrument_id"], rec["trade_id"])
@@ -256,14 +280,6 @@ def reject_reused_trade_ids(dec: Decoded, raw: RawBatch, stored: dict) -> int:
         return 0
     keys = zip(dec.table["instrument_id"].to_pylist(), dec.table["trade_id"].to_pylist(),
                dec.table["message_id"].to_pylist())
-    reused = {mid: (tid, stored[(inst, tid)]) for inst, tid, mid in keys
-              if (inst, tid) in stored and mid not in stored[(inst, tid)]}
-    if not reused:
-        return 0
-    at = {mid: i for i, mid in enumerate(raw.message_ids) if mid in reused}
-    for mid, (tid, holders) in reused.items():
-        i = at[mid]
-        dec.quarantine.append({"message_id": mid, "payload": raw.payloads[i], "publish_time_ms": raw.publish_ms[i],
-                               "reason": f"duplicate_trade_id: {tid} already stored as message {min(holders)}"})
-    dec.table = dec.table.filter(pc.invert(pc.is_in(dec.table["message_id"], pa.array(list(reused), pa.string()))))
-    return len(reused)
+    return dec.move_to_quarantine(raw, {
+        mid: f"duplicate_trade_id: {tid} already stored as message {min(stored[(inst, tid)])}"
+        for inst, tid, mid in keys if (inst, tid) in stored and mid not in stored[(inst, tid)]})

@@ -39,6 +39,7 @@ class BatchResult:
     last_message_id: str = ""
     seconds: dict = field(default_factory=dict)
     rows: pa.Table | None = field(default=None, repr=False)        # the batch's valid rows
+    quarantine: dict = field(default_factory=dict, repr=False)      # message id -> reason, of the quarantined
     bar_keys: list = field(default_factory=list, repr=False)       # (instrument, minute) the batch touched
     # read for the batch's checks after its acknowledgement, before the next batch writes (Stream(inspect=True))
     stored_span: pa.Table | None = field(default=None, repr=False)  # ClickHouse rows of its message-id span
@@ -56,7 +57,7 @@ class BatchResult:
         return {**out, "already_stored": self.already_stored}
 
 
-DETAIL_FIELDS = ("rows", "bar_keys", "stored_span", "bars_check", "table_rows", "inspected")
+DETAIL_FIELDS = ("rows", "quarantine", "bar_keys", "stored_span", "bars_check", "table_rows", "inspected")
 
 
 def subscribe(client: pulsar.Client, feed: Feed, receiver_queue_size: int = 20_000) -> pulsar.Consumer:
@@ -137,8 +138,11 @@ class Stream:
 
     def __init__(self, feed: Feed, pulsar_res: PulsarResource, lake: LakeResource, ch: ClickHouseResource,
                  lateness_s: float, log: Callable[[str], None] = print, inspect: bool = False,
-                 cache: RedisResource | None = None):
+                 cache: RedisResource | None = None, consume: bool = True):
+        """consume=False: no consumer on the subscription (commits of RawBatches from elsewhere, such as a
+        quarantine replay, which must not take the live messages it would never acknowledge)."""
         self.feed, self.pulsar_res, self.lake, self.ch, self.cache = feed, pulsar_res, lake, ch, cache
+        self.consume = consume
         self.lateness_ns, self.log = int(lateness_s * 1e9), log
         self._client_cm = self.client = self.consumer = self.delta = self.announcer = self._opened = None
         self._inspector = ThreadPoolExecutor(1, thread_name_prefix="batch-checks") if inspect else None
@@ -147,7 +151,8 @@ class Stream:
     def __enter__(self) -> Stream:
         self._client_cm = self.pulsar_res.client()
         self.client = self._client_cm.__enter__()
-        self.consumer = subscribe(self.client, self.feed)
+        if self.consume:
+            self.consumer = subscribe(self.client, self.feed)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -156,7 +161,8 @@ class Stream:
                 self._inspector.shutdown(wait=True)
             if self.announcer is not None:
                 self.announcer.close()
-            self.consumer.close()
+            if self.consumer is not None:
+                self.consumer.close()
         finally:
             self._client_cm.__exit__(*exc)
 
@@ -170,7 +176,8 @@ class Stream:
             self._opened = opened
         return msgs
 
-    def commit(self, batch_id: str, msgs: list, ack: bool = True) -> BatchResult:
+    def commit(self, batch_id: str, msgs: list | RawBatch, ack: bool = True) -> BatchResult:
+        """One micro-batch: Pulsar messages (acknowledged once stored unless ack=False), or a RawBatch."""
         feed, ch, res = self.feed, self.ch, BatchResult(batch_id)
         clock = time.perf_counter()
 
@@ -180,11 +187,12 @@ class Stream:
             res.seconds[name] = round(now - clock, 3)
             clock = now
 
-        res.consumed = len(msgs)
-        if not msgs:
+        given = isinstance(msgs, RawBatch)   # messages from elsewhere (a quarantine replay): nothing to acknowledge
+        res.consumed = len(msgs.message_ids) if given else len(msgs)
+        if not res.consumed:
             return res
         ch0 = session_counters()
-        raw = to_raw(msgs)
+        raw = msgs if given else to_raw(msgs)
         res.first_message_id, res.last_message_id = raw.message_ids[0], raw.message_ids[-1]
         lap("unpack")
         dec = decode(feed, raw, feed.topic, batch_id, time.time_ns(), self.lateness_ns)
@@ -194,17 +202,25 @@ class Stream:
         # both release the GIL.
         with ThreadPoolExecutor(1) as pool:
             with ch.session():
+                in_delta = pool.submit(sinks.stored_in_delta, self.lake, feed, dec.table, self.delta)
                 if feed is TRADES:   # a new message reusing a trade id an earlier batch stored
                     reject_reused_trade_ids(dec, raw, sinks.stored_trade_ids(ch, dec.table, batch_id))
                     lap("trade_ids")
-                res.rows = dec.table
+                in_ch = sinks.stored_in_clickhouse(ch, feed, dec.table)
+                self.delta, in_delta = in_delta.result()
+                # a stored message id with other content is another message, never a redelivery to drop
+                dec.move_to_quarantine(raw, sinks.changed_content(feed, dec.table, [in_ch, in_delta]))
+                lap("stored_ids")
+                res.rows, res.quarantine = dec.table, {q["message_id"]: q["reason"] for q in dec.quarantine}
                 res.valid, res.quarantined = dec.table.num_rows, len(dec.quarantine)
                 res.duplicates_in_batch = dec.duplicates
-                delta = pool.submit(sinks.write_delta, self.lake, feed, dec.table, batch_id, self.delta)
+                delta = pool.submit(sinks.write_delta, self.lake, feed, dec.table, batch_id, self.delta,
+                                    set(in_delta["message_id"].to_pylist()))
                 if self._inspecting is not None:   # the previous batch's check reads come first (class doc)
                     self._inspecting.result()
                     lap("checks_wait")
-                res.written_clickhouse = sinks.write_clickhouse(ch, feed, dec.table)
+                res.written_clickhouse = sinks.write_clickhouse(ch, feed, dec.table,
+                                                                set(in_ch["message_id"].to_pylist()))
                 faults.point("between_sinks", feed.name, batch_id)
                 sinks.write_quarantine(ch, feed.topic, batch_id, dec.quarantine)
                 lap("clickhouse")
@@ -214,7 +230,7 @@ class Stream:
                     lap("bars")
             res.written_delta, res.delta_version, self.delta = delta.result()
             lap("delta_wait")
-        system_topics.publish_quarantine_alert(self.client, feed.topic, batch_id, len(msgs), dec.table.num_rows,
+        system_topics.publish_quarantine_alert(self.client, feed.topic, batch_id, res.consumed, dec.table.num_rows,
                                                dec.quarantine)
         if feed is QUOTES and self.cache is not None:   # the latest top of book per instrument, before the ack
             current.publish(self.cache, "quotes", current.latest_arrow(current.KINDS["quotes"], dec.table, "ts_event",
@@ -228,7 +244,7 @@ class Stream:
         ch1 = session_counters()
         res.seconds.update(clickhouse_session=round(ch1["seconds"] - ch0["seconds"], 3),
                            clickhouse_connect=round(ch1["connect"] - ch0["connect"], 3))
-        if ack:
+        if ack and not given:
             faults.point("before_ack", feed.name, batch_id)
             half = len(msgs) // 2
             for i, m in enumerate(msgs):

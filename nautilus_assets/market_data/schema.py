@@ -84,6 +84,11 @@ QUARANTINE_DDL = """CREATE TABLE IF NOT EXISTS {db}.quarantine (
   publish_time DateTime64(3, 'UTC'), quarantined_at DateTime64(6, 'UTC')
 ) ENGINE = ReplacingMergeTree ORDER BY (topic, message_id)"""
 
+# One row per message a `nautilus quarantine replay` took up and what became of it (market_data/quarantine.py).
+QUARANTINE_REPLAYS_DDL = """CREATE TABLE IF NOT EXISTS {db}.quarantine_replays (
+  topic String, message_id String, replay_id String, outcome String, replayed_at DateTime64(6, 'UTC')
+) ENGINE = MergeTree ORDER BY (topic, message_id, replayed_at)"""
+
 BARS_COLUMNS = [
     ("instrument_id", "LowCardinality(String)", "Instrument", ["instrument_id"]),
     ("minute", "DateTime('UTC')", "Start of the UTC minute", ["ts"]),
@@ -117,5 +122,5 @@ WHERE (SELECT count() FROM {db}.trade_ids) = 0"""   # a store from before the ta
 
 def ddl(db: str) -> list[str]:
     return [f"CREATE DATABASE IF NOT EXISTS {db}", TRADES.clickhouse_ddl(db), QUOTES.clickhouse_ddl(db),
-            QUARANTINE_DDL.format(db=db), BARS_DDL.format(db=db), TRADE_IDS_DDL.format(db=db),
+            QUARANTINE_DDL.format(db=db), QUARANTINE_REPLAYS_DDL.format(db=db), BARS_DDL.format(db=db), TRADE_IDS_DDL.format(db=db),
             TRADE_IDS_BACKFILL.format(db=db)]

@@ -38,8 +38,13 @@ def _sql_literal(v: str) -> str:
     return "'" + v.replace("'", "''") + "'"
 
 
-def span_message_ids(dt: DeltaTable, table: pa.Table) -> pa.Table:
-    """message_id of the Delta rows in the batch's message-id span. deltalake prunes the files in Rust (the date
+def content_columns(feed: Feed) -> list[str]:
+    """What a message says: a stored row with the same message id and other values here is not a redelivery."""
+    return [n for n, *_ in feed.fields] + ["ts_event", "ts_init"]
+
+
+def span_message_ids(dt: DeltaTable, table: pa.Table, columns: tuple[str, ...] = ()) -> pa.Table:
+    """message_id (and `columns`) of the Delta rows in the batch's message-id span. deltalake prunes the files in Rust (the date
     partitions, then each file's min/max statistics of topic, ledger_id and entry_id), so only files that may hold
     the span become pyarrow fragments: a pyarrow filter alone would build one per file of the dates (about a
     millisecond each, growing with the files a day's batches add), and a new batch's span usually prunes to none."""
@@ -48,8 +53,54 @@ def span_message_ids(dt: DeltaTable, table: pa.Table) -> pa.Table:
     l0, e0, l1, e1 = (int(r[k]) for k in ("l0", "e0", "l1", "e1"))
     files = (f"date IN ({dates}) AND topic = {_sql_literal(r['topic'])} AND ledger_id >= {l0} AND ledger_id <= {l1} "
              f"AND (ledger_id > {l0} OR entry_id >= {e0}) AND (ledger_id < {l1} OR entry_id <= {e1})")
-    return dt.to_pyarrow_dataset(file_pruning_predicate=files).to_table(columns=["message_id"],
+    return dt.to_pyarrow_dataset(file_pruning_predicate=files).to_table(columns=["message_id", *columns],
                                                                           filter=in_range_expr(r))
+
+
+def stored_in_delta(lake: LakeResource, feed: Feed, table: pa.Table,
+                    dt: DeltaTable | None = None) -> tuple[DeltaTable | None, pa.Table]:
+    """The Delta rows (message id and content) of the batch's span, and the table handle brought up to date."""
+    empty = pa.table({"message_id": pa.array([], pa.string())})
+    if table.num_rows == 0:
+        return dt, empty
+    if dt is None:
+        dt = lake.table(bronze_table(feed))
+    else:
+        dt.update_incremental()
+    return dt, empty if dt is None else span_message_ids(dt, table, tuple(content_columns(feed)))
+
+
+def stored_in_clickhouse(ch: ClickHouseResource, feed: Feed, table: pa.Table) -> pa.Table:
+    """The ClickHouse rows (message id and content) of the batch's span."""
+    if table.num_rows == 0:
+        return pa.table({"message_id": pa.array([], pa.string())})
+    names = ["message_id", *content_columns(feed)]
+    with ch.session() as c:
+        rows = c.query(f"SELECT {', '.join(f'`{n}`' for n in names)} FROM {DB}.{feed.name} WHERE {IN_RANGE_SQL}",
+                       parameters=id_range(table)).result_rows
+    types = dict(zip(table.schema.names, table.schema.types))
+    return pa.table({n: pa.array([r[k] for r in rows], types[n]) for k, n in enumerate(names)})
+
+
+def changed_content(feed: Feed, table: pa.Table, stored: list[pa.Table]) -> dict[str, str]:
+    """{message id: why} for the batch's rows whose message id a sink already holds with other content: not a
+    redelivery (that is identical) but another message under a reused id (e.g. a broker whose ledgers restarted
+    beside a kept lake). Compared field by field on the ids both hold, so it costs nothing when none are stored."""
+    out: dict[str, str] = {}
+    cols = content_columns(feed)
+    for held in stored:
+        held = held.filter(pc.is_in(held["message_id"], table["message_id"])) if held.num_rows else held
+        if held.num_rows == 0:
+            continue
+        mine = {r["message_id"]: r for r in table.filter(pc.is_in(table["message_id"], held["message_id"]))
+                .select(["message_id", *cols]).to_pylist()}
+        for old in held.to_pylist():
+            new = mine[old["message_id"]]
+            diff = [c for c in cols if old[c] != new[c]]
+            if diff and old["message_id"] not in out:
+                out[old["message_id"]] = (f"changed_content: message id already stored with other "
+                                          f"{', '.join(diff)} (stored {', '.join(f'{c}={old[c]!r}' for c in diff)})")
+    return out
 
 
 def _without(table: pa.Table, existing: set[str]) -> pa.Table:
@@ -64,19 +115,20 @@ def bronze_table(feed: Feed) -> str:
 
 
 def write_delta(lake: LakeResource, feed: Feed, table: pa.Table, batch_id: str,
-                dt: DeltaTable | None = None) -> tuple[int, int | None, DeltaTable | None]:
+                dt: DeltaTable | None = None, existing: set[str] | None = None
+                ) -> tuple[int, int | None, DeltaTable | None]:
     """Append the rows whose message ids are not in the table yet. Returns (rows added, table version, table).
 
     `dt`, a handle kept from an earlier batch, is brought up to date incrementally (only the new log entries).
-    The look-up reads only the files that may hold the batch's ids (span_message_ids)."""
+    The look-up reads only the files that may hold the batch's ids (span_message_ids); `existing`, the ids
+    stored_in_delta found with `dt` just brought up to date, replaces it."""
     if table.num_rows == 0:
         return 0, None if dt is None else dt.version(), dt
-    if dt is None:
-        dt = lake.table(bronze_table(feed))
-    else:
-        dt.update_incremental()
+    if existing is None:
+        dt, held = stored_in_delta(lake, feed, table, dt)
+        existing = set(held["message_id"].to_pylist())
     if dt is not None:
-        table = _without(table, set(span_message_ids(dt, table)["message_id"].to_pylist()))
+        table = _without(table, existing)
         if table.num_rows == 0:
             return 0, dt.version(), dt
     faults.point("before_delta_commit", feed.name, batch_id)
@@ -91,16 +143,17 @@ def write_delta(lake: LakeResource, feed: Feed, table: pa.Table, batch_id: str,
     return table.num_rows, dt.version(), dt
 
 
-def write_clickhouse(ch: ClickHouseResource, feed: Feed, table: pa.Table) -> int:
-    """Insert the rows whose message ids are not in the ClickHouse table yet. Returns rows inserted."""
+def write_clickhouse(ch: ClickHouseResource, feed: Feed, table: pa.Table, existing: set[str] | None = None) -> int:
+    """Insert the rows whose message ids are not in the ClickHouse table yet (`existing`: as stored_in_clickhouse
+    found them in this session). Returns rows inserted."""
     if table.num_rows == 0:
         return 0
-    r = id_range(table)
     table = table.set_column(table.schema.get_field_index("ts"), "ts",
                              table["ts_event"].cast(pa.timestamp("ns", tz="UTC")))
     with ch.session() as c:
-        existing = c.query(f"SELECT message_id FROM {DB}.{feed.name} WHERE {IN_RANGE_SQL}", parameters=r).result_rows
-        table = _without(table, {r[0] for r in existing})
+        if existing is None:
+            existing = set(stored_in_clickhouse(ch, feed, table)["message_id"].to_pylist())
+        table = _without(table, existing)
         if table.num_rows:
             if feed.name == "trades":   # first: a crash after it leaves the redelivery's own ids, never a gap
                 c.insert_arrow(f"{DB}.trade_ids", table.select(["instrument_id", "date", "trade_id", "message_id"]))
