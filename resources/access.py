@@ -172,7 +172,9 @@ def apply_postgres(settings) -> int:
     from .postgres import PostgresResource
     s = settings
     admin = PostgresResource(host=s["DAGSTER_PG_HOST"], port=int(s["DAGSTER_PG_PORT"]), user=s["DAGSTER_PG_USER"],
-                             password=s["DAGSTER_PG_PASSWORD"], dbname="nautilus")
+                             password=s["DAGSTER_PG_PASSWORD"], dbname="nautilus",
+                             connect_timeout_s=int(s["NAUTILUS_PG_CONNECT_TIMEOUT_SECONDS"]),
+                             statement_timeout_s=float(s["NAUTILUS_PG_STATEMENT_TIMEOUT_SECONDS"]))
     statements = postgres_sql(s["DAGSTER_PG_USER"], role_passwords(s.env))
     with admin.connect() as conn:
         if not conn.execute("SELECT rolcreaterole OR rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 import clickhouse_connect
 import dagster as dg
@@ -38,6 +38,48 @@ def _count(**add: float) -> None:
     _local.counters = {k: c[k] + add.get(k, 0) for k in c}
 
 
+class _Waits:
+    """This process's open ClickHouse sessions, reported every `every` seconds while they last: a run waiting on
+    the server (a long query, a busy server) keeps logging, so the ingest sensor's watchdog, which fails a run that
+    logged nothing for NAUTILUS_WATCHDOG_SILENT_SECONDS, never takes a waiting run for a dead one."""
+
+    def __init__(self):
+        self.open: dict[int, list] = {}   # thread id -> [started, last reported, thread name] (monotonic seconds)
+        self.log: Callable[[str], None] | None = None
+        self.every, self.thread, self.lock = 60.0, None, threading.Lock()
+
+    def watch(self, log: Callable[[str], None], every: float) -> None:
+        self.log, self.every = log, every
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._run, daemon=True, name="clickhouse-waits")
+            self.thread.start()
+
+    def enter(self) -> None:
+        now = time.monotonic()
+        with self.lock:
+            self.open[threading.get_ident()] = [now, now, threading.current_thread().name]
+
+    def exit(self) -> None:
+        with self.lock:
+            self.open.pop(threading.get_ident(), None)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(max(0.2, self.every / 4))
+            now = time.monotonic()
+            with self.lock:
+                due = [e for e in self.open.values() if now - e[1] >= self.every]
+                for e in due:
+                    e[1] = now
+            for started, _, name in due:
+                if self.log is not None:
+                    self.log(f"in a ClickHouse session for {now - started:.0f}s on thread {name} (waiting on the "
+                             "server; the run is alive)")
+
+
+WAITS = _Waits()
+
+
 class ClickHouseResource(dg.ConfigurableResource):
     host: str = Field("127.0.0.1", description="ClickHouse server host (locally the project's chDB server)")
     port: int = Field(8123, description="HTTP(S) port of the server")
@@ -45,6 +87,12 @@ class ClickHouseResource(dg.ConfigurableResource):
     password: str = Field("", description="Server password (from CLICKHOUSE_PASSWORD)")
     secure: bool = Field(False, description="Use HTTPS")
     compress: bool = Field(False, description="Compress inserts and results (on loopback it only costs CPU)")
+    heartbeat_s: float = Field(60.0, description="A run logs every this many seconds while a ClickHouse session of "
+                                                 "it stays open (0: never); below the watchdog's silence bound")
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        if self.heartbeat_s > 0 and context.log is not None:
+            WAITS.watch(context.log.info, self.heartbeat_s)
 
     @contextmanager
     def session(self) -> Iterator[Client]:
@@ -66,12 +114,14 @@ class ClickHouseResource(dg.ConfigurableResource):
             _count(connect=time.perf_counter() - t)
         _local.open = open_ | {key}
         t = time.perf_counter()
+        WAITS.enter()
         try:
             yield clients[key]
         except BaseException:
             clients.pop(key).close()
             raise
         finally:
+            WAITS.exit()
             _local.open = _local.open - {key}
             _count(sessions=1, seconds=time.perf_counter() - t)
 

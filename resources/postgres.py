@@ -17,17 +17,23 @@ class PostgresResource(dg.ConfigurableResource):
     sslmode: str = Field("prefer", description="libpq sslmode (require in production)")
     prepared_statements: bool = Field(True, description="False for servers whose connections share one session "
                                                         "(PGlite's socket server)")
+    connect_timeout_s: int = Field(10, description="Give up connecting after this long (a server that accepts but "
+                                                   "never answers would otherwise hold the caller for ever)")
+    statement_timeout_s: float = Field(600, description="The server cancels a statement running longer (0: never)")
 
     def as_role(self, role: str) -> PostgresResource:
         """This server and database as another login role of resources/access.py, its password from
         NAUTILUS_PG_<ROLE>_PASSWORD: how a domain reads another domain's product under its own grants."""
         from .access import password_var
         return PostgresResource(host=self.host, port=self.port, user=role, password=os.environ[password_var(role)],
-                                dbname=self.dbname, sslmode=self.sslmode, prepared_statements=self.prepared_statements)
+                                dbname=self.dbname, sslmode=self.sslmode, prepared_statements=self.prepared_statements,
+                                connect_timeout_s=self.connect_timeout_s, statement_timeout_s=self.statement_timeout_s)
 
     def connect(self, dbname: str | None = None, **kw) -> psycopg.Connection:
         conn = psycopg.connect(host=self.host, port=self.port, user=self.user, password=self.password,
-                               dbname=dbname or self.dbname, sslmode=self.sslmode, **kw)
+                               dbname=dbname or self.dbname, sslmode=self.sslmode,
+                               connect_timeout=self.connect_timeout_s,
+                               options=f"-c statement_timeout={int(self.statement_timeout_s * 1000)}", **kw)
         if not self.prepared_statements:
             conn.prepare_threshold = None
         return conn

@@ -10,6 +10,7 @@ every process reaches it as it would reach a production server.
 """
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import stat
@@ -150,20 +151,56 @@ class Streaming:
         return 2 * self.handover_lead_s + 30
 
 
+class SettingsError(ValueError):
+    """A setting that cannot work, named with its variable (raised once, before anything starts)."""
+
+
+def number(env, name: str, default: float) -> float:
+    value = env.get(name) or default
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise SettingsError(f"{name}={value!r}: expected a number") from None
+    if not math.isfinite(x):
+        raise SettingsError(f"{name}={value!r}: expected a finite number")
+    return x
+
+
+def numbers(env, defaults: dict, problems: list[str]) -> dict[str, float]:
+    """Each variable as a number; a bad one is listed in `problems` and its default stands in, so the checks of
+    how the values relate still run on the rest (every problem is named at once)."""
+    out = {}
+    for k, d in defaults.items():
+        try:
+            out[k] = number(env, k, d)
+        except SettingsError as e:
+            problems.append(str(e))
+            out[k] = float(d)
+    return out
+
+
+def _raise_if(problems: list[str]) -> None:
+    if problems:
+        raise SettingsError("\n  ".join(problems))
+
+
 def streaming(env=None) -> Streaming:
     """The streaming settings from the environment (or `env`), validated: nonsense is an error, not a stall."""
     env = os.environ if env is None else env
-    v = {k: float(env.get(k) or d) for k, (d, _) in STREAMING_VARS.items()}
-    if v["NAUTILUS_BATCH_MAX_MESSAGES"] < 1 or v["NAUTILUS_BATCH_MAX_WAIT_SECONDS"] <= 0:
-        raise ValueError("NAUTILUS_BATCH_MAX_MESSAGES must be >= 1 and NAUTILUS_BATCH_MAX_WAIT_SECONDS > 0")
-    if not 0 < v["NAUTILUS_HANDOVER_LEAD_SECONDS"] < v["NAUTILUS_RUN_LIFETIME_SECONDS"]:
-        raise ValueError("NAUTILUS_HANDOVER_LEAD_SECONDS must be > 0 and below NAUTILUS_RUN_LIFETIME_SECONDS")
-    if v["NAUTILUS_RUN_IDLE_SECONDS"] <= 0 or v["NAUTILUS_WATCHDOG_SILENT_SECONDS"] <= v["NAUTILUS_RUN_IDLE_SECONDS"]:
-        raise ValueError("NAUTILUS_RUN_IDLE_SECONDS must be > 0 and below NAUTILUS_WATCHDOG_SILENT_SECONDS")
-    if v["NAUTILUS_LATENESS_BOUND_SECONDS"] <= 0 or v["NAUTILUS_RUN_RSS_HANDOVER_MB"] <= 0:
-        raise ValueError("NAUTILUS_LATENESS_BOUND_SECONDS and NAUTILUS_RUN_RSS_HANDOVER_MB must be > 0")
-    if v["NAUTILUS_PRODUCT_RUN_NICE"] not in range(0, 20):
-        raise ValueError("NAUTILUS_PRODUCT_RUN_NICE must be an integer from 0 to 19")
+    problems: list[str] = []
+    v = numbers(env, {k: d for k, (d, _) in STREAMING_VARS.items()}, problems)
+    rules = [
+        (v["NAUTILUS_BATCH_MAX_MESSAGES"] >= 1, "NAUTILUS_BATCH_MAX_MESSAGES must be >= 1"),
+        (v["NAUTILUS_BATCH_MAX_WAIT_SECONDS"] > 0, "NAUTILUS_BATCH_MAX_WAIT_SECONDS must be > 0"),
+        (0 < v["NAUTILUS_HANDOVER_LEAD_SECONDS"] < v["NAUTILUS_RUN_LIFETIME_SECONDS"],
+         "NAUTILUS_HANDOVER_LEAD_SECONDS must be > 0 and below NAUTILUS_RUN_LIFETIME_SECONDS"),
+        (0 < v["NAUTILUS_RUN_IDLE_SECONDS"] < v["NAUTILUS_WATCHDOG_SILENT_SECONDS"],
+         "NAUTILUS_RUN_IDLE_SECONDS must be > 0 and below NAUTILUS_WATCHDOG_SILENT_SECONDS"),
+        (v["NAUTILUS_LATENESS_BOUND_SECONDS"] > 0, "NAUTILUS_LATENESS_BOUND_SECONDS must be > 0"),
+        (v["NAUTILUS_RUN_RSS_HANDOVER_MB"] > 0, "NAUTILUS_RUN_RSS_HANDOVER_MB must be > 0"),
+        (v["NAUTILUS_PRODUCT_RUN_NICE"] in range(0, 20), "NAUTILUS_PRODUCT_RUN_NICE must be an integer from 0 to 19"),
+    ]
+    _raise_if(problems + [why for ok, why in rules if not ok])
     return Streaming(int(v["NAUTILUS_BATCH_MAX_MESSAGES"]), *(v[k] for k in list(STREAMING_VARS)[1:]))
 
 
@@ -174,9 +211,9 @@ CODE_RELOAD_DEFAULT_S = 600
 
 def code_reload_seconds(env=None) -> float:
     env = os.environ if env is None else env
-    v = float(env.get("NAUTILUS_CODE_RELOAD_SECONDS") or CODE_RELOAD_DEFAULT_S)
+    v = number(env, "NAUTILUS_CODE_RELOAD_SECONDS", CODE_RELOAD_DEFAULT_S)
     if v < 5:
-        raise ValueError("NAUTILUS_CODE_RELOAD_SECONDS must be >= 5 (the daemon checks its threads every 5 s)")
+        raise SettingsError("NAUTILUS_CODE_RELOAD_SECONDS must be >= 5 (the daemon checks its threads every 5 s)")
     return v
 
 
@@ -195,9 +232,11 @@ class LakeMaintenance:
 
 def lake_maintenance(env=None) -> LakeMaintenance:
     env = os.environ if env is None else env
-    v = {k: float(env.get(k) or d) for k, (d, _) in LAKE_VARS.items()}
+    problems: list[str] = []
+    v = numbers(env, {k: d for k, (d, _) in LAKE_VARS.items()}, problems)
     if v["NAUTILUS_LAKE_MAX_FILES_PER_PARTITION"] < 1 or v["NAUTILUS_LAKE_RETENTION_DAYS"] < 0:
-        raise ValueError("NAUTILUS_LAKE_MAX_FILES_PER_PARTITION must be >= 1 and NAUTILUS_LAKE_RETENTION_DAYS >= 0")
+        problems.append("NAUTILUS_LAKE_MAX_FILES_PER_PARTITION must be >= 1 and NAUTILUS_LAKE_RETENTION_DAYS >= 0")
+    _raise_if(problems)
     return LakeMaintenance(int(v["NAUTILUS_LAKE_MAX_FILES_PER_PARTITION"]), v["NAUTILUS_LAKE_RETENTION_DAYS"])
 
 
@@ -223,7 +262,7 @@ class Settings:
     def mc_backend(self) -> str:
         value = self.env.get("NAUTILUS_MC_BACKEND", "")
         if value not in ("", "numpy", "mlx"):
-            raise ValueError(f"NAUTILUS_MC_BACKEND={value!r}: expected numpy or mlx (or empty: by the machine)")
+            raise SettingsError(f"NAUTILUS_MC_BACKEND={value!r}: expected numpy or mlx (or empty: by the machine)")
         return value
 
     @property
@@ -231,7 +270,7 @@ class Settings:
         value = self.env.get("NAUTILUS_STRESS_SCENARIOS", "")
         path = Path(value) if value else Path(__file__).parent.parent / "nautilus_assets" / "risk" / "scenarios.yaml"
         if not path.is_file():
-            raise ValueError(f"NAUTILUS_STRESS_SCENARIOS={value!r}: no such file")
+            raise SettingsError(f"NAUTILUS_STRESS_SCENARIOS={value!r}: no such file")
         return path
 
     def api_port(self, product: str) -> int:
@@ -246,15 +285,61 @@ class Settings:
         return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{self.api_port(product)}/api/v1/{product}"
 
 
+# Other numeric settings: variable -> (smallest, largest, integer). Read where they are used; checked here once.
+BOUNDS = {
+    "NAUTILUS_PORT_BASE": (1024, 65535 - 40, True), "DAGSTER_PG_PORT": (1, 65535, True),
+    "CLICKHOUSE_PORT": (1, 65535, True),
+    "NAUTILUS_SENSOR_INTERVAL_SECONDS": (1, 3600, False), "NAUTILUS_SAFETY_INTERVAL_SECONDS": (1, 86400, False),
+    "NAUTILUS_TIMER_SECONDS": (1, 86400, False), "NAUTILUS_BACKLOG_STALENESS_SECONDS": (0, 3600, False),
+    "NAUTILUS_EVENTS_SENSOR_INTERVAL_SECONDS": (1, 3600, True),
+    "NAUTILUS_CACHE_MAX_AGE_SECONDS": (0, 86400, False), "NAUTILUS_CACHE_REFRESH_SECONDS": (0, 86400, False),
+    "NAUTILUS_API_NICE": (0, 19, True), "DAGSTER_GRPC_TIMEOUT_SECONDS": (1, 3600, False),
+    "NAUTILUS_PG_CONNECT_TIMEOUT_SECONDS": (1, 600, True), "NAUTILUS_PG_STATEMENT_TIMEOUT_SECONDS": (0, 86400, False),
+    **{f"NAUTILUS_API_PORT_{p.upper()}": (1, 65535, True) for p in API_PORTS},
+}
+
+
+def validate(env: dict) -> None:
+    """Every problem of the resolved settings at once, each naming its variable (SettingsError)."""
+    problems = []
+    for name, (lo, hi, integer) in BOUNDS.items():
+        if not env.get(name):
+            continue
+        try:
+            x = number(env, name, 0)
+        except SettingsError as e:
+            problems.append(str(e))
+            continue
+        if not lo <= x <= hi or (integer and x != int(x)):
+            kind = "an integer" if integer else "a number"
+            problems.append(f"{name}={env[name]!r}: expected {kind} from {lo} to {hi}")
+    for check in (streaming, lake_maintenance, code_reload_seconds):
+        try:
+            check(env)
+        except SettingsError as e:
+            problems.append(str(e))
+    if env.get("CLICKHOUSE_SECURE", "false").lower() not in ("true", "false"):
+        problems.append(f"CLICKHOUSE_SECURE={env['CLICKHOUSE_SECURE']!r}: expected true or false")
+    if not [i for i in env.get("NAUTILUS_INSTRUMENTS", "").split(",") if i.strip()]:
+        problems.append("NAUTILUS_INSTRUMENTS is empty: expected a comma-separated list such as AAPL.XNAS,SPY.ARCX")
+    for prop in (Settings.mc_backend, Settings.stress_scenarios):
+        try:
+            prop.fget(Settings("", Path("."), 0, env))
+        except SettingsError as e:
+            problems.append(str(e))
+    if problems:
+        raise SettingsError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
 def load() -> Settings:
     instance = _env("NAUTILUS_INSTANCE", "run")
-    base = int(_env("NAUTILUS_PORT_BASE", "15000"))
+    base = int(number(os.environ, "NAUTILUS_PORT_BASE", 15000))
     home = Path(_env("NAUTILUS_HOME", f"/var/tmp/nautilus/{instance}"))
     p = {k: base + v for k, v in PORTS.items()}
     creds = {k: os.environ[k] for k in CREDENTIAL_KEYS if os.environ.get(k)}
     broker = _env("NAUTILUS_PULSAR_BROKER", "apache").lower()
     if broker not in PULSAR_BROKERS:
-        raise ValueError(f"NAUTILUS_PULSAR_BROKER={broker!r}: expected one of {', '.join(PULSAR_BROKERS)}")
+        raise SettingsError(f"NAUTILUS_PULSAR_BROKER={broker!r}: expected one of {', '.join(PULSAR_BROKERS)}")
     external_pulsar = bool(os.environ.get("PULSAR_SERVICE_URL"))
     production = {"postgres": "DAGSTER_PG_HOST", "s3": "S3_ENDPOINT_URL", "pulsar": "PULSAR_SERVICE_URL",
                   "clickhouse": "CLICKHOUSE_HOST", "redis": "NAUTILUS_REDIS_URL"}
@@ -303,6 +388,9 @@ def load() -> Settings:
         **{v: os.environ[v] for v in (f"NAUTILUS_API_PORT_{p.upper()}" for p in API_PORTS) if os.environ.get(v)},
         "NAUTILUS_INSTRUMENTS": _env("NAUTILUS_INSTRUMENTS", "AAPL.XNAS,MSFT.XNAS,SPY.ARCX,ESZ6.GLBX,BTCUSDT.BINANCE"),
         **{k: _env(k, str(d)) for k, (d, _) in {**STREAMING_VARS, **LAKE_VARS}.items()},
+        # PostgreSQL connections give up connecting, and cancel a statement, after these (0: no statement limit)
+        "NAUTILUS_PG_CONNECT_TIMEOUT_SECONDS": _env("NAUTILUS_PG_CONNECT_TIMEOUT_SECONDS", "10"),
+        "NAUTILUS_PG_STATEMENT_TIMEOUT_SECONDS": _env("NAUTILUS_PG_STATEMENT_TIMEOUT_SECONDS", "600"),
         "NAUTILUS_SENSOR_INTERVAL_SECONDS": _env("NAUTILUS_SENSOR_INTERVAL_SECONDS", "4"),
         "NAUTILUS_SAFETY_INTERVAL_SECONDS": _env("NAUTILUS_SAFETY_INTERVAL_SECONDS", "120"),
         "NAUTILUS_CODE_RELOAD_SECONDS": _env("NAUTILUS_CODE_RELOAD_SECONDS", str(CODE_RELOAD_DEFAULT_S)),
@@ -310,6 +398,7 @@ def load() -> Settings:
         "DAGSTER_GRPC_TIMEOUT_SECONDS": _env("DAGSTER_GRPC_TIMEOUT_SECONDS", "180"),
         **creds,
     }
+    validate({**os.environ, **env})
     env["NAUTILUS_MANAGED"] = ",".join(sorted(managed))
     env["DAGSTER_PG_URL"] = _env("DAGSTER_PG_URL", dagster_pg_url(env, home / "pg" if "postgres" in managed else None))
     return Settings(instance=instance, home=home, port_base=base, env=env, managed=managed)
@@ -321,10 +410,14 @@ def dagster_pg_url(env: dict, socket_dir: Path | None) -> str:
     per query outside the webserver, and a TCP connection with SCRAM costs ~3 ms of client CPU and a backend
     fork each time, which under a streaming load added up to a good part of the daemon's CPU."""
     user, db = quote(env["DAGSTER_PG_USER"]), quote(env["DAGSTER_PG_DB"])
+    statement_ms = int(float(env["NAUTILUS_PG_STATEMENT_TIMEOUT_SECONDS"]) * 1000)
+    timeouts = (f"connect_timeout={int(env['NAUTILUS_PG_CONNECT_TIMEOUT_SECONDS'])}"
+                f"&options={quote(f'-c statement_timeout={statement_ms}', safe='')}")
     if socket_dir is not None:
-        return f"postgresql+psycopg2://{user}@/{db}?host={quote(str(socket_dir))}&port={env['DAGSTER_PG_PORT']}"
+        return (f"postgresql+psycopg2://{user}@/{db}?host={quote(str(socket_dir))}&port={env['DAGSTER_PG_PORT']}"
+                f"&{timeouts}")
     return (f"postgresql+psycopg2://{user}:{quote(env['DAGSTER_PG_PASSWORD'], safe='')}@{env['DAGSTER_PG_HOST']}:"
-            f"{env['DAGSTER_PG_PORT']}/{db}")
+            f"{env['DAGSTER_PG_PORT']}/{db}?{timeouts}")
 
 
 def apply(settings: Settings | None = None) -> Settings:
@@ -351,12 +444,15 @@ def build_resources(settings: Settings | None = None, for_dagster: bool = False)
     def pg_role(role: str) -> PostgresResource:
         """A connection to the database `nautilus` as one of the login roles of resources/access.py."""
         return PostgresResource(host=s["DAGSTER_PG_HOST"], port=int(s["DAGSTER_PG_PORT"]), user=role,
-                                password=secret(access.password_var(role)), dbname="nautilus")
+                                password=secret(access.password_var(role)), dbname="nautilus",
+                                connect_timeout_s=int(s["NAUTILUS_PG_CONNECT_TIMEOUT_SECONDS"]),
+                                statement_timeout_s=float(s["NAUTILUS_PG_STATEMENT_TIMEOUT_SECONDS"]))
 
     return {
         "clickhouse": ClickHouseResource(host=s["CLICKHOUSE_HOST"], port=int(s["CLICKHOUSE_PORT"]),
                                          username=s["CLICKHOUSE_USER"], password=secret("CLICKHOUSE_PASSWORD"),
-                                         secure=s["CLICKHOUSE_SECURE"].lower() == "true"),
+                                         secure=s["CLICKHOUSE_SECURE"].lower() == "true",
+                                         heartbeat_s=streaming(s.env).watchdog_silent_s / 5),
         "lake": LakeResource(endpoint_url=s["S3_ENDPOINT_URL"], access_key_id=secret("AWS_ACCESS_KEY_ID"),
                              secret_access_key=secret("AWS_SECRET_ACCESS_KEY"), region=s["AWS_REGION"],
                              bucket=s["NAUTILUS_LAKE_BUCKET"]),

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from resources.settings import API_PORTS, Settings, apply, build_resources, load
+from resources.settings import API_PORTS, Settings, SettingsError, apply, build_resources, load
 
 from . import dagster_daemon, services
 
@@ -70,7 +70,10 @@ def access_command(s: Settings, what: str) -> None:
 def quarantine_command(s: Settings, a) -> None:
     from nautilus_assets.market_data import quarantine
     from resources.settings import streaming
-    since = quarantine.parse_since(a.since) if a.since else None
+    try:
+        since = quarantine.parse_since(a.since) if a.since else None
+    except ValueError as e:
+        sys.exit(f"nautilus quarantine: {e}")
     r = build_resources(s)
     if a.action == "replay":
         out = quarantine.replay(r["pulsar"], r["lake"], r["clickhouse"], streaming(s.env).lateness_bound_s,
@@ -85,7 +88,8 @@ def quarantine_command(s: Settings, a) -> None:
         print(f"{q['quarantined_at']:%Y-%m-%d %H:%M:%S.%f} {q['topic'].rsplit('/', 1)[-1]:14} {q['message_id']:18} "
               f"{(q['replay_outcome'] or '-').split(':')[0]:10} {q['reason'][:120]}")
     pending = sum(q["replay_outcome"] != quarantine.STORED for q in rows)
-    say(f"{len(rows)} quarantined ({pending} not stored by a replay){'; first ' + str(a.limit) + ' shown' if len(rows) > a.limit else ''}")
+    shown = f"; the first {a.limit} shown" if len(rows) > a.limit else ""
+    say(f"{len(rows)} quarantined ({pending} not stored by a replay){shown}")
 
 
 def instruments(s: Settings) -> list[str]:
@@ -284,7 +288,10 @@ def main(argv: list[str] | None = None) -> None:
     from nautilus_assets.audit.report import add_parser as add_audit_parser
     add_audit_parser(sub)
     a = ap.parse_args(argv)
-    s = apply(load())
+    try:
+        s = apply(load())
+    except SettingsError as e:   # before anything starts, naming the variable
+        sys.exit(f"nautilus: {e}")
 
     if a.cmd == "services":
         {"start": lambda: (services.start(s), setup(s)), "stop": lambda: services.stop(s),

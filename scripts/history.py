@@ -1,6 +1,7 @@
 """History mode: write N past days of simulated ticks straight into the lake's bronze Delta tables."""
 from __future__ import annotations
 
+import json
 import time
 from datetime import date, datetime, timedelta, timezone
 
@@ -48,6 +49,31 @@ def simulate_days(instruments: list[str], first: date, days: int, events_per_day
         yield first + timedelta(days=k), out[0], out[1]
 
 
+MANIFEST = "history/manifest.json"   # in the lake bucket: where the stored history's simulation starts, its settings
+
+
+def read_manifest(lake: LakeResource) -> dict | None:
+    s3 = lake.s3_client()
+    try:
+        return json.loads(s3.get_object(Bucket=lake.bucket, Key=MANIFEST)["Body"].read())
+    except s3.exceptions.NoSuchKey:
+        return None
+
+
+def stored_dates(lake: LakeResource) -> tuple[set, set]:
+    """(dates holding only history rows, dates holding live rows) in the bronze tables, from the Delta log's file
+    statistics of `topic` (no data read): a file whose topics are not all "history" holds live ticks."""
+    history, live = set(), set()
+    for feed in (TRADES, QUOTES):
+        dt = lake.table(sinks.bronze_table(feed))
+        if dt is None:
+            continue
+        a = pa.table(dt.get_add_actions(flatten=True))
+        for d, lo, hi in zip(a["partition.date"].to_pylist(), a["min.topic"].to_pylist(), a["max.topic"].to_pylist()):
+            (history if lo == hi == "history" else live).add(d if isinstance(d, date) else date.fromisoformat(str(d)))
+    return history - live, live
+
+
 def write_history(lake: LakeResource, instruments: list[str], days: int, events_per_day: int = 40_000,
                   seed: int = 11, end: date | None = None, postgres=None, clickhouse=None,
                   clickhouse_days: int | None = None, days_per_commit: int = 30, pulsar=None,
@@ -56,8 +82,28 @@ def write_history(lake: LakeResource, instruments: list[str], days: int, events_
     into the portfolio store; given `clickhouse`, the ticks and their 1-minute bars into ClickHouse too (so the
     streaming products can compute over history; only the last `clickhouse_days` if given), announced on the bars'
     change feed given `pulsar`. `model` and `volume` choose the simulated market (simulator.MODELS, VOLUMES).
-    Idempotent for the same arguments: rows de-duplicate on their ids."""
+
+    Run again (on a later day, or after a crash), it extends the stored history instead of rewriting it: the
+    simulation starts where the stored one started (MANIFEST), so its days come out identical and the new days
+    continue the same price path; days up to the manifest's last complete one, and days holding live ticks, are
+    simulated (to carry the path on) but not written. A different instrument list, seed, model or volume is refused:
+    its days would be another market under the same ids."""
     end = end or datetime.now(timezone.utc).date()
+    params = {"instruments": list(instruments), "events_per_day": events_per_day, "seed": seed, "model": model,
+              "volume": volume}
+    manifest, (history_dates, live_dates) = read_manifest(lake), stored_dates(lake)
+    first, done = end - timedelta(days=days), None
+    if manifest and history_dates:
+        if manifest["params"] != params:
+            raise ValueError(f"the stored history was simulated with {manifest['params']}, not {params}: use those "
+                             "settings, or another instance (NAUTILUS_INSTANCE) for another market")
+        first, done = date.fromisoformat(manifest["first_day"]), date.fromisoformat(manifest["complete_through"])
+        if first > end - timedelta(days=days):
+            print(f"[history] the stored history starts on {first}; it is extended, not moved earlier", flush=True)
+    days = max(0, (end - first).days)
+    skip = set(live_dates)
+    if done:
+        skip |= {first + timedelta(days=k) for k in range((done - first).days + 1)}
     totals = {TRADES.name: 0, QUOTES.name: 0, "fills": 0}
     pending = {TRADES.name: [], QUOTES.name: []}
     t0 = time.time()
@@ -81,16 +127,29 @@ def write_history(lake: LakeResource, instruments: list[str], days: int, events_
                             with pulsar.client() as client:
                                 changes.announce_once(client, f"history-{label}", version, spans=spans)
 
-    for n, (day, trades, quotes) in enumerate(simulate_days(instruments, end - timedelta(days=days), days,
-                                                            events_per_day, seed, model, volume), start=1):
-        pending[TRADES.name].append(_with_provenance(TRADES, trades, day))
-        pending[QUOTES.name].append(_with_provenance(QUOTES, quotes, day))
-        if postgres is not None:
-            totals["fills"] += store_fills(postgres, model_fills(trades, seed=seed + day.toordinal(), **HISTORY_MODEL))
-        if n % days_per_commit == 0 or n == days:
+    written = unflushed = 0
+    for n, (day, trades, quotes) in enumerate(simulate_days(instruments, first, days, events_per_day, seed, model,
+                                                            volume), start=1):
+        if day not in skip:
+            written, unflushed = written + 1, unflushed + 1
+            pending[TRADES.name].append(_with_provenance(TRADES, trades, day))
+            pending[QUOTES.name].append(_with_provenance(QUOTES, quotes, day))
+            if postgres is not None:
+                totals["fills"] += store_fills(postgres, model_fills(trades, seed=seed + day.toordinal(),
+                                                                     **HISTORY_MODEL))
+        if unflushed and (unflushed == days_per_commit or n == days):
             flush(day)
-            print(f"[history] {n}/{days} days written ({totals}) in {time.time() - t0:.0f}s", flush=True)
+            unflushed = 0
+            write_manifest(lake, params, first, day)
+            print(f"[history] {n}/{days} days ({written} written, {n - written} already stored or live: "
+                  f"{totals}) in {time.time() - t0:.0f}s", flush=True)
     return totals
+
+
+def write_manifest(lake: LakeResource, params: dict, first: date, complete_through: date) -> None:
+    """After a flush: every day up to complete_through is stored (trades, quotes, fills)."""
+    body = {"params": params, "first_day": first.isoformat(), "complete_through": complete_through.isoformat()}
+    lake.s3_client().put_object(Bucket=lake.bucket, Key=MANIFEST, Body=json.dumps(body).encode())
 
 
 HISTORY_MODEL = {"every": 100, "notional": 2_000.0}   # positions stay a sensible multiple of NAV over years

@@ -112,8 +112,9 @@ def reset_state(res):
                     c.acknowledge(m)
             c.close()
     s3 = res["lake"].s3_client()
-    for feed in FEEDS.values():
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=res["lake"].bucket, Prefix=bronze_table(feed)):
+    from scripts.history import MANIFEST
+    for prefix in [bronze_table(feed) for feed in FEEDS.values()] + [MANIFEST]:
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=res["lake"].bucket, Prefix=prefix):
             for obj in page.get("Contents", []):
                 s3.delete_object(Bucket=res["lake"].bucket, Key=obj["Key"])
     return res

@@ -4,13 +4,17 @@ from datetime import datetime, timedelta, timezone
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pcsv
+import pytest
 
 from nautilus_assets.market_data import sinks
+from nautilus_assets.market_data.decode import build_table
 from nautilus_assets.market_data.schema import TRADES
 from nautilus_assets.market_data.simulator import MarketSimulator
 from scripts.history import write_history
 from scripts.publisher import replay
+from tests.conftest import reset_state
 from tests.helpers import assert_bars_equal, reference_bars, stored_bars
 from tests.test_idempotency import batch, counts
 
@@ -79,3 +83,50 @@ def test_history_mode_writes_past_days_into_the_lake_idempotently(clean):
     again = write_history(res["lake"], ["AAPL.XNAS", "SPY.ARCX"], days=3, events_per_day=4000)
     assert again == {"trades": 0, "quotes": 0, "fills": 0}
     assert counts(res, TRADES)[1] == totals["trades"]
+
+
+def _bronze(res, feed):
+    dt = res["lake"].table(sinks.bronze_table(feed))
+    cols = [n for n, *_ in feed.fields] + ["ts_event", "ts_init", "message_id", "batch_id", "date"]
+    return dt.to_pyarrow_table(columns=cols).sort_by([("message_id", "ascending")]), dt.version()
+
+
+def test_history_run_again_on_a_later_day_extends_it_without_rewriting(clean):
+    """issue 13 item 2: `scripts/run` on a later day adds the days since, continuing the same simulated path; the
+    stored days are neither rewritten nor doubled, a day holding live ticks is left alone, and another market under
+    the same ids is refused."""
+    res, instr = clean, ["AAPL.XNAS", "SPY.ARCX"]
+    end = datetime.now(timezone.utc).date()
+    write_history(res["lake"], instr, days=3, events_per_day=3000, end=end - timedelta(days=2))
+    before, _ = _bronze(res, TRADES)
+    live = build_table(TRADES, {"instrument_id": pa.array(["AAPL.XNAS"]), "price": pa.array([1.0]),
+                                "size": pa.array([1.0]), "aggressor_side": pa.array(["BUYER"]),
+                                "trade_id": pa.array(["live-1"])},
+                       ts_event=pa.array([_ns(end - timedelta(days=1)) + 3600 * 10**9]),
+                       ts_init=pa.array([_ns(end - timedelta(days=1)) + 3600 * 10**9]), topic=TRADES.topic,
+                       batch_id="live", now_ns=time.time_ns(), message_id=pa.array(["9:1:0"]),
+                       ledger_id=pa.array([9]), entry_id=pa.array([1]))
+    sinks.write_delta(res["lake"], TRADES, live, "live")          # yesterday already has live ticks
+    later = write_history(res["lake"], instr, days=3, events_per_day=3000, end=end)   # two days later, same days=3
+    after, _ = _bronze(res, TRADES)
+    days_after = pc.unique(after["date"]).to_pylist()
+    assert sorted(days_after) == [end - timedelta(days=k) for k in (5, 4, 3, 2, 1)]   # extended from the same start
+    old_part = after.filter(pc.is_in(after["message_id"], before["message_id"]))
+    assert old_part.equals(before)                                    # the stored days untouched, nothing doubled
+    assert after.filter(pc.equal(after["date"], end - timedelta(days=1)))["batch_id"].to_pylist() == ["live"]
+    added = after.num_rows - before.num_rows - 1
+    assert later["trades"] == added > 0                               # only the day before yesterday was new
+
+    # the same path as one run over all five days would have written
+    reset_state(res)
+    write_history(res["lake"], instr, days=5, events_per_day=3000, end=end)
+    whole, _ = _bronze(res, TRADES)
+    new_day = end - timedelta(days=2)
+    assert after.filter(pc.equal(after["date"], new_day)).drop_columns(["batch_id"]).equals(
+        whole.filter(pc.equal(whole["date"], new_day)).drop_columns(["batch_id"]))
+    with pytest.raises(ValueError, match="stored history was simulated with"):
+        write_history(res["lake"], instr, days=5, events_per_day=3000, end=end, model="gaussian")
+
+
+def _ns(day) -> int:
+    return int(datetime(day.year, day.month, day.day, tzinfo=timezone.utc).timestamp()) * 10**9

@@ -35,7 +35,8 @@ SELECT q.topic AS topic, q.message_id AS message_id, q.batch_id AS batch_id, q.r
        q.payload AS payload, toUnixTimestamp64Milli(q.publish_time) AS publish_ms, q.quarantined_at AS quarantined_at,
        r.outcome AS replay_outcome, r.replay_id AS replay_id
 FROM {DB}.quarantine AS q FINAL
-LEFT JOIN (SELECT topic, message_id, argMax(outcome, replayed_at) AS outcome, argMax(replay_id, replayed_at) AS replay_id
+LEFT JOIN (SELECT topic, message_id, argMax(outcome, replayed_at) AS outcome,
+                  argMax(replay_id, replayed_at) AS replay_id
            FROM {DB}.quarantine_replays GROUP BY topic, message_id) AS r USING (topic, message_id)
 WHERE q.topic IN {{topics:Array(String)}} AND startsWith(q.reason, {{reason:String}})
   AND q.quarantined_at >= fromUnixTimestamp64Micro({{since_us:Int64}}, 'UTC')
@@ -69,7 +70,8 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     try:
         t = datetime.fromisoformat(text)
     except ValueError:
-        raise ValueError(f"--since {text!r}: expected an ISO date/time (2026-12-05T10:00) or an age (30m, 2h, 7d)") from None
+        raise ValueError(f"--since {text!r}: expected an ISO date/time (2026-12-05T10:00) or an age (30m, 2h, 7d)"
+                         ) from None
     return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 

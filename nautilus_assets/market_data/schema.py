@@ -122,5 +122,6 @@ WHERE (SELECT count() FROM {db}.trade_ids) = 0"""   # a store from before the ta
 
 def ddl(db: str) -> list[str]:
     return [f"CREATE DATABASE IF NOT EXISTS {db}", TRADES.clickhouse_ddl(db), QUOTES.clickhouse_ddl(db),
-            QUARANTINE_DDL.format(db=db), QUARANTINE_REPLAYS_DDL.format(db=db), BARS_DDL.format(db=db), TRADE_IDS_DDL.format(db=db),
+            QUARANTINE_DDL.format(db=db), QUARANTINE_REPLAYS_DDL.format(db=db), BARS_DDL.format(db=db),
+            TRADE_IDS_DDL.format(db=db),
             TRADE_IDS_BACKFILL.format(db=db)]

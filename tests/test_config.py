@@ -1,0 +1,86 @@
+"""Issue 13 item 11: configuration is validated once, every problem named with its variable, before anything starts;
+PostgreSQL connections give up connecting and cancel long statements."""
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+import sqlalchemy
+
+from resources.postgres import PostgresResource
+from resources.settings import SettingsError, load
+
+ROOT = Path(__file__).resolve().parent.parent
+TYPOS = {"NAUTILUS_BATCH_MAX_MESSAGES": "2O000", "NAUTILUS_API_NICE": "30", "CLICKHOUSE_SECURE": "yes",
+         "NAUTILUS_LATENESS_BOUND_SECONDS": "0", "NAUTILUS_SENSOR_INTERVAL_SECONDS": "four",
+         "NAUTILUS_MC_BACKEND": "cuda", "NAUTILUS_PG_STATEMENT_TIMEOUT_SECONDS": "nan"}
+
+
+@pytest.fixture
+def env(monkeypatch, tmp_path):
+    for k in [k for k in os.environ if k.startswith(("NAUTILUS_", "DAGSTER_PG", "CLICKHOUSE_"))]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("NAUTILUS_HOME", str(tmp_path / "home"))
+    return monkeypatch
+
+
+def test_every_bad_setting_is_named_at_once(env):
+    load()   # the defaults are valid
+    for k, v in TYPOS.items():
+        env.setenv(k, v)
+    with pytest.raises(SettingsError) as e:
+        load()
+    for k, v in TYPOS.items():
+        assert f"{k}=" in str(e.value) or k in str(e.value), (k, str(e.value))
+    assert "'2O000': expected a number" in str(e.value)
+    env.setenv("NAUTILUS_PORT_BASE", "15k")
+    with pytest.raises(SettingsError, match="NAUTILUS_PORT_BASE='15k'"):
+        load()
+
+
+def test_the_cli_refuses_a_typo_before_starting_anything(tmp_path):
+    env = {**os.environ, "NAUTILUS_HOME": str(tmp_path / "h"), "NAUTILUS_BATCH_MAX_MESSAGES": "2O000"}
+    out = subprocess.run([sys.executable, "-m", "scripts.cli", "services", "start"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert "NAUTILUS_BATCH_MAX_MESSAGES='2O000': expected a number" in out.stderr
+    assert not (tmp_path / "h" / "pg").exists()   # nothing was started
+    # the code location names the variable too (what the UI shows for a location that failed to load)
+    out = subprocess.run([sys.executable, "-c", "import nautilus_assets.definitions"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and "NAUTILUS_BATCH_MAX_MESSAGES='2O000': expected a number" in out.stderr
+
+
+def test_postgres_statements_and_connects_time_out(res, settings):
+    pg = res["postgres"]
+    short = PostgresResource(**{**pg.model_dump(), "statement_timeout_s": 1.0})
+    t = time.monotonic()
+    with short.connect() as conn, pytest.raises(psycopg.errors.QueryCanceled):
+        conn.execute("SELECT pg_sleep(5)")
+    assert time.monotonic() - t < 4
+    with pg.connect() as conn:
+        assert conn.execute("SHOW statement_timeout").fetchone()[0] == "10min"   # the default, 600 s
+
+    # a server that accepts the connection and never answers
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    held = []
+    threading.Thread(target=lambda: held.append(silent.accept()), daemon=True).start()
+    stuck = PostgresResource(**{**pg.model_dump(), "port": silent.getsockname()[1], "connect_timeout_s": 2})
+    t = time.monotonic()
+    with pytest.raises(psycopg.OperationalError):
+        stuck.connect()
+    assert time.monotonic() - t < 8
+    silent.close()
+
+    # the Dagster instance storage's connections too
+    engine = sqlalchemy.create_engine(settings["DAGSTER_PG_URL"])
+    with engine.connect() as conn:
+        assert conn.execute(sqlalchemy.text("SHOW statement_timeout")).scalar() == "10min"
+    engine.dispose()
