@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def say(msg: str) -> None:
-    print(f"[nautilus] {msg}", flush=True)
+    services.emit(f"[nautilus] {msg}")
 
 
 def prepare_dagster_home(s: Settings) -> Path:
@@ -96,10 +97,25 @@ def instruments(s: Settings) -> list[str]:
     return [i.strip() for i in s["NAUTILUS_INSTRUMENTS"].split(",") if i.strip()]
 
 
-def spawn(s: Settings, name: str, argv: list[str]) -> subprocess.Popen:
+def spawn(s: Settings, name: str, argv: list[str], env: dict | None = None) -> subprocess.Popen:
     logf = open(s.home / f"{name}.log", "ab")
     return subprocess.Popen(argv, cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True, env={**os.environ, **s.env})
+                            start_new_session=True, env={**os.environ, **s.env, **(env or {})})
+
+
+STOP_WITHIN_S = 30
+
+
+def fail_in_flight_runs(reason: str) -> int:
+    """Report the runs a shutdown killed as failed (they are re-run later: ingest is exactly-once), so the next start
+    launches their successors at once instead of waiting for the watchdog."""
+    from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+    with DagsterInstance.get() as inst:
+        records = inst.get_run_records(RunsFilter(statuses=[DagsterRunStatus.STARTED, DagsterRunStatus.STARTING,
+                                                            DagsterRunStatus.CANCELING]))
+        for rec in records:
+            inst.report_run_failed(rec.dagster_run, reason)
+    return len(records)
 
 
 def up(s: Settings, rate: float, history_days: int, volume: str = "small") -> None:
@@ -109,18 +125,38 @@ def up(s: Settings, rate: float, history_days: int, volume: str = "small") -> No
         volume_settings(volume, 1)
     children: list[tuple[str, subprocess.Popen]] = []
     stopping = False
+    session = {services.SESSION_VAR: secrets.token_hex(8)}   # marks every process started below, at any depth
 
     def stop(*_):
+        """Within STOP_WITHIN_S, whatever stdout is (closed, a file) and whatever runs are in flight: the Dagster
+        processes' groups first (nothing new launches), then what they started in groups of their own (code servers,
+        run workers), the killed runs reported failed, then the services."""
         nonlocal stopping
         if stopping:
             return
         stopping = True
-        say("stopping ...")
-        services.kill_groups({name: p.pid for name, p in children})
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):   # a second Ctrl-C must not abort the stop
+            signal.signal(sig, signal.SIG_IGN)
+        t = time.monotonic()
+        say(f"stopping (within {STOP_WITHIN_S} s) ...")
+        services.kill_groups({name: p.pid for name, p in children}, timeout=5)
+        left = services.session_processes(session[services.SESSION_VAR])
+        if left:
+            say(f"{len(left)} processes started by the Dagster processes (code servers, runs): stopping them")
+            services.terminate(left, timeout=4)
+        try:
+            n = fail_in_flight_runs("stopped by `nautilus up` shutting down; re-run by the next start (exactly once)")
+            if n:
+                say(f"{n} in-flight runs reported failed; their work is re-run at the next start")
+        except Exception as e:  # noqa: BLE001  (the storage may be down already: the watchdog covers it then)
+            say(f"could not report the in-flight runs failed ({e}); the next start's watchdog will")
         services.stop(s)
-        say("stopped; no process left behind")
+        left = services.session_processes(session[services.SESSION_VAR])
+        services.terminate(left, timeout=1)
+        say(f"stopped in {time.monotonic() - t:.0f}s; {'no process left behind' if not left else f'{len(left)} killed'}")
 
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda *_: sys.exit(0))
     t0 = time.time()
     try:
         say(f"instance '{s.instance}', data in {s.home}, ports from {s.port_base}")
@@ -137,12 +173,14 @@ def up(s: Settings, rate: float, history_days: int, volume: str = "small") -> No
                           volume=volume)
         py = sys.executable
         bindir = Path(py).parent
-        children.append(("simulator", spawn(s, "simulator", [py, "-m", "scripts.cli", "simulate", "--rate", str(rate)])))
-        children.append(("dagster-daemon", spawn(s, "dagster-daemon", dagster_daemon.argv("run", "-w", "workspace.yaml"))))
+        children.append(("simulator", spawn(s, "simulator", [py, "-m", "scripts.cli", "simulate", "--rate", str(rate)],
+                                            session)))
+        children.append(("dagster-daemon", spawn(s, "dagster-daemon", dagster_daemon.argv("run", "-w", "workspace.yaml"),
+                                                 session)))
         children.append(("dagster-webserver", spawn(s, "dagster-webserver", [
             str(bindir / "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1",
-            "-p", str(s.port("webserver"))])))
-        children.append(("api", spawn(s, "api", [py, "-m", "nautilus_assets.api.serve"])))
+            "-p", str(s.port("webserver"))], session)))
+        children.append(("api", spawn(s, "api", [py, "-m", "nautilus_assets.api.serve"], session)))
         say(f"simulator publishing {rate:g} events/s; starting the Dagster daemon and webserver (logs in {s.home}) ...")
         services.wait_port(s.port("webserver"), "dagster-webserver", timeout=300)
         say(f"Dagster UI: {s.webserver_url}  (set up in {time.time() - t0:.0f}s; Ctrl-C stops everything)")

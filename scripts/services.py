@@ -25,8 +25,63 @@ PG_BIN = Path("/usr/lib/postgresql/15/bin")
 VENV_BIN = Path(sys.executable).parent
 
 
+def emit(line: str) -> None:
+    """Print a line, never raising: when stdout is gone (the reader of a pipe died: `| tee` on Ctrl-C), output goes
+    to /dev/null from then on, and whatever was printing (a shutdown) carries on."""
+    try:
+        print(line, flush=True)
+    except (OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+
+
 def log(msg: str) -> None:
-    print(f"[services] {msg}", flush=True)
+    emit(f"[services] {msg}")
+
+
+SESSION_VAR = "NAUTILUS_UP_SESSION"   # in the environment of what `nautilus up` spawns, and so of their children
+
+
+def session_processes(token: str) -> list[int]:
+    """Live processes whose environment carries SESSION_VAR=token (/proc: the environment they started with), but
+    this one: what a `nautilus up` started, however deep (run workers under code servers under the daemon) and in
+    whatever process group."""
+    mark, out = f"{SESSION_VAR}={token}".encode(), []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if mark in f.read().split(b"\0") and _running(int(entry)):
+                    out.append(int(entry))
+        except OSError:
+            continue
+    return out
+
+
+def terminate(pids: list[int], timeout: float) -> list[int]:
+    """SIGTERM the processes, SIGKILL those still alive after `timeout`; returns the ones that were killed."""
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 3)):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait
+        while pids and time.monotonic() < deadline:
+            for pid in pids:
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+            pids = [p for p in pids if _running(p)]
+            time.sleep(0.1)
+        if not pids:
+            return []
+        if sig == signal.SIGTERM:
+            killed = list(pids)
+    return killed
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -72,6 +127,14 @@ def process_start(pid: int) -> int | None:
         return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
     except (OSError, IndexError, ValueError):
         return None
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a zombie has exited; only its parent's wait is missing)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
 
 
 def _ours(s: Settings) -> dict[str, int]:
