@@ -2,6 +2,7 @@
 import dagster as dg
 
 from resources.settings import apply, build_resources
+from sensors.late_trades import late_trades_sensor
 from sensors.pulsar_ingest import INGEST_SENSORS
 from sensors.sla import SLA_SENSORS
 from sensors.streaming_products import PRODUCT_JOBS, PRODUCT_SENSORS
@@ -17,7 +18,7 @@ from .ml.assets import ASSETS as ML_ASSETS
 from .pools import priority_tags
 from .portfolio.assets import ASSETS as PORTFOLIO_ASSETS
 from .portfolio.daily import DAILY_ASSETS as PORTFOLIO_DAILY
-from .replay import EOD_REPLAY, EOD_REPLAY_JOB
+from .replay import EOD_REPLAY, EOD_REPLAY_JOB, LATE_TRADES_JOB
 from .risk.assets import ASSETS as RISK_ASSETS
 
 apply()  # resolve embedded defaults into the environment before resources read it
@@ -34,8 +35,8 @@ defs = dg.Definitions(
     assets=[*MARKET_DATA_ASSETS, *ANALYTICS_ASSETS, *MICROSTRUCTURE_ASSETS, *PORTFOLIO_ASSETS,
             *MARKET_DATA_DAILY, *PORTFOLIO_DAILY, *RISK_ASSETS, *ML_ASSETS],
     asset_checks=[*INTEGRITY_CHECKS, api_sla],
-    jobs=[*INGEST_JOBS.values(), *PRODUCT_JOBS, EOD_REPLAY_JOB, INTEGRITY_JOB, lake_maintenance_job],
+    jobs=[*INGEST_JOBS.values(), *PRODUCT_JOBS, EOD_REPLAY_JOB, LATE_TRADES_JOB, INTEGRITY_JOB, lake_maintenance_job],
     schedules=[EOD_REPLAY, *MAINTENANCE],
-    sensors=[*INGEST_SENSORS, *PRODUCT_SENSORS, AUTOMATION, *SYSTEM_SENSORS, *SLA_SENSORS],
+    sensors=[*INGEST_SENSORS, *PRODUCT_SENSORS, AUTOMATION, late_trades_sensor, *SYSTEM_SENSORS, *SLA_SENSORS],
     resources=build_resources(for_dagster=True),
 )

@@ -25,6 +25,13 @@ EOD_REPLAY_JOB = dg.define_asset_job(
     "eod_replay", selection=dg.AssetSelection.assets(*DAY_CHAIN) | dg.AssetSelection.checks_for_assets(*DAY_CHAIN),
     partitions_def=TRADING_DAYS, tags=priority_tags("end_of_day"),
     description="Re-materialize one trading day's day-level products from the lake and the stores (no Pulsar)")
+# A late trade for an earlier day (sensors/late_trades.py): that day's bars, NAV and risk again, in one run. ML's
+# prediction for a past day stays the one made then (its features are the streaming products', already recomputed).
+LATE_CHAIN = [BARS_1D, NAV, *RISK]
+LATE_TRADES_JOB = dg.define_asset_job(
+    "late_trades_replay", selection=dg.AssetSelection.assets(*LATE_CHAIN) | dg.AssetSelection.checks_for_assets(
+        *LATE_CHAIN), partitions_def=TRADING_DAYS, tags=priority_tags("end_of_day"),
+    description="Re-materialize an earlier day's bars_1d, NAV and risk after late trades reached it")
 EOD_REPLAY = dg.build_schedule_from_partitioned_job(
     EOD_REPLAY_JOB, name="eod_replay_schedule", hour_of_day=0, minute_of_hour=30,
     default_status=dg.DefaultScheduleStatus.RUNNING,

@@ -82,6 +82,8 @@ def quarantine_command(s: Settings, a) -> None:
                                 accept_late=a.accept_late, log=say)
         say(f"{out['replay_id']}: {out['taken']} taken, {out['stored']} stored, {out['quarantined']} still "
             f"quarantined {out['reasons'] or ''}".rstrip())
+        if out["closed_dates"]:
+            report_replay(out)
         return
     rows = quarantine.select(r["clickhouse"], feed=a.feed, reason=a.reason, since=since)
     print(f"{'quarantined_at':26} {'topic':14} {'message_id':18} {'replayed':10} reason")
@@ -91,6 +93,18 @@ def quarantine_command(s: Settings, a) -> None:
     pending = sum(q["replay_outcome"] != quarantine.STORED for q in rows)
     shown = f"; the first {a.limit} shown" if len(rows) > a.limit else ""
     say(f"{len(rows)} quarantined ({pending} not stored by a replay){shown}")
+
+
+def report_replay(out: dict) -> None:
+    """A replay outside any run, told to Dagster: the bars it recomputed as a runless materialization, naming the
+    earlier days it added trades to, so the late-trades sensor re-runs their day-level products as for a live batch."""
+    import dagster as dg
+
+    from nautilus_assets.market_data.assets import BARS_KEY, CLOSED_DATES
+    meta = {"replay_id": out["replay_id"], "stored": out["stored"], CLOSED_DATES: ",".join(sorted(out["closed_dates"]))}
+    with dg.DagsterInstance.get() as inst:
+        inst.report_runless_asset_event(dg.AssetMaterialization(asset_key=BARS_KEY, metadata=meta))
+    say(f"reported to Dagster: the day-level products of {meta[CLOSED_DATES]} will be re-run")
 
 
 def instruments(s: Settings) -> list[str]:

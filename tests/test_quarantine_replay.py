@@ -6,10 +6,13 @@ import sys
 import time
 from pathlib import Path
 
+import dagster as dg
 import orjson
 import pulsar
 
+from nautilus_assets.definitions import defs
 from nautilus_assets.market_data import quarantine, sinks
+from nautilus_assets.market_data.assets import BARS_KEY
 from nautilus_assets.market_data.decode import RawBatch
 from nautilus_assets.market_data.ingest import Stream, run_batch
 from nautilus_assets.market_data.schema import TRADES
@@ -40,7 +43,7 @@ def counts(res) -> tuple[int, int]:
             dt.to_pyarrow_table(columns=["message_id"]).num_rows if dt else 0)
 
 
-def test_quarantined_messages_replay_exactly_once_after_the_fix(clean, settings, tmp_path):
+def test_quarantined_messages_replay_exactly_once_after_the_fix(clean, settings, instance, tmp_path):
     res = clean
     old_ns = time.time_ns() - 8 * DAY * 10**9            # 8 days before publishing: too late for a week's bound
     late = [orjson.dumps(trade(i, old_ns + i * 10**9)) for i in range(3)]
@@ -57,9 +60,19 @@ def test_quarantined_messages_replay_exactly_once_after_the_fix(clean, settings,
     unfixed = quarantine.replay(*args, WEEK, lock, reason="too_late", log=lambda m: None)
     assert (unfixed["taken"], unfixed["stored"], unfixed["quarantined"]) == (3, 0, 3) and counts(res) == (0, 0)
 
-    fixed = quarantine.replay(*args, 30 * DAY, lock, reason="too_late", log=lambda m: None)  # the bound raised
-    assert (fixed["taken"], fixed["stored"], fixed["quarantined"]) == (3, 3, 0)
+    env = {**os.environ, **settings.env}
+    latest = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=BARS_KEY), limit=1).records
+    cursor = str(latest[0].storage_id) if latest else None
+    fixed = subprocess.run([sys.executable, "-m", "scripts.cli", "quarantine", "replay", "--reason", "too_late"],
+                           cwd=ROOT, env={**env, "NAUTILUS_LATENESS_BOUND_SECONDS": str(30 * DAY)},  # the bound raised
+                           capture_output=True, text=True, timeout=180)
+    assert fixed.returncode == 0 and "3 taken, 3 stored, 0 still quarantined" in fixed.stdout, fixed.stdout + fixed.stderr
     assert counts(res) == (3, 3)
+    old_day = time.strftime("%Y-%m-%d", time.gmtime(old_ns / 1e9))
+    repo = defs.get_repository_def()   # the replay told Dagster: the late-trades sensor re-runs that day's products
+    tick = repo.get_sensor_def("late_trades_sensor").evaluate_tick(
+        dg.build_sensor_context(instance=instance, cursor=cursor, repository_def=repo))
+    assert [rr.partition_key for rr in tick.run_requests] == [old_day]
     bars = res["clickhouse"].scalar("SELECT sum(trade_count) FROM market_data.bars_1m FINAL")
     assert bars == 3   # the replayed trades' minutes were recomputed
 
@@ -72,7 +85,6 @@ def test_quarantined_messages_replay_exactly_once_after_the_fix(clean, settings,
     still = quarantine.replay(*args, 30 * DAY, lock, reason="bad_value", log=lambda m: None)
     assert (still["taken"], still["stored"], still["reasons"]) == (1, 0, {"bad_value": 1}) and counts(res) == (3, 3)
 
-    env = {**os.environ, **settings.env}
     out = subprocess.run([sys.executable, "-m", "scripts.cli", "quarantine", "list", "--since", "1h"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -195,13 +195,17 @@ def _record(context, feed: Feed, key: dg.AssetKey, results: list[BatchResult], l
                                                   passed=not any(dup.values()),
                                                   metadata={**dup, "batch_id": res.batch_id}))
         if bars is not None:
+            late = {CLOSED_DATES: ",".join(res.closed_dates)} if res.closed_dates else {}
             context.log_event(dg.AssetMaterialization(asset_key=BARS_KEY, tags=_versions(res), metadata={
                 "batch_id": res.batch_id, "bars_recomputed": res.bars_recomputed,
-                "dagster/column_lineage": BARS_LINEAGE}))
+                "dagster/column_lineage": BARS_LINEAGE, **late}))
             context.log_event(dg.AssetCheckEvaluation(asset_key=BARS_KEY, check_name="bars_agree_with_trades",
                                                       passed=bars["missing"] == 0 and bars["mismatched"] == 0,
                                                       metadata={**bars, "batch_id": res.batch_id}))
 
+
+# Metadata of a bars materialization whose batch added trades to earlier days: sensors/late_trades.py re-runs them.
+CLOSED_DATES = "closed_dates"
 
 RECONCILE_DOC = "Every consumed message is stored exactly once in Delta and in ClickHouse, or quarantined."
 UNIQUE_DOC = ("No message id (and, for trades, no instrument trade id) is stored twice among the rows of the batch's "

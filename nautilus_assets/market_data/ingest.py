@@ -48,6 +48,12 @@ class BatchResult:
     inspected: Future | None = field(default=None, repr=False)      # done when the three above are read
 
     @property
+    def closed_dates(self) -> list[str]:
+        """UTC dates before today whose trades the batch added to (late trades): their day-level products are stale."""
+        today = time.time() // 86400
+        return sorted({time.strftime("%Y-%m-%d", time.gmtime(m)) for _, m in self.bar_keys if m // 86400 < today})
+
+    @property
     def already_stored(self) -> int:
         """Valid messages both sinks had already (redelivered or re-run)."""
         return self.valid - self.written_clickhouse

@@ -108,9 +108,10 @@ def replay(pulsar: PulsarResource, lake: LakeResource, ch: ClickHouseResource, l
            feed: str | None = None, reason: str = "", since: datetime | None = None, accept_late: bool = False,
            log: Callable[[str], None] = print) -> dict:
     """Re-ingest the matching quarantined messages not stored by an earlier replay. accept_late exempts them from
-    the lateness bound (as a marked historical replay is). Returns counts: taken, stored, still quarantined."""
+    the lateness bound (as a marked historical replay is). Returns counts: taken, stored, still quarantined, and the
+    earlier days whose trades it added to (their day-level products are stale: `closed_dates`)."""
     replay_id = f"replay-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{time.time_ns() % 10**6}"
-    out = {"replay_id": replay_id, "taken": 0, STORED: 0, "quarantined": 0, "reasons": {}}
+    out = {"replay_id": replay_id, "taken": 0, STORED: 0, "quarantined": 0, "reasons": {}, "closed_dates": set()}
     with _exclusive(lock_path):
         rows = select(ch, feed=feed, reason=reason, since=since, pending_only=True)
         for name, f in FEEDS.items():
@@ -127,6 +128,7 @@ def replay(pulsar: PulsarResource, lake: LakeResource, ch: ClickHouseResource, l
                     out["taken"] += len(chunk)
                     out[STORED] += outcomes.count(STORED)
                     out["quarantined"] += len(chunk) - outcomes.count(STORED)
+                    out["closed_dates"] |= set(res.closed_dates)
                     for why in res.quarantine.values():
                         key = why.split(":", 1)[0]
                         out["reasons"][key] = out["reasons"].get(key, 0) + 1
