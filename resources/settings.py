@@ -331,22 +331,28 @@ def validate(env: dict) -> None:
         raise SettingsError("invalid configuration:\n  " + "\n  ".join(problems))
 
 
-def load() -> Settings:
+def load(environ=None) -> Settings:
+    """The settings resolved from the environment (or `environ`, e.g. another instance's)."""
+    E = os.environ if environ is None else environ
+
+    def _env(name: str, default: str = "") -> str:
+        return E.get(name) or default
+
     instance = _env("NAUTILUS_INSTANCE", "run")
-    base = int(number(os.environ, "NAUTILUS_PORT_BASE", 15000))
+    base = int(number(E, "NAUTILUS_PORT_BASE", 15000))
     home = Path(_env("NAUTILUS_HOME", f"/var/tmp/nautilus/{instance}"))
     p = {k: base + v for k, v in PORTS.items()}
-    creds = {k: os.environ[k] for k in CREDENTIAL_KEYS if os.environ.get(k)}
+    creds = {k: E[k] for k in CREDENTIAL_KEYS if E.get(k)}
     broker = _env("NAUTILUS_PULSAR_BROKER", "apache").lower()
     if broker not in PULSAR_BROKERS:
         raise SettingsError(f"NAUTILUS_PULSAR_BROKER={broker!r}: expected one of {', '.join(PULSAR_BROKERS)}")
-    external_pulsar = bool(os.environ.get("PULSAR_SERVICE_URL"))
+    external_pulsar = bool(E.get("PULSAR_SERVICE_URL"))
     production = {"postgres": "DAGSTER_PG_HOST", "s3": "S3_ENDPOINT_URL", "pulsar": "PULSAR_SERVICE_URL",
                   "clickhouse": "CLICKHOUSE_HOST", "redis": "NAUTILUS_REDIS_URL"}
-    if "NAUTILUS_MANAGED" in os.environ:  # decided by the first load; apply() then filled the URLs in
-        managed = frozenset(filter(None, os.environ["NAUTILUS_MANAGED"].split(",")))
+    if "NAUTILUS_MANAGED" in E:  # decided by the first load; apply() then filled the URLs in
+        managed = frozenset(filter(None, E["NAUTILUS_MANAGED"].split(",")))
     else:
-        managed = frozenset(k for k, var in production.items() if not os.environ.get(var))
+        managed = frozenset(k for k, var in production.items() if not E.get(var))
     if len(creds) < len(CREDENTIAL_KEYS):  # embedded defaults fill in what production settings left out
         creds = {**ensure_credentials(home, instance), **creds}
     env = {
@@ -385,7 +391,7 @@ def load() -> Settings:
         "NAUTILUS_MC_BACKEND": _env("NAUTILUS_MC_BACKEND", ""),
         # user-defined stress scenarios (YAML; empty: nautilus_assets/risk/scenarios.yaml)
         "NAUTILUS_STRESS_SCENARIOS": _env("NAUTILUS_STRESS_SCENARIOS", ""),
-        **{v: os.environ[v] for v in (f"NAUTILUS_API_PORT_{p.upper()}" for p in API_PORTS) if os.environ.get(v)},
+        **{v: E[v] for v in (f"NAUTILUS_API_PORT_{p.upper()}" for p in API_PORTS) if E.get(v)},
         "NAUTILUS_INSTRUMENTS": _env("NAUTILUS_INSTRUMENTS", "AAPL.XNAS,MSFT.XNAS,SPY.ARCX,ESZ6.GLBX,BTCUSDT.BINANCE"),
         **{k: _env(k, str(d)) for k, (d, _) in {**STREAMING_VARS, **LAKE_VARS}.items()},
         # PostgreSQL connections give up connecting, and cancel a statement, after these (0: no statement limit)
@@ -398,7 +404,7 @@ def load() -> Settings:
         "DAGSTER_GRPC_TIMEOUT_SECONDS": _env("DAGSTER_GRPC_TIMEOUT_SECONDS", "180"),
         **creds,
     }
-    validate({**os.environ, **env})
+    validate({**E, **env})
     env["NAUTILUS_MANAGED"] = ",".join(sorted(managed))
     env["DAGSTER_PG_URL"] = _env("DAGSTER_PG_URL", dagster_pg_url(env, home / "pg" if "postgres" in managed else None))
     return Settings(instance=instance, home=home, port_base=base, env=env, managed=managed)

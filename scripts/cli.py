@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import secrets
@@ -331,6 +332,13 @@ def main(argv: list[str] | None = None) -> None:
     sp.add_argument("--since", help="quarantined since: an ISO date/time (UTC) or an age such as 30m, 2h, 7d")
     sp.add_argument("--accept-late", action="store_true", help="replay: exempt from the lateness bound")
     sp.add_argument("--limit", type=int, default=50, help="list: rows shown (the count covers all)")
+    sp = sub.add_parser("backup", help="copy PostgreSQL, the lake and ClickHouse into a new directory")
+    sp.add_argument("--to", type=Path, required=True)
+    sp = sub.add_parser("restore", help="put a backup back (services up, `nautilus up` stopped), then re-ingest "
+                                        "what Pulsar still holds since the backup")
+    sp.add_argument("--from", dest="src", type=Path, required=True)
+    sp = sub.add_parser("rebuild", help="rebuild the market-data ClickHouse tables from the lake")
+    sp.add_argument("what", choices=["clickhouse"])
     sub.add_parser("env", help="print the resolved environment (secrets masked)")
     sp = sub.add_parser("api", help="serve the data products' read APIs (each on its own port)")
     sp.add_argument("--product", action="append", choices=list(API_PORTS), help="default: every product")
@@ -370,6 +378,15 @@ def main(argv: list[str] | None = None) -> None:
     elif a.cmd == "api":
         from nautilus_assets.api.serve import main as api_main
         api_main([f"--product={p}" for p in a.product or []])
+    elif a.cmd in ("backup", "restore", "rebuild"):
+        from . import backup
+        if a.cmd == "backup":
+            out = backup.backup(s, a.to, log=say)
+        elif a.cmd == "restore":
+            out = backup.restore(s, a.src, log=say)
+        else:
+            out = backup.rebuild_clickhouse(s, log=say)
+        say(f"{a.cmd} done: {json.dumps({k: v for k, v in out.items() if k in ('seconds', 'rows', 'rows_per_s', 'rewound')})}")
     elif a.cmd == "quarantine":
         quarantine_command(s, a)
     elif a.cmd == "access":
