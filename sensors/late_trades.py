@@ -1,7 +1,8 @@
 """Late trades reach the day-level products: a trade for an earlier day recomputes its minute bar in the ingest batch,
 and that batch's bars materialization names the closed dates it touched (CLOSED_DATES); this sensor reads those
 materializations after its cursor (the event storage id, so none is read twice or missed) and requests one
-`late_trades_replay` run per date: that day's bars_1d, NAV and risk from the stored data again."""
+`late_trades_replay` run per date: that day's bars_1d, NAV and risk from the stored data again. Its first evaluation
+starts from the latest materialization, not from the instance's whole history."""
 from datetime import datetime, timezone
 
 import dagster as dg
@@ -25,7 +26,11 @@ def late_dates(records, today: str) -> list[str]:
            default_status=dg.DefaultSensorStatus.RUNNING,
            description="Re-runs an earlier day's bars_1d, NAV and risk when late trades reached that day")
 def late_trades_sensor(context: dg.SensorEvaluationContext):
-    after = int(context.cursor or 0)
+    if context.cursor is None:   # first evaluation: from now on (the end-of-day replay covers the day before)
+        latest = context.instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=BARS_KEY), limit=1).records
+        context.update_cursor(str(latest[0].storage_id if latest else 0))
+        return dg.SkipReason("first evaluation: looking at bars materialized from now on")
+    after = int(context.cursor)
     records = context.instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=BARS_KEY, after_storage_id=after), limit=PAGE, ascending=True).records
     if not records:

@@ -49,7 +49,7 @@ def test_a_late_trade_reruns_its_days_bars_nav_and_risk(clean, instance):
     assert before["close"] and before["nav"] and before["risk"]
 
     latest = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=BARS_KEY), limit=1).records
-    cursor = str(latest[0].storage_id) if latest else None
+    cursor = str(latest[0].storage_id) if latest else "0"
     close = dict((i, c) for i, c, _ in before["close"])["AAPL.XNAS"]
     end_of_d3 = _day_ns(d3 + timedelta(days=1)) - 10**8                           # 23:59:59.9 on D-3
     late = {"schema_version": 1, "instrument_id": "AAPL.XNAS", "price": round(close * 1.5, 2), "size": 10.0,
@@ -79,3 +79,5 @@ def test_a_late_trade_reruns_its_days_bars_nav_and_risk(clean, instance):
     assert state(res, d3 - timedelta(days=1)) == other            # the day before is left as it was
     again = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=result.cursor, repository_def=repo))
     assert not again.run_requests                                  # the cursor moved past them: asked once
+    first = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, repository_def=repo))
+    assert not first.run_requests and int(first.cursor) >= int(result.cursor)   # a new sensor watches from now on

@@ -62,7 +62,7 @@ def test_quarantined_messages_replay_exactly_once_after_the_fix(clean, settings,
 
     env = {**os.environ, **settings.env}
     latest = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=BARS_KEY), limit=1).records
-    cursor = str(latest[0].storage_id) if latest else None
+    cursor = str(latest[0].storage_id) if latest else "0"
     fixed = subprocess.run([sys.executable, "-m", "scripts.cli", "quarantine", "replay", "--reason", "too_late"],
                            cwd=ROOT, env={**env, "NAUTILUS_LATENESS_BOUND_SECONDS": str(30 * DAY)},  # the bound raised
                            capture_output=True, text=True, timeout=180)
