@@ -205,4 +205,5 @@ def rebuild_clickhouse(s: Settings, log=print) -> dict:
 def _partition_dates(dt) -> list[date]:
     import pyarrow as pa
     a = pa.table(dt.get_add_actions(flatten=True))
-    return [d if isinstance(d, date) else date.fromisoformat(str(d)) for d in pc.unique(a["partition.date"]).to_pylist()]
+    return [d if isinstance(d, date) else date.fromisoformat(str(d))
+            for d in pc.unique(a["partition.date"]).to_pylist()]

@@ -36,7 +36,7 @@ def test_ctrl_c_with_stdout_a_closed_pipe_and_runs_in_flight_leaves_no_process(s
                           cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           stdin=subprocess.DEVNULL, start_new_session=True,
                           # as from a terminal, whatever this process inherited (a background job ignores SIGINT)
-                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # noqa: PLW1509
     seen, t0 = [], time.monotonic()
     try:
         # ingest runs are in flight once the long-lived runs report committed batches
