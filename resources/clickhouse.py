@@ -46,10 +46,12 @@ class _Waits:
     def __init__(self):
         self.open: dict[int, list] = {}   # thread id -> [started, last reported, thread name] (monotonic seconds)
         self.log: Callable[[str], None] | None = None
-        self.every, self.thread, self.lock = 60.0, None, threading.Lock()
+        self.every, self.thread, self.lock, self.wake = 60.0, None, threading.Lock(), threading.Event()
 
-    def watch(self, log: Callable[[str], None], every: float) -> None:
+    def watch(self, log: Callable[[str], None] | None, every: float = 60.0) -> None:
+        """Report to `log` (this process's run; None: stop reporting) every `every` seconds from now."""
         self.log, self.every = log, every
+        self.wake.set()   # a new interval holds at once, not after the current wait
         if self.thread is None:
             self.thread = threading.Thread(target=self._run, daemon=True, name="clickhouse-waits")
             self.thread.start()
@@ -65,7 +67,8 @@ class _Waits:
 
     def _run(self) -> None:
         while True:
-            time.sleep(max(0.2, self.every / 4))
+            self.wake.wait(max(0.2, self.every / 4))
+            self.wake.clear()
             now = time.monotonic()
             with self.lock:
                 due = [e for e in self.open.values() if now - e[1] >= self.every]
@@ -93,6 +96,10 @@ class ClickHouseResource(dg.ConfigurableResource):
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         if self.heartbeat_s > 0 and context.log is not None:
             WAITS.watch(context.log.info, self.heartbeat_s)
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self.heartbeat_s > 0:
+            WAITS.watch(None)   # the run is over: its log takes no more lines
 
     @contextmanager
     def session(self) -> Iterator[Client]:

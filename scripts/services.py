@@ -61,27 +61,8 @@ def session_processes(token: str) -> list[int]:
 
 
 def terminate(pids: list[int], timeout: float) -> list[int]:
-    """SIGTERM the processes, SIGKILL those still alive after `timeout`; returns the ones that were killed."""
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 3)):
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + wait
-        while pids and time.monotonic() < deadline:
-            for pid in pids:
-                try:
-                    os.waitpid(pid, os.WNOHANG)
-                except ChildProcessError:
-                    pass
-            pids = [p for p in pids if _running(p)]
-            time.sleep(0.1)
-        if not pids:
-            return []
-        if sig == signal.SIGTERM:
-            killed = list(pids)
-    return killed
+    """SIGTERM the processes, SIGKILL those still alive after `timeout`; returns those that never went."""
+    return list(_escalate({p: p for p in pids}, os.kill, lambda p: os.waitpid(p, os.WNOHANG), _running, timeout))
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -428,26 +409,40 @@ def kill_groups(pids: dict[str, int], timeout: float = 10) -> None:
             groups[name] = os.getpgid(pid)
         except ProcessLookupError:
             pass
+    # reaping our own children (the group's leader) keeps them from lingering as zombies
+    left = _escalate(groups, os.killpg, lambda g: os.waitpid(-g, os.WNOHANG), _group_alive, timeout)
+    for name, pgid in left.items():
+        log(f"{name} (group {pgid}) did not stop")
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _escalate(targets: dict, send, reap, alive, timeout: float) -> dict:
+    """Send SIGTERM to every target at once, SIGKILL to those still alive after `timeout`; returns what is left."""
+    targets = dict(targets)
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5)):
-        for pgid in groups.values():
+        for t in targets.values():
             try:
-                os.killpg(pgid, sig)
+                send(t, sig)
             except ProcessLookupError:
                 pass
-        deadline = time.time() + wait
-        while groups and time.time() < deadline:
-            for name, pgid in list(groups.items()):
+        deadline = time.monotonic() + wait
+        while targets and time.monotonic() < deadline:
+            for name, t in list(targets.items()):
                 try:
-                    os.waitpid(-pgid, os.WNOHANG)  # reap our own children so they do not linger as zombies
+                    reap(t)
                 except ChildProcessError:
                     pass
-                try:
-                    os.killpg(pgid, 0)
-                except ProcessLookupError:
-                    del groups[name]
+                if not alive(t):
+                    del targets[name]
             time.sleep(0.1)
-    for name, pgid in groups.items():
-        log(f"{name} (group {pgid}) did not stop")
+    return targets
 
 
 def remove(s: Settings) -> None:
