@@ -23,7 +23,8 @@ from nautilus_assets.audit.provenance import range_in_lake, rematerialize, trace
 from nautilus_assets.audit.report import write
 from nautilus_assets.definitions import defs
 from nautilus_assets.market_data.daily import KEY as BARS_1D
-from nautilus_assets.analytics.assets import indicators_1m
+from nautilus_assets.analytics.assets import KEY as ANALYTICS, indicators_1m
+from nautilus_assets.portfolio.daily import KEY as NAV, daily_nav
 from nautilus_assets.market_data.daily import bars_1d
 from nautilus_assets.portfolio.assets import portfolio_states
 from tests.test_end_to_end import evaluate
@@ -68,8 +69,6 @@ class _Sink(BaseHTTPRequestHandler):
 
 
 @pytest.mark.timeout(2400)   # a daemon on 2 cores shared with other work: minutes per run start
-@pytest.mark.skipif(not os.environ.get("NAUTILUS_DAEMON_TESTS"), reason="set NAUTILUS_DAEMON_TESTS=1: the same audit "
-                    "after runs launched by dagster-daemon itself (needs idle cores: run starts time out at load > 20)")
 def test_lineage_audit_after_daemon_runs(clean, settings, instance, tmp_path, monkeypatch):
     res = clean
     t_test = time.time()
@@ -102,10 +101,12 @@ def test_lineage_audit_after_daemon_runs(clean, settings, instance, tmp_path, mo
         assert instance.get_backfill(backfill_id).status == BulkActionStatus.COMPLETED_SUCCESS, \
             instance.get_backfill(backfill_id).error
 
-        def analytics_after_start():
-            ev = instance.get_latest_materialization_event(dg.AssetKey(["market_analytics", "indicators_1m"]))
+        def after_start(key):
+            ev = instance.get_latest_materialization_event(key)
             return ev if ev and ev.timestamp > t0 else None
-        wait_for(analytics_after_start, timeout=400, every=5, what="an automation-launched analytics run")
+        wait_for(lambda: after_start(ANALYTICS), timeout=400, every=5, what="a stream-sensor-launched analytics run")
+        # the backfilled daily bars make NAV's eager automation condition launch its two days
+        wait_for(lambda: after_start(NAV), timeout=600, every=5, what="an automation-launched NAV run")
     finally:
         services.kill_groups({str(p.pid): p.pid for p in procs})
         fail_orphaned_runs(instance, t0 - 1)
@@ -142,12 +143,14 @@ def test_lineage_audit_after_real_runs(clean, settings, instance, tmp_path):
                 instance=instance, tags={**rr.tags, "dagster/sensor_name": name}).success
     resources = {k: res[k] for k in ("lake", "clickhouse", "postgres", "pulsar", "redis")}
     assert dg.materialize([indicators_1m], instance=instance, resources=resources, tags={
-        "dagster/sensor_name": "streaming_products_automation", "dagster/from_automation_condition": "true",
-        "dagster/auto_materialize": "true"}).success
+        "dagster/sensor_name": "market_analytics_stream_sensor"}).success
     backfill_id = launch_backfill(instance, yesterday)
-    assert dg.materialize([bars_1d], instance=instance, resources=resources, tags={
-        "dagster/backfill": backfill_id, "dagster/asset_partition_range_start": (yesterday - timedelta(days=1)).isoformat(),
-        "dagster/asset_partition_range_end": yesterday.isoformat()}).success
+    days = {"dagster/asset_partition_range_start": (yesterday - timedelta(days=1)).isoformat(),
+            "dagster/asset_partition_range_end": yesterday.isoformat()}
+    assert dg.materialize([bars_1d], instance=instance, resources=resources,
+                          tags={"dagster/backfill": backfill_id, **days}).success
+    assert dg.materialize([daily_nav], instance=instance, resources=resources, tags={   # what eager automation launches
+        "dagster/sensor_name": "products_automation", "dagster/from_automation_condition": "true", **days}).success
     check_audit(instance, res, settings, tmp_path, backfill_id, yesterday, t_test)
 
 
@@ -184,7 +187,11 @@ def check_audit(instance, res, settings, tmp_path, backfill_id, yesterday, t_tes
     assert trades["freshness"]["history"]["evaluated"]
     assert trades["column_lineage"]["price"] == [{"asset": "pulsar/market_data/trades", "column": "price"}]
     ana = by["market_analytics"]["assets"]["market_analytics/indicators_1m"]
-    assert any(m["trigger"]["kind"] == "sensor" and m["trigger"]["automation"] for m in ana["last_materializations"])
+    assert {"kind": "sensor", "name": "market_analytics_stream_sensor", "automation": False} in [
+        m["trigger"] for m in ana["last_materializations"]], ana["last_materializations"]
+    nav = by["portfolio_states"]["assets"]["portfolio_states/daily_nav"]
+    assert {"kind": "sensor", "name": "products_automation", "automation": True} in [
+        m["trigger"] for m in nav["last_materializations"]], nav["last_materializations"]
     assert ana["column_lineage"]["rsi_14"] == [{"asset": "market_data_feed/bars_1m", "column": "close"}]
     daily = by["market_data_feed"]["assets"]["market_data_feed/bars_1d"]
     bf = [m for m in daily["last_materializations"] if m["trigger"]["kind"] == "backfill"]
