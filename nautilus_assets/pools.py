@@ -27,9 +27,6 @@ POOL_OF_ENGINE = {"ClickHouse": "clickhouse", "Druid": "clickhouse", "PostgreSQL
                   "Flink": "mlx", "Pulsar": "lake", "MinIO": "lake"}
 STEP_BUDGET = 20   # concurrent steps the platform's backends are sized for, all pools together
 
-CLICKHOUSE, POSTGRES, MLX, LAKE = "clickhouse", "postgres", "mlx", "lake"
-
-
 def pool_shares() -> dict[str, int]:
     shares: dict[str, int] = {}
     for engine, pct in ENGINE_SHARES.items():

@@ -5,8 +5,7 @@ from datetime import timedelta
 
 import dagster as dg
 
-
-ENGINES_NS = "persistent://nautilus/engines"
+from resources.topics import ENGINES
 
 
 def png_markdown(fig, title: str) -> dg.MetadataValue:
@@ -34,7 +33,7 @@ class Product:
 
     @property
     def topic(self) -> str:
-        return f"{ENGINES_NS}/{self.engine_topic}"
+        return ENGINES.topic(self.engine_topic)
 
     @property
     def freshness(self) -> dg.FreshnessPolicy:

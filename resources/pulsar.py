@@ -1,4 +1,5 @@
-"""Pulsar by service URL (pulsar-lite locally, Apache Pulsar in production), plus how to read a backlog."""
+"""Pulsar by service URL (locally the project's Apache Pulsar standalone, or pulsar-lite with
+NAUTILUS_PULSAR_BROKER=lite; a cluster in production), plus how to read a backlog."""
 from __future__ import annotations
 
 import re

@@ -15,6 +15,7 @@ import dagster as dg
 
 from resources.pulsar import PulsarResource
 from resources.system_topics import materialization_event, publish_events
+from resources.topics import SYSTEM_EVENTS
 
 BATCH = 500
 
@@ -29,7 +30,7 @@ def new_materializations(instance: dg.DagsterInstance, after: int, limit: int = 
 
 @dg.sensor(name="system_events_sensor", default_status=dg.DefaultSensorStatus.RUNNING,
            minimum_interval_seconds=int(os.environ.get("NAUTILUS_EVENTS_SENSOR_INTERVAL_SECONDS") or 5),
-           description="Publishes one event per asset materialization on persistent://nautilus/system/events")
+           description=f"Publishes one event per asset materialization on {SYSTEM_EVENTS}")
 def system_events_sensor(context: dg.SensorEvaluationContext, pulsar: PulsarResource):
     cursor = int(context.cursor or 0)
     published = 0

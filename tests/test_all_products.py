@@ -17,7 +17,7 @@ from nautilus_assets.ml.assets import next_bar_direction
 from nautilus_assets.portfolio.assets import portfolio_states
 from nautilus_assets.portfolio.daily import daily_nav
 from nautilus_assets.portfolio.models import FILLS_TOPIC, fill_messages, model_fills
-from nautilus_assets.product import ENGINES_NS
+from resources.topics import ENGINES
 from nautilus_assets.risk.assets import risk_metrics
 from scripts.history import write_history
 from scripts.publisher import publish_tables
@@ -71,7 +71,7 @@ def test_simulator_to_all_six_products(clean, instance):
     with res["pulsar"].client() as client:
         for topic in ("analytics-signals", "vpin-microstructure", "portfolio-positions", "risk-metrics",
                       "ml-predictions"):
-            c = client.subscribe(f"{ENGINES_NS}/{topic}", "test-all-products", consumer_type=pulsar.ConsumerType.Shared,
+            c = client.subscribe(ENGINES.topic(topic), "test-all-products", consumer_type=pulsar.ConsumerType.Shared,
                                  initial_position=pulsar.InitialPosition.Earliest)
             events = [orjson.loads(m.data()) for m in receive(c, 1000, 5, idle_ms=500)]
             c.close()

@@ -121,17 +121,6 @@ def _materialization(instance, run_id: str, key: dg.AssetKey | None, batch_id: s
     return (batch or mine)[-1] if mine else None
 
 
-def _lake_version(res: dict, lake_table: str, batch_id: str) -> int | None:
-    """The Delta version whose commit carries this batch id (the batch's append), if any."""
-    dt = res["lake"].table(lake_table)
-    if dt is None:
-        return None
-    for h in dt.history():
-        if h.get("nautilus.batch_id") == batch_id or (h.get("userMetadata") or "").find(batch_id) >= 0:
-            return h.get("version")
-    return None
-
-
 def trace(instance: dg.DagsterInstance, defs: dg.Definitions, res: dict, table: str, filters,
           limit: int = 5) -> list[dict]:
     """Provenance of each row matching the (column, operator, value) filters (latest version first)."""

@@ -6,9 +6,10 @@ from dataclasses import dataclass
 import dagster as dg
 import pyarrow as pa
 
+from resources.topics import MARKET_DATA
+
 SCHEMA_VERSION = 1
 SUBSCRIPTION = "nautilus-ingest"
-TENANT_NS = "persistent://nautilus/market-data"
 MAX_MESSAGE_BYTES = 64 * 1024
 REPLAY_PROPERTY = "nautilus-replay"  # message property marking a historical replay (exempt from lateness)
 
@@ -34,7 +35,7 @@ class Feed:
 
     @property
     def topic(self) -> str:
-        return f"{TENANT_NS}/{self.topic_name}"
+        return MARKET_DATA.topic(self.topic_name)
 
     @property
     def columns(self) -> list[tuple]:

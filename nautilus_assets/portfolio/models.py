@@ -3,7 +3,9 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
-FILLS_TOPIC = "persistent://nautilus/engines/portfolio-fills"
+from resources.topics import PORTFOLIO_FILLS
+
+FILLS_TOPIC = PORTFOLIO_FILLS   # the model portfolios publish their fills here (resources/topics.py)
 PORTFOLIOS = {"momentum": 1_000_000.0, "mean-reversion": 1_000_000.0, "noise": 250_000.0}
 FEE_RATE, FEE_FIXED = 0.0002, 0.5
 
