@@ -30,8 +30,8 @@ def test_simulator_to_all_six_products(clean, instance):
     res = clean
     today = datetime.now(timezone.utc).date()
     write_history(res["lake"], INSTR, days=6, events_per_day=8000, postgres=res["postgres"], clickhouse=res["clickhouse"])
-    trades, quotes = MarketSimulator(INSTR, seed=77, start_ns=time.time_ns() - 20 * 60 * 10**9,
-                                     events_per_second=4).take(2000, 2000)
+    trades, quotes = MarketSimulator(INSTR, seed=77, start_ns=time.time_ns() - 20 * 60 * 10**9, events_per_second=4,
+                                     intraday_profile=False).take(2000, 2000)   # in the past at any time of day
     publish_tables(res["pulsar"], trades, quotes)
     with res["pulsar"].client() as client:
         p = client.create_producer(FILLS_TOPIC)
