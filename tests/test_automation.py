@@ -47,7 +47,7 @@ def test_streaming_products_are_sensor_launched_not_automated():
 
 def _trades(n, seed):
     return MarketSimulator(["AAPL.XNAS", "SPY.ARCX"], seed=seed, start_ns=time.time_ns() - 3 * 3600 * 10**9,
-                           events_per_second=0.5).take(n, 0)[0]
+                           events_per_second=0.5, intraday_profile=False).take(n, 0)[0]   # past at any hour
 
 
 def test_committed_batch_announces_and_the_sensor_launches_the_product(clean, instance):

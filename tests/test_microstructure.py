@@ -45,7 +45,8 @@ def test_vpin_batch_by_batch_equals_full_history(clean, instance):
     res = clean
     assert write_history(res["lake"], INSTR, days=21, events_per_day=3000)["trades"] > 0
     now = time.time_ns()
-    trades, _ = MarketSimulator(INSTR, seed=12, start_ns=now - 4 * 3600 * 10**9, events_per_second=1.5).take(9000, 0)
+    trades, _ = MarketSimulator(INSTR, seed=12, start_ns=now - 4 * 3600 * 10**9, events_per_second=1.5,
+                                intraday_profile=False).take(9000, 0)   # in the past at any hour
     assert trades["ts_event"][-1].as_py() < now
     for k, idx in enumerate(np.array_split(np.arange(trades.num_rows), 5)):
         publish_tables(res["pulsar"], trades.take(idx), trades.slice(0, 0))

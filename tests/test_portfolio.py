@@ -41,7 +41,7 @@ def store(request, clean, settings):
 def test_portfolio_states_from_fills(clean, store, instance):
     res = {**clean, "postgres": store}
     trades, _ = MarketSimulator(["AAPL.XNAS", "SPY.ARCX"], seed=31, start_ns=time.time_ns() - 2 * 3600 * 10**9,
-                                events_per_second=2).take(4000, 0)
+                                events_per_second=2, intraday_profile=False).take(4000, 0)   # past at any hour
     publish_tables(res["pulsar"], trades, trades.slice(0, 0))
     batch(res, TRADES, "p-1")
     fills = model_fills(trades, seed=5)
