@@ -21,10 +21,8 @@ import json
 import os
 import subprocess
 import time
-from datetime import date
 from pathlib import Path
 
-import pyarrow.compute as pc
 import requests
 
 from nautilus_assets.market_data import sinks
@@ -187,7 +185,7 @@ def rebuild_clickhouse(s: Settings, log=print) -> dict:
         dt = lake.table(sinks.bronze_table(feed))
         if dt is None:
             continue
-        days = sorted({a for a in _partition_dates(dt)})
+        days = sorted({d for d, _, _ in sinks.file_dates(dt)})
         dates += days
         rows[name] = 0
         for d in days:
@@ -201,9 +199,3 @@ def rebuild_clickhouse(s: Settings, log=print) -> dict:
     total = sum(rows.values())
     return {"rows": rows, "seconds": round(seconds, 1), "rows_per_s": round(total / seconds) if seconds else None}
 
-
-def _partition_dates(dt) -> list[date]:
-    import pyarrow as pa
-    a = pa.table(dt.get_add_actions(flatten=True))
-    return [d if isinstance(d, date) else date.fromisoformat(str(d))
-            for d in pc.unique(a["partition.date"]).to_pylist()]

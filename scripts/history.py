@@ -68,9 +68,8 @@ def stored_dates(lake: LakeResource) -> tuple[set, set]:
         dt = lake.table(sinks.bronze_table(feed))
         if dt is None:
             continue
-        a = pa.table(dt.get_add_actions(flatten=True))
-        for d, lo, hi in zip(a["partition.date"].to_pylist(), a["min.topic"].to_pylist(), a["max.topic"].to_pylist()):
-            (history if lo == hi == "history" else live).add(d if isinstance(d, date) else date.fromisoformat(str(d)))
+        for d, lo, hi in sinks.file_dates(dt):
+            (history if lo == hi == "history" else live).add(d)
     return history - live, live
 
 

@@ -3,6 +3,7 @@ redelivered message or a re-run batch never adds a row twice."""
 from __future__ import annotations
 
 import time
+from datetime import date
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -101,6 +102,13 @@ def changed_content(feed: Feed, table: pa.Table, stored: list[pa.Table]) -> dict
                 out[old["message_id"]] = (f"changed_content: message id already stored with other "
                                           f"{', '.join(diff)} (stored {', '.join(f'{c}={old[c]!r}' for c in diff)})")
     return out
+
+
+def file_dates(dt: DeltaTable) -> list[tuple]:
+    """(date, min topic, max topic) of each data file, from the Delta log's add actions (no data read)."""
+    a = pa.table(dt.get_add_actions(flatten=True))
+    dates = [d if isinstance(d, date) else date.fromisoformat(str(d)) for d in a["partition.date"].to_pylist()]
+    return list(zip(dates, a["min.topic"].to_pylist(), a["max.topic"].to_pylist()))
 
 
 def _without(table: pa.Table, existing: set[str]) -> pa.Table:
