@@ -5,7 +5,6 @@ backup's bytes (`cp -r`, same run); the RTO is empty services started + restore.
     .venv/bin/python -m bench.recovery [--days 60] [--events-per-day 40000] [--repeats 2]
 """
 import argparse
-import os
 import shutil
 import statistics
 import subprocess
@@ -14,10 +13,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from resources.settings import build_resources, load
+from resources.settings import build_resources, instance_environ, load
 
 ROOT = Path(__file__).resolve().parent.parent
-OWN = ("NAUTILUS_", "DAGSTER_", "AWS_", "PULSAR_", "CLICKHOUSE_", "S3_")
 
 
 def cli(env: dict, *args: str) -> float:
@@ -43,8 +41,7 @@ def main() -> None:
     ap.add_argument("--events-per-day", type=int, default=40_000)
     ap.add_argument("--repeats", type=int, default=2)
     a = ap.parse_args()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(OWN)}
-    env.update(NAUTILUS_INSTANCE="bench-recovery", NAUTILUS_PORT_BASE="25500")
+    env = instance_environ("bench-recovery", 25500)
     s, work = load(env), Path(tempfile.mkdtemp(prefix="nautilus-recovery-"))
     try:
         cli(env, "services", "start")

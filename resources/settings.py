@@ -331,6 +331,14 @@ def validate(env: dict) -> None:
         raise SettingsError("invalid configuration:\n  " + "\n  ".join(problems))
 
 
+def instance_environ(instance: str, port_base: int, **extra: str) -> dict[str, str]:
+    """This process's environment for another instance: without the settings resolved for this one (backends,
+    credentials, homes), so `load(env)` and the processes started with it resolve their own."""
+    own = ("NAUTILUS_", "DAGSTER_", "AWS_", "PULSAR_", "CLICKHOUSE_", "S3_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(own)}
+    return {**env, "NAUTILUS_INSTANCE": instance, "NAUTILUS_PORT_BASE": str(port_base), **extra}
+
+
 def load(environ=None) -> Settings:
     """The settings resolved from the environment (or `environ`, e.g. another instance's)."""
     E = os.environ if environ is None else environ

@@ -16,13 +16,12 @@ from nautilus_assets.market_data import sinks
 from nautilus_assets.market_data.ingest import run_batch
 from nautilus_assets.market_data.schema import QUOTES, TRADES
 from nautilus_assets.market_data.simulator import MarketSimulator
-from resources.settings import build_resources, load
+from resources.settings import build_resources, instance_environ, load
 from scripts.backup import rebuild_clickhouse
 from scripts.history import write_history
 from scripts.publisher import publish_tables
 
 ROOT = Path(__file__).resolve().parent.parent
-OWN = ("NAUTILUS_", "DAGSTER_", "AWS_", "PULSAR_", "CLICKHOUSE_", "S3_")
 WEEK = 7 * 86400
 INSTR = ["AAPL.XNAS", "SPY.ARCX"]
 
@@ -64,8 +63,7 @@ def ingest(r) -> dict:
 
 def test_backup_wipe_restore_and_replay_since_the_backup(settings, tmp_path):
     instance = f"backup-{os.getpid()}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(OWN)}
-    env.update(NAUTILUS_INSTANCE=instance, NAUTILUS_PORT_BASE=str(settings.port_base + 3000))
+    env = instance_environ(instance, settings.port_base + 3000)
     s = load(env)
     try:
         cli(env, "services", "start")

@@ -8,8 +8,9 @@ import sys
 import time
 from pathlib import Path
 
+from resources.settings import instance_environ
+
 ROOT = Path(__file__).resolve().parent.parent
-OWN = ("NAUTILUS_", "DAGSTER_", "AWS_", "PULSAR_", "CLICKHOUSE_", "S3_")   # the suite's instance: not the child's
 
 
 def instance_processes(home: Path) -> list[str]:
@@ -30,8 +31,7 @@ def instance_processes(home: Path) -> list[str]:
 def test_ctrl_c_with_stdout_a_closed_pipe_and_runs_in_flight_leaves_no_process(settings):
     instance = f"shutdown-{os.getpid()}"
     home = Path(f"/var/tmp/nautilus/{instance}")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(OWN)}
-    env.update(NAUTILUS_INSTANCE=instance, NAUTILUS_HOME=str(home), NAUTILUS_PORT_BASE=str(settings.port_base + 2500))
+    env = instance_environ(instance, settings.port_base + 2500, NAUTILUS_HOME=str(home))
     up = subprocess.Popen([sys.executable, "-m", "scripts.cli", "up", "--history-days", "0", "--rate", "300"],
                           cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           stdin=subprocess.DEVNULL, start_new_session=True,
