@@ -210,11 +210,11 @@ def main() -> None:
     ap.add_argument("--no-webserver", action="store_true", help="leave dagster-webserver out (it is up by default: "
                                                                    "the whole platform, as a user runs it)")
     a = ap.parse_args()
-    s = apply(load())
+    s = load()
     instruments = [i.strip() for i in s["NAUTILUS_INSTRUMENTS"].split(",") if i.strip()]
     print(f"instance {s.instance} (ports from {s.port_base}); broker {s['NAUTILUS_PULSAR_BROKER']}; "
           + ", ".join(f"{k}={os.environ[k]}" for k in TUNING_VARS if k in os.environ), flush=True)
-    services.start(s)
+    s = apply(services.start(s))
     daemon, children = None, {}
     try:
         setup(s)

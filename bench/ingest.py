@@ -159,8 +159,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--preload", type=int, default=0, help="rows put into today's partition between the phases")
     a = ap.parse_args()
-    s = apply(load())
-    services.start(s)
+    s = load()
+    s = apply(services.start(s))
     try:
         setup(s)
         r = build_resources(s)

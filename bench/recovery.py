@@ -45,6 +45,7 @@ def main() -> None:
     s, work = load(env), Path(tempfile.mkdtemp(prefix="nautilus-recovery-"))
     try:
         cli(env, "services", "start")
+        s = s.reload()   # with the credentials the start-up generated
         cli(env, "history", "--days", str(a.days), "--events-per-day", str(a.events_per_day))
         read = [lake_read_s(s) for _ in range(a.repeats + 1)][1:]           # the first warms the caches
         rebuild = [cli(env, "rebuild", "clickhouse") for _ in range(a.repeats)]

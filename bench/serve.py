@@ -253,9 +253,9 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=2000)
     ap.add_argument("--keep", action="store_true")
     a = ap.parse_args()
-    s = apply(load())
+    s = load()
     print(f"instance {s.instance} (ports from {s.port_base})", flush=True)
-    services.start(s)
+    s = apply(services.start(s))
     api = None
     try:
         from scripts.cli import setup

@@ -157,10 +157,10 @@ def main() -> None:
     ap.add_argument("--drain-timeout", type=float, default=300)
     ap.add_argument("--keep", action="store_true")
     a = ap.parse_args()
-    s = apply(load())
+    s = load()
     instruments = [i.strip() for i in s["NAUTILUS_INSTRUMENTS"].split(",") if i.strip()]
     print(f"instance {s.instance} (ports from {s.port_base}); {a.rate:g} msg/s for {a.duration:.0f}s", flush=True)
-    services.start(s)
+    s = apply(services.start(s))
     children = {}
     try:
         setup(s)

@@ -1,7 +1,7 @@
 """The code location: every domain's assets, jobs and sensors, bound to the backends chosen by settings."""
 import dagster as dg
 
-from resources.settings import apply, build_resources
+from resources.settings import build_resources
 from sensors.late_trades import late_trades_sensor
 from sensors.pulsar_ingest import INGEST_SENSORS
 from sensors.sla import SLA_SENSORS
@@ -20,8 +20,6 @@ from .portfolio.assets import ASSETS as PORTFOLIO_ASSETS
 from .portfolio.daily import DAILY_ASSETS as PORTFOLIO_DAILY
 from .replay import EOD_REPLAY, EOD_REPLAY_JOB, LATE_TRADES_JOB
 from .risk.assets import ASSETS as RISK_ASSETS
-
-apply()  # resolve embedded defaults into the environment before resources read it
 
 # The streaming products (indicators, VPIN, positions) are long-lived runs that their sensors launch from the
 # bars' change feed (nautilus_assets/streaming.py); the day-level products follow through declarative automation

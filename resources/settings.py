@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+from dotenv import dotenv_values
+
 from . import access
 
 # Offsets from NAUTILUS_PORT_BASE. SeaweedFS adds 10000 to some of its ports for gRPC.
@@ -36,17 +38,6 @@ CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "DAGSTER_PG_PAS
                    "NAUTILUS_REDIS_PASSWORD",
                    *access.password_vars(),  # NAUTILUS_PG_<ROLE>_PASSWORD: the domains' login roles
                    *access.token_vars())     # NAUTILUS_API_<ROLE>_TOKEN: the roles' bearer tokens for the APIs
-
-
-def _env(name: str, default: str = "") -> str:
-    return os.environ.get(name) or default
-
-
-def _read_env_file(path: Path) -> dict[str, str]:
-    if not path.exists():
-        return {}
-    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
-    return {k.strip(): v.strip() for k, v in pairs}
 
 
 def check_private(path: Path) -> None:
@@ -98,18 +89,26 @@ def is_instance_home(home: Path, instance: str) -> bool:
         return False
 
 
-def ensure_credentials(home: Path, instance: str = "") -> dict[str, str]:
-    """Local credentials, generated once per instance (0600, owned by this user); never committed."""
+def read_credentials(home: Path) -> dict[str, str]:
+    """The instance's generated credentials ({} before the services' first start); refused if others could read
+    or plant them."""
     path = home / "credentials.env"
-    if os.path.lexists(path):
-        check_private(path)
-    creds = _read_env_file(path)
+    if not os.path.lexists(path):
+        return {}
+    check_private(path)
+    return dotenv_values(path)
+
+
+def ensure_credentials(home: Path, instance: str = "") -> dict[str, str]:
+    """Local credentials, generated once per instance (0600, owned by this user); never committed. Called by the
+    services' start-up (scripts/services.py), never by `load`."""
+    creds = read_credentials(home)
     if not all(k in creds for k in CREDENTIAL_KEYS):  # add what is missing; keep what an instance already uses
         make_home(home, instance or home.name)
         creds = {**{k: secrets.token_urlsafe(18) for k in CREDENTIAL_KEYS},
                  "AWS_ACCESS_KEY_ID": "nautilus" + secrets.token_hex(4),
                  "AWS_SECRET_ACCESS_KEY": secrets.token_urlsafe(24), **creds}
-        write_private(path, "".join(f"{k}={v}\n" for k, v in creds.items()))
+        write_private(home / "credentials.env", "".join(f"{k}={v}\n" for k, v in creds.items()))
     return creds
 
 
@@ -204,17 +203,42 @@ def streaming(env=None) -> Streaming:
     return Streaming(int(v["NAUTILUS_BATCH_MAX_MESSAGES"]), *(v[k] for k in list(STREAMING_VARS)[1:]))
 
 
-# The daemon starts new code servers this often (scripts/dagster_daemon.py; stock dagster: every 60 s), and at once
-# when one has died.
-CODE_RELOAD_DEFAULT_S = 600
+# Sensors and the daemon (sensors/, scripts/dagster_daemon.py): variable -> (default, meaning, smallest, largest).
+SENSOR_VARS = {
+    "NAUTILUS_SENSOR_INTERVAL_SECONDS": (4, "each ingest sensor is evaluated this often", 1, 3600),
+    "NAUTILUS_TIMER_SECONDS": (30, "a batch this often where the broker cannot report a backlog", 1, 86400),
+    "NAUTILUS_SAFETY_INTERVAL_SECONDS": (120, "a batch at least this often, whatever the reported backlog", 1, 86400),
+    "NAUTILUS_BACKLOG_STALENESS_SECONDS": (0, "a metrics backlog this soon after a batch ended predates it", 0, 3600),
+    "NAUTILUS_EVENTS_SENSOR_INTERVAL_SECONDS": (5, "materializations are announced on system/events this often",
+                                                1, 3600),
+    # new code servers this often (stock dagster: every 60 s), and at once when one has died; the daemon checks
+    # its threads every 5 s
+    "NAUTILUS_CODE_RELOAD_SECONDS": (600, "the daemon starts new code servers this often", 5, 86400),
+}
+
+
+@dataclass(frozen=True)
+class Sensors:
+    interval_s: float
+    timer_s: float
+    safety_s: float
+    backlog_staleness_s: float
+    events_interval_s: float
+    code_reload_s: float
+
+
+def sensors(env=None) -> Sensors:
+    env = os.environ if env is None else env
+    problems: list[str] = []
+    v = numbers(env, {k: d for k, (d, *_) in SENSOR_VARS.items()}, problems)
+    problems += [f"{k}={env.get(k)!r}: expected a number from {lo} to {hi}"
+                 for k, (_, _, lo, hi) in SENSOR_VARS.items() if not lo <= v[k] <= hi]
+    _raise_if(problems)
+    return Sensors(*v.values())
 
 
 def code_reload_seconds(env=None) -> float:
-    env = os.environ if env is None else env
-    v = number(env, "NAUTILUS_CODE_RELOAD_SECONDS", CODE_RELOAD_DEFAULT_S)
-    if v < 5:
-        raise SettingsError("NAUTILUS_CODE_RELOAD_SECONDS must be >= 5 (the daemon checks its threads every 5 s)")
-    return v
+    return sensors(env).code_reload_s
 
 
 # Lake maintenance (nautilus_assets/market_data/maintenance.py): variable -> (default, meaning).
@@ -247,12 +271,45 @@ class Settings:
     port_base: int
     env: dict[str, str] = field(repr=False)  # resolved NAUTILUS/AWS/PULSAR/CLICKHOUSE/DAGSTER_PG variables
     managed: frozenset = frozenset()          # backends this project starts itself (not pointed at production)
+    source: dict = field(default_factory=dict, repr=False, compare=False)   # the environment it was loaded from
 
     def port(self, name: str) -> int:
         return self.port_base + PORTS[name]
 
     def __getitem__(self, key: str) -> str:
+        if key not in self.env and key in CREDENTIAL_KEYS:
+            raise SettingsError(f"{key} is not set and {self.home / 'credentials.env'} does not hold it: start the "
+                                "platform's services once (scripts/run, `nautilus services start`), or set it")
         return self.env[key]
+
+    def reload(self) -> Settings:
+        """Loaded again from the same environment (after the start-up generated the credentials)."""
+        return load(self.source)
+
+    @property
+    def streaming(self) -> Streaming:
+        return streaming(self.env)
+
+    @property
+    def sensors(self) -> Sensors:
+        return sensors(self.env)
+
+    @property
+    def lake(self) -> LakeMaintenance:
+        return lake_maintenance(self.env)
+
+    @property
+    def pg_connect_timeout_s(self) -> int:
+        return int(self.env["NAUTILUS_PG_CONNECT_TIMEOUT_SECONDS"])
+
+    @property
+    def pg_statement_timeout_s(self) -> float:
+        return float(self.env["NAUTILUS_PG_STATEMENT_TIMEOUT_SECONDS"])
+
+    @property
+    def fault_plan(self) -> Path | None:
+        """A fault-injection plan (tests only; nautilus_assets/market_data/faults.py)."""
+        return Path(self.env["NAUTILUS_FAULT_PLAN"]) if self.env.get("NAUTILUS_FAULT_PLAN") else None
 
     @property
     def webserver_url(self) -> str:
@@ -289,9 +346,6 @@ class Settings:
 BOUNDS = {
     "NAUTILUS_PORT_BASE": (1024, 65535 - 40, True), "DAGSTER_PG_PORT": (1, 65535, True),
     "CLICKHOUSE_PORT": (1, 65535, True),
-    "NAUTILUS_SENSOR_INTERVAL_SECONDS": (1, 3600, False), "NAUTILUS_SAFETY_INTERVAL_SECONDS": (1, 86400, False),
-    "NAUTILUS_TIMER_SECONDS": (1, 86400, False), "NAUTILUS_BACKLOG_STALENESS_SECONDS": (0, 3600, False),
-    "NAUTILUS_EVENTS_SENSOR_INTERVAL_SECONDS": (1, 3600, True),
     "NAUTILUS_CACHE_MAX_AGE_SECONDS": (0, 86400, False), "NAUTILUS_CACHE_REFRESH_SECONDS": (0, 86400, False),
     "NAUTILUS_API_NICE": (0, 19, True), "DAGSTER_GRPC_TIMEOUT_SECONDS": (1, 3600, False),
     "NAUTILUS_PG_CONNECT_TIMEOUT_SECONDS": (1, 600, True), "NAUTILUS_PG_STATEMENT_TIMEOUT_SECONDS": (0, 86400, False),
@@ -313,7 +367,7 @@ def validate(env: dict) -> None:
         if not lo <= x <= hi or (integer and x != int(x)):
             kind = "an integer" if integer else "a number"
             problems.append(f"{name}={env[name]!r}: expected {kind} from {lo} to {hi}")
-    for check in (streaming, lake_maintenance, code_reload_seconds):
+    for check in (streaming, lake_maintenance, sensors):
         try:
             check(env)
         except SettingsError as e:
@@ -340,7 +394,8 @@ def instance_environ(instance: str, port_base: int, **extra: str) -> dict[str, s
 
 
 def load(environ=None) -> Settings:
-    """The settings resolved from the environment (or `environ`, e.g. another instance's)."""
+    """The settings resolved from the environment (or `environ`, e.g. another instance's), validated. Reads only:
+    the credentials are generated by the services' start-up (`ensure_credentials`), nothing is exported."""
     E = os.environ if environ is None else environ
 
     def _env(name: str, default: str = "") -> str:
@@ -361,8 +416,8 @@ def load(environ=None) -> Settings:
         managed = frozenset(filter(None, E["NAUTILUS_MANAGED"].split(",")))
     else:
         managed = frozenset(k for k, var in production.items() if not E.get(var))
-    if len(creds) < len(CREDENTIAL_KEYS):  # embedded defaults fill in what production settings left out
-        creds = {**ensure_credentials(home, instance), **creds}
+    if len(creds) < len(CREDENTIAL_KEYS):  # the generated ones fill in what production settings left out
+        creds = {**read_credentials(home), **creds}
     env = {
         "NAUTILUS_INSTANCE": instance, "NAUTILUS_HOME": str(home), "NAUTILUS_PORT_BASE": str(base),
         "DAGSTER_HOME": _env("DAGSTER_HOME", str(home / "dagster_home")),
@@ -400,14 +455,15 @@ def load(environ=None) -> Settings:
         # user-defined stress scenarios (YAML; empty: nautilus_assets/risk/scenarios.yaml)
         "NAUTILUS_STRESS_SCENARIOS": _env("NAUTILUS_STRESS_SCENARIOS", ""),
         **{v: E[v] for v in (f"NAUTILUS_API_PORT_{p.upper()}" for p in API_PORTS) if E.get(v)},
+        # production ClickHouse users' passwords, where they differ from the PostgreSQL ones (`nautilus access`)
+        **{v: E[v] for v in (access.password_var(r, "CH") for r in access.ROLES) if E.get(v)},
         "NAUTILUS_INSTRUMENTS": _env("NAUTILUS_INSTRUMENTS", "AAPL.XNAS,MSFT.XNAS,SPY.ARCX,ESZ6.GLBX,BTCUSDT.BINANCE"),
         **{k: _env(k, str(d)) for k, (d, _) in {**STREAMING_VARS, **LAKE_VARS}.items()},
         # PostgreSQL connections give up connecting, and cancel a statement, after these (0: no statement limit)
         "NAUTILUS_PG_CONNECT_TIMEOUT_SECONDS": _env("NAUTILUS_PG_CONNECT_TIMEOUT_SECONDS", "10"),
         "NAUTILUS_PG_STATEMENT_TIMEOUT_SECONDS": _env("NAUTILUS_PG_STATEMENT_TIMEOUT_SECONDS", "600"),
-        "NAUTILUS_SENSOR_INTERVAL_SECONDS": _env("NAUTILUS_SENSOR_INTERVAL_SECONDS", "4"),
-        "NAUTILUS_SAFETY_INTERVAL_SECONDS": _env("NAUTILUS_SAFETY_INTERVAL_SECONDS", "120"),
-        "NAUTILUS_CODE_RELOAD_SECONDS": _env("NAUTILUS_CODE_RELOAD_SECONDS", str(CODE_RELOAD_DEFAULT_S)),
+        **{k: _env(k, str(d)) for k, (d, *_) in SENSOR_VARS.items()},
+        **{k: E[k] for k in ("NAUTILUS_FAULT_PLAN",) if E.get(k)},
         # The daemon's calls to a code server (launching a run) time out after 60 s by default: too short on 2 cores.
         "DAGSTER_GRPC_TIMEOUT_SECONDS": _env("DAGSTER_GRPC_TIMEOUT_SECONDS", "180"),
         **creds,
@@ -415,7 +471,7 @@ def load(environ=None) -> Settings:
     validate({**E, **env})
     env["NAUTILUS_MANAGED"] = ",".join(sorted(managed))
     env["DAGSTER_PG_URL"] = _env("DAGSTER_PG_URL", dagster_pg_url(env, home / "pg" if "postgres" in managed else None))
-    return Settings(instance=instance, home=home, port_base=base, env=env, managed=managed)
+    return Settings(instance=instance, home=home, port_base=base, env=env, managed=managed, source=dict(E))
 
 
 def dagster_pg_url(env: dict, socket_dir: Path | None) -> str:
@@ -434,9 +490,9 @@ def dagster_pg_url(env: dict, socket_dir: Path | None) -> str:
             f"{env['DAGSTER_PG_PORT']}/{db}?{timeouts}")
 
 
-def apply(settings: Settings | None = None) -> Settings:
-    """Export the resolved settings into os.environ (for dg.EnvVar and child processes)."""
-    settings = settings or load()
+def apply(settings: Settings) -> Settings:
+    """Export the resolved settings into this process's environment, for the processes an entry point starts (the
+    CLI, the test harness, benches) and the Dagster instance it opens; the code location itself never calls it."""
     for k, v in settings.env.items():
         os.environ.setdefault(k, v)
     return settings
@@ -452,21 +508,20 @@ def build_resources(settings: Settings | None = None, for_dagster: bool = False)
     from .pulsar import PulsarResource
     from .redis import RedisResource
 
-    s = apply(settings)
-    secret = (lambda k: dg.EnvVar(k)) if for_dagster else (lambda k: s.env[k])
+    s = settings or load()
+    secret = (lambda k: dg.EnvVar(k)) if for_dagster else (lambda k: s[k])
 
     def pg_role(role: str) -> PostgresResource:
         """A connection to the database `nautilus` as one of the login roles of resources/access.py."""
         return PostgresResource(host=s["DAGSTER_PG_HOST"], port=int(s["DAGSTER_PG_PORT"]), user=role,
                                 password=secret(access.password_var(role)), dbname="nautilus",
-                                connect_timeout_s=int(s["NAUTILUS_PG_CONNECT_TIMEOUT_SECONDS"]),
-                                statement_timeout_s=float(s["NAUTILUS_PG_STATEMENT_TIMEOUT_SECONDS"]))
+                                connect_timeout_s=s.pg_connect_timeout_s, statement_timeout_s=s.pg_statement_timeout_s)
 
     return {
         "clickhouse": ClickHouseResource(host=s["CLICKHOUSE_HOST"], port=int(s["CLICKHOUSE_PORT"]),
                                          username=s["CLICKHOUSE_USER"], password=secret("CLICKHOUSE_PASSWORD"),
                                          secure=s["CLICKHOUSE_SECURE"].lower() == "true",
-                                         heartbeat_s=streaming(s.env).watchdog_silent_s / 5),
+                                         heartbeat_s=s.streaming.watchdog_silent_s / 5),
         "lake": LakeResource(endpoint_url=s["S3_ENDPOINT_URL"], access_key_id=secret("AWS_ACCESS_KEY_ID"),
                              secret_access_key=secret("AWS_SECRET_ACCESS_KEY"), region=s["AWS_REGION"],
                              bucket=s["NAUTILUS_LAKE_BUCKET"]),

@@ -37,12 +37,14 @@ def setup(s: Settings) -> None:
     """Buckets, ClickHouse tables, Pulsar tenant/namespaces/topics and subscriptions, and the Dagster instance
     schema (idempotent)."""
     from nautilus_assets.market_data.setup import ensure_clickhouse, ensure_subscriptions
+    from nautilus_assets.stores import ensure_all
     from resources import topics
     r = build_resources(s)
     from resources.access import apply_postgres
     apply_postgres(s)  # domain schemas and login roles, read grants as declared (resources/access.py)
     r["lake"].ensure_buckets(s["NAUTILUS_LOGS_BUCKET"])
     ensure_clickhouse(r["clickhouse"])
+    ensure_all(r)  # every product's tables (and the columns added since), here rather than in each materialization
     if s["PULSAR_ADMIN_URL"]:  # Apache Pulsar; pulsar-lite has no admin API and creates topics on first use
         topics.ensure(s["PULSAR_ADMIN_URL"])
     ensure_subscriptions(r["pulsar"])
@@ -65,7 +67,7 @@ def access_command(s: Settings, what: str) -> None:
     if what == "postgres-sql":
         statements = access.postgres_sql(s["DAGSTER_PG_USER"], access.role_passwords(s.env))
     else:
-        statements = access.clickhouse_sql(access.role_passwords({**s.env, **os.environ}, "CH"))
+        statements = access.clickhouse_sql(access.role_passwords(s.env, "CH"))
     print("\n".join(f"{stmt};" for stmt in statements))
 
 
@@ -175,7 +177,7 @@ def up(s: Settings, rate: float, history_days: int, volume: str = "small") -> No
     t0 = time.time()
     try:
         say(f"instance '{s.instance}', data in {s.home}, ports from {s.port_base}")
-        services.start(s)
+        s = apply(services.start(s))
         say("setting up tables, buckets, subscriptions and the Dagster instance ...")
         setup(s)
         if history_days:
@@ -354,7 +356,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"nautilus: {e}")
 
     if a.cmd == "services":
-        {"start": lambda: (services.start(s), setup(s)), "stop": lambda: services.stop(s),
+        {"start": lambda: setup(apply(services.start(s))), "stop": lambda: services.stop(s),
          "remove": lambda: services.remove(s),
          "status": lambda: [print(f"{k:28} {v}") for k, v in services.status(s).items()]}[a.action]()
     elif a.cmd == "setup":

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from resources.settings import code_reload_seconds
+from resources.settings import load
 
 
 def server_died(registry) -> bool:
@@ -48,7 +48,7 @@ def argv(*args: str) -> list[str]:
 
 
 def main() -> int:
-    install(code_reload_seconds())
+    install(load().sensors.code_reload_s)
     from dagster._daemon.cli import main as daemon_main
     sys.argv[0] = "dagster-daemon"
     return daemon_main()

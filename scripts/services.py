@@ -19,7 +19,14 @@ import sys
 import time
 from pathlib import Path
 
-from resources.settings import INSTANCE_MARKER, Settings, build_resources, is_instance_home, make_home
+from resources.settings import (
+    INSTANCE_MARKER,
+    Settings,
+    build_resources,
+    ensure_credentials,
+    is_instance_home,
+    make_home,
+)
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 VENV_BIN = Path(sys.executable).parent
@@ -95,7 +102,7 @@ def _write_state(s: Settings, state: dict) -> None:
 def _spawn(s: Settings, name: str, argv: list[str], env: dict | None = None) -> int:
     logf = open(s.home / f"{name}.log", "ab")
     p = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                         start_new_session=True, env={**os.environ, **(env or {})}, cwd=s.home)
+                         start_new_session=True, env={**os.environ, **s.env, **(env or {})}, cwd=s.home)
     state = _read_state(s)
     state[name] = {"pid": p.pid, "start": process_start(p.pid)}   # the start time tells a reused pid apart
     _write_state(s, state)
@@ -354,7 +361,8 @@ STARTERS = {"postgres": start_postgres, "s3": start_s3, "pulsar": start_pulsar, 
             "redis": start_redis}
 
 
-def start(s: Settings) -> None:
+def prepare(s: Settings) -> Settings:
+    """The instance directory and its generated credentials (once); the settings reloaded with them."""
     # what the services write is the owner's alone (data, logs, configs); the postgres user gets only the right to
     # traverse to its data directory (x, not r: no one else lists or reads the instance)
     os.umask(0o077)
@@ -366,6 +374,13 @@ def start(s: Settings) -> None:
             break
         if parent.stat().st_uid == os.geteuid():
             parent.chmod(parent.stat().st_mode | 0o011)
+    ensure_credentials(s.home, s.instance)
+    return s.reload()
+
+
+def start(s: Settings) -> Settings:
+    """Start the backends this instance manages; returns the settings with the instance's credentials."""
+    s = prepare(s)
     for name, starter in STARTERS.items():
         if name in s.managed:
             t = time.time()
@@ -374,6 +389,7 @@ def start(s: Settings) -> None:
             log(f"{name} up in {time.time() - t:.1f}s")
         else:
             log(f"{name}: production server configured, not started")
+    return s
 
 
 def status(s: Settings) -> dict[str, str]:

@@ -34,10 +34,10 @@ from nautilus_assets.market_data.handover import (
 )
 from nautilus_assets.market_data.schema import FEEDS, SUBSCRIPTION, Feed
 from resources.pulsar import PulsarResource
+from resources.settings import load
 
 
-def _seconds(name: str, default: float) -> float:
-    return float(os.environ.get(name) or default)
+SENSORS = load().sensors
 
 
 def decide(backlog, since_request: float, since_last_run_end, *, timer_s: float,
@@ -131,7 +131,7 @@ def build_stream_sensor(sensor_name: str, name: str, topics: tuple[str, ...], su
     label = ", ".join(topics)
 
     @dg.sensor(name=sensor_name, job=job, default_status=dg.DefaultSensorStatus.RUNNING,
-               minimum_interval_seconds=int(_seconds("NAUTILUS_SENSOR_INTERVAL_SECONDS", 4)), description=description)
+               minimum_interval_seconds=int(SENSORS.interval_s), description=description)
     def _sensor(context: dg.SensorEvaluationContext, pulsar: PulsarResource):
         now = time.time()
         alive = []
@@ -166,9 +166,8 @@ def build_stream_sensor(sensor_name: str, name: str, topics: tuple[str, ...], su
             # that just idled out has looked at the subscription for its whole life
             since = now - max(cursor["last_request"], last_end or 0.0)
             reason = decide(backlog, since, None if last_end is None else now - last_end,
-                            timer_s=_seconds("NAUTILUS_TIMER_SECONDS", 30),
-                            safety_s=_seconds("NAUTILUS_SAFETY_INTERVAL_SECONDS", 120),
-                            staleness_s=0 if pulsar.admin_url else _seconds("NAUTILUS_BACKLOG_STALENESS_SECONDS", 0))
+                            timer_s=SENSORS.timer_s, safety_s=SENSORS.safety_s,
+                            staleness_s=0 if pulsar.admin_url else SENSORS.backlog_staleness_s)
             if reason is None:
                 return dg.SkipReason(f"nothing pending on {label} (backlog {backlog})")
         seq = cursor["seq"] + 1

@@ -8,12 +8,12 @@ It launches no runs.
 """
 from __future__ import annotations
 
-import os
 import warnings
 
 import dagster as dg
 
 from resources.pulsar import PulsarResource
+from resources.settings import load
 from resources.system_topics import materialization_event, publish_events
 from resources.topics import SYSTEM_EVENTS
 
@@ -29,7 +29,7 @@ def new_materializations(instance: dg.DagsterInstance, after: int, limit: int = 
 
 
 @dg.sensor(name="system_events_sensor", default_status=dg.DefaultSensorStatus.RUNNING,
-           minimum_interval_seconds=int(os.environ.get("NAUTILUS_EVENTS_SENSOR_INTERVAL_SECONDS") or 5),
+           minimum_interval_seconds=int(load().sensors.events_interval_s),
            description=f"Publishes one event per asset materialization on {SYSTEM_EVENTS}")
 def system_events_sensor(context: dg.SensorEvaluationContext, pulsar: PulsarResource):
     cursor = int(context.cursor or 0)

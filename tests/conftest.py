@@ -22,8 +22,7 @@ from scripts.cli import setup  # noqa: E402
 
 @pytest.fixture(scope="session")
 def settings():
-    s = apply(load())
-    services.start(s)
+    s = apply(services.start(load()))
     try:
         setup(s)
         yield s

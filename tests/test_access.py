@@ -86,7 +86,7 @@ def test_clickhouse_statements_parse_in_chdb():
 @pytest.fixture(scope="module")
 def pg():
     """The test instance's PostgreSQL 15 with the access control applied (only PostgreSQL is needed here)."""
-    s = apply(load())
+    s = apply(services.prepare(load()))
     started = not services.port_open(s.port("postgres"))
     if started:
         s.home.mkdir(parents=True, exist_ok=True)

@@ -67,6 +67,7 @@ def test_backup_wipe_restore_and_replay_since_the_backup(settings, tmp_path):
     s = load(env)
     try:
         cli(env, "services", "start")
+        s = s.reload()   # with the credentials the start-up generated
         r = build_resources(s)
         write_history(r["lake"], INSTR, days=3, events_per_day=4000, postgres=r["postgres"], clickhouse=r["clickhouse"])
         publish(r, 1500, seed=1)

@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy
 
 from resources.postgres import PostgresResource
-from resources.settings import SettingsError, load
+from resources.settings import SettingsError, build_resources, instance_environ, load
 
 ROOT = Path(__file__).resolve().parent.parent
 TYPOS = {"NAUTILUS_BATCH_MAX_MESSAGES": "2O000", "NAUTILUS_API_NICE": "30", "CLICKHOUSE_SECURE": "yes",
@@ -41,6 +41,22 @@ def test_every_bad_setting_is_named_at_once(env):
     env.setenv("NAUTILUS_PORT_BASE", "15k")
     with pytest.raises(SettingsError, match="NAUTILUS_PORT_BASE='15k'"):
         load()
+
+
+def test_loading_settings_and_the_code_location_changes_nothing(tmp_path):
+    """Issue 14 item 1: `load()` and importing the Definitions write no file and export nothing; the credentials
+    come from the services' start-up, and a command that needs one before that says so, naming it."""
+    env = instance_environ("no-side-effects", 18200, NAUTILUS_HOME=str(tmp_path / "h"))
+    probe = ("import os, json; before = dict(os.environ); import nautilus_assets.definitions; "
+             "from resources.settings import load; s = load(); "
+             "print(json.dumps(sorted(set(os.environ.items()) ^ set(before.items()))))")
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", probe], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"     # no variable set or changed
+    assert not (tmp_path / "h").exists()                   # no home, no credentials.env
+    with pytest.raises(SettingsError, match="CLICKHOUSE_PASSWORD is not set .* start the platform's services"):
+        build_resources(load(env))
 
 
 def test_the_cli_refuses_a_typo_before_starting_anything(tmp_path):

@@ -19,9 +19,9 @@ from resources import access
 def _defaults(product: str, url: str | None, token: str | None, role: str) -> tuple[str, str]:
     if url and token:
         return url, token
-    from resources.settings import apply, load
-    s = apply(load())
-    return url or s.api_url(product), token or s.env[access.token_var(role)]
+    from resources.settings import load
+    s = load()
+    return url or s.api_url(product), token or s[access.token_var(role)]
 
 
 def read(product: str, dataset: str, *, instrument=None, portfolio=None, start=None, end=None, as_of=None,

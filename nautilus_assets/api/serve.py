@@ -14,7 +14,7 @@ import signal
 import uvicorn
 
 from resources.clickhouse import lower_query_priority
-from resources.settings import API_PORTS, Settings, apply, build_resources, load
+from resources.settings import API_PORTS, Settings, build_resources, load
 
 from .app import Backends, create_app
 
@@ -48,10 +48,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="nautilus-api", description=__doc__)
     ap.add_argument("--product", action="append", choices=list(API_PORTS), help="default: every product")
     a = ap.parse_args(argv)
-    s = apply(load())
-    nice = int(s["NAUTILUS_API_NICE"])
-    if not 0 <= nice <= 19:
-        raise ValueError("NAUTILUS_API_NICE must be an integer from 0 to 19")
+    s = load()
+    nice = int(s["NAUTILUS_API_NICE"])   # 0-19, checked by the settings
     if nice:   # readers wait a little longer on saturated cores; publish -> queryable is the tighter SLA
         os.nice(nice)
         lower_query_priority(nice)

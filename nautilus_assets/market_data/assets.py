@@ -17,7 +17,7 @@ from resources.clickhouse import ClickHouseResource
 from resources.lake import LakeResource
 from resources.pulsar import PulsarResource
 from resources.redis import RedisResource
-from resources.settings import streaming
+from resources.settings import load
 
 from . import checks, handover
 from .ingest import BatchResult, Stream
@@ -47,7 +47,7 @@ QUOTES_KEY = dg.AssetKey(["market_data_feed", "quotes"])
 BARS_KEY = dg.AssetKey(["market_data_feed", "bars_1m"])
 
 
-STREAM = streaming()
+STREAM = load().streaming
 
 
 class BatchConfig(dg.Config):

@@ -2,7 +2,7 @@
 
 The ingest code calls `point(name, feed)` at `before_delta_commit`, `after_delta_commit`, `clickhouse_write`,
 `between_sinks` (ClickHouse committed, Delta maybe still writing), `before_ack` and `mid_ack` (half the batch
-acknowledged). With no plan set, a point is one environment lookup.
+acknowledged). With no plan set (the settings' NAUTILUS_FAULT_PLAN), a point is one lookup.
 
 A plan is a JSON file (the tests keep it under NAUTILUS_HOME):
     {"faults": [{"id": "f01", "feed": "trades", "point": "before_ack", "action": "kill"}, ...],
@@ -20,6 +20,7 @@ precise point of a run).
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 import signal
@@ -27,6 +28,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+from resources.settings import load
 
 ENV = "NAUTILUS_FAULT_PLAN"
 POINTS = ("before_delta_commit", "after_delta_commit", "clickhouse_write", "between_sinks", "before_ack", "mid_ack")
@@ -38,19 +41,22 @@ class FaultInjected(RuntimeError):
     """A planned fault (a simulated write error)."""
 
 
+@functools.cache
+def _plan() -> Path | None:
+    return load().fault_plan   # once per process: a point is on the hot path
+
+
 def point(name: str, feed: str, batch_id: str = "") -> None:
     """A named fault point: does nothing unless a fault plan is set and its next fault for `feed` is here."""
-    path = os.environ.get(ENV)
-    if path:
-        _at(Path(path), name, feed, batch_id)
+    if path := _plan():
+        _at(path, name, feed, batch_id)
 
 
 def completed(feed: str) -> None:
     """A batch of `feed` completed (acknowledged): the feed's fired faults are recovered; arms its next one."""
-    path = os.environ.get(ENV)
-    if path:
+    if path := _plan():
         now = time.time()
-        with locked(Path(path)) as plan:
+        with locked(path) as plan:
             plan.setdefault("completed", {})[feed] = now
             for f in plan["faults"]:
                 if f["feed"] == feed and f.get("fired_at") and not f.get("recovered_at"):

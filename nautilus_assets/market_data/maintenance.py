@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from resources.clickhouse import ClickHouseResource
 from resources.lake import LakeResource
-from resources.settings import lake_maintenance
+from resources.settings import load
 
 from . import checks
 from .assets import QUOTES_KEY, SCHEDULED_CHECK, TRADES_KEY
@@ -52,7 +52,7 @@ def maintain(lake: LakeResource, table: str, max_files: int, retention_days: flo
 
 @dg.op(pool="lake", description="Compact, checkpoint and vacuum every bronze Delta table")
 def compact_checkpoint_vacuum(context: dg.OpExecutionContext, lake: LakeResource) -> dict:
-    s = lake_maintenance()
+    s = load().lake
     out = {f.name: maintain(lake, bronze_table(f), s.max_files_per_partition, s.retention_days, context.log.info)
            for f in FEEDS.values()}
     for name, r in out.items():
