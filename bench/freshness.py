@@ -32,8 +32,8 @@ import pulsar  # noqa: E402
 
 from nautilus_assets.market_data.schema import QUOTES, TRADES  # noqa: E402
 from resources.settings import apply, build_resources, load  # noqa: E402
-from scripts import dagster_daemon, services  # noqa: E402
-from scripts.cli import setup, spawn  # noqa: E402
+from scripts import services  # noqa: E402
+from scripts.cli import setup  # noqa: E402
 from scripts.publisher import Publisher  # noqa: E402
 
 BUCKET_NS = 10_000_000   # 10 ms
@@ -219,11 +219,9 @@ def main() -> None:
     try:
         setup(s)
         r = build_resources(s)
-        daemon = children["dagster-daemon"] = spawn(s, "dagster-daemon", dagster_daemon.argv("run", "-w", "workspace.yaml"))
+        daemon = children["dagster-daemon"] = services.dagster_daemon(s)
         if not a.no_webserver:
-            bindir = os.path.dirname(os.sys.executable)
-            children["dagster-webserver"] = spawn(s, "dagster-webserver", [
-                f"{bindir}/dagster-webserver", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(s.port("webserver"))])
+            children["dagster-webserver"] = services.dagster_webserver(s)
         log = s.home / "dagster-daemon.log"
         print(f"dagster-daemon started (log {log}); waiting for its code server to evaluate the sensors", flush=True)
         t_wait = time.time()

@@ -161,8 +161,7 @@ def seed(s) -> str:
 
 
 def start_api(s) -> subprocess.Popen:
-    from scripts.cli import spawn
-    p = spawn(s, "api", [sys.executable, "-W", "ignore", "-m", "nautilus_assets.api.serve"])
+    p = services.spawn(s, "api", [sys.executable, "-W", "ignore", "-m", "nautilus_assets.api.serve"])
     services.wait_port(s.api_port("market_analytics"), "API", timeout=120)
     return p
 
@@ -195,9 +194,7 @@ def commit_times(since: float, until: float) -> list[float]:
 
 def streaming_phase(s, a, day: str) -> dict:
     from bench.freshness import publish
-    from scripts import dagster_daemon
-    from scripts.cli import spawn
-    children = {"dagster-daemon": spawn(s, "dagster-daemon", dagster_daemon.argv("run", "-w", "workspace.yaml"))}
+    children = {"dagster-daemon": services.dagster_daemon(s)}
     r = build_resources(s)
     instruments = [i.strip() for i in s["NAUTILUS_INSTRUMENTS"].split(",") if i.strip()]
     try:

@@ -37,8 +37,8 @@ from nautilus_assets.microstructure.assets import KEY as VPIN, SUBSCRIPTION as M
 from nautilus_assets.portfolio.assets import KEY as POSITIONS, SUBSCRIPTION as PORTFOLIO_SUB  # noqa: E402
 from resources.settings import apply, build_resources, load  # noqa: E402
 from resources.topics import BARS_CHANGES  # noqa: E402
-from scripts import dagster_daemon, services  # noqa: E402
-from scripts.cli import setup, spawn  # noqa: E402
+from scripts import services  # noqa: E402
+from scripts.cli import setup  # noqa: E402
 
 STREAMING = [TRADES_KEY, QUOTES_KEY, BARS_KEY, INDICATORS, VPIN, POSITIONS]
 QUERY = """{ assetNodes { assetKey { path } freshnessStatusInfo { freshnessStatus } } }"""
@@ -165,10 +165,8 @@ def main() -> None:
     try:
         setup(s)
         r = build_resources(s)
-        bindir = os.path.dirname(os.sys.executable)
-        children["dagster-daemon"] = spawn(s, "dagster-daemon", dagster_daemon.argv("run", "-w", "workspace.yaml"))
-        children["dagster-webserver"] = spawn(s, "dagster-webserver", [
-            f"{bindir}/dagster-webserver", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(s.port("webserver"))])
+        children["dagster-daemon"] = services.dagster_daemon(s)
+        children["dagster-webserver"] = services.dagster_webserver(s)
         services.wait_port(s.port("webserver"), "dagster-webserver", timeout=600)
         log = s.home / "dagster-daemon.log"
         t_wait = time.time()

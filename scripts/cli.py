@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import secrets
 import signal
@@ -14,7 +13,7 @@ from pathlib import Path
 
 from resources.settings import API_PORTS, Settings, SettingsError, apply, build_resources, load
 
-from . import dagster_daemon, services
+from . import services
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -114,12 +113,6 @@ def instruments(s: Settings) -> list[str]:
     return [i.strip() for i in s["NAUTILUS_INSTRUMENTS"].split(",") if i.strip()]
 
 
-def spawn(s: Settings, name: str, argv: list[str], env: dict | None = None) -> subprocess.Popen:
-    logf = open(s.home / f"{name}.log", "ab")
-    return subprocess.Popen(argv, cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True, env={**os.environ, **s.env, **(env or {})})
-
-
 STOP_WITHIN_S = 30
 
 
@@ -189,15 +182,11 @@ def up(s: Settings, rate: float, history_days: int, volume: str = "small") -> No
                           clickhouse=r["clickhouse"], clickhouse_days=STREAMING_HISTORY_DAYS, pulsar=r["pulsar"],
                           volume=volume)
         py = sys.executable
-        bindir = Path(py).parent
-        children.append(("simulator", spawn(s, "simulator", [py, "-m", "scripts.cli", "simulate", "--rate", str(rate)],
-                                            session)))
-        children.append(("dagster-daemon", spawn(s, "dagster-daemon", dagster_daemon.argv("run", "-w", "workspace.yaml"),
-                                                 session)))
-        children.append(("dagster-webserver", spawn(s, "dagster-webserver", [
-            str(bindir / "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1",
-            "-p", str(s.port("webserver"))], session)))
-        children.append(("api", spawn(s, "api", [py, "-m", "nautilus_assets.api.serve"], session)))
+        children.append(("simulator", services.spawn(s, "simulator", [py, "-m", "scripts.cli", "simulate", "--rate",
+                                                                       str(rate)], session)))
+        children.append(("dagster-daemon", services.dagster_daemon(s, env=session)))
+        children.append(("dagster-webserver", services.dagster_webserver(s, env=session)))
+        children.append(("api", services.spawn(s, "api", [py, "-m", "nautilus_assets.api.serve"], session)))
         say(f"simulator publishing {rate:g} events/s; starting the Dagster daemon and webserver (logs in {s.home}) ...")
         services.wait_port(s.port("webserver"), "dagster-webserver", timeout=300)
         say(f"Dagster UI: {s.webserver_url}  (set up in {time.time() - t0:.0f}s; Ctrl-C stops everything)")

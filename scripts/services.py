@@ -17,6 +17,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from resources.settings import (
@@ -27,6 +29,10 @@ from resources.settings import (
     is_instance_home,
     make_home,
 )
+
+from .dagster_daemon import argv as dagster_daemon_argv
+
+ROOT = Path(__file__).resolve().parent.parent
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 VENV_BIN = Path(sys.executable).parent
@@ -107,6 +113,25 @@ def _spawn(s: Settings, name: str, argv: list[str], env: dict | None = None) -> 
     state[name] = {"pid": p.pid, "start": process_start(p.pid)}   # the start time tells a reused pid apart
     _write_state(s, state)
     return p.pid
+
+
+def spawn(s: Settings, name: str, argv: list[str], env: dict | None = None) -> subprocess.Popen:
+    """A platform process (not a backend): its own process group, run from the project root with the instance's
+    environment, its output appended to <home>/<name>.log; the caller stops it (`kill_groups`)."""
+    logf = open(s.home / f"{name}.log", "ab")
+    return subprocess.Popen(argv, cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True, env={**os.environ, **s.env, **(env or {})})
+
+
+def dagster_daemon(s: Settings, name: str = "dagster-daemon", env: dict | None = None) -> subprocess.Popen:
+    """`dagster-daemon run` over workspace.yaml (through scripts/dagster_daemon.py: its code-server reload)."""
+    return spawn(s, name, dagster_daemon_argv("run", "-w", "workspace.yaml"), env)
+
+
+def dagster_webserver(s: Settings, name: str = "dagster-webserver", env: dict | None = None) -> subprocess.Popen:
+    """The Dagster UI over workspace.yaml on the instance's webserver port (wait for it with `wait_port`)."""
+    return spawn(s, name, [str(Path(sys.executable).parent / "dagster-webserver"), "-w", "workspace.yaml",
+                           "-h", "127.0.0.1", "-p", str(s.port("webserver"))], env)
 
 
 def process_start(pid: int) -> int | None:
@@ -357,8 +382,22 @@ def start_timescaledb(s: Settings) -> int:
 
 
 # ---- all --------------------------------------------------------------------------------------------------
-STARTERS = {"postgres": start_postgres, "s3": start_s3, "pulsar": start_pulsar, "clickhouse": start_clickhouse,
-            "redis": start_redis}
+@dataclass(frozen=True)
+class Service:
+    """A backend the project starts for an instance that does not point it at a production server."""
+    name: str
+    start: Callable[[Settings], object]   # returns once it is ready (each waits for its port or health)
+    port: str                             # the settings' port that tells whether it is up
+    stop: Callable[[Settings], None] | None = None   # None: its process group is signalled (services.json)
+
+    def up(self, s: Settings) -> bool:
+        return port_open(s.port(self.port))
+
+
+SERVICES = {svc.name: svc for svc in (
+    Service("postgres", start_postgres, "postgres", stop_postgres), Service("s3", start_s3, "s3"),
+    Service("pulsar", start_pulsar, "pulsar"), Service("clickhouse", start_clickhouse, "clickhouse"),
+    Service("redis", start_redis, "redis"))}
 
 
 def prepare(s: Settings) -> Settings:
@@ -381,11 +420,11 @@ def prepare(s: Settings) -> Settings:
 def start(s: Settings) -> Settings:
     """Start the backends this instance manages; returns the settings with the instance's credentials."""
     s = prepare(s)
-    for name, starter in STARTERS.items():
+    for name, svc in SERVICES.items():
         if name in s.managed:
             t = time.time()
             log(f"starting {name} ...")
-            starter(s)
+            svc.start(s)
             log(f"{name} up in {time.time() - t:.1f}s")
         else:
             log(f"{name}: production server configured, not started")
@@ -393,10 +432,8 @@ def start(s: Settings) -> Settings:
 
 
 def status(s: Settings) -> dict[str, str]:
-    ports = {"postgres": s.port("postgres"), "s3": s.port("s3"), "pulsar": s.port("pulsar"),
-             "clickhouse": s.port("clickhouse"), "redis": s.port("redis")}
-    out = {n: (f"up on 127.0.0.1:{p}" if port_open(p) else "down") if n in s.managed else "external"
-           for n, p in ports.items()}
+    out = {n: (f"up on 127.0.0.1:{s.port(svc.port)}" if svc.up(s) else "down") if n in s.managed else "external"
+           for n, svc in SERVICES.items()}
     from resources.settings import API_PORTS
     for product in API_PORTS:   # started by `nautilus up` / `nautilus api`, not by `services start`
         out[f"api {product}"] = f"up at {s.api_url(product)}" if port_open(s.api_port(product)) else "down"
@@ -408,12 +445,13 @@ def status(s: Settings) -> dict[str, str]:
 
 
 def stop(s: Settings) -> None:
-    if "postgres" in s.managed:
-        try:
-            stop_postgres(s)
-        except subprocess.CalledProcessError as e:
-            log(f"postgres stop: {e.stderr.strip()}")
-    kill_groups(_ours(s))
+    for name, svc in SERVICES.items():
+        if svc.stop and name in s.managed:
+            try:
+                svc.stop(s)
+            except subprocess.CalledProcessError as e:
+                log(f"{name} stop: {e.stderr.strip()}")
+    kill_groups(_ours(s))   # the others: their process groups
     _write_state(s, {})
 
 
@@ -472,9 +510,10 @@ def remove(s: Settings) -> None:
 
 
 def stop_one(s: Settings, name: str) -> None:
-    """Stop one service this project started (its process group); not PostgreSQL (use stop)."""
-    pid = _ours(s).get(name)
-    if pid:
+    """Stop one service this project started."""
+    if SERVICES[name].stop:
+        SERVICES[name].stop(s)
+    elif pid := _ours(s).get(name):
         kill_groups({name: pid})
 
 
@@ -483,5 +522,5 @@ def restart(s: Settings, name: str, down_s: float = 0.0) -> float:
     t = time.time()
     stop_one(s, name)
     time.sleep(down_s)
-    STARTERS[name](s)
+    SERVICES[name].start(s)
     return time.time() - t

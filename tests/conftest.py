@@ -48,8 +48,7 @@ def api(settings):
     import sys
 
     from resources.settings import API_PORTS
-    from scripts.cli import spawn
-    p = spawn(settings, "api", [sys.executable, "-W", "ignore", "-m", "nautilus_assets.api.serve"])
+    p = services.spawn(settings, "api", [sys.executable, "-W", "ignore", "-m", "nautilus_assets.api.serve"])
     try:
         for product in API_PORTS:
             services.wait_port(settings.api_port(product), f"{product} API", timeout=120)

@@ -223,7 +223,7 @@ def test_exactly_once_under_injected_faults(clean, settings, instance):
                     services.stop_one(settings, "s3")
                     hold.unlink()
                     time.sleep(3)
-                    services.STARTERS["s3"](settings)
+                    services.SERVICES["s3"].start(settings)
                 else:                                # broker restarted under the held run, before its acks
                     with broker_lock:
                         services.restart(settings, "pulsar")

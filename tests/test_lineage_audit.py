@@ -28,8 +28,8 @@ from nautilus_assets.portfolio.daily import KEY as NAV, daily_nav
 from nautilus_assets.market_data.daily import bars_1d
 from nautilus_assets.portfolio.assets import portfolio_states
 from tests.test_end_to_end import evaluate
-from scripts import dagster_daemon, services
-from scripts.cli import ROOT, spawn
+from scripts import services
+from scripts.cli import ROOT
 from scripts.history import write_history
 from tests.conftest import wait_for
 from tests.helpers import fail_orphaned_runs
@@ -80,7 +80,7 @@ def test_lineage_audit_after_daemon_runs(clean, settings, instance, tmp_path, mo
     # A backfill of daily bars, as the UI's Materialize > backfill (GraphQL launchPartitionBackfill) records it;
     # dagster-daemon runs it, the Pulsar sensors' micro-batches and the automation sensor's downstream runs.
     backfill_id = launch_backfill(instance, yesterday)
-    procs = [spawn(settings, "audit-daemon", dagster_daemon.argv("run", "-w", "workspace.yaml"))]
+    procs = [services.dagster_daemon(settings, "audit-daemon")]
     try:
         def ingested():
             runs = instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.SUCCESS],

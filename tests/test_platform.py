@@ -2,22 +2,19 @@
 default) launch micro-batch runs by themselves, and the UI's GraphQL API shows the materializations."""
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 
 import dagster as dg
 import requests
 
-from scripts import dagster_daemon, services
-from scripts.cli import spawn
+from scripts import services
 from tests.conftest import wait_for
 from tests.helpers import fail_orphaned_runs
 from tests.test_idempotency import counts, publish
 from nautilus_assets.analytics import assets as analytics
 from nautilus_assets.market_data.schema import QUOTES, TRADES
 
-BIN = Path(sys.executable).parent
 QUERY = """{ assetNodes { assetKey { path } groupName
   assetMaterializations(limit: 1) { runId metadataEntries { label ... on IntMetadataEntry { intValue } } } } }"""
 
@@ -26,9 +23,7 @@ def test_daemon_launches_sensor_batches_and_the_ui_shows_them(clean, settings, i
     res = clean
     t_start = time.time()
     publish(res, 3000, seed=9)
-    procs = [spawn(settings, "test-daemon", dagster_daemon.argv("run", "-w", "workspace.yaml")),
-             spawn(settings, "test-webserver", [str(BIN / "dagster-webserver"), "-w", "workspace.yaml", "-h",
-                                                 "127.0.0.1", "-p", str(settings.port("webserver"))])]
+    procs = [services.dagster_daemon(settings, "test-daemon"), services.dagster_webserver(settings, "test-webserver")]
     try:
         first_server = wait_for(lambda: _code_servers(procs[0].pid), timeout=120, what="the daemon's code server")[0]
         seen_at = time.monotonic()

@@ -7,10 +7,8 @@ through the GraphQL API replays the day-level chain from the lake; its daily bar
 1-minute bars rolled up, and the end-of-day NAV the streaming positions' NAV. Then a burst of end-of-day replay
 runs (what the schedule launches) with the `mlx` pool cut to one slot: no two steps holding that pool overlap."""
 import dataclasses
-import sys
 import time
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -32,14 +30,13 @@ from nautilus_assets.portfolio.daily import KEY as NAV
 from nautilus_assets.portfolio.models import fill_messages, model_fills
 from nautilus_assets.risk.assets import KEY as RISK
 from nautilus_assets.risk.assets import KEYS as RISK_KEYS
-from scripts import dagster_daemon, services
-from scripts.cli import BACKFILL, spawn
+from scripts import services
+from scripts.cli import BACKFILL
 from scripts.history import HISTORY_MODEL, simulate_days, write_history
 from scripts.publisher import Publisher
 from tests.conftest import reset_state, wait_for
 from tests.helpers import fail_orphaned_runs
 
-BIN = Path(sys.executable).parent
 INSTRUMENTS = ["AAPL.XNAS", "SPY.ARCX", "BTCUSDT.BINANCE"]
 EVENTS_PER_DAY = 6000
 LAUNCH_RUN = """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) {
@@ -114,9 +111,7 @@ def platform(res, settings, instance):
     quiet = dataclasses.replace(settings, env={**settings.env, "NAUTILUS_SAFETY_INTERVAL_SECONDS": "86400",
                                                "NAUTILUS_TIMER_SECONDS": "86400", "DAGSTER_GRPC_TIMEOUT_SECONDS": "300"})
     t_daemon = time.time()
-    procs = [spawn(quiet, "test-daemon", dagster_daemon.argv("run", "-w", "workspace.yaml")),
-             spawn(quiet, "test-webserver", [str(BIN / "dagster-webserver"), "-w", "workspace.yaml", "-h",
-                                              "127.0.0.1", "-p", str(settings.port("webserver"))])]
+    procs = [services.dagster_daemon(quiet, "test-daemon"), services.dagster_webserver(quiet, "test-webserver")]
     try:
         services.wait_port(settings.port("webserver"), "webserver", timeout=300)
         wait_for(lambda: _answers(settings), timeout=300, every=3, what="the webserver's GraphQL API")

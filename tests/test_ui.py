@@ -5,25 +5,23 @@ freshness status and checks; and its upstream lineage reaches the Pulsar topic. 
 auto-retrying expectations), never sleeps. Screenshots go to test-artifacts/ui/."""
 import re
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import dagster as dg
 
 from nautilus_assets.analytics import assets as analytics
+from nautilus_assets.analytics import store as analytics_store
 from nautilus_assets.definitions import defs
 from nautilus_assets.market_data.assets import TOPICS
 from nautilus_assets.market_data.schema import QUOTES, SUBSCRIPTION, TRADES
 from scripts import browser, services
-from scripts.cli import spawn
 from tests.conftest import wait_for
 from tests.test_end_to_end import evaluate
 from tests.test_idempotency import counts, publish
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts" / "ui"
-BIN = Path(sys.executable).parent
 DOMAINS = {"market_data", "analytics", "microstructure", "portfolio", "risk", "ml"}
 # how the asset page words a FreshnessState (dagster-webserver 1.13's status labels)
 FRESHNESS_LABEL = {"PASS": "Passing", "WARN": "Warning", "FAIL": "Failed", "UNKNOWN": "Not evaluated"}
@@ -71,8 +69,7 @@ def test_ui_shows_domains_product_page_and_lineage_to_pulsar(clean, settings, in
     ARTIFACTS.mkdir(parents=True)
     install_s = browser.ensure_chromium()
     # the webserver loads the code location meanwhile (it reads runs and events live, so order does not matter)
-    web = spawn(settings, "test-ui-webserver", [str(BIN / "dagster-webserver"), "-w", "workspace.yaml", "-h",
-                                                 "127.0.0.1", "-p", str(settings.port("webserver"))])
+    web = services.dagster_webserver(settings, "test-ui-webserver")
     try:
         seed(res, instance)
         say("seeded")
@@ -114,7 +111,7 @@ def test_ui_shows_domains_product_page_and_lineage_to_pulsar(clean, settings, in
                 expect(field("Latest check results")).to_contain_text("2")
                 table = page.locator("table").filter(has_text="Column name")
                 expect(table).to_be_visible()
-                for col in analytics.SCHEMA.columns:
+                for col in analytics_store.INDICATORS.schema.columns:
                     expect(table.get_by_text(col.name, exact=True).first).to_be_visible()
                     expect(table).to_contain_text(col.type)
                 page.screenshot(path=ARTIFACTS / "product-overview.png")          # docs/ui-product-page.png
