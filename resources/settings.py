@@ -312,6 +312,10 @@ class Settings:
         return Path(self.env["NAUTILUS_FAULT_PLAN"]) if self.env.get("NAUTILUS_FAULT_PLAN") else None
 
     @property
+    def instruments(self) -> list[str]:
+        return [i.strip() for i in self.env["NAUTILUS_INSTRUMENTS"].split(",") if i.strip()]
+
+    @property
     def webserver_url(self) -> str:
         return f"http://127.0.0.1:{self.port('webserver')}"
 

@@ -1,25 +1,20 @@
-"""`nautilus` command line: services, setup, simulate, replay, history, up (the run command), env."""
+"""`nautilus`, the command line (click): thin commands over scripts/ and the domains' functions."""
 from __future__ import annotations
 
-import argparse
 import json
 import re
-import secrets
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+import click
 
 from resources.settings import API_PORTS, Settings, SettingsError, apply, build_resources, load
 
 from . import services
+from .audit import audit as audit_group
+from .up import say
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def say(msg: str) -> None:
-    services.emit(f"[nautilus] {msg}")
 
 
 def prepare_dagster_home(s: Settings) -> Path:
@@ -70,31 +65,161 @@ def access_command(s: Settings, what: str) -> None:
     print("\n".join(f"{stmt};" for stmt in statements))
 
 
-def quarantine_command(s: Settings, a) -> None:
-    from nautilus_assets.market_data import quarantine
-    from resources.settings import streaming
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})
+@click.pass_context
+def nautilus(ctx: click.Context) -> None:
+    """The Nautilus platform: services, set-up, a simulated market, the run command, operations."""
     try:
-        since = quarantine.parse_since(a.since) if a.since else None
-    except ValueError as e:
-        sys.exit(f"nautilus quarantine: {e}")
+        ctx.obj = apply(load())   # for the processes a command starts and the Dagster instance it opens
+    except SettingsError as e:    # before anything starts, naming the variable
+        raise click.ClickException(str(e)) from None
+
+
+pass_settings = click.make_pass_decorator(Settings)
+
+
+@nautilus.group("services")
+def services_group() -> None:
+    """Start, report or stop the platform's services."""
+
+
+@services_group.command("start")
+@pass_settings
+def services_start(s: Settings) -> None:
+    """Start the backends (and set them up)."""
+    setup(apply(services.start(s)))
+
+
+@services_group.command("status")
+@pass_settings
+def services_status(s: Settings) -> None:
+    for k, v in services.status(s).items():
+        click.echo(f"{k:28} {v}")
+
+
+@services_group.command("stop")
+@pass_settings
+def services_stop(s: Settings) -> None:
+    services.stop(s)
+
+
+@services_group.command("remove")
+@pass_settings
+def services_remove(s: Settings) -> None:
+    """Stop the services and delete the instance directory."""
+    services.remove(s)
+
+
+@nautilus.command("setup")
+@pass_settings
+def setup_command(s: Settings) -> None:
+    """Create buckets, tables, topics, subscriptions, roles and the Dagster instance schema (idempotent)."""
+    setup(s)
+
+
+@nautilus.command()
+@click.option("--rate", type=float, default=500.0, show_default=True, help="events per second (trades + quotes)")
+@click.option("--duration", type=float, default=None, help="seconds (default: until stopped)")
+@click.option("--seed", type=int, default=7, show_default=True)
+@pass_settings
+def simulate(s: Settings, rate: float, duration: float | None, seed: int) -> None:
+    """Publish a live simulated market."""
+    from .publisher import simulate as run
+    click.echo(run(build_resources(s)["pulsar"], s.instruments, rate, duration, seed))
+
+
+@nautilus.command()
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--rate", type=float, default=None, help="rows per second per topic (default: as fast as possible)")
+@pass_settings
+def replay(s: Settings, path: Path, rate: float | None) -> None:
+    """Publish a Parquet or CSV file of historical ticks."""
+    from .publisher import replay as run
+    click.echo(run(build_resources(s)["pulsar"], path, rate))
+
+
+@nautilus.command()
+@click.option("--days", type=int, required=True)
+@click.option("--events-per-day", type=int, default=40_000, show_default=True)
+# checked by the simulator (choices here would load NumPy and Arrow for every command)
+@click.option("--model", default="stylized", show_default=True, help="stylized | gaussian | random_walk")
+@click.option("--volume", default="small", show_default=True,
+              help="small | realistic: a listed stock's day (100,000 trades, 1,000,000 quotes per instrument)")
+@pass_settings
+def history(s: Settings, days: int, events_per_day: int, model: str, volume: str) -> None:
+    """Write N past days straight into the lake."""
+    from .history import write_history
     r = build_resources(s)
-    if a.action == "replay":
-        out = quarantine.replay(r["pulsar"], r["lake"], r["clickhouse"], streaming(s.env).lateness_bound_s,
-                                s.home / "quarantine-replay.lock", feed=a.feed, reason=a.reason, since=since,
-                                accept_late=a.accept_late, log=say)
-        say(f"{out['replay_id']}: {out['taken']} taken, {out['stored']} stored, {out['quarantined']} still "
-            f"quarantined {out['reasons'] or ''}".rstrip())
-        if out["closed_dates"]:
-            report_replay(out)
-        return
-    rows = quarantine.select(r["clickhouse"], feed=a.feed, reason=a.reason, since=since)
-    print(f"{'quarantined_at':26} {'topic':14} {'message_id':18} {'replayed':10} reason")
-    for q in rows[:a.limit]:
-        print(f"{q['quarantined_at']:%Y-%m-%d %H:%M:%S.%f} {q['topic'].rsplit('/', 1)[-1]:14} {q['message_id']:18} "
-              f"{(q['replay_outcome'] or '-').split(':')[0]:10} {q['reason'][:120]}")
-    pending = sum(q["replay_outcome"] != quarantine.STORED for q in rows)
-    shown = f"; the first {a.limit} shown" if len(rows) > a.limit else ""
+    click.echo(write_history(r["lake"], s.instruments, days, events_per_day, postgres=r["postgres"], model=model,
+                             volume=volume))
+
+
+@nautilus.command("up")
+@click.option("--rate", type=float, default=500.0, show_default=True)
+@click.option("--history-days", type=int, default=520, show_default=True,
+              help="past days written first and backfilled through every product (risk's backtest needs 500)")
+@click.option("--volume", default="small", show_default=True, help="the history's volume: small | realistic")
+@pass_settings
+def up_command(s: Settings, rate: float, history_days: int, volume: str) -> None:
+    """Run the platform: services, simulator, Dagster daemon and UI, product APIs (Ctrl-C stops it all)."""
+    from .up import up
+    up(s, rate, history_days, volume)
+
+
+def quarantine_options(f):
+    for option in reversed((
+            click.option("--feed", type=click.Choice(["trades", "quotes"]), help="default: both"),
+            click.option("--reason", default="", help="reason prefix, e.g. too_late or 'bad_value: price'"),
+            click.option("--since", help="quarantined since: an ISO date/time (UTC) or an age such as 30m, 2h, 7d"))):
+        f = option(f)
+    return f
+
+
+def _since(value: str | None):
+    from nautilus_assets.market_data import quarantine
+    try:
+        return quarantine.parse_since(value) if value else None
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+
+
+@nautilus.group()
+def quarantine() -> None:
+    """List quarantined messages, or re-ingest them once the cause is fixed."""
+
+
+@quarantine.command("list")
+@quarantine_options
+@click.option("--limit", type=int, default=50, show_default=True, help="rows shown (the count covers all)")
+@pass_settings
+def quarantine_list(s: Settings, feed: str | None, reason: str, since: str | None, limit: int) -> None:
+    from nautilus_assets.market_data import quarantine as q
+    since_ts = _since(since)
+    rows = q.select(build_resources(s)["clickhouse"], feed=feed, reason=reason, since=since_ts)
+    click.echo(f"{'quarantined_at':26} {'topic':14} {'message_id':18} {'replayed':10} reason")
+    for r in rows[:limit]:
+        click.echo(f"{r['quarantined_at']:%Y-%m-%d %H:%M:%S.%f} {r['topic'].rsplit('/', 1)[-1]:14} "
+                   f"{r['message_id']:18} {(r['replay_outcome'] or '-').split(':')[0]:10} {r['reason'][:120]}")
+    pending = sum(r["replay_outcome"] != q.STORED for r in rows)
+    shown = f"; the first {limit} shown" if len(rows) > limit else ""
     say(f"{len(rows)} quarantined ({pending} not stored by a replay){shown}")
+
+
+@quarantine.command("replay")
+@quarantine_options
+@click.option("--accept-late", is_flag=True, help="exempt from the lateness bound")
+@pass_settings
+def quarantine_replay(s: Settings, feed: str | None, reason: str, since: str | None, accept_late: bool) -> None:
+    from nautilus_assets.market_data import quarantine as q
+    since_ts = _since(since)
+    r = build_resources(s)
+    out = q.replay(r["pulsar"], r["lake"], r["clickhouse"], s.streaming.lateness_bound_s,
+                   s.home / "quarantine-replay.lock", feed=feed, reason=reason, since=since_ts,
+                   accept_late=accept_late, log=say)
+    say(f"{out['replay_id']}: {out['taken']} taken, {out['stored']} stored, {out['quarantined']} still "
+        f"quarantined {out['reasons'] or ''}".rstrip())
+    if out["closed_dates"]:
+        report_replay(out)
 
 
 def report_replay(out: dict) -> None:
@@ -109,283 +234,85 @@ def report_replay(out: dict) -> None:
     say(f"reported to Dagster: the day-level products of {meta[CLOSED_DATES]} will be re-run")
 
 
-def instruments(s: Settings) -> list[str]:
-    return [i.strip() for i in s["NAUTILUS_INSTRUMENTS"].split(",") if i.strip()]
+def _recovery_done(what: str, out: dict) -> None:
+    keep = ("seconds", "rows", "rows_per_s", "rewound")
+    say(f"{what} done: {json.dumps({k: v for k, v in out.items() if k in keep})}")
 
 
-STOP_WITHIN_S = 30
+@nautilus.command()
+@click.option("--to", "dest", type=click.Path(path_type=Path), required=True, help="a new directory")
+@pass_settings
+def backup(s: Settings, dest: Path) -> None:
+    """Copy PostgreSQL, the lake and ClickHouse into a new directory."""
+    from . import backup as b
+    _recovery_done("backup", b.backup(s, dest, log=say))
 
 
-def fail_in_flight_runs(reason: str) -> int:
-    """Report the runs a shutdown killed as failed (they are re-run later: ingest is exactly-once), so the next start
-    launches their successors at once instead of waiting for the watchdog."""
-    from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
-    with DagsterInstance.get() as inst:
-        records = inst.get_run_records(RunsFilter(statuses=[DagsterRunStatus.STARTED, DagsterRunStatus.STARTING,
-                                                            DagsterRunStatus.CANCELING]))
-        for rec in records:
-            inst.report_run_failed(rec.dagster_run, reason)
-    return len(records)
+@nautilus.command()
+@click.option("--from", "src", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@pass_settings
+def restore(s: Settings, src: Path) -> None:
+    """Put a backup back (services up, `nautilus up` stopped), then re-ingest what Pulsar still holds since it."""
+    from . import backup as b
+    _recovery_done("restore", b.restore(s, src, log=say))
 
 
-def up(s: Settings, rate: float, history_days: int, volume: str = "small") -> None:
-    """Start everything, publish a live market, serve the UI; Ctrl-C stops all of it."""
-    if history_days:   # a bad --volume stops here, not after the services started
-        from nautilus_assets.market_data.simulator import volume_settings
-        volume_settings(volume, 1)
-    children: list[tuple[str, subprocess.Popen]] = []
-    stopping = False
-    session = {services.SESSION_VAR: secrets.token_hex(8)}   # marks every process started below, at any depth
-
-    def stop(*_):
-        """Within STOP_WITHIN_S, whatever stdout is (closed, a file) and whatever runs are in flight: the Dagster
-        processes' groups first (nothing new launches), then what they started in groups of their own (code servers,
-        run workers), the killed runs reported failed, then the services."""
-        nonlocal stopping
-        if stopping:
-            return
-        stopping = True
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):   # a second Ctrl-C must not abort the stop
-            signal.signal(sig, signal.SIG_IGN)
-        t = time.monotonic()
-        say(f"stopping (within {STOP_WITHIN_S} s) ...")
-        services.kill_groups({name: p.pid for name, p in children}, timeout=5)
-        left = services.session_processes(session[services.SESSION_VAR])
-        if left:
-            say(f"{len(left)} processes started by the Dagster processes (code servers, runs): stopping them")
-            services.terminate(left, timeout=4)
-        try:
-            n = fail_in_flight_runs("stopped by `nautilus up` shutting down; re-run by the next start (exactly once)")
-            if n:
-                say(f"{n} in-flight runs reported failed; their work is re-run at the next start")
-        except Exception as e:  # noqa: BLE001  (the storage may be down already: the watchdog covers it then)
-            say(f"could not report the in-flight runs failed ({e}); the next start's watchdog will")
-        services.stop(s)
-        left = services.session_processes(session[services.SESSION_VAR])
-        services.terminate(left, timeout=1)
-        say(f"stopped in {time.monotonic() - t:.0f}s; {'no process left behind' if not left else f'{len(left)} killed'}")
-
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda *_: sys.exit(0))
-    t0 = time.time()
-    try:
-        say(f"instance '{s.instance}', data in {s.home}, ports from {s.port_base}")
-        s = apply(services.start(s))
-        say("setting up tables, buckets, subscriptions and the Dagster instance ...")
-        setup(s)
-        if history_days:
-            from .history import write_history
-            say(f"writing {history_days} past days into the lake and the portfolio store "
-                f"(the last {STREAMING_HISTORY_DAYS} also into ClickHouse) ...")
-            r = build_resources(s)
-            write_history(r["lake"], instruments(s), history_days, HISTORY_EVENTS_PER_DAY, postgres=r["postgres"],
-                          clickhouse=r["clickhouse"], clickhouse_days=STREAMING_HISTORY_DAYS, pulsar=r["pulsar"],
-                          volume=volume)
-        py = sys.executable
-        children.append(("simulator", services.spawn(s, "simulator", [py, "-m", "scripts.cli", "simulate", "--rate",
-                                                                       str(rate)], session)))
-        children.append(("dagster-daemon", services.dagster_daemon(s, env=session)))
-        children.append(("dagster-webserver", services.dagster_webserver(s, env=session)))
-        children.append(("api", services.spawn(s, "api", [py, "-m", "nautilus_assets.api.serve"], session)))
-        say(f"simulator publishing {rate:g} events/s; starting the Dagster daemon and webserver (logs in {s.home}) ...")
-        services.wait_port(s.port("webserver"), "dagster-webserver", timeout=300)
-        say(f"Dagster UI: {s.webserver_url}  (set up in {time.time() - t0:.0f}s; Ctrl-C stops everything)")
-        for product in API_PORTS:
-            services.wait_port(s.api_port(product), f"{product} API", timeout=120)
-            say(f"{product} API: {s.api_url(product)}  (docs {s.api_url(product).split('/api/')[0]}/docs)")
-        say(f"API tokens: NAUTILUS_API_<ROLE>_TOKEN in {s.home / 'credentials.env'}")
-        if history_days:
-            backfill = launch_backfill(s, history_days)
-            say(f"backfill {backfill}: every product over the history (watch it under Overview > Backfills)")
-        watch(s, children, t0)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        stop()
+@nautilus.command()
+@click.argument("what", type=click.Choice(["clickhouse"]))
+@pass_settings
+def rebuild(s: Settings, what: str) -> None:
+    """Rebuild the market-data ClickHouse tables from the lake."""
+    from . import backup as b
+    _recovery_done("rebuild", b.rebuild_clickhouse(s, log=say))
 
 
-STREAMING_HISTORY_DAYS = 21
-HISTORY_EVENTS_PER_DAY = 4000
-BACKFILL = """mutation($p: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $p) {
-  __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } } }"""
+URL_PASSWORD = re.compile(r"(://[^:/@]+:)[^@]+@")
 
 
-def launch_backfill(s: Settings, history_days: int) -> str:
-    """One asset backfill through the webserver's GraphQL API: the streaming products once, the day-level chain
-    over every history day (one run per asset: single-run backfill policies), and ML for yesterday."""
-    from datetime import datetime, timedelta, timezone
-
-    import requests
-
-    from nautilus_assets.analytics.assets import KEY as ANALYTICS
-    from nautilus_assets.market_data.daily import KEY as BARS_1D
-    from nautilus_assets.microstructure.assets import KEY as VPIN
-    from nautilus_assets.ml.assets import KEY as ML
-    from nautilus_assets.portfolio.assets import KEY as POSITIONS
-    from nautilus_assets.pools import PRIORITY
-    from nautilus_assets.portfolio.daily import KEY as NAV
-    from nautilus_assets.risk.assets import KEYS as RISK
-    yesterday = datetime.now(timezone.utc).date() - timedelta(days=1)
-    first = yesterday - timedelta(days=history_days - 1)
-    span = {"range": {"start": first.isoformat(), "end": yesterday.isoformat()}}
-    parts = [(ANALYTICS, None), (VPIN, None), (POSITIONS, None), (BARS_1D, span), (NAV, span), *((k, span) for k in RISK),
-             (ML, {"range": {"start": yesterday.isoformat(), "end": yesterday.isoformat()}})]
-    params = {"title": "nautilus up: every product over the history",
-              "tags": [{"key": "nautilus/trigger", "value": "run command"},   # below live ingest and products
-                       {"key": "dagster/priority", "value": str(PRIORITY["backfill"])}],
-              "partitionsByAssets": [{"assetKey": {"path": k.path}, "partitions": p} for k, p in parts]}
-    r = requests.post(f"{s.webserver_url}/graphql", json={"query": BACKFILL, "variables": {"p": params}}, timeout=120)
-    out = r.json()["data"]["launchPartitionBackfill"]
-    if out["__typename"] != "LaunchBackfillSuccess":
-        raise RuntimeError(f"backfill not launched: {out}")
-    return out["backfillId"]
+@nautilus.command("env")
+@pass_settings
+def env_command(s: Settings) -> None:
+    """Print the resolved environment (secrets masked)."""
+    for k, v in sorted(s.env.items()):
+        secret = any(w in k for w in ("SECRET", "PASSWORD", "TOKEN")) and v
+        click.echo(f"{k}=" + ("***" if secret else URL_PASSWORD.sub(r"\1***@", v)))
 
 
-def _batch_summary(inst, feeds: dict, after: dict, span_s: float) -> str:
-    """One line on the batches the ingest runs committed since the last look (a reporting error never stops `up`)."""
-    from dagster import AssetRecordsFilter
-    parts = []
-    try:
-        for name, key in feeds.items():
-            recs = inst.fetch_materializations(AssetRecordsFilter(asset_key=key, after_timestamp=after[name]),
-                                               limit=10_000, ascending=True).records
-            if recs:
-                after[name] = recs[-1].timestamp
-                meta = [r.asset_materialization.metadata for r in recs]
-                rows = sum(int(m["valid"].value) for m in meta if "valid" in m)
-                parts.append(f"{name} {len(recs)} batches / {rows} rows (latest {meta[-1]['batch_id'].value})")
-    except Exception as e:  # noqa: BLE001
-        return f"batch summary unavailable: {e}"
-    return f"committed in the last {span_s:.0f}s: " + ("; ".join(parts) or "nothing")
+@nautilus.command()
+@click.option("--product", multiple=True, type=click.Choice(list(API_PORTS)), help="default: every product")
+def api(product: tuple[str, ...]) -> None:
+    """Serve the data products' read APIs (each on its own port)."""
+    from nautilus_assets.api.serve import main as api_main
+    api_main([f"--product={p}" for p in product])
 
 
-def watch(s: Settings, children, t0: float) -> None:
-    """Report each finished run, and every 10 s the micro-batches the long-lived ingest runs committed, until
-    interrupted; stop if a child process dies."""
-    from datetime import datetime, timezone
+@nautilus.command()
+@click.argument("what", type=click.Choice(["show", "postgres-sql", "clickhouse-sql"]))
+@pass_settings
+def access(s: Settings, what: str) -> None:
+    """Who may read which product (show), and the access-control SQL made from it (postgres-sql: what `setup`
+    applies; clickhouse-sql: for a production server)."""
+    access_command(s, what)
 
-    from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
-    seen: set[str] = set()
-    since = datetime.fromtimestamp(t0, timezone.utc)
-    feeds = {name: AssetKey(["market_data_feed", name]) for name in ("trades", "quotes")}
-    after = {name: float(t0) for name in feeds}
-    last_summary = time.time()
-    with DagsterInstance.get() as inst:
-        while True:
-            if time.time() - last_summary >= 10:
-                say(_batch_summary(inst, feeds, after, time.time() - last_summary))
-                last_summary = time.time()
-            for name, p in children:
-                if p.poll() is not None:
-                    raise RuntimeError(f"{name} exited with {p.returncode}; see {s.home / (name + '.log')}")
-            finished = RunsFilter(statuses=[DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE], created_after=since)
-            for rec in reversed(inst.get_run_records(finished, limit=10)):
-                r = rec.dagster_run
-                if r.run_id in seen:
-                    continue
-                seen.add(r.run_id)
-                first = " (first batch)" if len(seen) == 1 else ""
-                what = r.tags.get("nautilus/batch_id") or ", ".join(sorted(k.to_user_string() for k in r.asset_selection or []))
-                say(f"{r.job_name} {what or r.run_id[:8]}: {r.status.value} "
-                    f"at +{time.time() - t0:.0f}s{first}")
-            time.sleep(2)
+
+nautilus.add_command(audit_group)
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="nautilus", description=__doc__)
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    sp = sub.add_parser("services", help="start, report or stop the platform's services")
-    sp.add_argument("action", choices=["start", "status", "stop", "remove"])
-    sub.add_parser("setup", help="create buckets, tables, subscriptions, instance schema")
-    sp = sub.add_parser("simulate", help="publish a live simulated market")
-    sp.add_argument("--rate", type=float, default=500.0, help="events per second (trades + quotes)")
-    sp.add_argument("--duration", type=float, default=None, help="seconds (default: until stopped)")
-    sp.add_argument("--seed", type=int, default=7)
-    sp = sub.add_parser("replay", help="publish a Parquet or CSV file of historical ticks")
-    sp.add_argument("path", type=Path)
-    sp.add_argument("--rate", type=float, default=None, help="rows per second per topic (default: as fast as possible)")
-    sp = sub.add_parser("history", help="write N past days straight into the lake")
-    sp.add_argument("--days", type=int, required=True)
-    sp.add_argument("--events-per-day", type=int, default=40_000)
-    # choices checked by the simulator (importing it here would load NumPy and Arrow for every command)
-    sp.add_argument("--model", default="stylized", help="the simulated market: stylized | gaussian | random_walk")
-    sp.add_argument("--volume", default="small",
-                    help="small | realistic: a listed stock's day (100,000 trades, 1,000,000 quotes per instrument)")
-    sp = sub.add_parser("up", help="run the platform: services, simulator, Dagster daemon and UI")
-    sp.add_argument("--rate", type=float, default=500.0)
-    sp.add_argument("--history-days", type=int, default=520,
-                    help="past days written first and backfilled through every product (risk's backtest needs 500)")
-    sp.add_argument("--volume", default="small", help="the history's volume: small | realistic (see history)")
-    sp = sub.add_parser("quarantine", help="list quarantined messages, or re-ingest them once the cause is fixed")
-    sp.add_argument("action", choices=["list", "replay"])
-    sp.add_argument("--feed", choices=["trades", "quotes"], help="default: both")
-    sp.add_argument("--reason", default="", help="reason prefix, e.g. too_late or bad_value: price")
-    sp.add_argument("--since", help="quarantined since: an ISO date/time (UTC) or an age such as 30m, 2h, 7d")
-    sp.add_argument("--accept-late", action="store_true", help="replay: exempt from the lateness bound")
-    sp.add_argument("--limit", type=int, default=50, help="list: rows shown (the count covers all)")
-    sp = sub.add_parser("backup", help="copy PostgreSQL, the lake and ClickHouse into a new directory")
-    sp.add_argument("--to", type=Path, required=True)
-    sp = sub.add_parser("restore", help="put a backup back (services up, `nautilus up` stopped), then re-ingest "
-                                        "what Pulsar still holds since the backup")
-    sp.add_argument("--from", dest="src", type=Path, required=True)
-    sp = sub.add_parser("rebuild", help="rebuild the market-data ClickHouse tables from the lake")
-    sp.add_argument("what", choices=["clickhouse"])
-    sub.add_parser("env", help="print the resolved environment (secrets masked)")
-    sp = sub.add_parser("api", help="serve the data products' read APIs (each on its own port)")
-    sp.add_argument("--product", action="append", choices=list(API_PORTS), help="default: every product")
-    sp = sub.add_parser("access", help="who may read which product, and the access-control SQL made from it")
-    sp.add_argument("what", choices=["show", "postgres-sql", "clickhouse-sql"],
-                    help="show: the declaration; postgres-sql: what `setup` applies; clickhouse-sql: for a server")
-    from nautilus_assets.audit.report import add_parser as add_audit_parser
-    add_audit_parser(sub)
-    a = ap.parse_args(argv)
+    """The console script; `main([...])` runs one command in this process (its errors raise)."""
+    if argv is not None:
+        nautilus.main(args=argv, prog_name="nautilus", standalone_mode=False)
+        return
     try:
-        s = apply(load())
-    except SettingsError as e:   # before anything starts, naming the variable
+        code = nautilus.main(prog_name="nautilus", standalone_mode=False)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.Abort:
+        sys.exit(130)
+    except SettingsError as e:   # a setting a command needed and did not find, named: no traceback
         sys.exit(f"nautilus: {e}")
-
-    if a.cmd == "services":
-        {"start": lambda: setup(apply(services.start(s))), "stop": lambda: services.stop(s),
-         "remove": lambda: services.remove(s),
-         "status": lambda: [print(f"{k:28} {v}") for k, v in services.status(s).items()]}[a.action]()
-    elif a.cmd == "setup":
-        setup(s)
-    elif a.cmd == "simulate":
-        from .publisher import simulate
-        print(simulate(build_resources(s)["pulsar"], instruments(s), a.rate, a.duration, a.seed))
-    elif a.cmd == "replay":
-        from .publisher import replay
-        print(replay(build_resources(s)["pulsar"], a.path, a.rate))
-    elif a.cmd == "history":
-        from .history import write_history
-        r = build_resources(s)
-        print(write_history(r["lake"], instruments(s), a.days, a.events_per_day, postgres=r["postgres"],
-                            model=a.model, volume=a.volume))
-    elif a.cmd == "up":
-        up(s, a.rate, a.history_days, a.volume)
-    elif a.cmd == "audit":
-        from nautilus_assets.audit.report import main as audit_main
-        audit_main(a, s)
-    elif a.cmd == "api":
-        from nautilus_assets.api.serve import main as api_main
-        api_main([f"--product={p}" for p in a.product or []])
-    elif a.cmd in ("backup", "restore", "rebuild"):
-        from . import backup
-        if a.cmd == "backup":
-            out = backup.backup(s, a.to, log=say)
-        elif a.cmd == "restore":
-            out = backup.restore(s, a.src, log=say)
-        else:
-            out = backup.rebuild_clickhouse(s, log=say)
-        say(f"{a.cmd} done: {json.dumps({k: v for k, v in out.items() if k in ('seconds', 'rows', 'rows_per_s', 'rewound')})}")
-    elif a.cmd == "quarantine":
-        quarantine_command(s, a)
-    elif a.cmd == "access":
-        access_command(s, a.what)
-    elif a.cmd == "env":
-        for k, v in sorted(s.env.items()):
-            v = "***" if any(w in k for w in ("SECRET", "PASSWORD", "TOKEN")) and v else re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", v)
-            print(f"{k}={v}")
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
