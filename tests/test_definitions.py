@@ -1,4 +1,9 @@
-"""The code location loads, and the market-data product carries its governance metadata."""
+"""The code location loads, carries its governance metadata, and matches its reviewed snapshot."""
+import difflib
+import json
+import os
+from pathlib import Path
+
 import dagster as dg
 
 from nautilus_assets.definitions import defs
@@ -60,3 +65,51 @@ def test_every_product_declares_its_sla_owners_schema_and_engine_topic():
             assert node.freshness_policy.warn_window.to_timedelta().total_seconds() == warn_s, key
         seen.add(product)
     assert seen == set(expected)
+
+
+SNAPSHOT = Path(__file__).parent / "snapshots" / "definitions.json"
+
+
+def snapshot(defs: dg.Definitions) -> dict:
+    """What a reviewer of the code location cares about, as plain data."""
+    ag = defs.resolve_asset_graph()
+    specs = {s.key: s for s in defs.resolve_all_asset_specs()}
+    assets = {}
+    for key in sorted(ag.get_all_asset_keys(), key=lambda k: k.to_user_string()):
+        node, meta = ag.get(key), specs[key].metadata if key in specs else {}
+        fp = node.freshness_policy
+        assets[key.to_user_string()] = {
+            "group": node.group_name, "owners": sorted(node.owners), "kinds": sorted(node.kinds),
+            "materializable": node.is_materializable,
+            "deps": sorted(k.to_user_string() for k in node.parent_keys),
+            "partitions": type(node.partitions_def).__name__ if node.partitions_def else None,
+            "freshness": None if fp is None else {
+                w: getattr(fp, w).to_timedelta().total_seconds() if getattr(fp, w, None) else None
+                for w in ("fail_window", "warn_window")},
+            "automation": node.automation_condition.get_label() if node.automation_condition else None,
+            "code_version": node.code_version,
+            "columns": [c.name for c in meta["dagster/column_schema"].columns]
+            if "dagster/column_schema" in meta else None,
+            "checks": sorted(c.name for c in ag.asset_check_keys if c.asset_key == key),
+            "tags": {k: v for k, v in sorted((node.tags or {}).items()) if not k.startswith("dagster/kind/")},
+        }
+    repo = defs.get_repository_def()
+    return {"assets": assets,
+            "sensors": {s.name: {"interval_s": s.minimum_interval_seconds, "status": s.default_status.value,
+                                 "jobs": sorted(j.name for j in s.jobs) if s.has_jobs else []}
+                        for s in sorted(repo.sensor_defs, key=lambda s: s.name)},
+            "schedules": {s.name: {"cron": s.cron_schedule, "job": s.job_name, "status": s.default_status.value}
+                          for s in sorted(repo.schedule_defs, key=lambda s: s.name)},
+            "jobs": sorted(j.name for j in repo.get_all_jobs() if not j.name.startswith("__"))}
+
+
+def test_definitions_match_the_reviewed_snapshot():
+    """Asset keys, groups, owners, kinds, dependencies, partitions, freshness, automation, code versions, columns,
+    checks, sensors, schedules and jobs: any change is a reviewed diff of tests/snapshots/definitions.json
+    (NAUTILUS_UPDATE_SNAPSHOT=1 rewrites it)."""
+    current = json.dumps(snapshot(defs), indent=1) + "\n"
+    if os.environ.get("NAUTILUS_UPDATE_SNAPSHOT"):
+        SNAPSHOT.write_text(current)
+    diff = "".join(difflib.unified_diff(SNAPSHOT.read_text().splitlines(True), current.splitlines(True),
+                                        "snapshot", "definitions"))
+    assert not diff, f"the definitions changed (NAUTILUS_UPDATE_SNAPSHOT=1 accepts it):\n{diff}"
