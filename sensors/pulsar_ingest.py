@@ -23,8 +23,6 @@ import time
 from datetime import datetime, timezone
 
 import dagster as dg
-from dagster._core.launcher import DefaultRunLauncher
-from dagster._core.storage.dagster_run import FINISHED_STATUSES, NOT_FINISHED_STATUSES
 
 from nautilus_assets.market_data.assets import BATCH_TAG, INGEST_JOBS, STREAM
 from nautilus_assets.market_data.handover import (
@@ -38,6 +36,10 @@ from resources.settings import load
 
 
 SENSORS = load().sensors
+# dagster._core.storage.dagster_run's status groups, from the public enum
+FINISHED_STATUSES = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
+NOT_FINISHED_STATUSES = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.SUSPENDED,
+                         dg.DagsterRunStatus.CANCELING, dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED]
 
 
 def decide(backlog, since_request: float, since_last_run_end, *, timer_s: float,
@@ -82,7 +84,7 @@ def dead_run_reason(instance: dg.DagsterInstance, record, now: float, silent_s: 
     run = record.dagster_run
     if run.status != dg.DagsterRunStatus.STARTED:
         return None  # queued runs wait; run monitoring's start timeout covers STARTING
-    if isinstance(instance.run_launcher, DefaultRunLauncher):
+    if isinstance(instance.run_launcher, dg.DefaultRunLauncher):
         start = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.RUN_START, limit=1).records
         event = start[0].event_log_entry if start else None
         pid = event.dagster_event.pid if event and event.dagster_event else None

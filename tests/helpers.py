@@ -38,7 +38,7 @@ def fail_orphaned_runs(instance, since: float) -> list[str]:
     unfinished: a run the sensor launched moments before the kill would otherwise stay in flight in the shared
     instance, and the next test's sensor would wait on it."""
     import dagster as dg
-    from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
+    from sensors.pulsar_ingest import NOT_FINISHED_STATUSES
     left = [r.dagster_run for r in instance.get_run_records(dg.RunsFilter(statuses=list(NOT_FINISHED_STATUSES)))
             if r.create_timestamp.timestamp() >= since]
     for run in left:

@@ -24,7 +24,7 @@ import dagster as dg
 import pyarrow.compute as pc
 import pytest
 from dagster._core.scheduler.instigation import InstigatorStatus, InstigatorType
-from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
+from sensors.pulsar_ingest import NOT_FINISHED_STATUSES
 
 from nautilus_assets.market_data import faults, sinks
 from nautilus_assets.market_data.schema import QUOTES, SUBSCRIPTION, TRADES
