@@ -117,14 +117,15 @@ def write_history(lake: LakeResource, instruments: list[str], days: int, events_
                 if clickhouse is not None and clickhouse_days is not None:
                     table = table.filter(pc.greater_equal(table["date"], pa.scalar(end - timedelta(days=clickhouse_days))))
                 if clickhouse is not None and table.num_rows:
-                    sinks.write_clickhouse(clickhouse, feed, table)
-                    if feed is TRADES:
-                        dates = pc.unique(table["date"]).to_pylist()
-                        version, spans = sinks.recompute_bars_for_dates(clickhouse, min(dates), max(dates),
-                                                                        f"history-{label}")
-                        if pulsar is not None:   # the streaming products learn of the history's bars
-                            with pulsar.client() as client:
-                                changes.announce_once(client, f"history-{label}", version, spans=spans)
+                    with clickhouse.session() as c:
+                        sinks.write_clickhouse(c, feed, table)
+                        if feed.bars:
+                            dates = pc.unique(table["date"]).to_pylist()
+                            version, spans = sinks.recompute_bars_for_dates(c, min(dates), max(dates),
+                                                                            f"history-{label}")
+                    if feed.bars and pulsar is not None:   # the streaming products learn of the history's bars
+                        with pulsar.client() as client:
+                            changes.announce_once(client, f"history-{label}", version, spans=spans)
 
     written = unflushed = 0
     for n, (day, trades, quotes) in enumerate(simulate_days(instruments, first, days, events_per_day, seed, model,

@@ -10,7 +10,6 @@ from collections import deque
 from datetime import datetime, timezone
 
 import dagster as dg
-from dagster._core.events import DagsterEventType
 
 PRODUCTS = ("market_data_feed", "market_analytics", "market_microstructure", "portfolio_states", "risk_metrics",
             "ml_predictions")
@@ -89,6 +88,7 @@ def stale_intervals(times: list[float], policy: dict | None, since: float, now: 
         if not times:
             out["never_materialized"] = True
         return out
+    # private, as Dagster 1.13 has no public cron iterator (nor is croniter installed): its schedules' own, DST-aware
     from dagster._utils.schedules import cron_string_iterator
     spans = []
     it = cron_string_iterator(since, policy["deadline_cron"], policy["timezone"])
@@ -110,7 +110,7 @@ def state_changes(instance: dg.DagsterInstance, key: dg.AssetKey, limit: int = 2
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        recs = instance.get_event_records(dg.EventRecordsFilter(event_type=DagsterEventType.FRESHNESS_STATE_CHANGE,
+        recs = instance.get_event_records(dg.EventRecordsFilter(event_type=dg.DagsterEventType.FRESHNESS_STATE_CHANGE,
                                                                 asset_key=key), limit=limit, ascending=False)
     out = []
     for r in recs:
@@ -266,5 +266,5 @@ def _current_state(instance, key) -> str | None:
 
 
 def _instance_name(instance) -> str:
-    import os
-    return os.environ.get("NAUTILUS_INSTANCE", "") or str(instance.root_directory)
+    from resources.settings import load
+    return load().instance or str(instance.root_directory)

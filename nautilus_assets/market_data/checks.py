@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from clickhouse_connect.driver.client import Client
 
 from resources.clickhouse import ClickHouseResource
 from resources.lake import LakeResource
@@ -23,17 +24,17 @@ def delta_span(lake: LakeResource, feed: Feed, table: pa.Table, dt=None) -> pa.T
     return span_message_ids(dt if dt is not None else lake.table(bronze_table(feed)), table)
 
 
-def clickhouse_span(ch: ClickHouseResource, feed: Feed, table: pa.Table) -> pa.Table:
+def clickhouse_span(c: Client, feed: Feed, table: pa.Table) -> pa.Table:
     """The ClickHouse rows of the batch's message-id span (a primary-key and min/max-index range, so the cost
-    does not grow with the table): message_id, and for trades instrument_id and trade_id. One query serves both
-    the reconciliation and the uniqueness check; the whole table is checked by the scheduled integrity job."""
-    cols = "message_id, instrument_id, trade_id" if feed.name == "trades" else "message_id"
+    does not grow with the table): message_id, and the feed's unique key (trades: instrument_id, trade_id). One
+    query serves both the reconciliation and the uniqueness check; the whole table is checked by the scheduled
+    integrity job."""
+    cols = ["message_id", *feed.unique_key]
     if table.num_rows == 0:
-        return pa.table({c: pa.array([], pa.string()) for c in cols.split(", ")})
+        return pa.table({n: pa.array([], pa.string()) for n in cols})
     dates = [d.isoformat() for d in pc.unique(table["date"]).to_pylist()]
-    with ch.session() as c:
-        return c.query_arrow(f"SELECT {cols} FROM {DB}.{feed.name} WHERE date IN %(d)s AND {IN_RANGE_SQL}",
-                             parameters={"d": dates, **id_range(table)})
+    return c.query_arrow(f"SELECT {', '.join(cols)} FROM {DB}.{feed.name} WHERE date IN %(d)s AND {IN_RANGE_SQL}",
+                         parameters={"d": dates, **id_range(table)})
 
 
 def stored_copies(table: pa.Table, ch_span: pa.Table, delta_span_: pa.Table) -> dict:
@@ -54,25 +55,26 @@ def reconcile(res: BatchResult, copies: dict) -> tuple[bool, dict]:
 
 
 def duplicate_ids(feed: Feed, ch_span: pa.Table) -> dict:
-    """Duplicate message ids (and trade ids, for trades) among the stored rows of the batch's message-id span."""
+    """Duplicate message ids (and unique keys: trade ids, for trades) among the stored rows of the batch's
+    message-id span."""
     n = ch_span.num_rows
     msg = n - pc.count_distinct(ch_span["message_id"]).as_py() if n else 0
     trd = 0
-    if feed.name == "trades" and n:
-        trd = n - ch_span.group_by(["instrument_id", "trade_id"]).aggregate([]).num_rows
+    if feed.unique_key and n:
+        trd = n - ch_span.group_by(list(feed.unique_key)).aggregate([]).num_rows
     return {"duplicate_message_ids": int(msg), "duplicate_trade_ids": int(trd)}
 
 
 def duplicate_ids_in_table(ch: ClickHouseResource, feed: Feed) -> dict:
-    """Duplicate message ids (and trade ids) over the whole table: for the scheduled integrity job only."""
-    trade = ", count() - uniqExact(instrument_id, trade_id)" if feed.name == "trades" else ", 0"
+    """Duplicate message ids (and unique keys) over the whole table: for the scheduled integrity job only."""
+    keys = f", count() - uniqExact({', '.join(feed.unique_key)})" if feed.unique_key else ", 0"
     with ch.session() as c:
-        n, msg, trd = c.query(f"SELECT count(), count() - uniqExact(topic, message_id){trade} "
+        n, msg, trd = c.query(f"SELECT count(), count() - uniqExact(topic, message_id){keys} "
                               f"FROM {DB}.{feed.name}").first_row
     return {"rows": int(n), "duplicate_message_ids": int(msg), "duplicate_trade_ids": int(trd)}
 
 
-def bars_mismatches(ch: ClickHouseResource, keys: list[tuple[str, int]], rel_tol: float = 1e-9) -> dict:
+def bars_mismatches(c: Client, keys: list[tuple[str, int]], rel_tol: float = 1e-9) -> dict:
     """Bars of the given minutes compared with a recomputation from the stored trades."""
     if not keys:
         return {"bars_checked": 0, "mismatched": 0, "missing": 0}
@@ -87,7 +89,6 @@ def bars_mismatches(ch: ClickHouseResource, keys: list[tuple[str, int]], rel_tol
     LEFT JOIN (SELECT * FROM {DB}.bars_1m FINAL
                WHERE (instrument_id, toUnixTimestamp(minute)) IN %(keys)s) AS b
       ON b.instrument_id = r.instrument_id AND b.minute = r.minute"""
-    with ch.session() as c:
-        n, missing, bad = c.query(sql, parameters={"lo": min(minutes), "hi": max(minutes), "keys": keys},
-                                  settings={"max_query_size": 1 << 30, "join_use_nulls": 0}).first_row
+    n, missing, bad = c.query(sql, parameters={"lo": min(minutes), "hi": max(minutes), "keys": keys},
+                              settings={"max_query_size": 1 << 30, "join_use_nulls": 0}).first_row
     return {"bars_checked": int(n), "missing": int(missing), "mismatched": int(bad)}

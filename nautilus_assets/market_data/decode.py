@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from .schema import MAX_MESSAGE_BYTES, NS, POSITIVE, SCHEMA_VERSION, SIDE, TEXT, TRADES, Feed
+from .schema import MAX_MESSAGE_BYTES, NS, POSITIVE, SCHEMA_VERSION, SIDE, TEXT, Feed
 
 SIDES = {"BUYER", "SELLER", "NO_AGGRESSOR"}
 FUTURE_TOLERANCE_NS = 60 * 1_000_000_000
@@ -114,8 +114,8 @@ def validate(feed: Feed, payload: bytes, ref_ns: int, lateness_ns: int,
     if ts < ref_ns - lateness_ns and not is_replay():
         return None, (f"too_late: published {(ref_ns - ts) / 1e9:.0f}s after its event, "
                       f"lateness bound {lateness_ns / 1e9:.0f}s")
-    if "bid_price" in rec and float(rec["bid_price"]) > float(rec["ask_price"]):   # as stored (float64)
-        return None, "crossed_quote: bid_price > ask_price"
+    if feed.bid_ask and float(rec[feed.bid_ask[0]]) > float(rec[feed.bid_ask[1]]):   # as stored (float64)
+        return None, f"crossed_quote: {feed.bid_ask[0]} > {feed.bid_ask[1]}"
     return rec, None
 
 
@@ -158,12 +158,12 @@ def _fast_path(feed: Feed, payloads: list[bytes], ref_ns: np.ndarray, lateness_n
         ok = pc.and_(ok, pc.greater(t[name], 0))
     ok = pc.and_(ok, pc.less_equal(t["ts_event"], pa.array(ref_ns + FUTURE_TOLERANCE_NS)))
     ok = pc.and_(ok, pc.greater_equal(t["ts_event"], pa.array(ref_ns - lateness_ns)))
-    if feed is not TRADES:
-        ok = pc.and_(ok, pc.less_equal(t["bid_price"], t["ask_price"]))
+    if feed.bid_ask:
+        ok = pc.and_(ok, pc.less_equal(t[feed.bid_ask[0]], t[feed.bid_ask[1]]))
     if not pc.all(ok).as_py():
         return None
-    if feed is TRADES and pc.count_distinct(pc.binary_join_element_wise(
-            t["instrument_id"], t["trade_id"], "\x00")).as_py() != t.num_rows:
+    if feed.unique_key and pc.count_distinct(pc.binary_join_element_wise(
+            *(t[k].cast(pa.string()) for k in feed.unique_key), "\x00")).as_py() != t.num_rows:
         return None
     return t
 
@@ -190,9 +190,9 @@ def _screen(feed: Feed, recs: list[dict], ref_ns: np.ndarray, lateness_ns: int) 
         ts[name] = np.fromiter((v if g else 0 for v, g in zip(vals, good)), np.int64, n)
         ok &= good
     ok &= (ts["ts_event"] <= ref_ns + FUTURE_TOLERANCE_NS) & (ts["ts_event"] >= ref_ns - lateness_ns)
-    if feed is not TRADES:
-        bid = np.fromiter((r.get("bid_price", 0) if ok[i] else 0 for i, r in enumerate(recs)), float, n)
-        ask = np.fromiter((r.get("ask_price", 0) if ok[i] else 0 for i, r in enumerate(recs)), float, n)
+    if feed.bid_ask:
+        bid, ask = (np.fromiter((r.get(name, 0) if ok[i] else 0 for i, r in enumerate(recs)), float, n)
+                    for name in feed.bid_ask)
         ok &= bid <= ask
     return ok
 
@@ -227,17 +227,17 @@ def decode(feed: Feed, raw: RawBatch | list[RawMessage], topic: str, batch_id: s
             recs.append(None)
     fast = _screen(feed, recs, ref, lateness_ns)
     keep: list[int] = []
-    seen_trade: set = set()
+    seen_keys: set = set()
     for k, i in enumerate(idx):
         rec, why = recs[k], None
         if not fast[k]:
             rec, why = validate(feed, raw.payloads[i], int(ref[k]), lateness_ns, lambda i=i: raw.is_replay(i))
             recs[k] = rec
-        if rec is not None and feed is TRADES:
-            key = (rec["instrument_id"], rec["trade_id"])
-            if key in seen_trade:
-                rec, why = None, f"duplicate_trade_id: {key[1]} already used in this batch"
-            seen_trade.add(key)
+        if rec is not None and feed.unique_key:
+            key = tuple(rec[k] for k in feed.unique_key)
+            if key in seen_keys:
+                rec, why = None, f"{duplicate_key(feed, key)} already used in this batch"
+            seen_keys.add(key)
         if rec is None:
             out.quarantine.append({"message_id": raw.message_ids[i], "reason": why, "payload": raw.payloads[i],
                                    "publish_time_ms": raw.publish_ms[i]})
@@ -272,14 +272,18 @@ def build_table(feed: Feed, fields: dict, *, ts_event, ts_init, topic: str, batc
     return pa.table(data, schema=feed.arrow_schema)
 
 
-def reject_reused_trade_ids(dec: Decoded, raw: RawBatch, stored: dict) -> int:
-    """Move to quarantine the decoded trades whose (instrument, trade id) is already stored under another
-    message id (`stored`: key -> message ids holding it). A redelivery (same message id) stays: the sinks
+def duplicate_key(feed: Feed, key: tuple) -> str:
+    """A reused key's reason, named by the key's last field (trades: "duplicate_trade_id: T-1")."""
+    return f"duplicate_{feed.unique_key[-1]}: {key[-1]}"
+
+
+def reject_reused_keys(feed: Feed, dec: Decoded, raw: RawBatch, stored: dict) -> int:
+    """Move to quarantine the decoded rows whose unique key (trades: instrument, trade id) is already stored under
+    another message id (`stored`: key -> message ids holding it). A redelivery (same message id) stays: the sinks
     de-duplicate it. Returns how many were moved."""
     if not stored or dec.table.num_rows == 0:
         return 0
-    keys = zip(dec.table["instrument_id"].to_pylist(), dec.table["trade_id"].to_pylist(),
-               dec.table["message_id"].to_pylist())
+    keys = zip(*(dec.table[k].to_pylist() for k in feed.unique_key))
     return dec.move_to_quarantine(raw, {
-        mid: f"duplicate_trade_id: {tid} already stored as message {min(stored[(inst, tid)])}"
-        for inst, tid, mid in keys if (inst, tid) in stored and mid not in stored[(inst, tid)]})
+        mid: f"{duplicate_key(feed, key)} already stored as message {min(stored[key])}"
+        for key, mid in zip(keys, dec.table["message_id"].to_pylist()) if key in stored and mid not in stored[key]})

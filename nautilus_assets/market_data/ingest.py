@@ -18,10 +18,8 @@ from resources.pulsar import PulsarResource
 from resources.redis import RedisResource
 
 from . import changes, checks, faults, sinks
-from .decode import RawBatch, decode, reject_reused_trade_ids
-from .schema import QUOTES, REPLAY_PROPERTY, SUBSCRIPTION, TRADES, Feed
-
-QUOTE_STATE = ["instrument_id", "bid_price", "ask_price", "bid_size", "ask_size", "ts_event", "ts_init"]
+from .decode import RawBatch, decode, reject_reused_keys
+from .schema import REPLAY_PROPERTY, SUBSCRIPTION, Feed
 
 
 @dataclass
@@ -98,14 +96,14 @@ def receive(consumer: pulsar.Consumer, max_messages: int, max_wait_s: float, idl
 
 
 def to_raw(msgs: list) -> RawBatch:
-    """Columns of a received batch (wrapped or C++ messages); message ids as 'ledger:entry:batch_index'."""
-    inner = [getattr(m, "_message", m) for m in msgs]  # the C++ objects (receive_window(raw=True) gives them)
-    ids = [x.message_id() for x in inner]
+    """Columns of a received batch; message ids as 'ledger:entry:batch_index'. pulsar.Message and the C++ messages
+    receive_window(raw=True) gives have the same public methods (the wrapper's delegate to the C++ object's)."""
+    ids = [x.message_id() for x in msgs]
     ledgers, entries = [i.ledger_id() for i in ids], [i.entry_id() for i in ids]   # 2x faster than parsing str(id)
-    return RawBatch(payloads=[x.data() for x in inner],
+    return RawBatch(payloads=[x.data() for x in msgs],
                     message_ids=[f"{ledger}:{entry}:{i.batch_index()}" for ledger, entry, i in zip(ledgers, entries, ids)],
-                    ledger_ids=ledgers, entry_ids=entries, publish_ms=[x.publish_timestamp() for x in inner],
-                    is_replay=lambda i: inner[i].properties().get(REPLAY_PROPERTY) == "historical")
+                    ledger_ids=ledgers, entry_ids=entries, publish_ms=[x.publish_timestamp() for x in msgs],
+                    is_replay=lambda i: msgs[i].properties().get(REPLAY_PROPERTY) == "historical")
 
 
 def receive_window(consumer: pulsar.Consumer, max_messages: int, window_s: float, poll_ms: int = 1000,
@@ -115,6 +113,7 @@ def receive_window(consumer: pulsar.Consumer, max_messages: int, window_s: float
     A commit that took longer than the window leaves only what is already queued to take: a batch starts at most
     once a window, yet never waits when messages are waiting. raw=True returns pulsar-client's C++ message objects
     (no Python wrapper per message: a third of the receive cost); consumer.acknowledge takes them as they are."""
+    # private, as none is public: pulsar-client 3.13's receive and batch_receive always wrap each message
     recv = consumer._consumer.receive if raw else consumer.receive
     try:
         out = [recv(poll_ms)]
@@ -205,14 +204,14 @@ class Stream:
         lap("decode")
         version = time.time_ns()
         # ClickHouse and Delta are written at the same time (Delta in a thread): the two sinks are independent and
-        # both release the GIL.
+        # both release the GIL. The batch's ClickHouse queries share one session (`c`), passed down.
         with ThreadPoolExecutor(1) as pool:
-            with ch.session():
+            with ch.session() as c:
                 in_delta = pool.submit(sinks.stored_in_delta, self.lake, feed, dec.table, self.delta)
-                if feed is TRADES:   # a new message reusing a trade id an earlier batch stored
-                    reject_reused_trade_ids(dec, raw, sinks.stored_trade_ids(ch, dec.table, batch_id))
+                if feed.unique_key:   # a new message reusing a key (trade id) an earlier batch stored
+                    reject_reused_keys(feed, dec, raw, sinks.stored_keys(c, feed, dec.table, batch_id))
                     lap("trade_ids")
-                in_ch = sinks.stored_in_clickhouse(ch, feed, dec.table)
+                in_ch = sinks.stored_in_clickhouse(c, feed, dec.table)
                 self.delta, in_delta = in_delta.result()
                 # a stored message id with other content is another message, never a redelivery to drop
                 dec.move_to_quarantine(raw, sinks.changed_content(feed, dec.table, [in_ch, in_delta]))
@@ -225,24 +224,24 @@ class Stream:
                 if self._inspecting is not None:   # the previous batch's check reads come first (class doc)
                     self._inspecting.result()
                     lap("checks_wait")
-                res.written_clickhouse = sinks.write_clickhouse(ch, feed, dec.table,
+                res.written_clickhouse = sinks.write_clickhouse(c, feed, dec.table,
                                                                 set(in_ch["message_id"].to_pylist()))
                 faults.point("between_sinks", feed.name, batch_id)
-                sinks.write_quarantine(ch, feed.topic, batch_id, dec.quarantine)
+                sinks.write_quarantine(c, feed.topic, batch_id, dec.quarantine)
                 lap("clickhouse")
-                if feed is TRADES:
+                if feed.bars:
                     res.bar_keys = sinks.touched_minutes(dec.table)
-                    res.bars_recomputed = sinks.recompute_bars(ch, res.bar_keys, batch_id, version)
+                    res.bars_recomputed = sinks.recompute_bars(c, res.bar_keys, batch_id, version)
                     lap("bars")
             res.written_delta, res.delta_version, self.delta = delta.result()
             lap("delta_wait")
         system_topics.publish_quarantine_alert(self.client, feed.topic, batch_id, res.consumed, dec.table.num_rows,
                                                dec.quarantine)
-        if feed is QUOTES and self.cache is not None:   # the latest top of book per instrument, before the ack
-            current.publish(self.cache, "quotes", current.latest_arrow(current.KINDS["quotes"], dec.table, "ts_event",
-                                                                       QUOTE_STATE), log=self.log)
+        if feed.cached and self.cache is not None:   # the latest row per instrument (top of book), before the ack
+            current.publish(self.cache, feed.name, current.latest_arrow(current.KINDS[feed.name], dec.table,
+                                                                        "ts_event", feed.content_columns), log=self.log)
             lap("cache")
-        if feed is TRADES:
+        if feed.bars:
             if self.announcer is None:
                 self.announcer = changes.Announcer(self.client)
             self.announcer.announce(batch_id, version, res.bar_keys)   # before the ack (changes.py)
@@ -266,12 +265,13 @@ class Stream:
         return res
 
     def _inspect(self, res: BatchResult) -> float:
-        """The ClickHouse reads of the batch's checks (on the inspector thread); returns their seconds."""
+        """The ClickHouse reads of the batch's checks (on the inspector thread); returns their seconds. A session
+        of this thread's own: it overlaps the next batch's look-ups in the commit thread's session."""
         t, feed = time.perf_counter(), self.feed
-        with self.ch.session():
-            res.stored_span = checks.clickhouse_span(self.ch, feed, res.rows)
-            res.table_rows = int(self.ch.scalar(f"SELECT count() FROM {sinks.DB}.{feed.name}"))  # part metadata
-            res.bars_check = checks.bars_mismatches(self.ch, res.bar_keys) if feed is TRADES else None
+        with self.ch.session() as c:
+            res.stored_span = checks.clickhouse_span(c, feed, res.rows)
+            res.table_rows = int(c.query(f"SELECT count() FROM {sinks.DB}.{feed.name}").first_row[0])  # part metadata
+            res.bars_check = checks.bars_mismatches(c, res.bar_keys) if feed.bars else None
         return round(time.perf_counter() - t, 3)
 
 

@@ -32,6 +32,13 @@ class Feed:
     topic_name: str      # Pulsar topic under nautilus/market-data
     fields: list         # (name, arrow type, ClickHouse type, description, python check)
     order_by: str
+    # What the ingest does besides storing the rows, declared per feed, so a new feed is a declaration, not branches:
+    unique_key: tuple[str, ...] = ()   # fields naming one event (a venue's trade id per instrument): a message that
+                                       # reuses a key, in its batch or stored earlier, is quarantined as duplicate_<last>
+    key_table: str = ""                # ClickHouse side table of the stored keys, for that look-up (TRADE_IDS_DDL)
+    bid_ask: tuple[str, str] = ()      # a row whose bid is above its ask is crossed: quarantined
+    bars: bool = False                 # its rows make the 1-minute bars (recomputed, checked and announced per batch)
+    cached: bool = False               # the latest row per instrument goes to the current-state cache (current.KINDS)
 
     @property
     def topic(self) -> str:
@@ -41,6 +48,11 @@ class Feed:
     def columns(self) -> list[tuple]:
         return [(n, a, c, d) for n, a, c, d, _ in self.fields] + TIMES + PROVENANCE + [
             ("schema_version", pa.int32(), "Int32", "Message schema version")]
+
+    @property
+    def content_columns(self) -> list[str]:
+        """What a message says: a stored row with the same message id and other values here is not a redelivery."""
+        return [n for n, *_ in self.fields] + ["ts_event", "ts_init"]
 
     @property
     def arrow_schema(self) -> pa.Schema:
@@ -68,7 +80,8 @@ TRADES = Feed("trades", "trades", [
     ("size", pa.float64(), "Float64", "Trade size", POSITIVE),
     ("aggressor_side", pa.string(), "LowCardinality(String)", "BUYER, SELLER or NO_AGGRESSOR", SIDE),
     ("trade_id", pa.string(), "String", "Venue trade id, unique per instrument", TEXT),
-], order_by="instrument_id, ts_event, message_id")
+], order_by="instrument_id, ts_event, message_id", unique_key=("instrument_id", "trade_id"), key_table="trade_ids",
+   bars=True)
 
 QUOTES = Feed("quotes", "level1-quotes", [
     ("instrument_id", pa.string(), "LowCardinality(String)", "Instrument, SYMBOL.VENUE", TEXT),
@@ -76,7 +89,7 @@ QUOTES = Feed("quotes", "level1-quotes", [
     ("ask_price", pa.float64(), "Float64", "Best ask price", POSITIVE),
     ("bid_size", pa.float64(), "Float64", "Size at the best bid", POSITIVE),
     ("ask_size", pa.float64(), "Float64", "Size at the best ask", POSITIVE),
-], order_by="instrument_id, ts_event, message_id")
+], order_by="instrument_id, ts_event, message_id", bid_ask=("bid_price", "ask_price"), cached=True)
 
 FEEDS = {f.name: f for f in (TRADES, QUOTES)}
 

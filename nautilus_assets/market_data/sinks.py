@@ -3,10 +3,13 @@ redelivered message or a re-run batch never adds a row twice."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from clickhouse_connect.driver.client import Client
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 
 from resources.clickhouse import ClickHouseResource
@@ -39,11 +42,6 @@ def _sql_literal(v: str) -> str:
     return "'" + v.replace("'", "''") + "'"
 
 
-def content_columns(feed: Feed) -> list[str]:
-    """What a message says: a stored row with the same message id and other values here is not a redelivery."""
-    return [n for n, *_ in feed.fields] + ["ts_event", "ts_init"]
-
-
 def span_message_ids(dt: DeltaTable, table: pa.Table, columns: tuple[str, ...] = ()) -> pa.Table:
     """message_id (and `columns`) of the Delta rows in the batch's message-id span. deltalake prunes the files in Rust (the date
     partitions, then each file's min/max statistics of topic, ledger_id and entry_id), so only files that may hold
@@ -68,17 +66,27 @@ def stored_in_delta(lake: LakeResource, feed: Feed, table: pa.Table,
         dt = lake.table(bronze_table(feed))
     else:
         dt.update_incremental()
-    return dt, empty if dt is None else span_message_ids(dt, table, tuple(content_columns(feed)))
+    return dt, empty if dt is None else span_message_ids(dt, table, tuple(feed.content_columns))
 
 
-def stored_in_clickhouse(ch: ClickHouseResource, feed: Feed, table: pa.Table) -> pa.Table:
+@contextmanager
+def session_of(ch: ClickHouseResource | Client) -> Iterator[Client]:
+    """The client of a session the caller holds (a batch opens one for all its queries), or a session of the
+    resource for a caller that holds none (a tool, a test)."""
+    if isinstance(ch, ClickHouseResource):
+        with ch.session() as c:
+            yield c
+    else:
+        yield ch
+
+
+def stored_in_clickhouse(c: Client, feed: Feed, table: pa.Table) -> pa.Table:
     """The ClickHouse rows (message id and content) of the batch's span."""
     if table.num_rows == 0:
         return pa.table({"message_id": pa.array([], pa.string())})
-    names = ["message_id", *content_columns(feed)]
-    with ch.session() as c:
-        rows = c.query(f"SELECT {', '.join(f'`{n}`' for n in names)} FROM {DB}.{feed.name} WHERE {IN_RANGE_SQL}",
-                       parameters=id_range(table)).result_rows
+    names = ["message_id", *feed.content_columns]
+    rows = c.query(f"SELECT {', '.join(f'`{n}`' for n in names)} FROM {DB}.{feed.name} WHERE {IN_RANGE_SQL}",
+                   parameters=id_range(table)).result_rows
     types = dict(zip(table.schema.names, table.schema.types))
     return pa.table({n: pa.array([r[k] for r in rows], types[n]) for k, n in enumerate(names)})
 
@@ -88,7 +96,7 @@ def changed_content(feed: Feed, table: pa.Table, stored: list[pa.Table]) -> dict
     redelivery (that is identical) but another message under a reused id (e.g. a broker whose ledgers restarted
     beside a kept lake). Compared field by field on the ids both hold, so it costs nothing when none are stored."""
     out: dict[str, str] = {}
-    cols = content_columns(feed)
+    cols = feed.content_columns
     for held in stored:
         held = held.filter(pc.is_in(held["message_id"], table["message_id"])) if held.num_rows else held
         if held.num_rows == 0:
@@ -151,51 +159,51 @@ def write_delta(lake: LakeResource, feed: Feed, table: pa.Table, batch_id: str,
     return table.num_rows, dt.version(), dt
 
 
-def write_clickhouse(ch: ClickHouseResource, feed: Feed, table: pa.Table, existing: set[str] | None = None) -> int:
+def write_clickhouse(ch: ClickHouseResource | Client, feed: Feed, table: pa.Table,
+                     existing: set[str] | None = None) -> int:
     """Insert the rows whose message ids are not in the ClickHouse table yet (`existing`: as stored_in_clickhouse
-    found them in this session). Returns rows inserted."""
+    found them in this session). `ch`: the caller's session, or the resource (session_of). Returns rows inserted."""
     if table.num_rows == 0:
         return 0
     table = table.set_column(table.schema.get_field_index("ts"), "ts",
                              table["ts_event"].cast(pa.timestamp("ns", tz="UTC")))
-    with ch.session() as c:
+    with session_of(ch) as c:
         if existing is None:
-            existing = set(stored_in_clickhouse(ch, feed, table)["message_id"].to_pylist())
+            existing = set(stored_in_clickhouse(c, feed, table)["message_id"].to_pylist())
         table = _without(table, existing)
         if table.num_rows:
-            if feed.name == "trades":   # first: a crash after it leaves the redelivery's own ids, never a gap
-                c.insert_arrow(f"{DB}.trade_ids", table.select(["instrument_id", "date", "trade_id", "message_id"]))
+            if feed.key_table:   # first: a crash after it leaves the redelivery's own keys, never a gap
+                c.insert_arrow(f"{DB}.{feed.key_table}", table.select([*feed.unique_key, "date", "message_id"]))
             faults.point("clickhouse_write", feed.name, table["batch_id"][0].as_py())
             c.insert_arrow(f"{DB}.{feed.name}", table)
     return table.num_rows
 
 
-def stored_trade_ids(ch: ClickHouseResource, table: pa.Table, batch_id: str) -> dict:
-    """{(instrument, trade id): {message ids}} of the batch's trades already in ClickHouse on the batch's dates,
-    from the trade_ids table's primary key (not a scan of the day's trades). The keys go through a scratch
-    Memory table: a 100,000-value IN list takes ClickHouse seconds to parse."""
+def stored_keys(c: Client, feed: Feed, table: pa.Table, batch_id: str) -> dict:
+    """{unique key: {message ids}} of the batch's keys (trades: instrument, trade id) already in ClickHouse on the
+    batch's dates, from the feed's key table's primary key (not a scan of the day's rows). The keys go through a
+    scratch Memory table: a 100,000-value IN list takes ClickHouse seconds to parse."""
     if table.num_rows == 0:
         return {}
-    probe = f"{DB}._trade_id_probe_" + "".join(ch_ if ch_.isalnum() else "_" for ch_ in batch_id)
+    probe = f"{DB}._{feed.key_table}_probe_" + "".join(x if x.isalnum() else "_" for x in batch_id)
     dates = [d.isoformat() for d in pc.unique(table["date"]).to_pylist()]
-    with ch.session() as c:
+    key = ", ".join(feed.unique_key)
+    types = {n: t for n, _, t, *_ in feed.fields}
+    c.command(f"DROP TABLE IF EXISTS {probe}")
+    c.command(f"CREATE TABLE {probe} ({', '.join(f'{k} {types[k]}' for k in feed.unique_key)}) ENGINE = Memory")
+    try:
+        c.insert_arrow(probe, table.select(list(feed.unique_key)))
+        rows = c.query(f"SELECT {key}, message_id FROM {DB}.{feed.key_table} WHERE date IN %(d)s "
+                       f"AND ({key}) IN (SELECT {key} FROM {probe})", parameters={"d": dates}).result_rows
+    finally:
         c.command(f"DROP TABLE IF EXISTS {probe}")
-        c.command(f"CREATE TABLE {probe} (instrument_id String, trade_id String) ENGINE = Memory")
-        try:
-            c.insert_arrow(probe, table.select(["instrument_id", "trade_id"]).cast(
-                pa.schema([("instrument_id", pa.string()), ("trade_id", pa.string())])))
-            rows = c.query(f"SELECT instrument_id, trade_id, message_id FROM {DB}.trade_ids WHERE date IN %(d)s "
-                           f"AND (instrument_id, trade_id) IN (SELECT instrument_id, trade_id FROM {probe})",
-                           parameters={"d": dates}).result_rows
-        finally:
-            c.command(f"DROP TABLE IF EXISTS {probe}")
     out: dict = {}
-    for inst, tid, mid in rows:
-        out.setdefault((inst, tid), set()).add(mid)
+    for *k, mid in rows:
+        out.setdefault(tuple(k), set()).add(mid)
     return out
 
 
-def write_quarantine(ch: ClickHouseResource, topic: str, batch_id: str, rows: list[dict]) -> int:
+def write_quarantine(c: Client, topic: str, batch_id: str, rows: list[dict]) -> int:
     if not rows:
         return 0
     now = time.time_ns() // 1000
@@ -208,8 +216,7 @@ def write_quarantine(ch: ClickHouseResource, topic: str, batch_id: str, rows: li
         "publish_time": pa.array([r["publish_time_ms"] for r in rows], pa.timestamp("ms", tz="UTC")),
         "quarantined_at": pa.array([now] * len(rows), pa.timestamp("us", tz="UTC")),
     })
-    with ch.session() as c:
-        c.insert_arrow(f"{DB}.quarantine", t)
+    c.insert_arrow(f"{DB}.quarantine", t)
     return len(rows)
 
 
@@ -234,24 +241,23 @@ def touched_minutes(table: pa.Table) -> list[tuple[str, int]]:
     return list(zip(pairs["i"].to_pylist(), pairs["m"].to_pylist()))
 
 
-def recompute_bars(ch: ClickHouseResource, keys: list[tuple[str, int]], batch_id: str, version: int) -> int:
+def recompute_bars(c: Client, keys: list[tuple[str, int]], batch_id: str, version: int) -> int:
     """Recompute the given minutes from all their stored trades; the new version replaces the old."""
     if not keys:
         return 0
     minutes = [m for _, m in keys]
     params = {"lo": min(minutes), "hi": max(minutes), "keys": keys, "version": version, "batch": batch_id}
-    with ch.session() as c:
-        c.command(f"INSERT INTO {DB}.bars_1m SELECT *, %(version)s AS version, %(batch)s AS batch_id FROM ({BARS_SELECT})",
-                  parameters=params, settings={"max_query_size": 1 << 30})
+    c.command(f"INSERT INTO {DB}.bars_1m SELECT *, %(version)s AS version, %(batch)s AS batch_id FROM ({BARS_SELECT})",
+              parameters=params, settings={"max_query_size": 1 << 30})
     return len(keys)
 
 
-def recompute_bars_for_dates(ch: ClickHouseResource, first, last, batch_id: str) -> tuple[int, dict]:
+def recompute_bars_for_dates(ch: ClickHouseResource | Client, first, last, batch_id: str) -> tuple[int, dict]:
     """Recompute every bar of the UTC dates first..last (bulk loads such as history mode). Returns the version
-    and each instrument's (first, last) minute in epoch seconds, for the change feed."""
+    and each instrument's (first, last) minute in epoch seconds, for the change feed. `ch`: as write_clickhouse."""
     sql = BARS_AGGREGATE.format(where="date BETWEEN %(first)s AND %(last)s")
     version = time.time_ns()
-    with ch.session() as c:
+    with session_of(ch) as c:
         c.command(f"INSERT INTO {DB}.bars_1m SELECT *, %(version)s AS version, %(batch)s AS batch_id FROM ({sql})",
                   parameters={"first": first, "last": last, "version": version, "batch": batch_id})
         spans = c.query(f"SELECT instrument_id, toUnixTimestamp(min(minute)), toUnixTimestamp(max(minute)) "
