@@ -1,7 +1,6 @@
 """The suite runs against real services it starts itself, in its own instance (data dir and ports),
 so it can run beside `scripts/run`. NAUTILUS_TEST_PORT_BASE moves its ports (default 16000)."""
 import os
-import time
 
 import pytest
 
@@ -70,63 +69,8 @@ def no_stale_defs_state_storage():
 @pytest.fixture
 def clean(res):
     """Empty market-data tables and drained subscriptions, so a test can count exactly."""
+    from tests.helpers import reset_state
     return reset_state(res)
-
-
-def reset_state(res):
-    """What `clean` does, callable from fixtures of a wider scope."""
-    from nautilus_assets.market_data.ingest import receive, subscribe
-    from nautilus_assets.market_data.schema import FEEDS
-    from nautilus_assets.market_data.sinks import DB, bronze_table
-    with res["pulsar"].client() as client:
-        for feed in FEEDS.values():
-            c = subscribe(client, feed)
-            while msgs := receive(c, 100_000, 10, idle_ms=500):
-                for m in msgs:
-                    c.acknowledge(m)
-            c.close()
-    with res["clickhouse"].session() as c:
-        tables = c.query("SELECT database, name FROM system.tables WHERE database IN %(d)s",
-                         parameters={"d": [DB, "analytics", "microstructure", "risk", "ml"]}).result_rows
-        for db, t in tables:
-            c.command(f"TRUNCATE TABLE {db}.{t}")
-    res["redis"].client().flushdb()   # the current-state cache follows the stores it was emptied with
-    with res["postgres"].connect() as conn:
-        if conn.execute("SELECT to_regclass('portfolio.fills')").fetchone()[0]:
-            conn.execute("TRUNCATE portfolio.fills, portfolio.fills_quarantine, portfolio.portfolio_states")
-    with res["pulsar"].client() as client:
-        from nautilus_assets.portfolio.assets import SUBSCRIPTION
-        from nautilus_assets.portfolio.models import FILLS_TOPIC
-        import pulsar
-        from nautilus_assets.analytics.assets import SUBSCRIPTION as ANALYTICS
-        from nautilus_assets.microstructure.assets import SUBSCRIPTION as MICROSTRUCTURE
-        from resources.topics import BARS_CHANGES
-        for topics, sub in (([FILLS_TOPIC, BARS_CHANGES], SUBSCRIPTION), ([BARS_CHANGES], ANALYTICS),
-                            ([BARS_CHANGES], MICROSTRUCTURE)):
-            c = client.subscribe(topics, sub, consumer_type=pulsar.ConsumerType.Shared,
-                                 initial_position=pulsar.InitialPosition.Earliest)
-            while msgs := receive(c, 100_000, 10, idle_ms=300):
-                for m in msgs:
-                    c.acknowledge(m)
-            c.close()
-    s3 = res["lake"].s3_client()
-    from scripts.history import MANIFEST
-    for prefix in [bronze_table(feed) for feed in FEEDS.values()] + [MANIFEST]:
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=res["lake"].bucket, Prefix=prefix):
-            for obj in page.get("Contents", []):
-                s3.delete_object(Bucket=res["lake"].bucket, Key=obj["Key"])
-    return res
-
-
-def wait_for(pred, timeout: float = 30, every: float = 0.5, what: str = "condition"):
-    deadline = time.time() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(every)
 
 
 def pytest_sessionfinish(session, exitstatus):

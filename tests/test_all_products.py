@@ -21,7 +21,7 @@ from resources.topics import ENGINES
 from nautilus_assets.risk.assets import risk_metrics
 from scripts.history import write_history
 from scripts.publisher import publish_tables
-from tests.test_end_to_end import evaluate
+from tests.helpers import evaluate
 
 INSTR = ["AAPL.XNAS", "SPY.ARCX"]
 

@@ -13,7 +13,7 @@ from nautilus_assets.market_data.schema import TRADES
 from nautilus_assets.market_data.simulator import MarketSimulator
 from scripts.publisher import publish_tables
 from tests.helpers import reference_bars
-from tests.test_idempotency import batch
+from tests.helpers import batch
 
 REL = 1e-9
 

@@ -25,7 +25,7 @@ from resources import access
 from resources.settings import API_PORTS
 from scripts import services
 from scripts.publisher import publish_tables
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 INSTR = ["AAPL.XNAS", "MSFT.XNAS"]
 # Who may read which product, written out (resources/access.py's declaration, as the source architecture states it)
@@ -47,7 +47,7 @@ def ingest(res, feed, batch_id, cache=True):
 @pytest.fixture(scope="module")
 def market(api, res, instance):
     """Two batches of trades and quotes (Delta versions 0 and 1), and the indicators of their bars."""
-    from tests.conftest import reset_state
+    from tests.helpers import reset_state
     reset_state(res)
     now = time.time_ns()
     sim = MarketSimulator(INSTR, seed=5, start_ns=now - 4 * 3600 * 10**9, events_per_second=2)

@@ -20,7 +20,7 @@ from nautilus_assets.portfolio import assets as portfolio
 from resources.topics import BARS_CHANGES
 from scripts.publisher import publish_tables
 from sensors.streaming_products import PRODUCT_SENSORS
-from tests.test_idempotency import batch
+from tests.helpers import batch
 
 
 def test_change_messages_merge_to_the_first_changed_minute_per_instrument():

@@ -14,7 +14,7 @@ from nautilus_assets.market_data.ingest import run_batch
 from nautilus_assets.market_data.schema import MAX_MESSAGE_BYTES, REPLAY_PROPERTY, SUBSCRIPTION, TRADES
 from nautilus_assets.market_data.simulator import MarketSimulator
 from scripts.publisher import publish_tables
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 WEEK = 7 * 86400
 

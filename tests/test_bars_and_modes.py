@@ -14,9 +14,9 @@ from nautilus_assets.market_data.schema import TRADES
 from nautilus_assets.market_data.simulator import MarketSimulator
 from scripts.history import write_history
 from scripts.publisher import replay
-from tests.conftest import reset_state
+from tests.helpers import reset_state
 from tests.helpers import assert_bars_equal, reference_bars, stored_bars
-from tests.test_idempotency import batch, counts
+from tests.helpers import batch, counts
 
 MIN = 60 * 10**9
 

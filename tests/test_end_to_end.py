@@ -2,7 +2,6 @@
 requests micro-batches; executing them lands exactly those rows in Delta and in ClickHouse."""
 import time
 
-import dagster as dg
 import pyarrow.compute as pc
 
 from nautilus_assets.definitions import defs
@@ -10,16 +9,10 @@ from nautilus_assets.market_data.schema import QUOTES, SUBSCRIPTION, TRADES
 from nautilus_assets.market_data.simulator import MarketSimulator
 from nautilus_assets.market_data.sinks import bronze_table
 from scripts.publisher import publish_tables
-from tests.conftest import wait_for
-from tests.helpers import assert_bars_equal, reference_bars, stored_bars
+from tests.helpers import wait_for
+from tests.helpers import assert_bars_equal, evaluate, reference_bars, stored_bars
 
 INSTR = ["AAPL.XNAS", "MSFT.XNAS", "ESZ6.GLBX"]
-
-
-def evaluate(sensor_name, instance, res, cursor=None):
-    sensor = defs.get_repository_def().get_sensor_def(sensor_name)
-    ctx = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"pulsar": res["pulsar"]})
-    return sensor.evaluate_tick(ctx), sensor.job_name
 
 
 def test_sensor_batches_land_every_tick_exactly_once(clean, instance):

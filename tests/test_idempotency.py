@@ -1,34 +1,10 @@
 """Re-run batches and lost acknowledgements never duplicate a row; malformed messages go to quarantine."""
-import time
 
 
 from nautilus_assets.market_data import sinks
-from nautilus_assets.market_data.ingest import run_batch
 from nautilus_assets.market_data.schema import QUOTES, SUBSCRIPTION, TRADES
-from nautilus_assets.market_data.simulator import MarketSimulator
-from scripts.publisher import publish_tables
-from tests.conftest import wait_for
-from tests.helpers import assert_bars_equal, reference_bars, stored_bars
-
-WEEK = 7 * 86400
-
-
-def batch(res, feed, batch_id, ack=True):
-    return run_batch(feed, res["pulsar"], res["lake"], res["clickhouse"], batch_id, 100_000, 20, WEEK, ack=ack)
-
-
-def counts(res, feed):
-    delta = res["lake"].table(sinks.bronze_table(feed))
-    return (res["clickhouse"].scalar(f"SELECT count() FROM market_data.{feed.name}"),
-            delta.to_pyarrow_table(columns=["message_id"]).num_rows if delta else 0)
-
-
-def publish(res, n, seed):
-    trades, quotes = MarketSimulator(["AAPL.XNAS", "SPY.ARCX"], seed=seed,
-                                     start_ns=time.time_ns() - 5 * 60 * 10**9).take(n, n)
-    publish_tables(res["pulsar"], trades, quotes)
-    return trades, quotes
-
+from tests.helpers import wait_for
+from tests.helpers import assert_bars_equal, batch, counts, publish, reference_bars, stored_bars
 
 def test_same_batch_written_twice_adds_nothing(clean):
     res = clean

@@ -7,7 +7,7 @@ from nautilus_assets.market_data import sinks
 from nautilus_assets.market_data.ingest import Stream, run_batch
 from nautilus_assets.market_data.maintenance import files_per_partition, maintain
 from nautilus_assets.market_data.schema import TRADES
-from tests.test_idempotency import WEEK, counts, publish
+from tests.helpers import WEEK, counts, publish
 
 
 def test_compaction_checkpoint_vacuum(clean):

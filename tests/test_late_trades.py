@@ -12,7 +12,7 @@ from nautilus_assets.market_data.schema import TRADES
 from nautilus_assets.portfolio.daily import daily_nav
 from nautilus_assets.risk.assets import risk_metrics
 from scripts.history import write_history
-from tests.test_end_to_end import evaluate
+from tests.helpers import evaluate
 
 INSTR = ["AAPL.XNAS", "SPY.ARCX"]
 RISK_SQL = ("SELECT portfolio_id, nav, hist_var_99_1d, param_var_99_1d FROM risk.risk_metrics FINAL "

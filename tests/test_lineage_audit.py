@@ -27,13 +27,13 @@ from nautilus_assets.analytics.assets import KEY as ANALYTICS, indicators_1m
 from nautilus_assets.portfolio.daily import KEY as NAV, daily_nav
 from nautilus_assets.market_data.daily import bars_1d
 from nautilus_assets.portfolio.assets import portfolio_states
-from tests.test_end_to_end import evaluate
+from tests.helpers import evaluate
 from scripts import services
 from scripts.cli import ROOT
 from scripts.history import write_history
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 from tests.helpers import fail_orphaned_runs
-from tests.test_idempotency import counts, publish
+from tests.helpers import counts, publish
 from nautilus_assets.market_data.schema import QUOTES, TRADES
 
 INSTR = ["AAPL.XNAS", "SPY.ARCX"]

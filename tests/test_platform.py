@@ -9,9 +9,9 @@ import dagster as dg
 import requests
 
 from scripts import services
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 from tests.helpers import fail_orphaned_runs
-from tests.test_idempotency import counts, publish
+from tests.helpers import counts, publish
 from nautilus_assets.analytics import assets as analytics
 from nautilus_assets.market_data.schema import QUOTES, TRADES
 

@@ -21,7 +21,7 @@ from resources.postgres import PostgresResource
 from scripts import services
 from scripts.publisher import publish_tables
 from tests.helpers import reference_bars
-from tests.test_idempotency import batch
+from tests.helpers import batch
 
 
 @pytest.fixture(params=["native", "timescaledb"])

@@ -28,8 +28,8 @@ from resources.pulsar import PulsarResource
 from resources.settings import code_reload_seconds, streaming
 from scripts.publisher import publish_tables
 from sensors.pulsar_ingest import INGEST_SENSORS
-from tests.conftest import wait_for
-from tests.test_idempotency import counts
+from tests.helpers import wait_for
+from tests.helpers import counts
 
 OP = "ingest_trades_batch"
 

@@ -16,9 +16,9 @@ from nautilus_assets.definitions import defs
 from nautilus_assets.market_data.assets import TOPICS
 from nautilus_assets.market_data.schema import QUOTES, SUBSCRIPTION, TRADES
 from scripts import browser, services
-from tests.conftest import wait_for
-from tests.test_end_to_end import evaluate
-from tests.test_idempotency import counts, publish
+from tests.helpers import wait_for
+from tests.helpers import evaluate
+from tests.helpers import counts, publish
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts" / "ui"
