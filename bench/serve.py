@@ -150,12 +150,11 @@ def seed(s) -> str:
 
     import pandas as pd
 
-    from nautilus_assets.analytics.assets import DDL, recompute
+    from nautilus_assets.analytics.assets import recompute
     from scripts.history import write_history
     r = build_resources(s)
     today = datetime.now(timezone.utc).date()   # history: the two days before it
     write_history(r["lake"], INSTRUMENTS, 2, 40_000, end=today, clickhouse=r["clickhouse"], clickhouse_days=2)
-    r["clickhouse"].ensure(DDL)
     recompute(r["clickhouse"], "bench-serve", {i: pd.Timestamp(today - timedelta(days=2)) for i in INSTRUMENTS})
     return (today - timedelta(days=1)).isoformat()
 

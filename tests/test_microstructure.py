@@ -11,12 +11,12 @@ from nautilus_assets.market_data.schema import TRADES
 from nautilus_assets.market_data.simulator import MarketSimulator
 from nautilus_assets.market_data.sinks import bronze_table
 from nautilus_assets.microstructure import assets as micro
+from nautilus_assets.microstructure import store as micro_store
 from nautilus_assets.microstructure.params import daily_params
 from nautilus_assets.microstructure.vpin import VpinState
 from scripts.history import write_history
 from scripts.publisher import publish_tables
-from tests.helpers import reference_bars
-from tests.test_idempotency import batch
+from tests.helpers import batch, reference_bars
 
 INSTR = ["AAPL.XNAS", "ESZ6.GLBX"]
 
@@ -56,7 +56,7 @@ def test_vpin_batch_by_batch_equals_full_history(clean, instance):
         assert result.success and all(e.passed for e in result.get_asset_check_evaluations())
     mat = result.asset_materializations_for_node("market_microstructure__vpin")[0]
     assert "data:image/png;base64," in mat.metadata["vpin_vs_price"].value
-    stored = res["clickhouse"].query_df(f"SELECT * FROM {micro.DB}.vpin_buckets FINAL")
+    stored = res["clickhouse"].query_df(f"SELECT * FROM {micro_store.DB}.vpin_buckets FINAL")
     stored["instrument_id"] = stored["instrument_id"].astype(str)
     stored["variant"] = stored["variant"].astype(str)
     ref = reference(res["lake"], trades)
@@ -80,13 +80,13 @@ def test_a_run_remembers_daily_parameters_and_rechecks_missing_ones(clean):
     import datetime
     res = clean
     ch, lake, day, memo = res["clickhouse"], res["lake"], datetime.date(2026, 11, 30), {}
-    ch.ensure(micro.DDL)
+    ch.ensure(micro_store.DDL)
     assert micro.params_for(ch, lake, "AAPL.XNAS", [day], memo) == {} and memo[("AAPL.XNAS", day)][0] is None
-    ch.command(f"INSERT INTO {micro.DB}.vpin_params (instrument_id, date, sigma, bucket_volume, version) "
+    ch.command(f"INSERT INTO {micro_store.DB}.vpin_params (instrument_id, date, sigma, bucket_volume, version) "
                "VALUES ('AAPL.XNAS', '2026-11-30', 0.25, 1000, 1)")
     assert micro.params_for(ch, lake, "AAPL.XNAS", [day], memo) == {}   # remembered as missing
     memo[("AAPL.XNAS", day)] = (None, time.monotonic() - micro.NO_PARAMS_RECHECK_S - 1)
     want = {day: {"sigma": 0.25, "bucket_volume": 1000.0}}
     assert micro.params_for(ch, lake, "AAPL.XNAS", [day], memo) == want
-    ch.command(f"TRUNCATE TABLE {micro.DB}.vpin_params")
+    ch.command(f"TRUNCATE TABLE {micro_store.DB}.vpin_params")
     assert micro.params_for(ch, lake, "AAPL.XNAS", [day], memo) == want   # fixed for the day: not read again

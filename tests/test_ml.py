@@ -8,6 +8,7 @@ import numpy as np
 from nautilus_assets.analytics.assets import indicators_1m
 from nautilus_assets.microstructure.assets import vpin_buckets
 from nautilus_assets.ml import assets as ml
+from nautilus_assets.ml import store as ml_store
 from nautilus_assets.ml.model import FEATURES, features, predict_proba
 from scripts.history import write_history
 
@@ -45,7 +46,7 @@ def test_walk_forward_day_with_versioned_model(clean, instance):
     assert len(preds) == meta["n_test"].value and (preds["minute"].dt.date == day).all()
     # the versioned weights on the lake reproduce the stored predictions
     params = ml.load_model(res["lake"], reg["weights_uri"][0])
-    f = features(ml.load_rows(ch, day - timedelta(days=ml.TRAIN_DAYS), day + timedelta(days=1)))
+    f = features(ml_store.load_rows(ch, day - timedelta(days=ml.TRAIN_DAYS), day + timedelta(days=1)))
     f = f.replace([np.inf, -np.inf], np.nan).dropna(subset=[*FEATURES, "label"])
     f = f[f["minute"].dt.date == day]
     np.testing.assert_allclose(predict_proba(params, f[FEATURES].to_numpy()), preds["prob_up"].to_numpy(), rtol=1e-9)

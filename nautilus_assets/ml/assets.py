@@ -19,6 +19,7 @@ from resources.clickhouse import ClickHouseResource
 from resources.lake import LakeResource
 from resources.pulsar import PulsarResource
 
+from . import store
 from .model import FEATURES, calibration, coefficients, evaluate, features, pooled_significance, predict_proba, train
 
 PRODUCT = Product("ml_predictions", "ml", ("team:ml",), "ml-predictions", fail_after=timedelta(minutes=5),
@@ -27,49 +28,6 @@ KEY = dg.AssetKey(["ml_predictions", "next_bar_direction"])
 CODE_VERSION = "2"   # 2: order-flow imbalance features, significance over the days
 TRAIN_DAYS, MIN_TRAIN = 5, 200
 SIGNIFICANCE_DAYS = 20   # the check pools this day with the registry's evaluations of up to 19 days before it
-DDL = ["CREATE DATABASE IF NOT EXISTS ml",
-       "CREATE TABLE IF NOT EXISTS ml.ml_predictions (instrument_id LowCardinality(String), minute DateTime('UTC'), "
-       "date Date, prob_up Float64, predicted_up UInt8, model_version String, version UInt64, run_id String) "
-       "ENGINE = ReplacingMergeTree(version) ORDER BY (instrument_id, minute)",
-       "ALTER TABLE ml.ml_predictions ADD COLUMN IF NOT EXISTS batch_id String ALIAS run_id",  # row provenance
-       "CREATE TABLE IF NOT EXISTS ml.model_registry (model_version String, partition_date Date, train_from Date, "
-       "train_to Date, n_train UInt32, n_test UInt32, metrics String, code_version String, weights_uri String, "
-       "created_at DateTime64(3, 'UTC'), run_id String) ENGINE = ReplacingMergeTree ORDER BY model_version"]
-
-ROWS_SQL = """
-SELECT i.instrument_id AS instrument_id, i.minute AS minute, i.close AS close, i.rsi_14 AS rsi_14,
-       i.macd_hist AS macd_hist, i.bb_upper AS bb_upper, i.bb_middle AS bb_middle, i.bb_lower AS bb_lower,
-       i.sma_20 AS sma_20, i.atr_14 AS atr_14, i.session_vwap AS session_vwap, v.vpin AS vpin,
-       v.order_imbalance AS order_imbalance, b.buy_volume AS buy_volume, b.sell_volume AS sell_volume
-FROM (SELECT * FROM analytics.indicators_1m FINAL WHERE minute >= %(lo)s AND minute < %(hi)s) AS i
-LEFT JOIN (SELECT instrument_id, minute, buy_volume, sell_volume FROM market_data.bars_1m FINAL
-           WHERE minute >= %(lo)s AND minute < %(hi)s) AS b
-  ON i.instrument_id = b.instrument_id AND i.minute = b.minute
-ASOF LEFT JOIN (SELECT instrument_id, end_minute, vpin, order_imbalance FROM microstructure.vpin_buckets FINAL
-                WHERE variant = 'bvc' AND end_minute < %(hi)s) AS v
-  ON i.instrument_id = v.instrument_id AND i.minute >= v.end_minute
-ORDER BY instrument_id, minute"""
-
-
-def load_rows(ch: ClickHouseResource, first: date, end: date) -> pd.DataFrame:
-    with ch.session() as c:
-        df = c.query_df(ROWS_SQL, parameters={"lo": pd.Timestamp(first), "hi": pd.Timestamp(end)},
-                        settings={"join_use_nulls": 1})
-    df["instrument_id"] = df["instrument_id"].astype(str)
-    df["minute"] = pd.to_datetime(df["minute"]).dt.tz_localize(None) if df["minute"].dt.tz is not None \
-        else pd.to_datetime(df["minute"])
-    return df
-
-
-def earlier_evaluations(ch: ClickHouseResource, day: date) -> list[dict]:
-    """The latest registry evaluation of each of the SIGNIFICANCE_DAYS − 1 days before `day` (those that carry the
-    per-bar gain summaries: code version 2 on)."""
-    rows = ch.query_df("SELECT partition_date, argMax(metrics, created_at) AS metrics FROM ml.model_registry "
-                       "WHERE partition_date >= %(lo)s AND partition_date < %(day)s GROUP BY partition_date "
-                       "ORDER BY partition_date", parameters={"lo": day - timedelta(days=SIGNIFICANCE_DAYS - 1),
-                                                              "day": day})
-    out = [json.loads(m) for m in rows["metrics"]] if len(rows) else []
-    return [m for m in out if "majority_loss_gain" in m]
 
 
 def calibration_plot(cal: list[dict]) -> dg.MetadataValue:
@@ -117,12 +75,8 @@ def load_model(lake: LakeResource, uri: str) -> dict:
                       "standard errors and a calibration plot on each materialization. Predictions in ClickHouse "
                       "ml.ml_predictions; weights and metrics versioned on the lake (ml/models/<version>/) with the "
                       "registry ml.model_registry.",
-          metadata={"dagster/table_name": "ml.ml_predictions", **PRODUCT.metadata, "dagster/column_schema":
-                    dg.TableSchema(columns=[dg.TableColumn("instrument_id", "String"),
-                                            dg.TableColumn("minute", "DateTime('UTC')"), dg.TableColumn("date", "Date"),
-                                            dg.TableColumn("prob_up", "Float64"),
-                                            dg.TableColumn("predicted_up", "UInt8"),
-                                            dg.TableColumn("model_version", "String")])},
+          metadata={"dagster/table_name": store.PREDICTIONS.name, **PRODUCT.metadata,
+                    "dagster/column_schema": store.PREDICTIONS.schema},
           check_specs=[dg.AssetCheckSpec("beats_naive_baselines", asset=KEY, description=(
               "Out of sample, pooled over this day and the registry's evaluations of up to "
               f"{SIGNIFICANCE_DAYS - 1} days before it: the model's log-loss and accuracy beat both naive baselines "
@@ -131,8 +85,10 @@ def load_model(lake: LakeResource, uri: str) -> dict:
 def next_bar_direction(context: dg.AssetExecutionContext, clickhouse: ClickHouseResource, lake: LakeResource,
                        pulsar: PulsarResource):
     day = date.fromisoformat(context.partition_key)
-    clickhouse.ensure(DDL)
-    f = features(load_rows(clickhouse, day - timedelta(days=TRAIN_DAYS), day + timedelta(days=1)))
+    # Its tables are the set-up's; a daily run also makes them again, for a store that lost one since (its cost is
+    # nothing beside the training, and tests/test_api.py drops the registry and relies on this)
+    clickhouse.ensure(store.DDL)
+    f = features(store.load_rows(clickhouse, day - timedelta(days=TRAIN_DAYS), day + timedelta(days=1)))
     f = f.replace([np.inf, -np.inf], np.nan).dropna(subset=[*FEATURES, "label"])
     is_test = f["minute"].dt.date == day
     tr, te = f[~is_test], f[is_test]
@@ -156,22 +112,16 @@ def next_bar_direction(context: dg.AssetExecutionContext, clickhouse: ClickHouse
                               "train_to": tr["minute"].max().date(), "n_train": len(tr), "n_test": len(te),
                               "metrics": json.dumps(metrics), "code_version": CODE_VERSION, "weights_uri": uri,
                               "created_at": pd.Timestamp.now(tz="UTC"), "run_id": context.run.run_id}])
-    earlier = earlier_evaluations(clickhouse, day)
-    with clickhouse.session() as c:
-        c.insert_df("ml.ml_predictions", preds)
-        c.insert_df("ml.model_registry", registry)
-    inputs = [dg.TableColumnDep(asset_key=INDICATORS_KEY, column_name=c) for c in
-              ("close", "rsi_14", "macd_hist", "bb_upper", "bb_middle", "bb_lower", "sma_20", "atr_14", "session_vwap")]
-    inputs += [dg.TableColumnDep(asset_key=VPIN_KEY, column_name=c) for c in ("vpin", "order_imbalance")]
-    inputs += [dg.TableColumnDep(asset_key=BARS_KEY, column_name=c) for c in ("buy_volume", "sell_volume")]
-    lineage = dg.TableColumnLineage(deps_by_column={"prob_up": inputs, "predicted_up": inputs})
+    earlier = store.earlier_evaluations(clickhouse, day, SIGNIFICANCE_DAYS)
+    store.write(clickhouse, preds, registry)
     coefs = coefficients(params, tr[FEATURES].to_numpy())
     cal = calibration(te["label"].to_numpy(), p)
     summary = {k: v for k, v in metrics.items() if not k.endswith("_lrv")}
     yield dg.MaterializeResult(metadata={
         "trained": True, "model_version": version, "weights_uri": uri, "n_train": len(tr), **summary,
         "coefficients": dg.MetadataValue.md(_table(coefs, ("feature", "coefficient", "std_error", "z"))),
-        "calibration": calibration_plot(cal), "dagster/column_lineage": lineage}, data_version=dg.DataVersion(version))
+        "calibration": calibration_plot(cal), "dagster/column_lineage": store.PREDICTIONS.lineage},
+        data_version=dg.DataVersion(version))
     pooled = pooled_significance([*earlier, metrics])
     yield dg.AssetCheckResult(check_name="beats_naive_baselines", passed=pooled["beats"],
                               metadata={**summary, **{f"pooled_{k}": v for k, v in pooled.items()}},

@@ -26,34 +26,12 @@ PRODUCT = Product("portfolio_states", "portfolio", ("team:portfolio",), "portfol
                   fail_after=timedelta(minutes=2), warn_after=timedelta(minutes=1),
                   latency_target_ms=1, availability_target=0.9999)
 KEY = dg.AssetKey(["portfolio_states", "positions"])
-FILLS_SPEC = dg.AssetSpec(["pulsar", "engines", "portfolio_fills"], group_name="pulsar_topics", kinds={"pulsar"},
+FILLS_SPEC = dg.AssetSpec(store.FILLS_KEY, group_name="pulsar_topics", kinds={"pulsar"},
                           owners=list(PRODUCT.owners), description=f"Pulsar topic {FILLS_TOPIC}: model portfolios' fills",
                           metadata={"pulsar/topic": FILLS_TOPIC})
 SUBSCRIPTION = "nautilus-portfolio"
 FIELDS = {"fill_id": str, "portfolio_id": str, "instrument_id": str, "quantity": (int, float), "price": (int, float),
           "fee": (int, float), "ts_event": int}
-
-COLUMNS = [("ts", "timestamptz", "State time"), ("portfolio_id", "text", "Model portfolio"),
-           ("instrument_id", "text", "Instrument"), ("position", "double precision", "Signed quantity"),
-           ("avg_cost", "double precision", "Average cost (average-cost method)"),
-           ("realized_pnl", "double precision", "Realized P&L"), ("unrealized_pnl", "double precision",
-                                                                   "position · (mark − average cost)"),
-           ("fees", "double precision", "Fees paid"), ("mark_price", "double precision",
-                                                       "Latest 1-minute close at or before ts"),
-           ("mark_source", "text", "bar, or fill when no bar exists yet"), ("cash", "double precision", "Portfolio cash"),
-           ("nav", "double precision", "Portfolio NAV = cash + Σ position · mark"), ("run_id", "text", "Run")]
-FILL_KEY = FILLS_SPEC.key
-LINEAGE = dg.TableColumnLineage(deps_by_column={
-    "position": [dg.TableColumnDep(asset_key=FILL_KEY, column_name="quantity")],
-    "avg_cost": [dg.TableColumnDep(asset_key=FILL_KEY, column_name=c) for c in ("quantity", "price")],
-    "realized_pnl": [dg.TableColumnDep(asset_key=FILL_KEY, column_name=c) for c in ("quantity", "price")],
-    "unrealized_pnl": [dg.TableColumnDep(asset_key=FILL_KEY, column_name="quantity"),
-                       dg.TableColumnDep(asset_key=BARS_KEY, column_name="close")],
-    "fees": [dg.TableColumnDep(asset_key=FILL_KEY, column_name="fee")],
-    "mark_price": [dg.TableColumnDep(asset_key=BARS_KEY, column_name="close")],
-    "cash": [dg.TableColumnDep(asset_key=FILL_KEY, column_name=c) for c in ("quantity", "price", "fee")],
-    "nav": [dg.TableColumnDep(asset_key=FILL_KEY, column_name=c) for c in ("quantity", "price", "fee")]
-    + [dg.TableColumnDep(asset_key=BARS_KEY, column_name="close")]})
 
 
 def validate_fill(payload: bytes) -> tuple[dict | None, str | None]:
@@ -81,15 +59,10 @@ def store_fills(conn, msgs: list, batch_id: str) -> tuple[list[tuple], int]:
         mid = str(m.message_id())
         rec, why = validate_fill(m.data())
         if rec is None:
-            conn.execute("INSERT INTO portfolio.fills_quarantine VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                         (mid, why, m.data(), batch_id))
+            store.quarantine_fill(conn, mid, why, m.data(), batch_id)
             quarantined += 1
             continue
-        row = conn.execute("INSERT INTO portfolio.fills VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
-                           "ON CONFLICT (fill_id) DO NOTHING RETURNING fill_id",
-                           (rec["fill_id"], rec["portfolio_id"], rec["instrument_id"], rec["quantity"], rec["price"],
-                            rec["fee"], rec["ts_event"], mid, batch_id)).fetchone()
-        if row:
+        if store.insert_fill(conn, {**{k: rec[k] for k in FIELDS}, "message_id": mid, "batch_id": batch_id}):
             new.append((rec["ts_event"], rec["fill_id"], rec["portfolio_id"], rec["instrument_id"], rec["quantity"],
                         rec["price"], rec["fee"]))
     return new, quarantined
@@ -115,8 +88,7 @@ class Books:
     def replay(self, conn) -> None:
         self.__init__()
         self.replays = 1
-        self._apply(conn.execute("SELECT ts_event, fill_id, portfolio_id, instrument_id, quantity, price, fee "
-                                 "FROM portfolio.fills ORDER BY ts_event, fill_id").fetchall())
+        self._apply(store.all_fills(conn))
 
     def add(self, conn, fills: list[tuple]) -> str:
         """Apply new fills; returns how ('incremental', 'replay' or 'none')."""
@@ -136,29 +108,6 @@ class Books:
                  else "fill"} for pf, book in sorted(self.books.items()) for r in book.rows(marks)]
 
 
-MARK_LOOKBACK_DAYS = 7   # a mark is the latest close within this span; older instruments mark at their last fill
-
-
-def marks_at(ch: ClickHouseResource, state_time: datetime, instruments: list[str]) -> dict:
-    """The latest 1-minute close at or before `state_time` per instrument: a primary-key range per instrument."""
-    if not instruments:
-        return {}
-    df = ch.query_df("SELECT instrument_id, argMax(close, minute) AS close FROM market_data.bars_1m FINAL "
-                     "WHERE instrument_id IN %(i)s AND minute <= toDateTime(%(t)s, 'UTC') "
-                     "AND minute > toDateTime(%(t)s, 'UTC') - INTERVAL %(d)s DAY GROUP BY instrument_id",
-                     parameters={"t": int(state_time.timestamp()), "i": sorted(instruments), "d": MARK_LOOKBACK_DAYS})
-    return dict(zip(df["instrument_id"].astype(str), df["close"]))
-
-
-def nav_points(conn, since: datetime) -> list[tuple]:
-    """(minute, portfolio, NAV) since `since`: a point a minute (a streaming run writes a state about every second),
-    the last NAV of each minute."""
-    data = conn.execute("SELECT DISTINCT ON (portfolio_id, date_trunc('minute', ts)) date_trunc('minute', ts), "
-                        "portfolio_id, nav FROM portfolio.portfolio_states WHERE ts >= %s "
-                        "ORDER BY portfolio_id, date_trunc('minute', ts), ts DESC", (since,)).fetchall()
-    return sorted(data, key=lambda d: d[0])
-
-
 def nav_plot(data: list[tuple]) -> dg.MetadataValue | None:
     if len(data) < 2:
         return None
@@ -173,17 +122,6 @@ def nav_plot(data: list[tuple]) -> dg.MetadataValue | None:
     ax.legend()
     fig.autofmt_xdate()
     return png_markdown(fig, "NAV")
-
-
-def write_states(conn, rows: list[dict], batch_id: str, mode: str, state_time: datetime) -> None:
-    store.ensure_partition(conn, state_time, mode)
-    with conn.cursor() as cur:
-        cur.executemany(
-            "INSERT INTO portfolio.portfolio_states (ts, portfolio_id, instrument_id, position, avg_cost, "
-            "realized_pnl, unrealized_pnl, fees, mark_price, mark_source, cash, nav, run_id) VALUES "
-            "(%(ts)s, %(portfolio_id)s, %(instrument_id)s, %(position)s, %(avg_cost)s, %(realized_pnl)s, "
-            "%(unrealized_pnl)s, %(fees)s, %(mark_price)s, %(mark_source)s, %(cash)s, %(nav)s, %(run_id)s) "
-            "ON CONFLICT DO NOTHING", [{**r, "run_id": batch_id} for r in rows])
 
 
 def nav_off(rows: list[dict]) -> list[str]:
@@ -203,11 +141,7 @@ def positions_off(conn, rows: list[dict], pairs: set | None) -> int:
     todo = [r for r in rows if pairs is None or (r["portfolio_id"], r["instrument_id"]) in pairs]
     if not todo:
         return 0
-    keys = sorted({(r["portfolio_id"], r["instrument_id"]) for r in todo})
-    sums = dict(((p, i), q) for p, i, q in conn.execute(
-        "SELECT portfolio_id, instrument_id, sum(quantity) FROM portfolio.fills "
-        "WHERE (portfolio_id, instrument_id) IN (SELECT * FROM unnest(%s::text[], %s::text[])) GROUP BY 1, 2",
-        ([k[0] for k in keys], [k[1] for k in keys])).fetchall())
+    sums = store.fill_quantities(conn, sorted({(r["portfolio_id"], r["instrument_id"]) for r in todo}))
     return sum(1 for r in todo if abs(sums.get((r["portfolio_id"], r["instrument_id"]), 0) - r["position"]) > 1e-6)
 
 
@@ -224,9 +158,8 @@ PLOT_EVERY_S = 60
                     f"A long-lived run consumes {FILLS_TOPIC} and the bars' change feed ({BARS_CHANGES}); each "
                     "batch stores its new fills, applies them to the books carried from the previous batch and "
                     "writes a state marked to the latest closes.",
-        metadata={"dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn(n, t, description=d)
-                                                                  for n, t, d in COLUMNS]),
-                  "dagster/table_name": "portfolio.portfolio_states", **PRODUCT.metadata})],
+        metadata={"dagster/column_schema": store.STATES.schema, "dagster/table_name": store.STATES.name,
+                  **PRODUCT.metadata})],
     name="portfolio_states__positions", pool="postgres", can_subset=True,   # each batch is logged as it commits
     check_specs=[dg.AssetCheckSpec("nav_reconciles", asset=KEY,
                                    description="NAV − initial cash = realized + unrealized − fees, per portfolio"),
@@ -236,8 +169,8 @@ PLOT_EVERY_S = 60
 def portfolio_states(context: dg.AssetExecutionContext, config: FollowConfig, clickhouse: ClickHouseResource,
                      postgres: PostgresResource, pulsar: PulsarResource, redis: RedisResource):
     books, last_plot = Books(), [0.0]
-    with postgres.connect() as conn:
-        mode = store.ensure_schema(conn)
+    with postgres.connect() as conn:   # the set-up made the tables; a store it never reached gets them here
+        mode = store.partitioning(conn)
         conn.commit()
 
     def apply(batch: Changes) -> None:
@@ -251,20 +184,20 @@ def portfolio_states(context: dg.AssetExecutionContext, config: FollowConfig, cl
                 how = "replay"
             else:
                 how = books.add(conn, new)
-            bar_marks = marks_at(clickhouse, state_time, sorted(books.last_price))
+            bar_marks = store.marks_at(clickhouse, state_time, sorted(books.last_price))
             rows = books.rows(bar_marks, state_time)
-            write_states(conn, rows, batch.batch_id, mode, state_time)
+            store.write_states(conn, rows, batch.batch_id, mode, state_time)
             conn.commit()   # fills and the state they produce commit together, before the messages are acked
             current.publish(redis, "positions", [{**r, "run_id": batch.batch_id} for r in rows],
                             log=context.log.warning)   # the latest position and mark, with the commit
             meta = {"fills_consumed": len(batch.others), "fills_new": len(new), "fills_quarantined": quarantined,
                     "books": how, "partitioning": mode, "state_time": state_time.isoformat(), "rows": len(rows),
                     "upstream_batches": len(batch.upstream),
-                    "dagster/column_lineage": LINEAGE}
+                    "dagster/column_lineage": store.STATES.lineage}
             later = None
             if time.monotonic() - last_plot[0] >= PLOT_EVERY_S:
                 last_plot[0] = time.monotonic()
-                points = nav_points(conn, state_time - timedelta(days=1))
+                points = store.nav_points(conn, state_time - timedelta(days=1))
 
                 def later() -> dict:   # the chart is drawn on the recorder thread
                     chart = nav_plot(points)

@@ -16,12 +16,6 @@ from .assets import FILLS_SPEC, PRODUCT
 from .models import PORTFOLIOS
 
 KEY = dg.AssetKey(["portfolio_states", "daily_nav"])
-DDL = """
-CREATE TABLE IF NOT EXISTS portfolio.daily_nav (date date, portfolio_id text, nav double precision,
-  daily_pnl double precision, daily_return double precision, run_id text, PRIMARY KEY (date, portfolio_id));
-CREATE TABLE IF NOT EXISTS portfolio.daily_positions (date date, portfolio_id text, instrument_id text,
-  position double precision, close double precision, PRIMARY KEY (date, portfolio_id, instrument_id));
-"""
 
 
 def _end_ns(d: date) -> int:
@@ -55,15 +49,6 @@ def eod_states(fills: list[tuple], closes: pd.DataFrame, days: list[date]) -> tu
     return navs, positions
 
 
-def daily_closes(ch: ClickHouseResource, until: date) -> pd.DataFrame:
-    df = ch.query_df("SELECT date, instrument_id, close FROM market_data.bars_1d FINAL WHERE date <= %(d)s",
-                     parameters={"d": until})
-    if df.empty:
-        return pd.DataFrame()
-    df["date"] = pd.to_datetime(df["date"])
-    return df.pivot(index="date", columns="instrument_id", values="close").sort_index()
-
-
 @dg.asset(key=KEY, deps=[BARS_1D_KEY, FILLS_SPEC], partitions_def=TRADING_DAYS,
           backfill_policy=dg.BackfillPolicy.single_run(), group_name=PRODUCT.group, owners=list(PRODUCT.owners),
           kinds={"postgres", "python"}, code_version="1", pool="postgres", freshness_policy=END_OF_DAY,
@@ -72,39 +57,17 @@ def daily_closes(ch: ClickHouseResource, until: date) -> pd.DataFrame:
                       "the positions behind it, in PostgreSQL portfolio.daily_nav / portfolio.daily_positions.",
           check_specs=[dg.AssetCheckSpec("every_portfolio_every_day", asset=KEY,
                                          description="A portfolio that has traded has a NAV row for every later day")],
-          metadata={"dagster/table_name": "portfolio.daily_nav", **PRODUCT.metadata, "dagster/column_schema":
-                    dg.TableSchema(columns=[dg.TableColumn("date", "date"), dg.TableColumn("portfolio_id", "text"),
-                                            dg.TableColumn("nav", "double precision"),
-                                            dg.TableColumn("daily_pnl", "double precision"),
-                                            dg.TableColumn("daily_return", "double precision")])})
+          metadata={"dagster/table_name": store.DAILY_NAV.name, **PRODUCT.metadata,
+                    "dagster/column_schema": store.DAILY_NAV.schema})
 def daily_nav(context: dg.AssetExecutionContext, postgres: PostgresResource, clickhouse: ClickHouseResource):
     days = [date.fromisoformat(k) for k in context.partition_keys]
-    closes = daily_closes(clickhouse, days[-1])
+    closes = store.daily_closes(clickhouse, days[-1])
     with postgres.connect() as conn:
-        store.ensure_schema(conn)
-        conn.execute(DDL)
-        fills = conn.execute("SELECT ts_event, portfolio_id, instrument_id, quantity, price, fee FROM portfolio.fills "
-                             "WHERE ts_event < %s ORDER BY ts_event, fill_id", (_end_ns(days[-1]),)).fetchall()
-        navs, positions = eod_states(fills, closes, days)
-        with conn.cursor() as cur:   # the days are replaced whole: a position gone since must not stay behind
-            cur.execute("DELETE FROM portfolio.daily_positions WHERE date = ANY(%s)", (days,))
-            cur.execute("DELETE FROM portfolio.daily_nav WHERE date = ANY(%s)", (days,))
-            cur.executemany("INSERT INTO portfolio.daily_nav VALUES (%(date)s, %(portfolio_id)s, %(nav)s, "
-                            "%(daily_pnl)s, %(daily_return)s, %(run_id)s) ON CONFLICT (date, portfolio_id) DO UPDATE "
-                            "SET nav = EXCLUDED.nav, daily_pnl = EXCLUDED.daily_pnl, "
-                            "daily_return = EXCLUDED.daily_return, run_id = EXCLUDED.run_id",
-                            [{**r, "run_id": context.run.run_id} for r in navs])
-            cur.executemany("INSERT INTO portfolio.daily_positions VALUES (%(date)s, %(portfolio_id)s, "
-                            "%(instrument_id)s, %(position)s, %(close)s) ON CONFLICT (date, portfolio_id, instrument_id) "
-                            "DO UPDATE SET position = EXCLUDED.position, close = EXCLUDED.close", positions)
+        navs, positions = eod_states(store.fills_before(conn, _end_ns(days[-1])), closes, days)
+        store.replace_days(conn, days, navs, positions, context.run.run_id)
         conn.commit()
-    fill = lambda *cols: [dg.TableColumnDep(asset_key=FILLS_SPEC.key, column_name=c) for c in cols]  # noqa: E731
-    close = [dg.TableColumnDep(asset_key=BARS_1D_KEY, column_name="close")]
-    yield dg.MaterializeResult(metadata={"days": len(days), "nav_rows": len(navs), "dagster/column_lineage":
-                                         dg.TableColumnLineage(deps_by_column={
-                                             "nav": fill("quantity", "price", "fee") + close,
-                                             "daily_pnl": fill("quantity", "price", "fee") + close,
-                                             "daily_return": fill("quantity", "price", "fee") + close})})
+    yield dg.MaterializeResult(metadata={"days": len(days), "nav_rows": len(navs),
+                                         "dagster/column_lineage": store.DAILY_NAV.lineage})
     seen, missing = set(), 0
     for d in days:                       # once a portfolio has traded it has a NAV every later day
         today = {r["portfolio_id"] for r in navs if r["date"] == d}

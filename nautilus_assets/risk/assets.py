@@ -4,7 +4,6 @@ the instruments' returns) in ClickHouse risk.risk_metrics; Euler component, marg
 instrument in risk.var_components; the worst historical days and user-defined shocks in risk.stress_results. The
 VaR backtest (Kupiec, Christoffersen, Basel zone) of the same positions-based VaR is an asset check."""
 import itertools
-import time
 from datetime import date, timedelta
 
 import dagster as dg
@@ -15,11 +14,13 @@ import yaml
 from nautilus_assets.market_data.daily import KEY as BARS_1D_KEY
 from nautilus_assets.portfolio.daily import KEY as NAV_KEY
 from nautilus_assets.product import TRADING_DAYS, Product, png_markdown
+from nautilus_assets.tables import Table
 from resources.clickhouse import ClickHouseResource
 from resources.postgres import PostgresResource
 from resources.pulsar import PulsarResource
 from resources.settings import load
 
+from . import store
 from .measures import evaluate_backtest, scale_to_horizon
 from .montecarlo import backend
 from .positions import position_risk, shock_pnl, worst_days
@@ -32,41 +33,6 @@ STRESS_KEY = dg.AssetKey(["risk_metrics", "stress_results"])
 KEYS = (KEY, COMPONENTS_KEY, STRESS_KEY)      # materialized together (one multi-asset: selections take all three)
 WINDOW, BACKTEST_DAYS, PATHS, WORST = 250, 250, 100_000, 5
 CODE_VERSION = "2"   # 2: positions-based (1 was the portfolio's own NAV returns)
-COLUMNS = [("hist_var_99_1d", "Historical VaR 99%, 1 day: today's exposures revalued over the last 250 days"),
-           ("hist_var_99_10d_scaled", "Historical VaR 99% scaled to 10 days by √10"),
-           ("es_975_1d", "Historical expected shortfall 97.5%, 1 day"),
-           ("es_975_10d_scaled", "Historical ES 97.5% scaled to 10 days by √10"),
-           ("param_var_99_1d", "Parametric VaR 99%, 1 day: normal P&L with the exposures' mean and covariance"),
-           ("param_es_975_1d", "Parametric ES 97.5%, 1 day"),
-           ("mc_var_99_1d", f"Monte Carlo VaR 99%, 1 day: {PATHS:,} draws from the same normal, Cholesky-correlated"),
-           ("mc_es_975_1d", "Monte Carlo ES 97.5%, 1 day"),
-           ("gross_exposure", "Σ |position × close| / NAV")]
-COMPONENT_COLUMNS = [("exposure", "position × close, currency"),
-                     ("marginal_var", "∂ parametric VaR / ∂ exposure (currency per currency)"),
-                     ("component_var", "Euler component of parametric VaR 99%, fraction of NAV (sums to the VaR)"),
-                     ("incremental_var", "Parametric VaR 99% minus the VaR without this instrument, fraction of NAV")]
-TYPES = {"scenario": "String", "kind": "LowCardinality(String)", "scenario_date": "Nullable(Date)"}  # else Float64
-STRESS_COLUMNS = [("scenario", "historical_worst_<k> or a scenario of the YAML"), ("kind", "historical | user"),
-                  ("scenario_date", "the historical day replayed (historical scenarios)"),
-                  ("pnl", "P&L of the end-of-day exposures under the scenario, currency"),
-                  ("pnl_fraction", "pnl / NAV")]
-DDL = ["CREATE DATABASE IF NOT EXISTS risk",
-       "CREATE TABLE IF NOT EXISTS risk.risk_metrics (date Date, portfolio_id LowCardinality(String), "
-       + ", ".join(f"{n} Float64" for n, _ in COLUMNS) +
-       ", observations UInt32, mc_paths UInt32, version UInt64, run_id String) "
-       "ENGINE = ReplacingMergeTree(version) ORDER BY (portfolio_id, date)",
-       *[f"ALTER TABLE risk.risk_metrics ADD COLUMN IF NOT EXISTS {n} Float64" for n, _ in COLUMNS],
-       "ALTER TABLE risk.risk_metrics ADD COLUMN IF NOT EXISTS nav Float64",
-       "ALTER TABLE risk.risk_metrics ADD COLUMN IF NOT EXISTS mc_backend LowCardinality(String)",
-       "ALTER TABLE risk.risk_metrics ADD COLUMN IF NOT EXISTS batch_id String ALIAS run_id",  # row provenance
-       "CREATE TABLE IF NOT EXISTS risk.var_components (date Date, portfolio_id LowCardinality(String), "
-       "instrument_id LowCardinality(String), " + ", ".join(f"{n} Float64" for n, _ in COMPONENT_COLUMNS) +
-       ", version UInt64, run_id String, batch_id String ALIAS run_id) "
-       "ENGINE = ReplacingMergeTree(version) ORDER BY (portfolio_id, date, instrument_id)",
-       "CREATE TABLE IF NOT EXISTS risk.stress_results (date Date, portfolio_id LowCardinality(String), "
-       "scenario String, kind LowCardinality(String), scenario_date Nullable(Date), pnl Float64, pnl_fraction Float64, "
-       "version UInt64, run_id String, batch_id String ALIAS run_id) "
-       "ENGINE = ReplacingMergeTree(version) ORDER BY (portfolio_id, date, scenario)"]
 
 
 # ---- inputs (I/O) -------------------------------------------------------------------------------------------
@@ -74,16 +40,7 @@ def load_inputs(pg: PostgresResource, ch: ClickHouseResource, first: date, until
     """NAV by (date, portfolio), non-zero end-of-day positions with their closes, and the instruments' daily simple
     returns: only the span the window and the backtest need before `first` (not the whole history)."""
     since = first - timedelta(days=2 * (WINDOW + BACKTEST_DAYS))
-    with pg.connect() as conn:
-        nav = pd.DataFrame(conn.execute("SELECT date, portfolio_id, nav FROM portfolio.daily_nav "
-                                        "WHERE date BETWEEN %s AND %s", (since, until)).fetchall(),
-                           columns=["date", "portfolio_id", "nav"])
-        pos = pd.DataFrame(conn.execute("SELECT date, portfolio_id, instrument_id, position * close "
-                                        "FROM portfolio.daily_positions WHERE date BETWEEN %s AND %s "
-                                        "AND position <> 0", (since, until)).fetchall(),
-                           columns=["date", "portfolio_id", "instrument_id", "exposure"])
-    closes = ch.query_df("SELECT date, instrument_id, close FROM market_data.bars_1d FINAL "
-                         "WHERE date BETWEEN %(a)s AND %(b)s", parameters={"a": since, "b": until})
+    nav, pos, closes = store.read_inputs(pg, ch, since, until)
     returns = pd.DataFrame()
     if len(closes):
         closes["date"] = pd.to_datetime(closes["date"]).dt.date
@@ -214,38 +171,29 @@ def backtest_plot(results: dict) -> dg.MetadataValue | None:
 
 
 # ---- the assets ---------------------------------------------------------------------------------------------
-def _spec(key: dg.AssetKey, table: str, columns: list[tuple[str, str]], description: str) -> dg.AssetSpec:
-    schema = dg.TableSchema(columns=[dg.TableColumn("date", "Date"), dg.TableColumn("portfolio_id", "String"),
-                                     *[dg.TableColumn(n, TYPES.get(n, "Float64"), description=d) for n, d in columns]])
+def _spec(key: dg.AssetKey, table: Table, description: str) -> dg.AssetSpec:
     return dg.AssetSpec(key, deps=[NAV_KEY, BARS_1D_KEY], group_name=PRODUCT.group, owners=list(PRODUCT.owners),
                         kinds={"clickhouse", "python"}, code_version=CODE_VERSION, freshness_policy=PRODUCT.freshness,
                         automation_condition=dg.AutomationCondition.eager(), description=description,
-                        metadata={"dagster/table_name": table, **PRODUCT.metadata, "dagster/column_schema": schema})
+                        metadata={"dagster/table_name": table.name, **PRODUCT.metadata,
+                                  "dagster/column_schema": table.schema})
 
 
 SPECS = [
-    _spec(KEY, "risk.risk_metrics", COLUMNS,
+    _spec(KEY, store.METRICS,
           "Per model portfolio and day, the 1-day risk of its end-of-day positions as positive loss fractions of NAV: "
           "historical simulation (the exposures revalued over the instruments' last 250 daily returns: exact for these "
           "linear positions), parametric (normal with the exposures' mean and covariance) and Monte Carlo (100,000 "
           "draws from that normal) VaR 99% and ES 97.5%. On normal returns the three agree within sampling error; on "
           "the fat-tailed, volatility-clustered market the historical figures differ by the model choice: they keep "
           "the window's fat tails (ES above the normal models'), while both normal models assume them away."),
-    _spec(COMPONENTS_KEY, "risk.var_components", COMPONENT_COLUMNS,
+    _spec(COMPONENTS_KEY, store.COMPONENTS,
           "Per portfolio, day and held instrument: Euler component VaR (sums to the parametric VaR 99%), marginal and "
           "incremental VaR."),
-    _spec(STRESS_KEY, "risk.stress_results", STRESS_COLUMNS,
+    _spec(STRESS_KEY, store.STRESS,
           f"Per portfolio and day: P&L of the end-of-day exposures on the {WORST} worst historical days of the loaded "
           "span and under the user-defined shocks of the scenarios YAML (NAUTILUS_STRESS_SCENARIOS)."),
 ]
-
-
-def _replace(clickhouse: ClickHouseResource, table: str, rows: list[dict], days: list[date], run_id: str) -> None:
-    """Replace the days whole (a row no longer computed, e.g. an instrument sold, must not survive)."""
-    with clickhouse.session() as c:
-        c.command(f"DELETE FROM {table} WHERE date IN %(days)s", parameters={"days": days})
-        if rows:
-            c.insert_df(table, pd.DataFrame(rows).assign(version=time.time_ns(), run_id=run_id))
 
 
 @dg.multi_asset(specs=SPECS, partitions_def=TRADING_DAYS, backfill_policy=dg.BackfillPolicy.single_run(),
@@ -268,19 +216,14 @@ def risk_metrics(context: dg.AssetExecutionContext, postgres: PostgresResource, 
         metrics += m
         components += c
         stress += s
-    clickhouse.ensure(DDL)
     run_id = context.run.run_id
-    for table, rows in (("risk.risk_metrics", metrics), ("risk.var_components", components),
-                        ("risk.stress_results", stress)):
-        _replace(clickhouse, table, rows, days, run_id)
-    # exposures come from the positions the NAV asset stores beside the NAV (portfolio.daily_positions)
-    deps = [dg.TableColumnDep(asset_key=NAV_KEY, column_name="nav"),
-            dg.TableColumnDep(asset_key=BARS_1D_KEY, column_name="close")]
-    for key, columns, rows in ((KEY, COLUMNS, metrics), (COMPONENTS_KEY, COMPONENT_COLUMNS, components),
-                               (STRESS_KEY, STRESS_COLUMNS, stress)):
-        lineage = dg.TableColumnLineage(deps_by_column={n: deps for n, _ in columns if n not in ("kind", "scenario")})
+    outputs = ((KEY, store.METRICS, metrics), (COMPONENTS_KEY, store.COMPONENTS, components),
+               (STRESS_KEY, store.STRESS, stress))
+    for _, table, rows in outputs:   # all three written before any is reported materialized
+        store.replace_days(clickhouse, table, rows, days, run_id)
+    for key, table, rows in outputs:
         yield dg.MaterializeResult(asset_key=key, metadata={"days": len(days), "rows": len(rows),
-                                                            "dagster/column_lineage": lineage})
+                                                            "dagster/column_lineage": table.lineage})
     comp = pd.DataFrame(components)
     gaps = []
     if len(comp):
