@@ -33,7 +33,7 @@ import pulsar  # noqa: E402
 from nautilus_assets.market_data.schema import QUOTES, TRADES  # noqa: E402
 from resources.settings import apply, build_resources, load  # noqa: E402
 from scripts import services  # noqa: E402
-from scripts.cli import setup  # noqa: E402
+from scripts.provision import setup  # noqa: E402
 from scripts.publisher import Publisher  # noqa: E402
 
 BUCKET_NS = 10_000_000   # 10 ms

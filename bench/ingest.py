@@ -36,7 +36,7 @@ from nautilus_assets.market_data.simulator import MarketSimulator, messages  # n
 from nautilus_assets.market_data.sinks import bronze_table  # noqa: E402
 from resources.settings import apply, build_resources, load, streaming  # noqa: E402
 from scripts import services  # noqa: E402
-from scripts.cli import setup  # noqa: E402
+from scripts.provision import setup  # noqa: E402
 from scripts.publisher import Publisher  # noqa: E402
 
 INSTRUMENTS = ["AAPL.XNAS", "MSFT.XNAS", "SPY.ARCX", "ESZ6.GLBX"]

@@ -254,7 +254,7 @@ def main() -> None:
     s = apply(services.start(s))
     api = None
     try:
-        from scripts.cli import setup
+        from scripts.provision import setup
         setup(s)
         day = seed(s)
         api = start_api(s)

@@ -38,7 +38,7 @@ from nautilus_assets.portfolio.assets import KEY as POSITIONS, SUBSCRIPTION as P
 from resources.settings import apply, build_resources, load  # noqa: E402
 from resources.topics import BARS_CHANGES  # noqa: E402
 from scripts import services  # noqa: E402
-from scripts.cli import setup  # noqa: E402
+from scripts.provision import setup  # noqa: E402
 
 STREAMING = [TRADES_KEY, QUOTES_KEY, BARS_KEY, INDICATORS, VPIN, POSITIONS]
 QUERY = """{ assetNodes { assetKey { path } freshnessStatusInfo { freshnessStatus } } }"""

@@ -3,7 +3,7 @@
 Every domain (and the reader-only strategy engine) is a login role that owns its PostgreSQL schema and its
 ClickHouse database: only the owner writes there. The declared readers of a product get read-only grants
 (USAGE + SELECT, and default privileges so tables created later are covered); governance reads everything and
-writes nothing; nobody else sees a product. `nautilus setup` applies the PostgreSQL side (idempotently, as the
+writes nothing; nobody else sees a product. `nautilus setup` (scripts/provision.py) applies the PostgreSQL side (idempotently, as the
 admin role DAGSTER_PG_USER, which becomes a member of every domain role); `nautilus access clickhouse-sql` prints
 the ClickHouse side for production servers (chDB has no users).
 
@@ -165,25 +165,6 @@ def role_passwords(env: Mapping[str, str], system: str = "PG") -> dict[str, str]
         if pw:
             out[r] = pw
     return out
-
-
-def apply_postgres(settings) -> int:
-    """Apply postgres_sql to the database `nautilus` as the admin role (one transaction); returns statement count."""
-    from .postgres import PostgresResource
-    s = settings
-    admin = PostgresResource(host=s["DAGSTER_PG_HOST"], port=int(s["DAGSTER_PG_PORT"]), user=s["DAGSTER_PG_USER"],
-                             password=s["DAGSTER_PG_PASSWORD"], dbname="nautilus",
-                             connect_timeout_s=int(s["NAUTILUS_PG_CONNECT_TIMEOUT_SECONDS"]),
-                             statement_timeout_s=float(s["NAUTILUS_PG_STATEMENT_TIMEOUT_SECONDS"]))
-    statements = postgres_sql(s["DAGSTER_PG_USER"], role_passwords(s.env))
-    with admin.connect() as conn:
-        if not conn.execute("SELECT rolcreaterole OR rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]:
-            raise RuntimeError(f"{s['DAGSTER_PG_USER']} may not create roles: give it CREATEROLE, or have a DBA apply "
-                               "`nautilus access postgres-sql`")
-        for stmt in statements:
-            conn.execute(stmt)
-        conn.commit()
-    return len(statements)
 
 
 # ---- ClickHouse ---------------------------------------------------------------------------------------------

@@ -1,8 +1,6 @@
 """PostgreSQL: the Dagster instance storage and (later) the portfolio store."""
 from __future__ import annotations
 
-import os
-
 import dagster as dg
 import psycopg
 from pydantic import Field
@@ -20,14 +18,6 @@ class PostgresResource(dg.ConfigurableResource):
     connect_timeout_s: int = Field(10, description="Give up connecting after this long (a server that accepts but "
                                                    "never answers would otherwise hold the caller for ever)")
     statement_timeout_s: float = Field(600, description="The server cancels a statement running longer (0: never)")
-
-    def as_role(self, role: str) -> PostgresResource:
-        """This server and database as another login role of resources/access.py, its password from
-        NAUTILUS_PG_<ROLE>_PASSWORD: how a domain reads another domain's product under its own grants."""
-        from .access import password_var
-        return PostgresResource(host=self.host, port=self.port, user=role, password=os.environ[password_var(role)],
-                                dbname=self.dbname, sslmode=self.sslmode, prepared_statements=self.prepared_statements,
-                                connect_timeout_s=self.connect_timeout_s, statement_timeout_s=self.statement_timeout_s)
 
     def connect(self, dbname: str | None = None, **kw) -> psycopg.Connection:
         conn = psycopg.connect(host=self.host, port=self.port, user=self.user, password=self.password,

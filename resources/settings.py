@@ -535,6 +535,8 @@ def build_resources(settings: Settings | None = None, for_dagster: bool = False)
                                prefix=s["NAUTILUS_REDIS_PREFIX"]),
         # the portfolio store, as the portfolio domain's login role (resources/access.py: it owns schema portfolio)
         "postgres": pg_role("portfolio"),
+        # the portfolio product read by the risk domain, under the risk role's grants (a declared reader)
+        "postgres_risk": pg_role("risk"),
         # read-only on every product (the governance audit's connection)
         "postgres_governance": pg_role(access.GOVERNANCE),
     }

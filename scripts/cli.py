@@ -11,43 +11,11 @@ import click
 from resources.settings import API_PORTS, Settings, SettingsError, apply, build_resources, load
 
 from . import services
+from .provision import setup
 from .audit import audit as audit_group
 from .up import say
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def prepare_dagster_home(s: Settings) -> Path:
-    """A per-instance DAGSTER_HOME holding the project's dagster.yaml."""
-    home = Path(s["DAGSTER_HOME"])
-    home.mkdir(parents=True, exist_ok=True)
-    link = home / "dagster.yaml"
-    if not link.exists():
-        link.symlink_to(ROOT / "dagster.yaml")
-    return home
-
-
-def setup(s: Settings) -> None:
-    """Buckets, ClickHouse tables, Pulsar tenant/namespaces/topics and subscriptions, and the Dagster instance
-    schema (idempotent)."""
-    from nautilus_assets.market_data.setup import ensure_clickhouse, ensure_subscriptions
-    from nautilus_assets.stores import ensure_all
-    from resources import topics
-    r = build_resources(s)
-    from resources.access import apply_postgres
-    apply_postgres(s)  # domain schemas and login roles, read grants as declared (resources/access.py)
-    r["lake"].ensure_buckets(s["NAUTILUS_LOGS_BUCKET"])
-    ensure_clickhouse(r["clickhouse"])
-    ensure_all(r)  # every product's tables (and the columns added since), here rather than in each materialization
-    if s["PULSAR_ADMIN_URL"]:  # Apache Pulsar; pulsar-lite has no admin API and creates topics on first use
-        topics.ensure(s["PULSAR_ADMIN_URL"])
-    ensure_subscriptions(r["pulsar"])
-    prepare_dagster_home(s)
-    from dagster import DagsterInstance
-    with DagsterInstance.get() as inst:  # creates/migrates the PostgreSQL schema once, before the daemons race for it
-        inst.upgrade()
-        from nautilus_assets.pools import apply_pool_limits
-        apply_pool_limits(inst)          # one concurrency pool per backend, sized from the engine shares
 
 
 def access_command(s: Settings, what: str) -> None:

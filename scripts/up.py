@@ -11,6 +11,7 @@ import time
 from resources.settings import API_PORTS, Settings, apply, build_resources
 
 from . import services
+from .provision import setup
 
 
 def say(msg: str) -> None:
@@ -76,7 +77,6 @@ def up(s: Settings, rate: float, history_days: int, volume: str = "small") -> No
         say(f"instance '{s.instance}', data in {s.home}, ports from {s.port_base}")
         s = apply(services.start(s))
         say("setting up tables, buckets, subscriptions and the Dagster instance ...")
-        from .cli import setup
         setup(s)
         if history_days:
             from .history import write_history

@@ -16,7 +16,7 @@ os.environ.setdefault("NAUTILUS_CACHE_REFRESH_SECONDS", "0")
 
 from resources.settings import apply, build_resources, load  # noqa: E402
 from scripts import services  # noqa: E402
-from scripts.cli import setup  # noqa: E402
+from scripts.provision import setup  # noqa: E402
 
 
 @pytest.fixture(scope="session")

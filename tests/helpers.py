@@ -136,3 +136,8 @@ def wait_for(pred, timeout: float = 30, every: float = 0.5, what: str = "conditi
         if time.time() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(every)
+
+
+def product_resources(res: dict) -> dict:
+    """The resources the product assets take (the governance connection is the audit's)."""
+    return {k: res[k] for k in ("lake", "clickhouse", "postgres", "postgres_risk", "pulsar", "redis")}

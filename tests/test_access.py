@@ -12,6 +12,7 @@ from resources import access
 from resources.access import DOMAINS, GOVERNANCE, ROLES
 from resources.settings import apply, build_resources, load
 from scripts import services
+from scripts.provision import apply_postgres
 
 PROBE = "access_probe"
 
@@ -91,8 +92,8 @@ def pg():
     if started:
         s.home.mkdir(parents=True, exist_ok=True)
         services.start_postgres(s)
-    access.apply_postgres(s)
-    access.apply_postgres(s)                       # idempotent
+    apply_postgres(s)
+    apply_postgres(s)                       # idempotent
     yield s
     if started:
         services.stop_postgres(s)
@@ -166,7 +167,7 @@ def test_portfolio_store_is_owned_by_portfolio_and_read_as_declared(pg):
     with connect(pg, pg["DAGSTER_PG_USER"], pg["DAGSTER_PG_PASSWORD"]) as admin:
         # a table the admin created before access control existed passes to the domain at the next set-up
         admin.execute("CREATE TABLE IF NOT EXISTS portfolio.legacy (x int)")
-    access.apply_postgres(pg)
+    apply_postgres(pg)
     portfolio = build_resources(pg)["postgres"]
     assert portfolio.user == "portfolio"
     with portfolio.connect() as conn:

@@ -21,7 +21,7 @@ from resources.topics import ENGINES
 from nautilus_assets.risk.assets import risk_metrics
 from scripts.history import write_history
 from scripts.publisher import publish_tables
-from tests.helpers import evaluate
+from tests.helpers import evaluate, product_resources
 
 INSTR = ["AAPL.XNAS", "SPY.ARCX"]
 
@@ -44,7 +44,7 @@ def test_simulator_to_all_six_products(clean, instance):
         for rr in tick.run_requests:
             assert defs.resolve_job_def(rr.job_name or job_name).execute_in_process(instance=instance,
                                                                                   tags=rr.tags).success
-    resources = {k: res[k] for k in ("lake", "clickhouse", "postgres", "pulsar", "redis")}
+    resources = product_resources(res)
     assert dg.materialize([indicators_1m, vpin_buckets, portfolio_states], instance=instance,
                           resources=resources).success
     yesterday, first = today - timedelta(days=1), today - timedelta(days=6)

@@ -12,7 +12,7 @@ from nautilus_assets.market_data.schema import TRADES
 from nautilus_assets.portfolio.daily import daily_nav
 from nautilus_assets.risk.assets import risk_metrics
 from scripts.history import write_history
-from tests.helpers import evaluate
+from tests.helpers import evaluate, product_resources
 
 INSTR = ["AAPL.XNAS", "SPY.ARCX"]
 RISK_SQL = ("SELECT portfolio_id, nav, hist_var_99_1d, param_var_99_1d FROM risk.risk_metrics FINAL "
@@ -40,7 +40,7 @@ def test_a_late_trade_reruns_its_days_bars_nav_and_risk(clean, instance):
     d3, first, yesterday = today - timedelta(days=3), today - timedelta(days=days), today - timedelta(days=1)
     write_history(res["lake"], INSTR, days=days, events_per_day=1000, postgres=res["postgres"],
                   clickhouse=res["clickhouse"], clickhouse_days=5)
-    resources = {k: res[k] for k in ("lake", "clickhouse", "postgres", "pulsar", "redis")}
+    resources = product_resources(res)
     for asset, start in ((bars_1d, first), (daily_nav, first), (risk_metrics, d3 - timedelta(days=1))):
         assert dg.materialize([asset], instance=instance, resources=resources, tags={
             "dagster/asset_partition_range_start": start.isoformat(),

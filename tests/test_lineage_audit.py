@@ -27,7 +27,7 @@ from nautilus_assets.analytics.assets import KEY as ANALYTICS, indicators_1m
 from nautilus_assets.portfolio.daily import KEY as NAV, daily_nav
 from nautilus_assets.market_data.daily import bars_1d
 from nautilus_assets.portfolio.assets import portfolio_states
-from tests.helpers import evaluate
+from tests.helpers import evaluate, product_resources
 from scripts import services
 from scripts.cli import ROOT
 from scripts.history import write_history
@@ -141,7 +141,7 @@ def test_lineage_audit_after_real_runs(clean, settings, instance, tmp_path):
         for rr in tick.run_requests:                       # the sensor daemon adds dagster/sensor_name
             assert defs.resolve_job_def(rr.job_name or job_name).execute_in_process(
                 instance=instance, tags={**rr.tags, "dagster/sensor_name": name}).success
-    resources = {k: res[k] for k in ("lake", "clickhouse", "postgres", "pulsar", "redis")}
+    resources = product_resources(res)
     assert dg.materialize([indicators_1m], instance=instance, resources=resources, tags={
         "dagster/sensor_name": "market_analytics_stream_sensor"}).success
     backfill_id = launch_backfill(instance, yesterday)
@@ -161,7 +161,7 @@ def own_runs(instance, since: float) -> set[str]:
 
 def check_audit(instance, res, settings, tmp_path, backfill_id, yesterday, t_test):
     # a launch by hand (what the UI's Materialize button does, without daemon tags)
-    resources = {k: res[k] for k in ("lake", "clickhouse", "postgres", "pulsar", "redis")}
+    resources = product_resources(res)
     assert dg.materialize([portfolio_states], instance=instance, resources=resources).success
 
     # --- the report ---

@@ -13,6 +13,7 @@ from nautilus_assets.market_data.daily import bars_1d
 from nautilus_assets.portfolio.daily import daily_nav
 from nautilus_assets.risk import assets as risk
 from scripts.history import write_history
+from tests.helpers import product_resources
 
 RANGE = "dagster/asset_partition_range_{}"
 
@@ -29,7 +30,7 @@ def test_risk_metrics_and_backtest_from_history(clean, instance):
                            postgres=res["postgres"])
     assert totals["fills"] > 1000
     first, last = today - timedelta(days=520), today - timedelta(days=1)
-    resources = {k: res[k] for k in ("lake", "clickhouse", "postgres", "pulsar", "redis")}
+    resources = product_resources(res)
     for asset, start in ((bars_1d, first), (daily_nav, first), (risk.risk_metrics, last - timedelta(days=4))):
         result = materialize_range(asset, start, last, resources, instance)
         assert result.success

@@ -16,7 +16,7 @@ from nautilus_assets.definitions import defs
 from nautilus_assets.market_data.assets import TOPICS
 from nautilus_assets.market_data.schema import QUOTES, SUBSCRIPTION, TRADES
 from scripts import browser, services
-from tests.helpers import wait_for
+from tests.helpers import product_resources, wait_for
 from tests.helpers import evaluate
 from tests.helpers import counts, publish
 
@@ -56,7 +56,7 @@ def seed(res, instance) -> None:
                         instance=instance, tags=rr.tags).success
             return counts(res, feed)[0] == 2000
         wait_for(landed, 180, every=1, what=f"the {feed.name} micro-batch")
-    resources = {k: res[k] for k in ("lake", "clickhouse", "postgres", "pulsar", "redis")}
+    resources = product_resources(res)
     assert dg.materialize([analytics.indicators_1m], instance=instance, resources=resources).success
 
 

@@ -204,11 +204,11 @@ SPECS = [
                         "independence, Basel zone (warn on yellow, fail on red, with the exceptions and why)")),
                     dg.AssetCheckSpec("components_sum_to_var", asset=COMPONENTS_KEY, description=(
                         "Euler components of each portfolio-day sum to its parametric VaR to 1e-9"))])
-def risk_metrics(context: dg.AssetExecutionContext, postgres: PostgresResource, clickhouse: ClickHouseResource,
+def risk_metrics(context: dg.AssetExecutionContext, postgres_risk: PostgresResource, clickhouse: ClickHouseResource,
                  pulsar: PulsarResource):
     days = [date.fromisoformat(k) for k in context.partition_keys]
     # the portfolio product, read as the risk role (a declared reader of portfolio: resources/access.py)
-    navs, pos, returns = load_inputs(postgres.as_role("risk"), clickhouse, days[0], days[-1])
+    navs, pos, returns = load_inputs(postgres_risk, clickhouse, days[0], days[-1])
     shocks = scenarios()
     metrics, components, stress = [], [], []
     for d in days:
