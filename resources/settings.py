@@ -474,7 +474,7 @@ def load(environ=None) -> Settings:
     }
     validate({**E, **env})
     env["NAUTILUS_MANAGED"] = ",".join(sorted(managed))
-    env["DAGSTER_PG_URL"] = _env("DAGSTER_PG_URL", dagster_pg_url(env, home / "pg" if "postgres" in managed else None))
+    env["DAGSTER_PG_URL"] = E.get("DAGSTER_PG_URL") or dagster_pg_url(env, home / "pg" if "postgres" in managed else None)
     return Settings(instance=instance, home=home, port_base=base, env=env, managed=managed, source=dict(E))
 
 
@@ -490,6 +490,9 @@ def dagster_pg_url(env: dict, socket_dir: Path | None) -> str:
     if socket_dir is not None:
         return (f"postgresql+psycopg2://{user}@/{db}?host={quote(str(socket_dir))}&port={env['DAGSTER_PG_PORT']}"
                 f"&{timeouts}")
+    if not env.get("DAGSTER_PG_PASSWORD"):
+        raise SettingsError(f"DAGSTER_PG_PASSWORD is not set: DAGSTER_PG_HOST={env['DAGSTER_PG_HOST']} names a server "
+                            "this project does not start, so its password must come from the environment")
     return (f"postgresql+psycopg2://{user}:{quote(env['DAGSTER_PG_PASSWORD'], safe='')}@{env['DAGSTER_PG_HOST']}:"
             f"{env['DAGSTER_PG_PORT']}/{db}?{timeouts}")
 

@@ -1,5 +1,6 @@
-"""The suite runs against real services it starts itself, in its own instance (data dir and ports),
-so it can run beside `scripts/run`. NAUTILUS_TEST_PORT_BASE moves its ports (default 16000)."""
+"""The suite's instance: tests/unit need no services; tests/integration start real ones (their conftest) in this
+instance's own data dir and ports, so it can run beside `scripts/run`. NAUTILUS_TEST_PORT_BASE moves its ports
+(default 16000)."""
 import os
 
 import pytest
@@ -14,48 +15,6 @@ os.environ.setdefault("NAUTILUS_RUN_IDLE_SECONDS", "3")
 # The product APIs rebuild their cache only when a request finds it unusable: each test decides what it holds.
 os.environ.setdefault("NAUTILUS_CACHE_REFRESH_SECONDS", "0")
 
-from resources.settings import apply, build_resources, load  # noqa: E402
-from scripts import services  # noqa: E402
-from scripts.provision import setup  # noqa: E402
-
-
-@pytest.fixture(scope="session")
-def settings():
-    s = apply(services.start(load()))
-    try:
-        setup(s)
-        yield s
-    finally:
-        services.remove(s)
-
-
-@pytest.fixture(scope="session")
-def res(settings):
-    return build_resources(settings)
-
-
-@pytest.fixture(scope="session")
-def instance(settings):
-    import dagster as dg
-    with dg.DagsterInstance.get() as inst:
-        yield inst
-
-
-@pytest.fixture(scope="session")
-def api(settings):
-    """The product APIs (`nautilus api`) on the test instance's ports."""
-    import sys
-
-    from resources.settings import API_PORTS
-    p = services.spawn(settings, "api", [sys.executable, "-W", "ignore", "-m", "nautilus_assets.api.serve"])
-    try:
-        for product in API_PORTS:
-            services.wait_port(settings.api_port(product), f"{product} API", timeout=120)
-        yield settings
-    finally:
-        services.kill_groups({"api": p.pid})
-
-
 @pytest.fixture(autouse=True)
 def no_stale_defs_state_storage():
     """Dagster keeps one process-wide "current" DefsStateStorage, set when an instance is entered; an instance a
@@ -66,16 +25,11 @@ def no_stale_defs_state_storage():
         yield
 
 
-@pytest.fixture
-def clean(res):
-    """Empty market-data tables and drained subscriptions, so a test can count exactly."""
-    from tests.helpers import reset_state
-    return reset_state(res)
-
-
 def pytest_sessionfinish(session, exitstatus):
-    """Unit-only runs start no services but the settings created the instance's home: remove it."""
+    """A run that started no services leaves no instance directory behind."""
     import shutil
+
+    from resources.settings import load
     s = load()
     if not (s.home / "services.json").exists():
         shutil.rmtree(s.home, ignore_errors=True)

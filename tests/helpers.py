@@ -1,9 +1,12 @@
 """Shared test helpers: reference computations independent of the product code, and the few steps many tests take
 (publish a market, run a batch, count what each sink stored, evaluate a sensor, wait, empty the stores)."""
 import time
+from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+
+ROOT = Path(__file__).resolve().parent.parent   # the project
 
 
 def reference_bars(trades: pa.Table) -> pd.DataFrame:
@@ -41,6 +44,7 @@ def fail_orphaned_runs(instance, since: float) -> list[str]:
     unfinished: a run the sensor launched moments before the kill would otherwise stay in flight in the shared
     instance, and the next test's sensor would wait on it."""
     import dagster as dg
+
     from sensors.pulsar_ingest import NOT_FINISHED_STATUSES
     left = [r.dagster_run for r in instance.get_run_records(dg.RunsFilter(statuses=list(NOT_FINISHED_STATUSES)))
             if r.create_timestamp.timestamp() >= since]
@@ -104,11 +108,12 @@ def reset_state(res):
         if conn.execute("SELECT to_regclass('portfolio.fills')").fetchone()[0]:
             conn.execute("TRUNCATE portfolio.fills, portfolio.fills_quarantine, portfolio.portfolio_states")
     with res["pulsar"].client() as client:
-        from nautilus_assets.portfolio.assets import SUBSCRIPTION
-        from nautilus_assets.portfolio.models import FILLS_TOPIC
         import pulsar
+
         from nautilus_assets.analytics.assets import SUBSCRIPTION as ANALYTICS
         from nautilus_assets.microstructure.assets import SUBSCRIPTION as MICROSTRUCTURE
+        from nautilus_assets.portfolio.assets import SUBSCRIPTION
+        from nautilus_assets.portfolio.models import FILLS_TOPIC
         from resources.topics import BARS_CHANGES
         for topics, sub in (([FILLS_TOPIC, BARS_CHANGES], SUBSCRIPTION), ([BARS_CHANGES], ANALYTICS),
                             ([BARS_CHANGES], MICROSTRUCTURE)):

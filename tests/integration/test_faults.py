@@ -24,16 +24,15 @@ import dagster as dg
 import pyarrow.compute as pc
 import pytest
 from dagster._core.scheduler.instigation import InstigatorStatus, InstigatorType
-from sensors.pulsar_ingest import NOT_FINISHED_STATUSES
 
 from nautilus_assets.market_data import faults, sinks
 from nautilus_assets.market_data.schema import QUOTES, SUBSCRIPTION, TRADES
 from nautilus_assets.market_data.simulator import MarketSimulator, messages
-from scripts import dagster_daemon, services
+from scripts import services
 from scripts.publisher import Publisher as RawPublisher
+from sensors.pulsar_ingest import NOT_FINISHED_STATUSES
 from tests.helpers import assert_bars_equal, fail_orphaned_runs, reference_bars, stored_bars
 
-ROOT = Path(__file__).resolve().parents[1]
 TICKS_PER_FEED = 100_000
 FIRST_CHUNK = 10_000      # per feed, published before the daemon starts
 CHUNK = 2_500             # per feed, then every PACE_S while faults are pending (see Publisher)
@@ -127,14 +126,12 @@ class Publisher(threading.Thread):
 
 
 def _spawn_daemon(settings, plan_path: Path) -> subprocess.Popen:
-    env = {**os.environ, **settings.env, faults.ENV: str(plan_path),
+    env = {faults.ENV: str(plan_path),
            "NAUTILUS_SAFETY_INTERVAL_SECONDS": "10", "NAUTILUS_TIMER_SECONDS": "5",
            # a run's process must import the whole code location before StartRun answers; on a loaded 2-core
            # machine that took over the default 60 s, and the launch was failed although the process started
            "DAGSTER_GRPC_TIMEOUT_SECONDS": os.environ.get("DAGSTER_GRPC_TIMEOUT_SECONDS", "180")}
-    logf = open(settings.home / "fault-daemon.log", "ab")
-    return subprocess.Popen(dagster_daemon.argv("run", "-w", "workspace.yaml"), cwd=ROOT, env=env,
-                            stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    return services.dagster_daemon(settings, "fault-daemon", env)
 
 
 def _set_automation(instance, stopped: bool, saved: dict) -> int:

@@ -9,7 +9,8 @@ import math
 import time
 
 import orjson
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from nautilus_assets.market_data.decode import FUTURE_TOLERANCE_NS, RawMessage, decode
 from nautilus_assets.market_data.schema import MAX_MESSAGE_BYTES, QUOTES, TRADES

@@ -2,6 +2,8 @@
 runs and an asset backfill, all run by dagster-daemon, and a manual launch; then the
 lineage report (JSON + HTML), OpenLineage events to an HTTP server on loopback, a row traced to its run and
 Pulsar message range, and a replay of a batch that gives the same data version."""
+
+
 import json
 import os
 import subprocess
@@ -16,43 +18,25 @@ import pytest
 from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
 from dagster._core.utils import make_new_backfill_id
 
-from nautilus_assets.audit.lineage import PRODUCTS, build_report, stale_intervals, trigger_of
+from nautilus_assets.analytics.assets import KEY as ANALYTICS
+from nautilus_assets.analytics.assets import indicators_1m
+from nautilus_assets.audit.lineage import PRODUCTS, build_report
 from nautilus_assets.audit.ol_events import client_for, emit
-from nautilus_assets.market_data import faults
 from nautilus_assets.audit.provenance import range_in_lake, rematerialize, trace
 from nautilus_assets.audit.report import write
 from nautilus_assets.definitions import defs
+from nautilus_assets.market_data import faults
 from nautilus_assets.market_data.daily import KEY as BARS_1D
-from nautilus_assets.analytics.assets import KEY as ANALYTICS, indicators_1m
-from nautilus_assets.portfolio.daily import KEY as NAV, daily_nav
 from nautilus_assets.market_data.daily import bars_1d
+from nautilus_assets.market_data.schema import QUOTES, TRADES
 from nautilus_assets.portfolio.assets import portfolio_states
-from tests.helpers import evaluate, product_resources
-from scripts import services
+from nautilus_assets.portfolio.daily import KEY as NAV
+from nautilus_assets.portfolio.daily import daily_nav
 from scripts.cli import ROOT
 from scripts.history import write_history
-from tests.helpers import wait_for
-from tests.helpers import fail_orphaned_runs
-from tests.helpers import counts, publish
-from nautilus_assets.market_data.schema import QUOTES, TRADES
+from tests.helpers import counts, evaluate, product_resources, publish, wait_for
 
 INSTR = ["AAPL.XNAS", "SPY.ARCX"]
-
-
-def test_stale_intervals_and_triggers():
-    pol = {"type": "time_window", "fail_after_s": 120.0, "warn_after_s": 60.0}
-    h = stale_intervals([0, 50, 300, 330], pol, since=0, now=400)
-    assert h["fail"]["episodes"] == 1 and h["fail"]["stale_seconds"] == 130      # 170 .. 300
-    assert h["warn"]["episodes"] == 2 and h["warn"]["stale_seconds"] == 190 + 10  # 110..300, 390..400
-    cron = {"type": "cron", "deadline_cron": "0 1 * * *", "timezone": "UTC", "lower_bound_s": 3600.0}
-    day = datetime(2026, 11, 20, tzinfo=timezone.utc).timestamp()
-    h = stale_intervals([day + 1800, day + 86400 + 7200], cron, since=day, now=day + 2 * 86400)
-    assert h["fail"]["episodes"] == 1 and h["fail"]["stale_seconds"] == 3600      # 2nd deadline met an hour late
-    assert trigger_of({"dagster/sensor_name": "s", "dagster/from_automation_condition": "true"}) == \
-        {"kind": "sensor", "name": "s", "automation": True}
-    assert trigger_of({"dagster/backfill": "abc"})["kind"] == "backfill"
-    assert trigger_of({"dagster/schedule_name": "eod"})["kind"] == "schedule"
-    assert trigger_of({})["kind"] == "ui"
 
 
 class _Sink(BaseHTTPRequestHandler):
@@ -69,7 +53,7 @@ class _Sink(BaseHTTPRequestHandler):
 
 
 @pytest.mark.timeout(2400)   # a daemon on 2 cores shared with other work: minutes per run start
-def test_lineage_audit_after_daemon_runs(clean, settings, instance, tmp_path, monkeypatch):
+def test_lineage_audit_after_daemon_runs(clean, settings, instance, tmp_path, monkeypatch, dagster_processes):
     res = clean
     t_test = time.time()
     monkeypatch.setenv("DAGSTER_GRPC_TIMEOUT_SECONDS", "300")   # the daemon's calls to a code server on busy cores
@@ -80,36 +64,33 @@ def test_lineage_audit_after_daemon_runs(clean, settings, instance, tmp_path, mo
     # A backfill of daily bars, as the UI's Materialize > backfill (GraphQL launchPartitionBackfill) records it;
     # dagster-daemon runs it, the Pulsar sensors' micro-batches and the automation sensor's downstream runs.
     backfill_id = launch_backfill(instance, yesterday)
-    procs = [services.dagster_daemon(settings, "audit-daemon")]
+    dagster_processes("daemon", name="audit-daemon", env={"DAGSTER_GRPC_TIMEOUT_SECONDS": "300"})
+    def ingested():
+        runs = instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.SUCCESS],
+                                                      job_name="ingest_trades"))
+        return runs and res["clickhouse"].scalar(
+            "SELECT (SELECT count() FROM market_data.trades) + (SELECT count() FROM market_data.quotes)") == 3000
     try:
-        def ingested():
-            runs = instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.SUCCESS],
-                                                          job_name="ingest_trades"))
-            return runs and res["clickhouse"].scalar(
-                "SELECT (SELECT count() FROM market_data.trades) + (SELECT count() FROM market_data.quotes)") == 3000
-        try:
-            wait_for(ingested, timeout=600, every=10, what="sensor-launched ingest runs")
-        except AssertionError:
-            raise AssertionError(f"{counts(res, TRADES)}, {counts(res, QUOTES)}; runs: "
-                                 f"{[(r.dagster_run.job_name, r.dagster_run.status.value) for r in instance.get_run_records()]}")
-        for attempt in range(3):   # on 2 busy cores the daemon may give up on a slow code server: launch again
-            wait_for(lambda: instance.get_backfill(backfill_id).status != BulkActionStatus.REQUESTED, timeout=600,
-                     every=5, what="the backfill")
-            if instance.get_backfill(backfill_id).status == BulkActionStatus.COMPLETED_SUCCESS or attempt == 2:
-                break
-            backfill_id = launch_backfill(instance, yesterday)
-        assert instance.get_backfill(backfill_id).status == BulkActionStatus.COMPLETED_SUCCESS, \
-            instance.get_backfill(backfill_id).error
+        wait_for(ingested, timeout=600, every=10, what="sensor-launched ingest runs")
+    except AssertionError:
+        raise AssertionError(f"{counts(res, TRADES)}, {counts(res, QUOTES)}; runs: "
+                             f"{[(r.dagster_run.job_name, r.dagster_run.status.value) for r in instance.get_run_records()]}")
+    for attempt in range(3):   # on 2 busy cores the daemon may give up on a slow code server: launch again
+        wait_for(lambda: instance.get_backfill(backfill_id).status != BulkActionStatus.REQUESTED, timeout=600,
+                 every=5, what="the backfill")
+        if instance.get_backfill(backfill_id).status == BulkActionStatus.COMPLETED_SUCCESS or attempt == 2:
+            break
+        backfill_id = launch_backfill(instance, yesterday)
+    assert instance.get_backfill(backfill_id).status == BulkActionStatus.COMPLETED_SUCCESS, \
+        instance.get_backfill(backfill_id).error
 
-        def after_start(key):
-            ev = instance.get_latest_materialization_event(key)
-            return ev if ev and ev.timestamp > t0 else None
-        wait_for(lambda: after_start(ANALYTICS), timeout=400, every=5, what="a stream-sensor-launched analytics run")
-        # the backfilled daily bars make NAV's eager automation condition launch its two days
-        wait_for(lambda: after_start(NAV), timeout=600, every=5, what="an automation-launched NAV run")
-    finally:
-        services.kill_groups({str(p.pid): p.pid for p in procs})
-        fail_orphaned_runs(instance, t0 - 1)
+    def after_start(key):
+        ev = instance.get_latest_materialization_event(key)
+        return ev if ev and ev.timestamp > t0 else None
+    wait_for(lambda: after_start(ANALYTICS), timeout=400, every=5, what="a stream-sensor-launched analytics run")
+    # the backfilled daily bars make NAV's eager automation condition launch its two days
+    wait_for(lambda: after_start(NAV), timeout=600, every=5, what="an automation-launched NAV run")
+    dagster_processes.stop()   # the report below reads a quiet instance
     check_audit(instance, res, settings, tmp_path, backfill_id, yesterday, t_test)
 
 

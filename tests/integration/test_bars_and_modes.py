@@ -1,4 +1,6 @@
 """Bar building by hand, late trades, and the simulator's replay and history modes."""
+
+
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -14,9 +16,7 @@ from nautilus_assets.market_data.schema import TRADES
 from nautilus_assets.market_data.simulator import MarketSimulator
 from scripts.history import write_history
 from scripts.publisher import replay
-from tests.helpers import reset_state
-from tests.helpers import assert_bars_equal, reference_bars, stored_bars
-from tests.helpers import batch, counts
+from tests.helpers import assert_bars_equal, batch, counts, reference_bars, reset_state, stored_bars
 
 MIN = 60 * 10**9
 
@@ -32,11 +32,6 @@ def _publish_raw(res, recs):
         for r in recs:
             p.send(orjson.dumps(r))
         p.close()
-
-
-def test_touched_minutes():
-    t = pa.table({"instrument_id": ["A", "A", "B"], "ts_event": [MIN * 10 + 5, MIN * 10 + 59 * 10**9, MIN * 11]})
-    assert sorted(sinks.touched_minutes(t)) == [("A", 600), ("B", 660)]
 
 
 def test_bars_by_hand_and_late_trades_recompute_their_minute(clean):

@@ -9,8 +9,7 @@ from nautilus_assets.market_data.schema import QUOTES, SUBSCRIPTION, TRADES
 from nautilus_assets.market_data.simulator import MarketSimulator
 from nautilus_assets.market_data.sinks import bronze_table
 from scripts.publisher import publish_tables
-from tests.helpers import wait_for
-from tests.helpers import assert_bars_equal, evaluate, reference_bars, stored_bars
+from tests.helpers import assert_bars_equal, evaluate, reference_bars, stored_bars, wait_for
 
 INSTR = ["AAPL.XNAS", "MSFT.XNAS", "ESZ6.GLBX"]
 

@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import orjson
 
@@ -20,8 +19,8 @@ from resources.settings import build_resources, instance_environ, load
 from scripts.backup import rebuild_clickhouse
 from scripts.history import write_history
 from scripts.publisher import publish_tables
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 WEEK = 7 * 86400
 INSTR = ["AAPL.XNAS", "SPY.ARCX"]
 

@@ -31,11 +31,10 @@ from nautilus_assets.portfolio.models import fill_messages, model_fills
 from nautilus_assets.risk.assets import KEY as RISK
 from nautilus_assets.risk.assets import KEYS as RISK_KEYS
 from scripts import services
-from scripts.up import BACKFILL
 from scripts.history import HISTORY_MODEL, simulate_days, write_history
 from scripts.publisher import Publisher
-from tests.helpers import reset_state, wait_for
-from tests.helpers import fail_orphaned_runs
+from scripts.up import BACKFILL
+from tests.helpers import fail_orphaned_runs, reset_state, wait_for
 
 INSTRUMENTS = ["AAPL.XNAS", "SPY.ARCX", "BTCUSDT.BINANCE"]
 EVENTS_PER_DAY = 6000

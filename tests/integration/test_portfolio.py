@@ -17,25 +17,14 @@ from nautilus_assets.portfolio.models import (
     fill_messages,
     model_fills,
 )
-from resources.postgres import PostgresResource
-from scripts import services
 from scripts.publisher import publish_tables
-from tests.helpers import reference_bars
-from tests.helpers import batch
+from tests.helpers import batch, reference_bars
 
 
 @pytest.fixture(params=["native", "timescaledb"])
 def store(request, clean, settings):
     """The portfolio store on the test PostgreSQL 15 (native partitions) or on PGlite + TimescaleDB (hypertable)."""
-    if request.param == "native":
-        return clean["postgres"]
-    port = services.start_timescaledb(settings)
-    pg = PostgresResource(host="127.0.0.1", port=port, user="postgres", password="pglite", dbname="postgres",
-                          sslmode="disable", prepared_statements=False)
-    with pg.connect() as conn:
-        conn.execute("DROP SCHEMA IF EXISTS portfolio CASCADE")
-        conn.commit()
-    return pg
+    return clean["postgres"] if request.param == "native" else request.getfixturevalue("timescaledb")
 
 
 def test_portfolio_states_from_fills(clean, store, instance):

@@ -17,8 +17,8 @@ from nautilus_assets.ml.assets import next_bar_direction
 from nautilus_assets.portfolio.assets import portfolio_states
 from nautilus_assets.portfolio.daily import daily_nav
 from nautilus_assets.portfolio.models import FILLS_TOPIC, fill_messages, model_fills
-from resources.topics import ENGINES
 from nautilus_assets.risk.assets import risk_metrics
+from resources.topics import ENGINES
 from scripts.history import write_history
 from scripts.publisher import publish_tables
 from tests.helpers import evaluate, product_resources

@@ -9,8 +9,7 @@ import time
 from pathlib import Path
 
 from resources.settings import instance_environ
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
 
 
 def instance_processes(home: Path) -> list[str]:

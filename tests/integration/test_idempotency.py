@@ -3,8 +3,8 @@
 
 from nautilus_assets.market_data import sinks
 from nautilus_assets.market_data.schema import QUOTES, SUBSCRIPTION, TRADES
-from tests.helpers import wait_for
-from tests.helpers import assert_bars_equal, batch, counts, publish, reference_bars, stored_bars
+from tests.helpers import assert_bars_equal, batch, counts, publish, reference_bars, stored_bars, wait_for
+
 
 def test_same_batch_written_twice_adds_nothing(clean):
     res = clean

@@ -12,8 +12,7 @@ from nautilus_assets.analytics.indicators import LOOKBACK_BARS
 from nautilus_assets.market_data.schema import TRADES
 from nautilus_assets.market_data.simulator import MarketSimulator
 from scripts.publisher import publish_tables
-from tests.helpers import reference_bars
-from tests.helpers import batch
+from tests.helpers import batch, reference_bars
 
 REL = 1e-9
 
@@ -75,6 +74,7 @@ def test_batch_by_batch_equals_full_history(clean, instance):
     # each materialization was announced on the product's engine topic
     import orjson
     import pulsar
+
     from nautilus_assets.market_data.ingest import receive
     with res["pulsar"].client() as client:
         c = client.subscribe(analytics.PRODUCT.topic, "test-reader", initial_position=pulsar.InitialPosition.Earliest,

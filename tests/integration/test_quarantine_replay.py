@@ -4,7 +4,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import dagster as dg
 import orjson
@@ -17,8 +16,7 @@ from nautilus_assets.market_data.decode import RawBatch
 from nautilus_assets.market_data.ingest import Stream, run_batch
 from nautilus_assets.market_data.schema import TRADES
 from resources.topics import SYSTEM_ALERTS
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
 
 DAY = 86400
 WEEK = 7 * DAY
