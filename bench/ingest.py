@@ -18,6 +18,7 @@ ids lie outside any live batch's span), then the same batches again; prints both
 Starts its own services instance (NAUTILUS_INSTANCE=bench, ports from 17500) and removes it afterwards.
 Prints figures; asserts nothing.
 """
+
 import argparse
 import os
 import statistics
@@ -26,18 +27,18 @@ import time
 os.environ.setdefault("NAUTILUS_INSTANCE", "bench")
 os.environ.setdefault("NAUTILUS_PORT_BASE", "17500")
 
-import numpy as np  # noqa: E402
-import pulsar  # noqa: E402
-import pyarrow as pa  # noqa: E402
+import numpy as np
+import pulsar
+import pyarrow as pa
 
-from nautilus_assets.market_data.ingest import Stream, receive_window  # noqa: E402
-from nautilus_assets.market_data.schema import TRADES  # noqa: E402
-from nautilus_assets.market_data.simulator import MarketSimulator, messages  # noqa: E402
-from nautilus_assets.market_data.sinks import bronze_table  # noqa: E402
-from resources.settings import apply, build_resources, load, streaming  # noqa: E402
-from scripts import services  # noqa: E402
-from scripts.provision import setup  # noqa: E402
-from scripts.publisher import Publisher  # noqa: E402
+from nautilus_assets.market_data.ingest import Stream, receive_window
+from nautilus_assets.market_data.schema import TRADES
+from nautilus_assets.market_data.simulator import MarketSimulator, messages
+from nautilus_assets.market_data.sinks import bronze_table
+from resources.settings import apply, build_resources, load, streaming
+from scripts import services
+from scripts.provision import setup
+from scripts.publisher import Publisher
 
 INSTRUMENTS = ["AAPL.XNAS", "MSFT.XNAS", "SPY.ARCX", "ESZ6.GLBX"]
 RAW_SUB = "bench-raw"
@@ -51,11 +52,14 @@ class Feeder:
 
     def publish(self, n: int) -> None:
         self.seed += 1
-        sim = MarketSimulator(INSTRUMENTS, seed=self.seed, start_ns=time.time_ns() - 1800 * 10**9,
-                              events_per_second=100)
+        sim = MarketSimulator(
+            INSTRUMENTS, seed=self.seed, start_ns=time.time_ns() - 1800 * 10**9, events_per_second=100
+        )
         trades, _ = sim.take(n, 0)
         ids = pa.array([f"B{self.seed}-{t}" for t in trades["trade_id"].to_pylist()])
-        self.pub.send(TRADES.name, messages(trades.set_column(trades.schema.get_field_index("trade_id"), "trade_id", ids)))
+        self.pub.send(
+            TRADES.name, messages(trades.set_column(trades.schema.get_field_index("trade_id"), "trade_id", ids))
+        )
         self.pub.flush()
 
 
@@ -70,10 +74,15 @@ def _first(receive_batch, deadline_s: float = 60) -> list:
 
 def raw_round(client, n: int, batch: int) -> float:
     """pulsar-client alone: the same receive windows as a run (C++ messages), then an acknowledgement each."""
-    c = client.subscribe(TRADES.topic, RAW_SUB, consumer_type=pulsar.ConsumerType.Shared,
-                         initial_position=pulsar.InitialPosition.Earliest, receiver_queue_size=20_000)
+    c = client.subscribe(
+        TRADES.topic,
+        RAW_SUB,
+        consumer_type=pulsar.ConsumerType.Shared,
+        initial_position=pulsar.InitialPosition.Earliest,
+        receiver_queue_size=20_000,
+    )
     got = 0
-    take = lambda: receive_window(c, min(batch, n - got), 0.5, raw=True)   # noqa: E731
+    take = lambda: receive_window(c, min(batch, n - got), 0.5, raw=True)  # noqa: E731
     msgs = _first(take)
     t0 = time.perf_counter()
     while True:
@@ -88,7 +97,7 @@ def raw_round(client, n: int, batch: int) -> float:
     return rate
 
 
-STAGES: dict[str, list[float]] = {}   # each counted batch's stage seconds (BatchResult.seconds), for the profile
+STAGES: dict[str, list[float]] = {}  # each counted batch's stage seconds (BatchResult.seconds), for the profile
 
 
 def nautilus_round(r, n: int, batch: int, label: str) -> tuple[float, list[float], list[float]]:
@@ -97,9 +106,8 @@ def nautilus_round(r, n: int, batch: int, label: str) -> tuple[float, list[float
     dispatch and its Dagster event logging are not counted. Returns (ticks/s, each batch's commit seconds, each
     batch's check-read seconds)."""
     done, per_batch, inspected = 0, [], []
-    with Stream(TRADES, r["pulsar"], r["lake"], r["clickhouse"], 7 * 86400, log=lambda m: None,
-                inspect=True) as stream:
-        take = lambda: stream.receive(min(batch, n - done), 0.5)   # noqa: E731
+    with Stream(TRADES, r["pulsar"], r["lake"], r["clickhouse"], 7 * 86400, log=lambda m: None, inspect=True) as stream:
+        take = lambda: stream.receive(min(batch, n - done), 0.5)  # noqa: E731
         msgs = _first(take)
         t0 = time.perf_counter()
         while True:
@@ -112,7 +120,7 @@ def nautilus_round(r, n: int, batch: int, label: str) -> tuple[float, list[float
             if done >= n:
                 break
             msgs = take()
-        checks = [f.result() for f in inspected]   # the last batch's check reads are part of the work
+        checks = [f.result() for f in inspected]  # the last batch's check reads are part of the work
         rate = done / (time.perf_counter() - t0)
     return rate, per_batch, checks
 
@@ -121,23 +129,33 @@ def preload(r, n: int, chunk: int = 1_000_000) -> None:
     """n synthetic trades earlier today (ledger ids from 10**12: outside any live span), in every store a batch
     looks into: ClickHouse trades + trade_ids (generated by ClickHouse itself) and Delta bronze/trades."""
     from deltalake import write_deltalake
+
     today_ns = time.time_ns() // 86_400_000_000_000 * 86_400_000_000_000
     span_ns = max(time.time_ns() - 3600 * 10**9 - today_ns, 10**9)
     t0 = time.time()
-    gen = (f"SELECT number, 'persistent://nautilus/market-data/trades' AS topic, concat('P:', toString(number)) AS message_id, "
-           f"toInt64(1000000000000 + intDiv(number, 100000)) AS ledger_id, toInt64(number % 100000) AS entry_id, "
-           f"'preload' AS batch_id, ['{INSTRUMENTS[0]}','{INSTRUMENTS[1]}','{INSTRUMENTS[2]}','{INSTRUMENTS[3]}']"
-           f"[1 + number % 4] AS instrument_id, 100 + (number % 1000) / 100 AS price, 1 + number % 50 AS size, "
-           f"if(number % 2 = 0, 'BUYER', 'SELLER') AS aggressor_side, concat('P-', toString(number)) AS trade_id, "
-           f"toInt64({today_ns} + intDiv(number * {span_ns}, {n})) AS ts_event, ts_event AS ts_init FROM numbers({n})")
+    gen = (
+        "SELECT number, 'persistent://nautilus/market-data/trades' AS topic, "
+        "concat('P:', toString(number)) AS message_id, "
+        f"toInt64(1000000000000 + intDiv(number, 100000)) AS ledger_id, toInt64(number % 100000) AS entry_id, "
+        f"'preload' AS batch_id, ['{INSTRUMENTS[0]}','{INSTRUMENTS[1]}','{INSTRUMENTS[2]}','{INSTRUMENTS[3]}']"
+        f"[1 + number % 4] AS instrument_id, 100 + (number % 1000) / 100 AS price, 1 + number % 50 AS size, "
+        f"if(number % 2 = 0, 'BUYER', 'SELLER') AS aggressor_side, concat('P-', toString(number)) AS trade_id, "
+        f"toInt64({today_ns} + intDiv(number * {span_ns}, {n})) AS ts_event, ts_event AS ts_init FROM numbers({n})"
+    )
     with r["clickhouse"].session() as c:
         cols = [x[0] for x in c.query("DESCRIBE TABLE market_data.trades").result_rows]
-        select = {"ts": "fromUnixTimestamp64Nano(ts_event, 'UTC')", "date": "toDate(fromUnixTimestamp64Nano(ts_event, 'UTC'))",
-                  "ingested_at": "now64(6)", "schema_version": "1"}
+        select = {
+            "ts": "fromUnixTimestamp64Nano(ts_event, 'UTC')",
+            "date": "toDate(fromUnixTimestamp64Nano(ts_event, 'UTC'))",
+            "ingested_at": "now64(6)",
+            "schema_version": "1",
+        }
         exprs = ", ".join(select.get(col, col) + f" AS `{col}`" for col in cols)
         c.command(f"INSERT INTO market_data.trades SELECT {exprs} FROM ({gen})", settings={"max_insert_threads": 2})
-        c.command(f"INSERT INTO market_data.trade_ids SELECT instrument_id, toDate(fromUnixTimestamp64Nano(ts_event, "
-                  f"'UTC')), trade_id, message_id FROM ({gen})")
+        c.command(
+            f"INSERT INTO market_data.trade_ids SELECT instrument_id, toDate(fromUnixTimestamp64Nano(ts_event, "
+            f"'UTC')), trade_id, message_id FROM ({gen})"
+        )
         print(f"preloaded {n:,} rows into ClickHouse in {time.time() - t0:.0f}s", flush=True)
         lake = r["lake"]
         dt = lake.table(bronze_table(TRADES))
@@ -146,9 +164,16 @@ def preload(r, n: int, chunk: int = 1_000_000) -> None:
             t = c.query_arrow(f"SELECT {exprs} FROM ({gen}) WHERE number >= {k} AND number < {k + chunk}")
             t = pa.table(t)
             if schema is not None:
-                t = t.select([f.name for f in pa.schema(schema)]).cast(pa.schema(schema), safe=False)   # ts: Delta keeps µs
-            write_deltalake(lake.uri(bronze_table(TRADES)), t, mode="append", partition_by=["date"],
-                            storage_options=lake.storage_options)
+                t = t.select([f.name for f in pa.schema(schema)]).cast(
+                    pa.schema(schema), safe=False
+                )  # ts: Delta keeps µs
+            write_deltalake(
+                lake.uri(bronze_table(TRADES)),
+                t,
+                mode="append",
+                partition_by=["date"],
+                storage_options=lake.storage_options,
+            )
     print(f"preloaded {n:,} rows into ClickHouse and Delta in {time.time() - t0:.0f}s", flush=True)
 
 
@@ -165,15 +190,19 @@ def main() -> None:
         setup(s)
         r = build_resources(s)
         with r["pulsar"].client() as client:
-            client.subscribe(TRADES.topic, RAW_SUB, consumer_type=pulsar.ConsumerType.Shared,
-                             initial_position=pulsar.InitialPosition.Earliest).close()
+            client.subscribe(
+                TRADES.topic,
+                RAW_SUB,
+                consumer_type=pulsar.ConsumerType.Shared,
+                initial_position=pulsar.InitialPosition.Earliest,
+            ).close()
             feed = Feeder(client)
             if a.preload:
                 phases = {}
                 for phase in ("empty", "preloaded"):
                     if phase == "preloaded":
                         preload(r, a.preload)
-                    feed.publish(a.batch)          # warm-up batch, not counted
+                    feed.publish(a.batch)  # warm-up batch, not counted
                     raw_round(client, a.batch, a.batch)
                     nautilus_round(r, a.batch, a.batch, f"warm-{phase}")
                     feed.publish(a.batch * a.repeats)
@@ -181,12 +210,16 @@ def main() -> None:
                     _, secs, checks = nautilus_round(r, a.batch * a.repeats, a.batch, phase)
                     phases[phase] = statistics.median(secs)
                     phases[f"{phase} checks"] = statistics.median(checks)
-                    print(f"{phase}: per-batch commit seconds {[round(x, 3) for x in secs]}, median "
-                          f"{phases[phase]:.3f}; check reads (after the ack) median {statistics.median(checks):.3f}",
-                          flush=True)
-                print(f"ratio preloaded / empty: {phases['preloaded'] / phases['empty']:.2f}  (goal <= 1.3; "
-                      f"{a.preload:,} rows preloaded, batches of {a.batch:,}); check reads "
-                      f"{phases['preloaded checks'] / phases['empty checks']:.2f}")
+                    print(
+                        f"{phase}: per-batch commit seconds {[round(x, 3) for x in secs]}, median "
+                        f"{phases[phase]:.3f}; check reads (after the ack) median {statistics.median(checks):.3f}",
+                        flush=True,
+                    )
+                print(
+                    f"ratio preloaded / empty: {phases['preloaded'] / phases['empty']:.2f}  (goal <= 1.3; "
+                    f"{a.preload:,} rows preloaded, batches of {a.batch:,}); check reads "
+                    f"{phases['preloaded checks'] / phases['empty checks']:.2f}"
+                )
                 return
             raws, ours = [], []
             for k in range(a.repeats + 1):
@@ -194,18 +227,24 @@ def main() -> None:
                 raw = raw_round(client, a.ticks, a.batch)
                 ours_k, _, _ = nautilus_round(r, a.ticks, a.batch, f"round{k}")
                 label = "warm-up" if k == 0 else f"round {k}"
-                print(f"{label}: raw {raw:,.0f} msg/s, nautilus {ours_k:,.0f} ticks/s, ratio {ours_k / raw:.2f}",
-                      flush=True)
+                print(
+                    f"{label}: raw {raw:,.0f} msg/s, nautilus {ours_k:,.0f} ticks/s, ratio {ours_k / raw:.2f}",
+                    flush=True,
+                )
                 if k == 0:
                     STAGES.clear()
                 else:
                     raws.append(raw)
                     ours.append(ours_k)
         raw_m, ours_m = float(np.median(raws)), float(np.median(ours))
-        print(f"median raw pulsar-client consume+ack: {raw_m:,.0f} msg/s; median nautilus batch ingest: "
-              f"{ours_m:,.0f} ticks/s; ratio {ours_m / raw_m:.2f}  (goal >= 0.5)")
-        print("median seconds per batch by stage: " + ", ".join(
-            f"{k} {statistics.median(v):.3f}" for k, v in STAGES.items()))
+        print(
+            f"median raw pulsar-client consume+ack: {raw_m:,.0f} msg/s; median nautilus batch ingest: "
+            f"{ours_m:,.0f} ticks/s; ratio {ours_m / raw_m:.2f}  (goal >= 0.5)"
+        )
+        print(
+            "median seconds per batch by stage: "
+            + ", ".join(f"{k} {statistics.median(v):.3f}" for k, v in STAGES.items())
+        )
     finally:
         services.remove(s)
 

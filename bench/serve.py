@@ -18,6 +18,7 @@ api`) and prints:
    running; prints figures 1 and 2 again under that load and p99 commit time with ÷ without (goal <= 1.3).
 Prints figures; asserts nothing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,6 +33,8 @@ import time
 os.environ.setdefault("NAUTILUS_INSTANCE", "serve")
 os.environ.setdefault("NAUTILUS_PORT_BASE", "27500")
 
+from datetime import UTC
+
 import numpy as np
 import requests
 
@@ -44,8 +47,18 @@ INSTRUMENTS = ["AAPL.XNAS", "MSFT.XNAS"]
 # platform (at nice 0 it takes most of a core from ingestion, which is not what a remote reader costs)
 LOADGEN_NICE = 19
 # the ingest runs' commit stages (market_data/ingest.py Stream.commit; receive and the overlapping session total out)
-COMMIT_STAGES = ("unpack", "decode", "trade_ids", "checks_wait", "clickhouse", "bars", "delta_wait", "announce",
-                 "cache", "ack")
+COMMIT_STAGES = (
+    "unpack",
+    "decode",
+    "trade_ids",
+    "checks_wait",
+    "clickhouse",
+    "bars",
+    "delta_wait",
+    "announce",
+    "cache",
+    "ack",
+)
 
 
 def pct(values, qs=(50, 99)) -> list[float]:
@@ -55,6 +68,7 @@ def pct(values, qs=(50, 99)) -> list[float]:
 # ---- 1. load generator (its own process: `python -m bench.serve load ...`) --------------------------------
 async def _load(url: str, token: str, seconds: float, requests_max: int, concurrency: int) -> dict:
     import aiohttp
+
     server, client, codes = [], [], {}
     left, deadline = [requests_max], time.perf_counter() + seconds
     headers = {"Authorization": f"Bearer {token}"}
@@ -70,12 +84,19 @@ async def _load(url: str, token: str, seconds: float, requests_max: int, concurr
                 st = r.headers.get("server-timing", "")
                 if "dur=" in st:
                     server.append(float(st.split("dur=")[1]))
+
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
         t0 = time.perf_counter()
         await asyncio.gather(*(worker(session) for _ in range(concurrency)))
         took = time.perf_counter() - t0
-    return {"requests": len(client), "seconds": round(took, 2), "per_s": round(len(client) / took),
-            "codes": codes, "server_ms_p50_p99": pct(server), "client_ms_p50_p99": pct(np.array(client) * 1000)}
+    return {
+        "requests": len(client),
+        "seconds": round(took, 2),
+        "per_s": round(len(client) / took),
+        "codes": codes,
+        "server_ms_p50_p99": pct(server),
+        "client_ms_p50_p99": pct(np.array(client) * 1000),
+    }
 
 
 async def _direct_redis(s, seconds: float, requests_max: int, concurrency: int) -> dict:
@@ -89,6 +110,7 @@ async def _direct_redis(s, seconds: float, requests_max: int, concurrency: int) 
             t = time.perf_counter()
             await r.aget_raw(c, "indicators")
             lat.append(time.perf_counter() - t)
+
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     took = time.perf_counter() - t0
@@ -99,9 +121,27 @@ async def _direct_redis(s, seconds: float, requests_max: int, concurrency: int) 
 def figures_process(a, day: str) -> dict:
     """Figures 1 and 2, measured by a process of its own at nice LOADGEN_NICE (the API's clients and the direct
     baselines alike; the publisher of figure 3 stays in this one)."""
-    out = subprocess.run(["nice", "-n", str(LOADGEN_NICE), sys.executable, "-W", "ignore", "-m", "bench.serve",
-                          "figures", day, str(a.seconds), str(a.requests), str(a.concurrency)],
-                         capture_output=True, text=True, check=True, env={**os.environ})
+    out = subprocess.run(
+        [
+            "nice",
+            "-n",
+            str(LOADGEN_NICE),
+            sys.executable,
+            "-W",
+            "ignore",
+            "-m",
+            "bench.serve",
+            "figures",
+            day,
+            str(a.seconds),
+            str(a.requests),
+            str(a.concurrency),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ},
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -110,6 +150,7 @@ def arrow_day(s, day: str, reps: int = 30) -> dict:
     import pyarrow as pa
 
     from nautilus_assets.api import datasets as D
+
     r = build_resources(s)
     url = s.api_url("market_analytics") + "/indicators_1m"
     token = s.env[access.token_var(access.GOVERNANCE)]
@@ -119,9 +160,18 @@ def arrow_day(s, day: str, reps: int = 30) -> dict:
     http = requests.Session()
 
     def via_api() -> int:
-        resp = http.get(url, params={"instrument": INSTRUMENTS[0], "start": str(start), "end": str(end),
-                                     "limit": 100_000, "format": "arrow"},
-                        headers={"Authorization": f"Bearer {token}"}, timeout=60)
+        resp = http.get(
+            url,
+            params={
+                "instrument": INSTRUMENTS[0],
+                "start": str(start),
+                "end": str(end),
+                "limit": 100_000,
+                "format": "arrow",
+            },
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=60,
+        )
         resp.raise_for_status()
         return pa.ipc.open_stream(resp.content).read_all().num_rows
 
@@ -146,14 +196,15 @@ def arrow_day(s, day: str, reps: int = 30) -> dict:
 # ---- set-up ----------------------------------------------------------------------------------------------
 def seed(s) -> str:
     """Two days of ticks and bars for INSTRUMENTS in ClickHouse, and their indicators; returns yesterday."""
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     import pandas as pd
 
     from nautilus_assets.analytics.assets import recompute
     from scripts.history import write_history
+
     r = build_resources(s)
-    today = datetime.now(timezone.utc).date()   # history: the two days before it
+    today = datetime.now(UTC).date()  # history: the two days before it
     write_history(r["lake"], INSTRUMENTS, 2, 40_000, end=today, clickhouse=r["clickhouse"], clickhouse_days=2)
     recompute(r["clickhouse"], "bench-serve", {i: pd.Timestamp(today - timedelta(days=2)) for i in INSTRUMENTS})
     return (today - timedelta(days=1)).isoformat()
@@ -168,11 +219,14 @@ def start_api(s) -> subprocess.Popen:
 def latest_figures(s, seconds: float, requests_max: int, concurrency: int) -> dict:
     url = s.api_url("market_analytics") + "/latest"
     token = s.env[access.token_var(access.GOVERNANCE)]
-    requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=30)   # warm: the cache is complete
+    requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=30)  # warm: the cache is complete
     api = asyncio.run(_load(url, token, seconds, requests_max, concurrency))
     direct = asyncio.run(_direct_redis(s, seconds, requests_max, concurrency))
-    return {"api": api, "direct_redis": direct,
-            "ratio_client_p50": round(api["client_ms_p50_p99"][0] / direct["ms_p50_p99"][0], 2)}
+    return {
+        "api": api,
+        "direct_redis": direct,
+        "ratio_client_p50": round(api["client_ms_p50_p99"][0] / direct["ms_p50_p99"][0], 2),
+    }
 
 
 # ---- 3. with the streaming platform up ---------------------------------------------------------------------
@@ -180,11 +234,13 @@ def commit_times(since: float, until: float) -> list[float]:
     import dagster as dg
 
     from nautilus_assets.market_data.assets import QUOTES_KEY, TRADES_KEY
+
     out = []
     with dg.DagsterInstance.get() as inst:
         for key in (TRADES_KEY, QUOTES_KEY):
-            recs = inst.fetch_materializations(dg.AssetRecordsFilter(asset_key=key, after_timestamp=since,
-                                                                     before_timestamp=until), limit=10_000).records
+            recs = inst.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=key, after_timestamp=since, before_timestamp=until), limit=10_000
+            ).records
             for rec in recs:
                 m = rec.asset_materialization.metadata
                 out.append(sum(float(m[f"seconds_{k}"].value) for k in COMMIT_STAGES if f"seconds_{k}" in m))
@@ -193,6 +249,7 @@ def commit_times(since: float, until: float) -> list[float]:
 
 def streaming_phase(s, a, day: str) -> dict:
     from bench.freshness import publish
+
     children = {"dagster-daemon": services.dagster_daemon(s)}
     r = build_resources(s)
     instruments = [i.strip() for i in s["NAUTILUS_INSTRUMENTS"].split(",") if i.strip()]
@@ -206,7 +263,7 @@ def streaming_phase(s, a, day: str) -> dict:
         loaded = {}
 
         def load_phase():
-            time.sleep(90 + a.stream_seconds)   # warm-up (the runs start), then the quiet phase
+            time.sleep(90 + a.stream_seconds)  # warm-up (the runs start), then the quiet phase
             marks["load"] = time.time()
             end = marks["load"] + a.stream_seconds
             loaded["latest"], loaded["arrow"] = [], []
@@ -222,13 +279,19 @@ def streaming_phase(s, a, day: str) -> dict:
         with r["pulsar"].client() as client:
             sent = publish(client, a.rate, total, instruments)
         th.join()
-        time.sleep(15)   # the last batches' materializations
+        time.sleep(15)  # the last batches' materializations
         quiet = commit_times(marks["quiet"], marks["load"])
         busy = commit_times(marks["load"], marks["end"])
         q, b = pct(quiet), pct(busy)
-        return {"published": sent, "batches_quiet": len(quiet), "batches_loaded": len(busy),
-                "commit_s_p50_p99_quiet": q, "commit_s_p50_p99_loaded": b,
-                "ratio_p99": round(b[1] / q[1], 2) if q[1] else None, "under_load": loaded}
+        return {
+            "published": sent,
+            "batches_quiet": len(quiet),
+            "batches_loaded": len(busy),
+            "commit_s_p50_p99_quiet": q,
+            "commit_s_p50_p99_loaded": b,
+            "ratio_p99": round(b[1] / q[1], 2) if q[1] else None,
+            "under_load": loaded,
+        }
     finally:
         services.kill_groups({n: p.pid for n, p in children.items()})
 
@@ -237,14 +300,24 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "figures":
         day, seconds, n, c = sys.argv[2:6]
         s = apply(load())
-        print(json.dumps({"latest": latest_figures(s, float(seconds), int(n), int(c)),
-                          "arrow": arrow_day(s, day, reps=10 if float(seconds) < 15 else 30)}))
+        print(
+            json.dumps(
+                {
+                    "latest": latest_figures(s, float(seconds), int(n), int(c)),
+                    "arrow": arrow_day(s, day, reps=10 if float(seconds) < 15 else 30),
+                }
+            )
+        )
         return
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=15)
     ap.add_argument("--requests", type=int, default=60_000)
-    ap.add_argument("--concurrency", type=int, default=2,
-                    help="connections: server time at a rate is the CPU per request times those in flight")
+    ap.add_argument(
+        "--concurrency",
+        type=int,
+        default=2,
+        help="connections: server time at a rate is the CPU per request times those in flight",
+    )
     ap.add_argument("--stream-seconds", type=float, default=120, help="0: skip figure 3")
     ap.add_argument("--rate", type=float, default=2000)
     ap.add_argument("--keep", action="store_true")
@@ -255,6 +328,7 @@ def main() -> None:
     api = None
     try:
         from scripts.provision import setup
+
         setup(s)
         day = seed(s)
         api = start_api(s)

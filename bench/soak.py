@@ -12,6 +12,7 @@ afterwards (--keep keeps it). Reports, for the goals of issue 10:
 - peak RSS of each long-lived run process (goal: < 1 GiB).
 Prints figures; asserts nothing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,21 +25,26 @@ from collections import Counter
 os.environ.setdefault("NAUTILUS_INSTANCE", "soak")
 os.environ.setdefault("NAUTILUS_PORT_BASE", "24500")
 
-import numpy as np  # noqa: E402
-import requests  # noqa: E402
+from datetime import UTC
 
-from bench.freshness import publish  # noqa: E402
-from nautilus_assets.analytics.assets import KEY as INDICATORS, SUBSCRIPTION as ANALYTICS_SUB  # noqa: E402
-from nautilus_assets.market_data.assets import BARS_KEY, QUOTES_KEY, TRADES_KEY  # noqa: E402
-from nautilus_assets.market_data.checks import duplicate_ids_in_table  # noqa: E402
-from nautilus_assets.market_data.schema import QUOTES, SUBSCRIPTION, TRADES  # noqa: E402
-from nautilus_assets.market_data.sinks import bronze_table  # noqa: E402
-from nautilus_assets.microstructure.assets import KEY as VPIN, SUBSCRIPTION as MICRO_SUB  # noqa: E402
-from nautilus_assets.portfolio.assets import KEY as POSITIONS, SUBSCRIPTION as PORTFOLIO_SUB  # noqa: E402
-from resources.settings import apply, build_resources, load  # noqa: E402
-from resources.topics import BARS_CHANGES  # noqa: E402
-from scripts import services  # noqa: E402
-from scripts.provision import setup  # noqa: E402
+import numpy as np
+import requests
+
+from bench.freshness import publish
+from nautilus_assets.analytics.assets import KEY as INDICATORS
+from nautilus_assets.analytics.assets import SUBSCRIPTION as ANALYTICS_SUB
+from nautilus_assets.market_data.assets import BARS_KEY, QUOTES_KEY, TRADES_KEY
+from nautilus_assets.market_data.checks import duplicate_ids_in_table
+from nautilus_assets.market_data.schema import QUOTES, SUBSCRIPTION, TRADES
+from nautilus_assets.market_data.sinks import bronze_table
+from nautilus_assets.microstructure.assets import KEY as VPIN
+from nautilus_assets.microstructure.assets import SUBSCRIPTION as MICRO_SUB
+from nautilus_assets.portfolio.assets import KEY as POSITIONS
+from nautilus_assets.portfolio.assets import SUBSCRIPTION as PORTFOLIO_SUB
+from resources.settings import apply, build_resources, load
+from resources.topics import BARS_CHANGES
+from scripts import services
+from scripts.provision import setup
 
 STREAMING = [TRADES_KEY, QUOTES_KEY, BARS_KEY, INDICATORS, VPIN, POSITIONS]
 QUERY = """{ assetNodes { assetKey { path } freshnessStatusInfo { freshnessStatus } } }"""
@@ -48,8 +54,11 @@ def freshness(url: str) -> dict[str, str]:
     r = requests.post(f"{url}/graphql", json={"query": QUERY}, timeout=60)
     nodes = r.json()["data"]["assetNodes"]
     want = {k.to_user_string() for k in STREAMING}
-    return {"/".join(n["assetKey"]["path"]): (n["freshnessStatusInfo"] or {}).get("freshnessStatus", "NONE")
-            for n in nodes if "/".join(n["assetKey"]["path"]) in want}
+    return {
+        "/".join(n["assetKey"]["path"]): (n["freshnessStatusInfo"] or {}).get("freshnessStatus", "NONE")
+        for n in nodes
+        if "/".join(n["assetKey"]["path"]) in want
+    }
 
 
 class RunRss(threading.Thread):
@@ -67,8 +76,11 @@ class RunRss(threading.Thread):
                     cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
                     # a run's worker: `dagster api execute_run`, or (default run launcher) a multiprocessing
                     # child of the code server that launched it
-                    if "execute_run" not in cmd and "multiprocessing.spawn" not in cmd \
-                            and "clickhouse_server.py" not in cmd:
+                    if (
+                        "execute_run" not in cmd
+                        and "multiprocessing.spawn" not in cmd
+                        and "clickhouse_server.py" not in cmd
+                    ):
                         continue
                     rss = next(int(line.split()[1]) for line in open(f"/proc/{pid}/status") if line.startswith("VmRSS"))
                 except (OSError, StopIteration):
@@ -86,32 +98,43 @@ class BarLatency(threading.Thread):
         super().__init__(daemon=True)
         self.ch, self.pg, self.inst, self.poll_s = ch, pg, instrument, poll_s
         self.pending: dict[int, dict] = {}
-        self.started: set[int] = set()   # minutes ever pending: each is measured once
+        self.started: set[int] = set()  # minutes ever pending: each is measured once
         self.done: dict[str, list[float]] = {"indicators": [], "vpin": [], "positions": []}
         self.stop = threading.Event()
-        self.first = int(time.time()) // 60 * 60 + 60   # the first whole minute observed
+        self.first = int(time.time()) // 60 * 60 + 60  # the first whole minute observed
 
     def poll(self) -> None:
         now = time.time()
         closed = int(now) // 60 * 60 - 60
-        if closed >= self.first and closed not in self.started:   # (a minute done is not measured again)
+        if closed >= self.first and closed not in self.started:  # (a minute done is not measured again)
             self.started.add(closed)
             self.pending[closed] = {}
         if not self.pending:
             return
         ms = sorted(self.pending)
         with self.ch.session() as c:
-            ind = {m for (m,) in c.query(
-                "SELECT toUnixTimestamp(b.minute) FROM (SELECT minute, version FROM market_data.bars_1m FINAL "
-                "WHERE instrument_id = %(i)s AND minute >= toDateTime(%(lo)s, 'UTC')) AS b INNER JOIN "
-                "(SELECT minute, source_version FROM analytics.indicators_1m FINAL WHERE instrument_id = %(i)s "
-                "AND minute >= toDateTime(%(lo)s, 'UTC')) AS x ON b.minute = x.minute AND b.version = x.source_version",
-                parameters={"i": self.inst, "lo": ms[0]}).result_rows}
-            vp = c.query("SELECT toUnixTimestamp(max(minute)) FROM microstructure.vpin_states WHERE instrument_id = %(i)s "
-                         "AND minute >= toDateTime(%(lo)s, 'UTC')", parameters={"i": self.inst, "lo": ms[0]}).first_row[0]
+            ind = {
+                m
+                for (m,) in c.query(
+                    "SELECT toUnixTimestamp(b.minute) FROM (SELECT minute, version FROM market_data.bars_1m FINAL "
+                    "WHERE instrument_id = %(i)s AND minute >= toDateTime(%(lo)s, 'UTC')) AS b INNER JOIN "
+                    "(SELECT minute, source_version FROM analytics.indicators_1m FINAL WHERE instrument_id = %(i)s "
+                    "AND minute >= toDateTime(%(lo)s, 'UTC')) AS x "
+                    "ON b.minute = x.minute AND b.version = x.source_version",
+                    parameters={"i": self.inst, "lo": ms[0]},
+                ).result_rows
+            }
+            vp = c.query(
+                "SELECT toUnixTimestamp(max(minute)) FROM microstructure.vpin_states WHERE instrument_id = %(i)s "
+                "AND minute >= toDateTime(%(lo)s, 'UTC')",
+                parameters={"i": self.inst, "lo": ms[0]},
+            ).first_row[0]
         with self.pg.connect() as conn:
-            row = conn.execute("SELECT extract(epoch FROM max(ts)) FROM portfolio.portfolio_states "
-                               "WHERE instrument_id = %s AND ts >= to_timestamp(%s)", (self.inst, ms[0])).fetchone()
+            row = conn.execute(
+                "SELECT extract(epoch FROM max(ts)) FROM portfolio.portfolio_states "
+                "WHERE instrument_id = %s AND ts >= to_timestamp(%s)",
+                (self.inst, ms[0]),
+            ).fetchone()
         pos = float(row[0]) if row and row[0] is not None else 0.0
         for m in ms:
             seen = self.pending[m]
@@ -120,8 +143,11 @@ class BarLatency(threading.Thread):
                     seen[name] = now - (m + 60)
                     self.done[name].append(seen[name])
             if len(seen) == 3 or now - m > 900:
-                print(f"bar {time.strftime('%H:%M', time.gmtime(m))} closed -> visible: "
-                      + ", ".join(f"{k} {v:.1f}s" for k, v in seen.items()), flush=True)
+                print(
+                    f"bar {time.strftime('%H:%M', time.gmtime(m))} closed -> visible: "
+                    + ", ".join(f"{k} {v:.1f}s" for k, v in seen.items()),
+                    flush=True,
+                )
                 del self.pending[m]
 
     def run(self) -> None:
@@ -133,18 +159,22 @@ class BarLatency(threading.Thread):
 
 
 def run_summary(since: float) -> tuple[dict, dict]:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     import dagster as dg
+
     with dg.DagsterInstance.get() as inst:
-        recs = inst.get_run_records(dg.RunsFilter(created_after=datetime.fromtimestamp(since, timezone.utc)))
+        recs = inst.get_run_records(dg.RunsFilter(created_after=datetime.fromtimestamp(since, UTC)))
         by = Counter((r.dagster_run.job_name, r.dagster_run.status.value) for r in recs)
         failures = Counter()
         for r in recs:
             if r.dagster_run.status.value == "FAILURE":
                 for e in inst.all_logs(r.dagster_run.run_id):
-                    if e.dagster_event and e.dagster_event.event_type_value in ("RUN_FAILURE", "STEP_FAILURE") \
-                            and e.message:
+                    if (
+                        e.dagster_event
+                        and e.dagster_event.event_type_value in ("RUN_FAILURE", "STEP_FAILURE")
+                        and e.message
+                    ):
                         failures[e.message[:200]] += 1
         return dict(by), dict(failures)
 
@@ -187,9 +217,10 @@ def main() -> None:
                 samples.append(f)
                 print(f"[{time.strftime('%H:%M:%S')}] freshness {f}", flush=True)
 
-        with r["pulsar"].client() as client:   # the model portfolios' fills, so positions have something to mark
+        with r["pulsar"].client() as client:  # the model portfolios' fills, so positions have something to mark
             from nautilus_assets.market_data.simulator import MarketSimulator
             from nautilus_assets.portfolio.models import FILLS_TOPIC, fill_messages, model_fills
+
             trades, _ = MarketSimulator(instruments, seed=7, start_ns=time.time_ns() - 3600 * 10**9).take(20_000, 0)
             p = client.create_producer(FILLS_TOPIC)
             for m in fill_messages(model_fills(trades, seed=7)):
@@ -204,11 +235,16 @@ def main() -> None:
             sent = publish(client, a.rate, a.duration, instruments)
         print(f"published {sent}", flush=True)
         deadline = time.time() + a.drain_timeout
-        subs = [(TRADES.topic, SUBSCRIPTION), (QUOTES.topic, SUBSCRIPTION), (BARS_CHANGES, ANALYTICS_SUB),
-                (BARS_CHANGES, MICRO_SUB), (BARS_CHANGES, PORTFOLIO_SUB)]
+        subs = [
+            (TRADES.topic, SUBSCRIPTION),
+            (QUOTES.topic, SUBSCRIPTION),
+            (BARS_CHANGES, ANALYTICS_SUB),
+            (BARS_CHANGES, MICRO_SUB),
+            (BARS_CHANGES, PORTFOLIO_SUB),
+        ]
         while time.time() < deadline and any(r["pulsar"].backlog(t, sub) for t, sub in subs):
             time.sleep(5)
-        time.sleep(10)   # the last batches' checks and materializations
+        time.sleep(10)  # the last batches' checks and materializations
         stop.set()
         rss.stop.set()
         bars.stop.set()
@@ -219,31 +255,43 @@ def main() -> None:
             n_ch = int(ch.scalar(f"SELECT count() FROM market_data.{feed.name}"))
             dt = r["lake"].table(bronze_table(feed))
             n_delta = dt.to_pyarrow_dataset().count_rows() if dt is not None else 0
-            stored[feed.name] = {"published": sent[feed.name], "clickhouse": n_ch, "delta": n_delta,
-                                 **duplicate_ids_in_table(ch, feed)}
+            stored[feed.name] = {
+                "published": sent[feed.name],
+                "clickhouse": n_ch,
+                "delta": n_delta,
+                **duplicate_ids_in_table(ch, feed),
+            }
         runs, failures = run_summary(start - 600)
         statuses = Counter(v for smp in samples for k, v in smp.items() if k != "error")
         # UNKNOWN = never materialized: a fresh instance's first minute(s), before a product's first run started;
         # from the first sample in which no asset is UNKNOWN on, every sample counts against the goal
-        live = next((k for k, smp in enumerate(samples) if smp and "error" not in smp
-                     and "UNKNOWN" not in smp.values()), len(samples))
-        print(f"freshness over {len(samples)} samples: {dict(statuses)}; samples not all HEALTHY: "
-              f"{sum(1 for smp in samples if any(v != 'HEALTHY' for v in smp.values()))}, of which "
-              f"{live} before every streaming asset's first materialization; after it: "
-              f"{sum(1 for smp in samples[live:] if any(v != 'HEALTHY' for v in smp.values()))} of "
-              f"{len(samples) - live} not all HEALTHY (goal 0)")
+        live = next(
+            (k for k, smp in enumerate(samples) if smp and "error" not in smp and "UNKNOWN" not in smp.values()),
+            len(samples),
+        )
+        print(
+            f"freshness over {len(samples)} samples: {dict(statuses)}; samples not all HEALTHY: "
+            f"{sum(1 for smp in samples if any(v != 'HEALTHY' for v in smp.values()))}, of which "
+            f"{live} before every streaming asset's first materialization; after it: "
+            f"{sum(1 for smp in samples[live:] if any(v != 'HEALTHY' for v in smp.values()))} of "
+            f"{len(samples) - live} not all HEALTHY (goal 0)"
+        )
         print(f"runs: {runs}")
         print(f"failure messages: {failures}")
         print(f"stored: {stored}")
         print(f"backlog at the end: {backlog}")
         for name, lat in bars.done.items():
             q = np.percentile(lat, [50, 99]) if lat else [float("nan")] * 2
-            print(f"bar closed -> {name} visible ({len(lat)} minutes of {instruments[0]}): p50 {q[0]:.1f} s  "
-                  f"p99 {q[1]:.1f} s  (goal p50 <= 5 s, p99 <= 15 s; poll {bars.poll_s:g} s)")
+            print(
+                f"bar closed -> {name} visible ({len(lat)} minutes of {instruments[0]}): p50 {q[0]:.1f} s  "
+                f"p99 {q[1]:.1f} s  (goal p50 <= 5 s, p99 <= 15 s; poll {bars.poll_s:g} s)"
+            )
         server = [b for cmd, b in rss.peak.values() if "clickhouse_server.py" in cmd]
         peaks = sorted(((b, cmd) for cmd, b in rss.peak.values() if "clickhouse_server.py" not in cmd), reverse=True)
-        print(f"run processes seen: {len(peaks)}; peak RSS (MiB): {[round(p / 2**20) for p, _ in peaks[:8]]} "
-              f"(goal < 1024); ClickHouse (chDB) server peak RSS {round(max(server, default=0) / 2**20)} MiB")
+        print(
+            f"run processes seen: {len(peaks)}; peak RSS (MiB): {[round(p / 2**20) for p, _ in peaks[:8]]} "
+            f"(goal < 1024); ClickHouse (chDB) server peak RSS {round(max(server, default=0) / 2**20)} MiB"
+        )
     finally:
         services.kill_groups({n: p.pid for n, p in children.items()})
         for name in children:

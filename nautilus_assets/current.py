@@ -11,19 +11,20 @@ day-level products, and any entry a failed write left behind, are corrected with
 forgets the kind (or, when Redis is unreachable, the next write does). Rebuilds never put an older entry back
 (versions, resources/redis.py).
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 
 from resources.redis import RedisResource, version
 
-RECENT_DAYS = 7   # the store is searched this far back for an entry: what has not traded for a week is not current
+RECENT_DAYS = 7  # the store is searched this far back for an entry: what has not traded for a week is not current
 
 
 def _ns(v) -> int:
@@ -33,46 +34,81 @@ def _ns(v) -> int:
 @dataclass(frozen=True)
 class Kind:
     name: str
-    product: str                       # the data product whose API serves it
-    keys: tuple[str, ...]              # an entry per value of these columns
-    version: Callable[[dict], str]     # orders two entries of the same key (the newer wins)
-    store: str                         # "clickhouse" or "postgres"
-    sql: str                           # the latest row per key in the store
+    product: str  # the data product whose API serves it
+    keys: tuple[str, ...]  # an entry per value of these columns
+    version: Callable[[dict], str]  # orders two entries of the same key (the newer wins)
+    store: str  # "clickhouse" or "postgres"
+    sql: str  # the latest row per key in the store
 
     def field(self, row: dict) -> str:
         return "|".join(str(row[k]) for k in self.keys)
 
 
-KINDS = {k.name: k for k in (
-    Kind("quotes", "market_data_feed", ("instrument_id",), lambda r: version(r["ts_event"]), "clickhouse",
-         "SELECT instrument_id, bid_price, ask_price, bid_size, ask_size, ts_event, ts_init FROM market_data.quotes "
-         f"WHERE date >= today() - {RECENT_DAYS} ORDER BY instrument_id, ts_event DESC, message_id DESC "
-         "LIMIT 1 BY instrument_id"),
-    Kind("indicators", "market_analytics", ("instrument_id",), lambda r: version(_ns(r["minute"]), r["version"]),
-         "clickhouse",
-         "SELECT * EXCEPT (batch_id) FROM analytics.indicators_1m FINAL "
-         f"WHERE minute >= now() - INTERVAL {RECENT_DAYS} DAY ORDER BY instrument_id, minute DESC "
-         "LIMIT 1 BY instrument_id"),
-    Kind("vpin", "market_microstructure", ("instrument_id", "variant"),
-         lambda r: version(r["bucket_seq"], r["version"]), "clickhouse",
-         "SELECT * EXCEPT (batch_id) FROM microstructure.vpin_buckets FINAL "
-         f"WHERE date >= today() - {RECENT_DAYS} ORDER BY instrument_id, variant, bucket_seq DESC "
-         "LIMIT 1 BY instrument_id, variant"),
-    Kind("risk", "risk_metrics", ("portfolio_id",), lambda r: version(_ns(r["date"]), r["version"]), "clickhouse",
-         "SELECT * EXCEPT (batch_id) FROM risk.risk_metrics FINAL ORDER BY portfolio_id, date DESC "
-         "LIMIT 1 BY portfolio_id"),
-    Kind("predictions", "ml_predictions", ("instrument_id",), lambda r: version(_ns(r["minute"]), r["version"]),
-         "clickhouse",
-         "SELECT * EXCEPT (batch_id) FROM ml.ml_predictions FINAL "
-         f"WHERE minute >= now() - INTERVAL {RECENT_DAYS} DAY ORDER BY instrument_id, minute DESC "
-         "LIMIT 1 BY instrument_id"),
-    Kind("positions", "portfolio_states", ("portfolio_id", "instrument_id"), lambda r: version(_ns(r["ts"])),
-         "postgres",
-         "SELECT DISTINCT ON (portfolio_id, instrument_id) ts, portfolio_id, instrument_id, position, avg_cost, "
-         "realized_pnl, unrealized_pnl, fees, mark_price, mark_source, cash, nav, run_id "
-         f"FROM portfolio.portfolio_states WHERE ts >= now() - interval '{RECENT_DAYS} days' "
-         "ORDER BY portfolio_id, instrument_id, ts DESC"),
-)}
+KINDS = {
+    k.name: k
+    for k in (
+        Kind(
+            "quotes",
+            "market_data_feed",
+            ("instrument_id",),
+            lambda r: version(r["ts_event"]),
+            "clickhouse",
+            "SELECT instrument_id, bid_price, ask_price, bid_size, ask_size, ts_event, ts_init FROM market_data.quotes "
+            f"WHERE date >= today() - {RECENT_DAYS} ORDER BY instrument_id, ts_event DESC, message_id DESC "
+            "LIMIT 1 BY instrument_id",
+        ),
+        Kind(
+            "indicators",
+            "market_analytics",
+            ("instrument_id",),
+            lambda r: version(_ns(r["minute"]), r["version"]),
+            "clickhouse",
+            "SELECT * EXCEPT (batch_id) FROM analytics.indicators_1m FINAL "
+            f"WHERE minute >= now() - INTERVAL {RECENT_DAYS} DAY ORDER BY instrument_id, minute DESC "
+            "LIMIT 1 BY instrument_id",
+        ),
+        Kind(
+            "vpin",
+            "market_microstructure",
+            ("instrument_id", "variant"),
+            lambda r: version(r["bucket_seq"], r["version"]),
+            "clickhouse",
+            "SELECT * EXCEPT (batch_id) FROM microstructure.vpin_buckets FINAL "
+            f"WHERE date >= today() - {RECENT_DAYS} ORDER BY instrument_id, variant, bucket_seq DESC "
+            "LIMIT 1 BY instrument_id, variant",
+        ),
+        Kind(
+            "risk",
+            "risk_metrics",
+            ("portfolio_id",),
+            lambda r: version(_ns(r["date"]), r["version"]),
+            "clickhouse",
+            "SELECT * EXCEPT (batch_id) FROM risk.risk_metrics FINAL ORDER BY portfolio_id, date DESC "
+            "LIMIT 1 BY portfolio_id",
+        ),
+        Kind(
+            "predictions",
+            "ml_predictions",
+            ("instrument_id",),
+            lambda r: version(_ns(r["minute"]), r["version"]),
+            "clickhouse",
+            "SELECT * EXCEPT (batch_id) FROM ml.ml_predictions FINAL "
+            f"WHERE minute >= now() - INTERVAL {RECENT_DAYS} DAY ORDER BY instrument_id, minute DESC "
+            "LIMIT 1 BY instrument_id",
+        ),
+        Kind(
+            "positions",
+            "portfolio_states",
+            ("portfolio_id", "instrument_id"),
+            lambda r: version(_ns(r["ts"])),
+            "postgres",
+            "SELECT DISTINCT ON (portfolio_id, instrument_id) ts, portfolio_id, instrument_id, position, avg_cost, "
+            "realized_pnl, unrealized_pnl, fees, mark_price, mark_source, cash, nav, run_id "
+            f"FROM portfolio.portfolio_states WHERE ts >= now() - interval '{RECENT_DAYS} days' "
+            "ORDER BY portfolio_id, instrument_id, ts DESC",
+        ),
+    )
+}
 BY_PRODUCT = {k.product: k for k in KINDS.values()}
 
 
@@ -106,11 +142,13 @@ def latest_arrow(kind: Kind, table, order: str, columns: list[str]) -> list[dict
     """The last row per key of an Arrow table (an ingest batch) in `order`, reduced in Arrow: a row per key, not per
     message, for `publish`."""
     import pyarrow.compute as pc
+
     if table.num_rows == 0:
         return []
     t = table.select(columns).take(pc.sort_indices(table, [(order, "ascending")]))
     last = t.group_by(list(kind.keys), use_threads=False).aggregate(
-        [(c, "last") for c in columns if c not in kind.keys])
+        [(c, "last") for c in columns if c not in kind.keys]
+    )
     return last.rename_columns([n.removesuffix("_last") for n in last.column_names]).to_pylist()
 
 
@@ -118,7 +156,7 @@ def entries(kind: Kind, rows: list[dict]) -> list[tuple[str, str, dict]]:
     return [(kind.field(r), kind.version(r), r) for r in rows]
 
 
-_dirty: set[str] = set()   # kinds whose last write in this process failed: the next write forgets them first
+_dirty: set[str] = set()  # kinds whose last write in this process failed: the next write forgets them first
 
 
 def publish(cache: RedisResource | None, kind: str, rows, log: Callable[[str], None] = print) -> int:

@@ -1,4 +1,5 @@
 """The code location: every domain's assets, jobs and sensors, bound to the backends chosen by settings."""
+
 import dagster as dg
 
 from resources.settings import build_resources
@@ -10,9 +11,11 @@ from sensors.system_events import SYSTEM_SENSORS
 
 from .analytics.assets import ASSETS as ANALYTICS_ASSETS
 from .api.sla import api_sla
-from .market_data.assets import ASSETS as MARKET_DATA_ASSETS, INGEST_JOBS
+from .market_data.assets import ASSETS as MARKET_DATA_ASSETS
+from .market_data.assets import INGEST_JOBS
 from .market_data.daily import DAILY_ASSETS as MARKET_DATA_DAILY
-from .market_data.maintenance import INTEGRITY_CHECKS, INTEGRITY_JOB, SCHEDULES as MAINTENANCE, lake_maintenance_job
+from .market_data.maintenance import INTEGRITY_CHECKS, INTEGRITY_JOB, lake_maintenance_job
+from .market_data.maintenance import SCHEDULES as MAINTENANCE
 from .microstructure.assets import ASSETS as MICROSTRUCTURE_ASSETS
 from .ml.assets import ASSETS as ML_ASSETS
 from .pools import priority_tags
@@ -26,12 +29,24 @@ from .risk.assets import ASSETS as RISK_ASSETS
 # (daily bars after midnight UTC: on_cron; NAV and risk: eager). Assets without an automation condition are left
 # to their sensors.
 AUTOMATION = dg.AutomationConditionSensorDefinition(
-    "products_automation", target=dg.AssetSelection.all(), run_tags=priority_tags("end_of_day"),
-    default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=10)
+    "products_automation",
+    target=dg.AssetSelection.all(),
+    run_tags=priority_tags("end_of_day"),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=10,
+)
 
 defs = dg.Definitions(
-    assets=[*MARKET_DATA_ASSETS, *ANALYTICS_ASSETS, *MICROSTRUCTURE_ASSETS, *PORTFOLIO_ASSETS,
-            *MARKET_DATA_DAILY, *PORTFOLIO_DAILY, *RISK_ASSETS, *ML_ASSETS],
+    assets=[
+        *MARKET_DATA_ASSETS,
+        *ANALYTICS_ASSETS,
+        *MICROSTRUCTURE_ASSETS,
+        *PORTFOLIO_ASSETS,
+        *MARKET_DATA_DAILY,
+        *PORTFOLIO_DAILY,
+        *RISK_ASSETS,
+        *ML_ASSETS,
+    ],
     asset_checks=[*INTEGRITY_CHECKS, api_sla],
     jobs=[*INGEST_JOBS.values(), *PRODUCT_JOBS, EOD_REPLAY_JOB, LATE_TRADES_JOB, INTEGRITY_JOB, lake_maintenance_job],
     schedules=[EOD_REPLAY, *MAINTENANCE],

@@ -18,14 +18,23 @@ a step waits for a slot of its pool, in priority order (run priority + step prio
 Floors: an ingest step holds its `lake` slot for the whole life of its long-lived run, and during a handover a
 topic's run and its successor both hold one, so `lake` needs two slots per market-data feed (trades, quotes), and
 one more for the scheduled lake maintenance."""
+
 from __future__ import annotations
 
 import math
 
 ENGINE_SHARES = {"ClickHouse": 35, "Druid": 20, "PostgreSQL": 20, "Flink": 15, "Pulsar": 5, "Redis": 3, "MinIO": 2}
-POOL_OF_ENGINE = {"ClickHouse": "clickhouse", "Druid": "clickhouse", "PostgreSQL": "postgres", "Redis": "postgres",
-                  "Flink": "mlx", "Pulsar": "lake", "MinIO": "lake"}
-STEP_BUDGET = 20   # concurrent steps the platform's backends are sized for, all pools together
+POOL_OF_ENGINE = {
+    "ClickHouse": "clickhouse",
+    "Druid": "clickhouse",
+    "PostgreSQL": "postgres",
+    "Redis": "postgres",
+    "Flink": "mlx",
+    "Pulsar": "lake",
+    "MinIO": "lake",
+}
+STEP_BUDGET = 20  # concurrent steps the platform's backends are sized for, all pools together
+
 
 def pool_shares() -> dict[str, int]:
     shares: dict[str, int] = {}
@@ -34,7 +43,7 @@ def pool_shares() -> dict[str, int]:
     return shares
 
 
-POOL_FLOORS = {"lake": 2 * 2 + 1}   # (run + successor) x (trades, quotes), + lake maintenance: see above
+POOL_FLOORS = {"lake": 2 * 2 + 1}  # (run + successor) x (trades, quotes), + lake maintenance: see above
 
 
 def pool_limits(budget: int = STEP_BUDGET) -> dict[str, int]:
@@ -47,10 +56,10 @@ POOL_LIMITS = pool_limits()
 # Run priorities (`dagster/priority`; higher is dequeued first and claims pool slots first).
 PRIORITY_TAG = "dagster/priority"
 PRIORITY = {
-    "market_data_ingest": 10,     # Pulsar micro-batches: every downstream product waits on them
-    "streaming_products": 5,      # analytics, microstructure, positions (minute SLAs)
-    "end_of_day": 0,              # daily bars, NAV, risk, ML (previous day by 01:00 UTC)
-    "backfill": -5,               # history backfills and replays of old days
+    "market_data_ingest": 10,  # Pulsar micro-batches: every downstream product waits on them
+    "streaming_products": 5,  # analytics, microstructure, positions (minute SLAs)
+    "end_of_day": 0,  # daily bars, NAV, risk, ML (previous day by 01:00 UTC)
+    "backfill": -5,  # history backfills and replays of old days
 }
 
 

@@ -1,5 +1,6 @@
 """What every data product declares: its SLA (freshness policy + latency/availability targets as metadata)
 and its engine topic, on which each materialization is announced."""
+
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -14,6 +15,7 @@ def png_markdown(fig, title: str) -> dg.MetadataValue:
     import io
 
     import matplotlib.pyplot as plt
+
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
     plt.close(fig)
@@ -22,10 +24,10 @@ def png_markdown(fig, title: str) -> dg.MetadataValue:
 
 @dataclass(frozen=True)
 class Product:
-    name: str                 # data product, e.g. market_analytics
-    group: str                # Dagster group = domain
+    name: str  # data product, e.g. market_analytics
+    group: str  # Dagster group = domain
     owners: tuple[str, ...]
-    engine_topic: str         # short name under persistent://nautilus/engines/ ("": none)
+    engine_topic: str  # short name under persistent://nautilus/engines/ ("": none)
     fail_after: timedelta
     warn_after: timedelta
     latency_target_ms: float
@@ -41,16 +43,20 @@ class Product:
 
     @property
     def metadata(self) -> dict:
-        return {"nautilus/product": self.name, **({"nautilus/engine_topic": self.topic} if self.engine_topic else {}),
-                "nautilus/latency_target_ms": self.latency_target_ms,
-                "nautilus/availability_target": self.availability_target,
-                "nautilus/freshness_fail_after_s": int(self.fail_after.total_seconds()),
-                "nautilus/freshness_warn_after_s": int(self.warn_after.total_seconds())}
+        return {
+            "nautilus/product": self.name,
+            **({"nautilus/engine_topic": self.topic} if self.engine_topic else {}),
+            "nautilus/latency_target_ms": self.latency_target_ms,
+            "nautilus/availability_target": self.availability_target,
+            "nautilus/freshness_fail_after_s": int(self.fail_after.total_seconds()),
+            "nautilus/freshness_warn_after_s": int(self.warn_after.total_seconds()),
+        }
 
     def announce(self, pulsar, asset_key: dg.AssetKey, run_id: str, **facts) -> None:
         """Publish a materialization event on the product's engine topic (the data-mesh contract); `pulsar` is
         the resource or an open client."""
         from resources.system_topics import publish
+
         event = {"product": self.name, "asset": asset_key.to_user_string(), "run_id": run_id, **facts}
         publish(pulsar, self.topic, [(event, None)])
 

@@ -6,6 +6,7 @@ portfolio store's fills (PostgreSQL) and the daily closes the same run just wrot
 ML reads the stored analytics and microstructure products. A date range (a backfill) runs as one run per asset
 where the backend allows it (`BackfillPolicy.single_run()` on bars_1d, daily_nav, risk_metrics/*: each
 reads and writes a range in one query/transaction) and one day per run for ML (a model version per day)."""
+
 import warnings
 
 import dagster as dg
@@ -22,17 +23,27 @@ DAY_CHAIN = [BARS_1D, NAV, *RISK, ML]
 # which is moot here: the schedule requests one day per run.
 warnings.filterwarnings("ignore", message="Asset job eod_replay materializes assets with varying BackfillPolicies")
 EOD_REPLAY_JOB = dg.define_asset_job(
-    "eod_replay", selection=dg.AssetSelection.assets(*DAY_CHAIN) | dg.AssetSelection.checks_for_assets(*DAY_CHAIN),
-    partitions_def=TRADING_DAYS, tags=priority_tags("end_of_day"),
-    description="Re-materialize one trading day's day-level products from the lake and the stores (no Pulsar)")
+    "eod_replay",
+    selection=dg.AssetSelection.assets(*DAY_CHAIN) | dg.AssetSelection.checks_for_assets(*DAY_CHAIN),
+    partitions_def=TRADING_DAYS,
+    tags=priority_tags("end_of_day"),
+    description="Re-materialize one trading day's day-level products from the lake and the stores (no Pulsar)",
+)
 # A late trade for an earlier day (sensors/late_trades.py): that day's bars, NAV and risk again, in one run. ML's
 # prediction for a past day stays the one made then (its features are the streaming products', already recomputed).
 LATE_CHAIN = [BARS_1D, NAV, *RISK]
 LATE_TRADES_JOB = dg.define_asset_job(
-    "late_trades_replay", selection=dg.AssetSelection.assets(*LATE_CHAIN) | dg.AssetSelection.checks_for_assets(
-        *LATE_CHAIN), partitions_def=TRADING_DAYS, tags=priority_tags("end_of_day"),
-    description="Re-materialize an earlier day's bars_1d, NAV and risk after late trades reached it")
+    "late_trades_replay",
+    selection=dg.AssetSelection.assets(*LATE_CHAIN) | dg.AssetSelection.checks_for_assets(*LATE_CHAIN),
+    partitions_def=TRADING_DAYS,
+    tags=priority_tags("end_of_day"),
+    description="Re-materialize an earlier day's bars_1d, NAV and risk after late trades reached it",
+)
 EOD_REPLAY = dg.build_schedule_from_partitioned_job(
-    EOD_REPLAY_JOB, name="eod_replay_schedule", hour_of_day=0, minute_of_hour=30,
+    EOD_REPLAY_JOB,
+    name="eod_replay_schedule",
+    hour_of_day=0,
+    minute_of_hour=30,
     default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="00:30 UTC: replay the previous trading day (the last complete partition) from the lake")
+    description="00:30 UTC: replay the previous trading day (the last complete partition) from the lake",
+)

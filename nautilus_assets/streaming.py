@@ -10,13 +10,14 @@ re-run announcement rewrites the same values: exactly once in effect.
 
 A run that was not launched by the sensor (a materialization from the UI, a backfill, a test) is a one-shot
 catch-up: it takes what is pending and ends when the subscription is drained."""
+
 from __future__ import annotations
 
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import dagster as dg
 import pandas as pd
@@ -34,24 +35,26 @@ from resources.topics import BARS_CHANGES
 
 class FollowConfig(dg.Config):
     """Batch bounds and run lifetime of a streaming product's run (defaults: resources/settings.py)."""
+
     max_messages: int = 1000
     max_wait_seconds: float = STREAM.batch_max_wait_s
     lifetime_seconds: float = STREAM.run_lifetime_s
     idle_seconds: float = STREAM.run_idle_s
-    max_batches: int = 0   # 0: no bound
+    max_batches: int = 0  # 0: no bound
 
 
 @dataclass
 class Changes:
     """One batch of a streaming product: what changed upstream since the previous batch."""
+
     batch_id: str
-    since: dict[str, pd.Timestamp]      # per instrument, the first bar minute that changed
-    upstream: list[str]                 # the market-data batches that announced it
-    others: list = field(default_factory=list)   # messages of the product's further topics (e.g. fills)
+    since: dict[str, pd.Timestamp]  # per instrument, the first bar minute that changed
+    upstream: list[str]  # the market-data batches that announced it
+    others: list = field(default_factory=list)  # messages of the product's further topics (e.g. fills)
     client: pulsar.Client | None = None
     bad_announcements: int = 0
-    first: bool = False                 # the run's first batch (a product may bootstrap its state here)
-    oldest_ms: int = 0                  # publish time of its oldest announcement (how far behind the product is)
+    first: bool = False  # the run's first batch (a product may bootstrap its state here)
+    oldest_ms: int = 0  # publish time of its oldest announcement (how far behind the product is)
     started: float = field(default_factory=time.perf_counter)
     ch0: dict = field(default_factory=session_counters)
     # runs a batch's bookkeeping (Dagster events, the product's announcement) on the run's recorder thread, after
@@ -74,9 +77,15 @@ def lower_priority() -> None:
         _niced = True
 
 
-def follow(context, config: FollowConfig, pulsar_res: PulsarResource, subscription: str,
-           apply: Callable[[Changes], None], topics: tuple[str, ...] = (),
-           warm: Callable[[], None] | None = None) -> int:
+def follow(
+    context,
+    config: FollowConfig,
+    pulsar_res: PulsarResource,
+    subscription: str,
+    apply: Callable[[Changes], None],
+    topics: tuple[str, ...] = (),
+    warm: Callable[[], None] | None = None,
+) -> int:
     """Batches of change announcements (and `topics`' messages) until the run should stop. Returns batches.
     `warm` runs before the run takes the subscription over: a successor's start-up work (reads, imports) then
     happens while its predecessor still commits, not in the first batch after the hand-over."""
@@ -97,8 +106,12 @@ def follow(context, config: FollowConfig, pulsar_res: PulsarResource, subscripti
             try:
                 while True:
                     if one_shot:
-                        msgs = receive(consumer, config.max_messages, max(config.max_wait_seconds, 5.0),
-                                       first_ms=FIRST_MESSAGE_WAIT_MS if batches == 0 else 0)
+                        msgs = receive(
+                            consumer,
+                            config.max_messages,
+                            max(config.max_wait_seconds, 5.0),
+                            first_ms=FIRST_MESSAGE_WAIT_MS if batches == 0 else 0,
+                        )
                         if not msgs and batches:
                             reason = "drained"
                             break
@@ -113,10 +126,17 @@ def follow(context, config: FollowConfig, pulsar_res: PulsarResource, subscripti
                     if bad:
                         context.log.warning(f"skipped {bad} messages on {BARS_CHANGES} that are not announcements")
                     ids = set(map(id, mine))
-                    batch = Changes(f"{prefix}.{batches + 1}", since, upstream,
-                                    [m for m in msgs if id(m) not in ids], client, bad, first=batches == 0,
-                                    oldest_ms=min((m.publish_timestamp() for m in mine), default=0),
-                                    record=recorder.submit)
+                    batch = Changes(
+                        f"{prefix}.{batches + 1}",
+                        since,
+                        upstream,
+                        [m for m in msgs if id(m) not in ids],
+                        client,
+                        bad,
+                        first=batches == 0,
+                        oldest_ms=min((m.publish_timestamp() for m in mine), default=0),
+                        record=recorder.submit,
+                    )
                     apply(batch)
                     for m in msgs:
                         consumer.acknowledge(m)
@@ -128,7 +148,7 @@ def follow(context, config: FollowConfig, pulsar_res: PulsarResource, subscripti
                         break
             finally:
                 try:
-                    recorder.close(raise_error=sys.exc_info()[0] is None)   # never masks the error that ends the run
+                    recorder.close(raise_error=sys.exc_info()[0] is None)  # never masks the error that ends the run
                 finally:
                     consumer.close()
     finally:
@@ -137,27 +157,43 @@ def follow(context, config: FollowConfig, pulsar_res: PulsarResource, subscripti
     return batches
 
 
-def log_batch(context, key: dg.AssetKey, batch: Changes, metadata: dict, checks: dict[str, tuple[bool, dict]],
-              later: Callable[[], dict] | None = None) -> None:
+def log_batch(
+    context,
+    key: dg.AssetKey,
+    batch: Changes,
+    metadata: dict,
+    checks: dict[str, tuple[bool, dict]],
+    later: Callable[[], dict] | None = None,
+) -> None:
     """One batch of a streaming product in Dagster: its materialization (the batch id as data version, its cost
     and how far behind its upstream it ran) and each check's evaluation {name: (passed, metadata)}, measured now
     and logged through `batch.record`; `later` gives more metadata there (a plot: seconds of CPU that the next
     batch need not wait for)."""
     batch_id, ch1 = batch.batch_id, session_counters()
-    metadata = {**metadata, "batch_id": batch_id, "seconds_batch": round(time.perf_counter() - batch.started, 3),
-                "seconds_clickhouse": round(ch1["seconds"] - batch.ch0["seconds"], 3),
-                "seconds_clickhouse_connect": round(ch1["connect"] - batch.ch0["connect"], 3)}
+    metadata = {
+        **metadata,
+        "batch_id": batch_id,
+        "seconds_batch": round(time.perf_counter() - batch.started, 3),
+        "seconds_clickhouse": round(ch1["seconds"] - batch.ch0["seconds"], 3),
+        "seconds_clickhouse_connect": round(ch1["connect"] - batch.ch0["connect"], 3),
+    }
     if batch.oldest_ms:
         metadata["seconds_behind_upstream"] = round(time.time() - batch.oldest_ms / 1000, 3)
-    checks_ = [dg.AssetCheckEvaluation(asset_key=key, check_name=name, passed=passed,
-                                       metadata={**meta, "batch_id": batch_id}) for name, (passed, meta) in checks.items()]
+    checks_ = [
+        dg.AssetCheckEvaluation(asset_key=key, check_name=name, passed=passed, metadata={**meta, "batch_id": batch_id})
+        for name, (passed, meta) in checks.items()
+    ]
 
     def record() -> None:
         more = later() if later is not None else {}
-        context.log_event(dg.AssetMaterialization(key, metadata={**metadata, **more}, tags={
-            "dagster/data_version": batch_id, "dagster/code_version": "1"}))
+        context.log_event(
+            dg.AssetMaterialization(
+                key, metadata={**metadata, **more}, tags={"dagster/data_version": batch_id, "dagster/code_version": "1"}
+            )
+        )
         for e in checks_:
             context.log_event(e)
+
     batch.record(record)
 
 
@@ -165,8 +201,13 @@ def follow_job(name: str, keys: list[dg.AssetKey]) -> dg.UnresolvedAssetJobDefin
     """The job of one streaming product: its assets and their checks, one in-process step, the run lifetime's
     max runtime, and the `nautilus/topic` tag that lets a run and its successor (only) run at once."""
     return dg.define_asset_job(
-        f"stream_{name}", selection=dg.AssetSelection.assets(*keys) | dg.AssetSelection.checks_for_assets(*keys),
+        f"stream_{name}",
+        selection=dg.AssetSelection.assets(*keys) | dg.AssetSelection.checks_for_assets(*keys),
         executor_def=dg.in_process_executor,
-        tags={"nautilus/topic": name, "dagster/max_runtime": STREAM.run_max_runtime_s,
-              **priority_tags("streaming_products")},
-        description=f"{name}: batches of the bars' change feed, back to back for the run's lifetime")
+        tags={
+            "nautilus/topic": name,
+            "dagster/max_runtime": STREAM.run_max_runtime_s,
+            **priority_tags("streaming_products"),
+        },
+        description=f"{name}: batches of the bars' change feed, back to back for the run's lifetime",
+    )

@@ -3,9 +3,9 @@
 Every domain (and the reader-only strategy engine) is a login role that owns its PostgreSQL schema and its
 ClickHouse database: only the owner writes there. The declared readers of a product get read-only grants
 (USAGE + SELECT, and default privileges so tables created later are covered); governance reads everything and
-writes nothing; nobody else sees a product. `nautilus setup` (scripts/provision.py) applies the PostgreSQL side (idempotently, as the
-admin role DAGSTER_PG_USER, which becomes a member of every domain role); `nautilus access clickhouse-sql` prints
-the ClickHouse side for production servers (chDB has no users).
+writes nothing; nobody else sees a product. `nautilus setup` (scripts/provision.py) applies the PostgreSQL side
+(idempotently, as the admin role DAGSTER_PG_USER, which becomes a member of every domain role); `nautilus access
+clickhouse-sql` prints the ClickHouse side for production servers (chDB has no users).
 
 Passwords come only from the environment: NAUTILUS_PG_<ROLE>_PASSWORD (generated into
 NAUTILUS_HOME/credentials.env for the embedded set-up by resources/settings.py) and, for ClickHouse users,
@@ -13,6 +13,7 @@ NAUTILUS_CH_<ROLE>_PASSWORD (default: the PostgreSQL one); the product APIs take
 NAUTILUS_API_<ROLE>_TOKEN (generated likewise). None is ever printed: PostgreSQL gets a SCRAM-SHA-256
 verifier, ClickHouse a salted SHA-256 hash.
 """
+
 from __future__ import annotations
 
 import base64
@@ -29,22 +30,23 @@ EVERY_ANALYTICAL_ENGINE = "every analytical engine"
 # The PostgreSQL schema and the login role are named after the domain. Owners write their own product only.
 DECLARATION: dict[str, tuple[str | None, str | tuple[str, ...]]] = {
     #  product          ClickHouse db      may be read by
-    "market_data":    ("market_data",    EVERY_ENGINE),
+    "market_data": ("market_data", EVERY_ENGINE),
     "microstructure": ("microstructure", EVERY_ENGINE),
-    "analytics":      ("analytics",      ("ml", "strategy")),
-    "portfolio":      (None,             ("risk", "analytics")),      # PostgreSQL portfolio.* (the store)
-    "risk":           ("risk",           ("portfolio", "analytics")),
-    "ml":             ("ml",             EVERY_ANALYTICAL_ENGINE),
-    "strategy":       (None,             ()),                         # reader-only engine: its own state only
+    "analytics": ("analytics", ("ml", "strategy")),
+    "portfolio": (None, ("risk", "analytics")),  # PostgreSQL portfolio.* (the store)
+    "risk": ("risk", ("portfolio", "analytics")),
+    "ml": ("ml", EVERY_ANALYTICAL_ENGINE),
+    "strategy": (None, ()),  # reader-only engine: its own state only
 }
 ANALYTICAL_ENGINES = ("analytics", "microstructure", "portfolio", "risk", "ml")
-ENGINES = (*ANALYTICAL_ENGINES, "strategy")   # market data is the feed, not an engine: it reads no product
-GOVERNANCE = "governance"          # reads every product, writes none (the lineage audit connects as it)
+ENGINES = (*ANALYTICAL_ENGINES, "strategy")  # market data is the feed, not an engine: it reads no product
+GOVERNANCE = "governance"  # reads every product, writes none (the lineage audit connects as it)
 DOMAINS = tuple(DECLARATION)
 ROLES = (*DOMAINS, GOVERNANCE)
 # ClickHouse privileges of a database's owner (enough for the DDL and writes the assets do; no DROP DATABASE)
-CLICKHOUSE_OWNER_PRIVILEGES = ("SELECT, INSERT, ALTER, CREATE DATABASE, CREATE TABLE, CREATE VIEW, DROP TABLE, "
-                               "DROP VIEW, TRUNCATE, OPTIMIZE, SHOW")
+CLICKHOUSE_OWNER_PRIVILEGES = (
+    "SELECT, INSERT, ALTER, CREATE DATABASE, CREATE TABLE, CREATE VIEW, DROP TABLE, DROP VIEW, TRUNCATE, OPTIMIZE, SHOW"
+)
 
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
 
@@ -125,33 +127,41 @@ def postgres_sql(admin: str, passwords: Mapping[str, str] | None = None) -> list
     passwords = passwords or {}
     sql = []
     for r in ROLES:
-        sql.append(f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{r}') THEN "
-                   f"CREATE ROLE {r} LOGIN; END IF; END $$")
+        sql.append(
+            f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{r}') THEN "
+            f"CREATE ROLE {r} LOGIN; END IF; END $$"
+        )
         pw = f" PASSWORD {_literal(scram_sha256(passwords[r]))}" if passwords.get(r) else ""
         sql.append(f"ALTER ROLE {r} WITH LOGIN NOCREATEDB NOCREATEROLE{pw}")
         sql.append(f"GRANT {r} TO {admin}")  # the admin creates schemas for the roles and sets their defaults
     sql.append(f"ALTER ROLE {GOVERNANCE} SET default_transaction_read_only = on")
     for d in DOMAINS:
-        sql += [f"CREATE SCHEMA IF NOT EXISTS {d} AUTHORIZATION {d}",
-                f"ALTER SCHEMA {d} OWNER TO {d}",
-                f"REVOKE ALL ON SCHEMA {d} FROM PUBLIC",
-                # objects created before access control (or by the admin) pass to the owning domain
-                f"""DO $$DECLARE t record; BEGIN
+        sql += [
+            f"CREATE SCHEMA IF NOT EXISTS {d} AUTHORIZATION {d}",
+            f"ALTER SCHEMA {d} OWNER TO {d}",
+            f"REVOKE ALL ON SCHEMA {d} FROM PUBLIC",
+            # objects created before access control (or by the admin) pass to the owning domain
+            f"""DO $$DECLARE t record; BEGIN
   FOR t IN SELECT c.oid::regclass AS rel, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
            WHERE n.nspname = '{d}' AND c.relkind IN ('r', 'p', 'v', 'm', 'f') AND c.relowner <> '{d}'::regrole LOOP
     EXECUTE format('ALTER %s %s OWNER TO {d}', CASE t.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
                    WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END, t.rel);
-  END LOOP; END $$"""]
+  END LOOP; END $$""",
+        ]
         for r in ROLES:
             if r == d:
                 continue
-            sql += [f"REVOKE ALL ON ALL TABLES IN SCHEMA {d} FROM {r}",
-                    f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA {d} FROM {r}",
-                    f"ALTER DEFAULT PRIVILEGES FOR ROLE {d} IN SCHEMA {d} REVOKE ALL ON TABLES FROM {r}"]
+            sql += [
+                f"REVOKE ALL ON ALL TABLES IN SCHEMA {d} FROM {r}",
+                f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA {d} FROM {r}",
+                f"ALTER DEFAULT PRIVILEGES FOR ROLE {d} IN SCHEMA {d} REVOKE ALL ON TABLES FROM {r}",
+            ]
             if access(r, d) == "read":
-                sql += [f"GRANT USAGE ON SCHEMA {d} TO {r}",
-                        f"GRANT SELECT ON ALL TABLES IN SCHEMA {d} TO {r}",
-                        f"ALTER DEFAULT PRIVILEGES FOR ROLE {d} IN SCHEMA {d} GRANT SELECT ON TABLES TO {r}"]
+                sql += [
+                    f"GRANT USAGE ON SCHEMA {d} TO {r}",
+                    f"GRANT SELECT ON ALL TABLES IN SCHEMA {d} TO {r}",
+                    f"ALTER DEFAULT PRIVILEGES FOR ROLE {d} IN SCHEMA {d} GRANT SELECT ON TABLES TO {r}",
+                ]
             else:
                 sql.append(f"REVOKE ALL ON SCHEMA {d} FROM {r}")
     return sql
@@ -204,6 +214,10 @@ def clickhouse_sql(passwords: Mapping[str, str] | None = None) -> list[str]:
             continue
         h, salt = sha256_hash(passwords[r])
         ident = f"IDENTIFIED WITH sha256_hash BY {_literal(h)} SALT {_literal(salt)}"
-        sql += [f"CREATE USER IF NOT EXISTS {r} {ident}", f"ALTER USER {r} {ident}",
-                f"GRANT {clickhouse_role(r)} TO {r}", f"SET DEFAULT ROLE {clickhouse_role(r)} TO {r}"]
+        sql += [
+            f"CREATE USER IF NOT EXISTS {r} {ident}",
+            f"ALTER USER {r} {ident}",
+            f"GRANT {clickhouse_role(r)} TO {r}",
+            f"SET DEFAULT ROLE {clickhouse_role(r)} TO {r}",
+        ]
     return sql

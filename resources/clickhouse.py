@@ -4,20 +4,21 @@ over embedded chDB (scripts/clickhouse_server.py), so both are reached the same 
 Each thread keeps one client per server and reuses it: its pooled keep-alive connections, and its own ClickHouse
 session (settings, temporary tables). A client is not shared between threads, as clickhouse-connect requires.
 """
+
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import clickhouse_connect
 import dagster as dg
 from clickhouse_connect.driver.client import Client
 from pydantic import Field
 
-_local = threading.local()   # this thread's clients, by server, its open sessions and its counters
-_query_settings: dict = {}   # sent with every query of the clients this process opens from now on
+_local = threading.local()  # this thread's clients, by server, its open sessions and its counters
+_query_settings: dict = {}  # sent with every query of the clients this process opens from now on
 
 
 def lower_query_priority(nice: int) -> None:
@@ -44,14 +45,14 @@ class _Waits:
     logged nothing for NAUTILUS_WATCHDOG_SILENT_SECONDS, never takes a waiting run for a dead one."""
 
     def __init__(self):
-        self.open: dict[int, list] = {}   # thread id -> [started, last reported, thread name] (monotonic seconds)
+        self.open: dict[int, list] = {}  # thread id -> [started, last reported, thread name] (monotonic seconds)
         self.log: Callable[[str], None] | None = None
         self.every, self.thread, self.lock, self.wake = 60.0, None, threading.Lock(), threading.Event()
 
     def watch(self, log: Callable[[str], None] | None, every: float = 60.0) -> None:
         """Report to `log` (this process's run; None: stop reporting) every `every` seconds from now."""
         self.log, self.every = log, every
-        self.wake.set()   # a new interval holds at once, not after the current wait
+        self.wake.set()  # a new interval holds at once, not after the current wait
         if self.thread is None:
             self.thread = threading.Thread(target=self._run, daemon=True, name="clickhouse-waits")
             self.thread.start()
@@ -76,8 +77,10 @@ class _Waits:
                     e[1] = now
             for started, _, name in due:
                 if self.log is not None:
-                    self.log(f"in a ClickHouse session for {now - started:.0f}s on thread {name} (waiting on the "
-                             "server; the run is alive)")
+                    self.log(
+                        f"in a ClickHouse session for {now - started:.0f}s on thread {name} (waiting on the "
+                        "server; the run is alive)"
+                    )
 
 
 WAITS = _Waits()
@@ -90,8 +93,11 @@ class ClickHouseResource(dg.ConfigurableResource):
     password: str = Field("", description="Server password (from CLICKHOUSE_PASSWORD)")
     secure: bool = Field(False, description="Use HTTPS")
     compress: bool = Field(False, description="Compress inserts and results (on loopback it only costs CPU)")
-    heartbeat_s: float = Field(60.0, description="A run logs every this many seconds while a ClickHouse session of "
-                                                 "it stays open (0: never); below the watchdog's silence bound")
+    heartbeat_s: float = Field(
+        60.0,
+        description="A run logs every this many seconds while a ClickHouse session of "
+        "it stays open (0: never); below the watchdog's silence bound",
+    )
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         if self.heartbeat_s > 0 and context.log is not None:
@@ -99,7 +105,7 @@ class ClickHouseResource(dg.ConfigurableResource):
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self.heartbeat_s > 0:
-            WAITS.watch(None)   # the run is over: its log takes no more lines
+            WAITS.watch(None)  # the run is over: its log takes no more lines
 
     @contextmanager
     def session(self) -> Iterator[Client]:
@@ -116,8 +122,14 @@ class ClickHouseResource(dg.ConfigurableResource):
         if key not in clients:
             t = time.perf_counter()
             clients[key] = clickhouse_connect.get_client(
-                host=self.host, port=self.port, username=self.username, password=self.password, secure=self.secure,
-                compress=self.compress, settings=dict(_query_settings))
+                host=self.host,
+                port=self.port,
+                username=self.username,
+                password=self.password,
+                secure=self.secure,
+                compress=self.compress,
+                settings=dict(_query_settings),
+            )
             _count(connect=time.perf_counter() - t)
         _local.open = open_ | {key}
         t = time.perf_counter()

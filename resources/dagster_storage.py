@@ -10,6 +10,7 @@ connections used at once (at most POOL_SIZE, opened on demand) and recycles them
 IDLE_PING_S is pinged before use (a dropped one is replaced, SQLAlchemy's checkout-event pattern); one used
 moments ago is not: pool_pre_ping's ping on every checkout was a quarter of a streaming run's event logging
 (py-spy, 2026-12-03). Keyed by process id too: a forked child never uses its parent's connections."""
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,8 @@ import sqlalchemy as sa
 from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
 from dagster_postgres.utils import create_pg_engine
 
-POOL_SIZE = 3        # connections kept per process: the daemon's threads use a few at once, a run one or two
-MAX_OVERFLOW = 10    # beyond it, short-lived connections (closed when returned)
+POOL_SIZE = 3  # connections kept per process: the daemon's threads use a few at once, a run one or two
+MAX_OVERFLOW = 10  # beyond it, short-lived connections (closed when returned)
 POOL_RECYCLE_S = 3600
 IDLE_PING_S = 10.0
 
@@ -33,8 +34,14 @@ def shared_engine(url: str, token_provider=None):
     key = (os.getpid(), url, id(token_provider) if token_provider else None)
     with _lock:
         if key not in _engines:
-            engine = create_pg_engine(url, token_provider, isolation_level="AUTOCOMMIT", pool_size=POOL_SIZE,
-                                      max_overflow=MAX_OVERFLOW, pool_recycle=POOL_RECYCLE_S)
+            engine = create_pg_engine(
+                url,
+                token_provider,
+                isolation_level="AUTOCOMMIT",
+                pool_size=POOL_SIZE,
+                max_overflow=MAX_OVERFLOW,
+                pool_recycle=POOL_RECYCLE_S,
+            )
             sa.event.listen(engine, "checkout", _ping_if_idle)
             sa.event.listen(engine, "checkin", _note_checkin)
             _engines[key] = engine
@@ -52,7 +59,7 @@ def _ping_if_idle(dbapi_connection, record, proxy) -> None:
     try:
         with dbapi_connection.cursor() as cur:
             cur.execute("SELECT 1")
-    except Exception as e:   # noqa: BLE001 - any failure: the pool opens a new connection instead
+    except Exception as e:
         raise sa.exc.DisconnectionError(str(e)) from e
 
 

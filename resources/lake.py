@@ -1,4 +1,5 @@
 """The S3 lake (SeaweedFS locally, MinIO or AWS in production) holding Delta tables."""
+
 from __future__ import annotations
 
 import boto3
@@ -17,9 +18,13 @@ class LakeResource(dg.ConfigurableResource):
 
     @property
     def storage_options(self) -> dict[str, str]:
-        return {"AWS_ENDPOINT_URL": self.endpoint_url, "AWS_ACCESS_KEY_ID": self.access_key_id,
-                "AWS_SECRET_ACCESS_KEY": self.secret_access_key, "AWS_REGION": self.region,
-                "AWS_ALLOW_HTTP": str(self.endpoint_url.startswith("http://")).lower()}
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_ACCESS_KEY_ID": self.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": self.secret_access_key,
+            "AWS_REGION": self.region,
+            "AWS_ALLOW_HTTP": str(self.endpoint_url.startswith("http://")).lower(),
+        }
 
     def uri(self, table: str) -> str:
         return f"s3://{self.bucket}/{table}"
@@ -31,8 +36,13 @@ class LakeResource(dg.ConfigurableResource):
             return None
 
     def s3_client(self):
-        return boto3.client("s3", endpoint_url=self.endpoint_url, region_name=self.region,
-                            aws_access_key_id=self.access_key_id, aws_secret_access_key=self.secret_access_key)
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name=self.region,
+            aws_access_key_id=self.access_key_id,
+            aws_secret_access_key=self.secret_access_key,
+        )
 
     def ensure_buckets(self, *buckets: str) -> None:
         s3 = self.s3_client()

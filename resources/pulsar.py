@@ -1,17 +1,18 @@
 """Pulsar by service URL (locally the project's Apache Pulsar standalone, or pulsar-lite with
 NAUTILUS_PULSAR_BROKER=lite; a cluster in production), plus how to read a backlog."""
+
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import dagster as dg
 import pulsar
 import requests
 from pydantic import Field
 
-_METRIC = re.compile(r'^pulsar_subscription_back_log\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)', re.M)
+_METRIC = re.compile(r"^pulsar_subscription_back_log\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)", re.M)
 
 
 def _short(topic: str) -> tuple[str, str]:
@@ -28,7 +29,9 @@ class PulsarResource(dg.ConfigurableResource):
 
     @contextmanager
     def client(self) -> Iterator[pulsar.Client]:
-        c = pulsar.Client(self.service_url, operation_timeout_seconds=30, logger=pulsar.ConsoleLogger(pulsar.LoggerLevel.Warn))
+        c = pulsar.Client(
+            self.service_url, operation_timeout_seconds=30, logger=pulsar.ConsoleLogger(pulsar.LoggerLevel.Warn)
+        )
         try:
             yield c
         finally:
@@ -48,8 +51,11 @@ class PulsarResource(dg.ConfigurableResource):
                 text = requests.get(self.metrics_url, timeout=5).text
                 for m in _METRIC.finditer(text):
                     labels = dict(re.findall(r'(\w+)="([^"]*)"', m["labels"]))
-                    if labels.get("subscription") == subscription and labels.get("topic") in (name, topic) \
-                            and labels.get("namespace", ns) == ns:
+                    if (
+                        labels.get("subscription") == subscription
+                        and labels.get("topic") in (name, topic)
+                        and labels.get("namespace", ns) == ns
+                    ):
                         return int(float(m["value"]))
                 return 0
         except requests.RequestException:

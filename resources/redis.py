@@ -8,10 +8,11 @@ A kind of current state (quotes, indicators, ...) is two hashes under `<prefix>:
 older one, so a rebuild from the store racing a streaming run's write never puts an older value back.
 `__complete` says the hash holds every entry (written by a rebuild); `__updated_at` when it was last written.
 """
+
 from __future__ import annotations
 
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 import dagster as dg
 import orjson
@@ -33,7 +34,7 @@ redis.call('HSET', KEYS[1], '__updated_at', ARGV[1])
 if ARGV[2] == '1' then redis.call('HSET', KEYS[1], '__complete', '1') end
 return n
 """
-VERSION_WIDTH = 40   # versions are compared as strings: every one is zero-padded to this width
+VERSION_WIDTH = 40  # versions are compared as strings: every one is zero-padded to this width
 META = (b"__updated_at", b"__complete")
 
 
@@ -53,9 +54,12 @@ class RedisResource(dg.ConfigurableResource):
         key = (self.url, self.password, self.timeout_s)
         c = _clients.get(key)
         if c is None:
-            c = _clients[key] = redis.Redis.from_url(self.url, password=self.password or None,
-                                                     socket_timeout=self.timeout_s,
-                                                     socket_connect_timeout=self.timeout_s)
+            c = _clients[key] = redis.Redis.from_url(
+                self.url,
+                password=self.password or None,
+                socket_timeout=self.timeout_s,
+                socket_connect_timeout=self.timeout_s,
+            )
         return c
 
     def key_names(self, kind: str) -> tuple[str, str]:
@@ -87,8 +91,13 @@ class RedisResource(dg.ConfigurableResource):
     def async_client(self):
         """An asyncio client (for the product APIs), bound to the event loop that first uses it."""
         import redis.asyncio
-        return redis.asyncio.Redis.from_url(self.url, password=self.password or None, socket_timeout=self.timeout_s,
-                                            socket_connect_timeout=self.timeout_s)
+
+        return redis.asyncio.Redis.from_url(
+            self.url,
+            password=self.password or None,
+            socket_timeout=self.timeout_s,
+            socket_connect_timeout=self.timeout_s,
+        )
 
     async def aget_raw(self, client, kind: str) -> tuple[dict[str, bytes], dict]:
         """(entries by field as their JSON bytes, meta) in one HGETALL on an asyncio client."""

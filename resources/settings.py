@@ -8,6 +8,7 @@ a production server instead; `managed` then no longer includes it and the projec
 Locally, ClickHouse is embedded chDB behind the project's own HTTP server (scripts/clickhouse_server.py), so
 every process reaches it as it would reach a production server.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,21 +24,47 @@ from dotenv import dotenv_values
 from . import access
 
 # Offsets from NAUTILUS_PORT_BASE. SeaweedFS adds 10000 to some of its ports for gRPC.
-PORTS = {"postgres": 0, "s3": 1, "weed_master": 2, "weed_volume": 3, "weed_filer": 4, "weed_admin": 5,
-         "weed_metrics": 6, "weed_debug": 7, "pulsar": 10, "pulsar_metrics": 11, "timescaledb": 12,
-         "pulsar_web": 13, "pulsar_bookie": 14, "webserver": 20, "clickhouse": 21, "redis": 22}
+PORTS = {
+    "postgres": 0,
+    "s3": 1,
+    "weed_master": 2,
+    "weed_volume": 3,
+    "weed_filer": 4,
+    "weed_admin": 5,
+    "weed_metrics": 6,
+    "weed_debug": 7,
+    "pulsar": 10,
+    "pulsar_metrics": 11,
+    "timescaledb": 12,
+    "pulsar_web": 13,
+    "pulsar_bookie": 14,
+    "webserver": 20,
+    "clickhouse": 21,
+    "redis": 22,
+}
 # The data products' read APIs (nautilus_assets/api): the source architecture's ports in production (no backend
 # started by the project), else the port base + API_PORT_OFFSET + their index here, so instances never collide.
-API_PORTS = {"market_analytics": 8100, "risk_metrics": 8200, "ml_predictions": 8400, "market_data_feed": 8800,
-             "portfolio_states": 8900, "market_microstructure": 10000}
+API_PORTS = {
+    "market_analytics": 8100,
+    "risk_metrics": 8200,
+    "ml_predictions": 8400,
+    "market_data_feed": 8800,
+    "portfolio_states": 8900,
+    "market_microstructure": 10000,
+}
 API_PORT_OFFSET = 30
 # Which Pulsar broker the project starts for itself: Apache Pulsar standalone (jars from Maven Central,
 # scripts/pulsar_broker.py) or pulsar-lite (a small Rust broker from PyPI, no admin API).
 PULSAR_BROKERS = ("apache", "lite")
-CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "DAGSTER_PG_PASSWORD", "CLICKHOUSE_PASSWORD",
-                   "NAUTILUS_REDIS_PASSWORD",
-                   *access.password_vars(),  # NAUTILUS_PG_<ROLE>_PASSWORD: the domains' login roles
-                   *access.token_vars())     # NAUTILUS_API_<ROLE>_TOKEN: the roles' bearer tokens for the APIs
+CREDENTIAL_KEYS = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "DAGSTER_PG_PASSWORD",
+    "CLICKHOUSE_PASSWORD",
+    "NAUTILUS_REDIS_PASSWORD",
+    *access.password_vars(),  # NAUTILUS_PG_<ROLE>_PASSWORD: the domains' login roles
+    *access.token_vars(),
+)  # NAUTILUS_API_<ROLE>_TOKEN: the roles' bearer tokens for the APIs
 
 
 def check_private(path: Path) -> None:
@@ -47,11 +74,15 @@ def check_private(path: Path) -> None:
     if not stat.S_ISREG(st.st_mode):
         raise PermissionError(f"{path}: not a regular file; remove it (the platform generates its credentials)")
     if st.st_uid != os.geteuid():
-        raise PermissionError(f"{path} belongs to uid {st.st_uid}, not to this user ({os.geteuid()}); remove it or "
-                              "set NAUTILUS_HOME to a directory of your own")
+        raise PermissionError(
+            f"{path} belongs to uid {st.st_uid}, not to this user ({os.geteuid()}); remove it or "
+            "set NAUTILUS_HOME to a directory of your own"
+        )
     if st.st_mode & 0o077:
-        raise PermissionError(f"{path} has mode {stat.S_IMODE(st.st_mode):04o}; it must be 0600 (chmod 600 it if "
-                              "its contents are yours, else remove it)")
+        raise PermissionError(
+            f"{path} has mode {stat.S_IMODE(st.st_mode):04o}; it must be 0600 (chmod 600 it if "
+            "its contents are yours, else remove it)"
+        )
 
 
 def write_private(path: Path, text: str) -> None:
@@ -67,7 +98,7 @@ def write_private(path: Path, text: str) -> None:
         raise
 
 
-INSTANCE_MARKER = ".nautilus-instance"   # in an instance directory the platform created: `remove` deletes only those
+INSTANCE_MARKER = ".nautilus-instance"  # in an instance directory the platform created: `remove` deletes only those
 
 
 def make_home(home: Path, instance: str) -> None:
@@ -105,9 +136,12 @@ def ensure_credentials(home: Path, instance: str = "") -> dict[str, str]:
     creds = read_credentials(home)
     if not all(k in creds for k in CREDENTIAL_KEYS):  # add what is missing; keep what an instance already uses
         make_home(home, instance or home.name)
-        creds = {**{k: secrets.token_urlsafe(18) for k in CREDENTIAL_KEYS},
-                 "AWS_ACCESS_KEY_ID": "nautilus" + secrets.token_hex(4),
-                 "AWS_SECRET_ACCESS_KEY": secrets.token_urlsafe(24), **creds}
+        creds = {
+            **{k: secrets.token_urlsafe(18) for k in CREDENTIAL_KEYS},
+            "AWS_ACCESS_KEY_ID": "nautilus" + secrets.token_hex(4),
+            "AWS_SECRET_ACCESS_KEY": secrets.token_urlsafe(24),
+            **creds,
+        }
         write_private(home / "credentials.env", "".join(f"{k}={v}\n" for k, v in creds.items()))
     return creds
 
@@ -191,13 +225,17 @@ def streaming(env=None) -> Streaming:
     rules = [
         (v["NAUTILUS_BATCH_MAX_MESSAGES"] >= 1, "NAUTILUS_BATCH_MAX_MESSAGES must be >= 1"),
         (v["NAUTILUS_BATCH_MAX_WAIT_SECONDS"] > 0, "NAUTILUS_BATCH_MAX_WAIT_SECONDS must be > 0"),
-        (0 < v["NAUTILUS_HANDOVER_LEAD_SECONDS"] < v["NAUTILUS_RUN_LIFETIME_SECONDS"],
-         "NAUTILUS_HANDOVER_LEAD_SECONDS must be > 0 and below NAUTILUS_RUN_LIFETIME_SECONDS"),
-        (0 < v["NAUTILUS_RUN_IDLE_SECONDS"] < v["NAUTILUS_WATCHDOG_SILENT_SECONDS"],
-         "NAUTILUS_RUN_IDLE_SECONDS must be > 0 and below NAUTILUS_WATCHDOG_SILENT_SECONDS"),
+        (
+            0 < v["NAUTILUS_HANDOVER_LEAD_SECONDS"] < v["NAUTILUS_RUN_LIFETIME_SECONDS"],
+            "NAUTILUS_HANDOVER_LEAD_SECONDS must be > 0 and below NAUTILUS_RUN_LIFETIME_SECONDS",
+        ),
+        (
+            0 < v["NAUTILUS_RUN_IDLE_SECONDS"] < v["NAUTILUS_WATCHDOG_SILENT_SECONDS"],
+            "NAUTILUS_RUN_IDLE_SECONDS must be > 0 and below NAUTILUS_WATCHDOG_SILENT_SECONDS",
+        ),
         (v["NAUTILUS_LATENESS_BOUND_SECONDS"] > 0, "NAUTILUS_LATENESS_BOUND_SECONDS must be > 0"),
         (v["NAUTILUS_RUN_RSS_HANDOVER_MB"] > 0, "NAUTILUS_RUN_RSS_HANDOVER_MB must be > 0"),
-        (v["NAUTILUS_PRODUCT_RUN_NICE"] in range(0, 20), "NAUTILUS_PRODUCT_RUN_NICE must be an integer from 0 to 19"),
+        (v["NAUTILUS_PRODUCT_RUN_NICE"] in range(20), "NAUTILUS_PRODUCT_RUN_NICE must be an integer from 0 to 19"),
     ]
     _raise_if(problems + [why for ok, why in rules if not ok])
     return Streaming(int(v["NAUTILUS_BATCH_MAX_MESSAGES"]), *(v[k] for k in list(STREAMING_VARS)[1:]))
@@ -209,8 +247,12 @@ SENSOR_VARS = {
     "NAUTILUS_TIMER_SECONDS": (30, "a batch this often where the broker cannot report a backlog", 1, 86400),
     "NAUTILUS_SAFETY_INTERVAL_SECONDS": (120, "a batch at least this often, whatever the reported backlog", 1, 86400),
     "NAUTILUS_BACKLOG_STALENESS_SECONDS": (0, "a metrics backlog this soon after a batch ended predates it", 0, 3600),
-    "NAUTILUS_EVENTS_SENSOR_INTERVAL_SECONDS": (5, "materializations are announced on system/events this often",
-                                                1, 3600),
+    "NAUTILUS_EVENTS_SENSOR_INTERVAL_SECONDS": (
+        5,
+        "materializations are announced on system/events this often",
+        1,
+        3600,
+    ),
     # new code servers this often (stock dagster: every 60 s), and at once when one has died; the daemon checks
     # its threads every 5 s
     "NAUTILUS_CODE_RELOAD_SECONDS": (600, "the daemon starts new code servers this often", 5, 86400),
@@ -231,8 +273,11 @@ def sensors(env=None) -> Sensors:
     env = os.environ if env is None else env
     problems: list[str] = []
     v = numbers(env, {k: d for k, (d, *_) in SENSOR_VARS.items()}, problems)
-    problems += [f"{k}={env.get(k)!r}: expected a number from {lo} to {hi}"
-                 for k, (_, _, lo, hi) in SENSOR_VARS.items() if not lo <= v[k] <= hi]
+    problems += [
+        f"{k}={env.get(k)!r}: expected a number from {lo} to {hi}"
+        for k, (_, _, lo, hi) in SENSOR_VARS.items()
+        if not lo <= v[k] <= hi
+    ]
     _raise_if(problems)
     return Sensors(*v.values())
 
@@ -270,16 +315,18 @@ class Settings:
     home: Path
     port_base: int
     env: dict[str, str] = field(repr=False)  # resolved NAUTILUS/AWS/PULSAR/CLICKHOUSE/DAGSTER_PG variables
-    managed: frozenset = frozenset()          # backends this project starts itself (not pointed at production)
-    source: dict = field(default_factory=dict, repr=False, compare=False)   # the environment it was loaded from
+    managed: frozenset = frozenset()  # backends this project starts itself (not pointed at production)
+    source: dict = field(default_factory=dict, repr=False, compare=False)  # the environment it was loaded from
 
     def port(self, name: str) -> int:
         return self.port_base + PORTS[name]
 
     def __getitem__(self, key: str) -> str:
         if key not in self.env and key in CREDENTIAL_KEYS:
-            raise SettingsError(f"{key} is not set and {self.home / 'credentials.env'} does not hold it: start the "
-                                "platform's services once (scripts/run, `nautilus services start`), or set it")
+            raise SettingsError(
+                f"{key} is not set and {self.home / 'credentials.env'} does not hold it: start the "
+                "platform's services once (scripts/run, `nautilus services start`), or set it"
+            )
         return self.env[key]
 
     def reload(self) -> Settings:
@@ -337,7 +384,7 @@ class Settings:
     def api_port(self, product: str) -> int:
         if self.env.get(f"NAUTILUS_API_PORT_{product.upper()}"):
             return int(self.env[f"NAUTILUS_API_PORT_{product.upper()}"])
-        if not self.managed:   # production: every backend is a server by URL
+        if not self.managed:  # production: every backend is a server by URL
             return API_PORTS[product]
         return self.port_base + API_PORT_OFFSET + list(API_PORTS).index(product)
 
@@ -348,11 +395,15 @@ class Settings:
 
 # Other numeric settings: variable -> (smallest, largest, integer). Read where they are used; checked here once.
 BOUNDS = {
-    "NAUTILUS_PORT_BASE": (1024, 65535 - 40, True), "DAGSTER_PG_PORT": (1, 65535, True),
+    "NAUTILUS_PORT_BASE": (1024, 65535 - 40, True),
+    "DAGSTER_PG_PORT": (1, 65535, True),
     "CLICKHOUSE_PORT": (1, 65535, True),
-    "NAUTILUS_CACHE_MAX_AGE_SECONDS": (0, 86400, False), "NAUTILUS_CACHE_REFRESH_SECONDS": (0, 86400, False),
-    "NAUTILUS_API_NICE": (0, 19, True), "DAGSTER_GRPC_TIMEOUT_SECONDS": (1, 3600, False),
-    "NAUTILUS_PG_CONNECT_TIMEOUT_SECONDS": (1, 600, True), "NAUTILUS_PG_STATEMENT_TIMEOUT_SECONDS": (0, 86400, False),
+    "NAUTILUS_CACHE_MAX_AGE_SECONDS": (0, 86400, False),
+    "NAUTILUS_CACHE_REFRESH_SECONDS": (0, 86400, False),
+    "NAUTILUS_API_NICE": (0, 19, True),
+    "DAGSTER_GRPC_TIMEOUT_SECONDS": (1, 3600, False),
+    "NAUTILUS_PG_CONNECT_TIMEOUT_SECONDS": (1, 600, True),
+    "NAUTILUS_PG_STATEMENT_TIMEOUT_SECONDS": (0, 86400, False),
     **{f"NAUTILUS_API_PORT_{p.upper()}": (1, 65535, True) for p in API_PORTS},
 }
 
@@ -414,8 +465,13 @@ def load(environ=None) -> Settings:
     if broker not in PULSAR_BROKERS:
         raise SettingsError(f"NAUTILUS_PULSAR_BROKER={broker!r}: expected one of {', '.join(PULSAR_BROKERS)}")
     external_pulsar = bool(E.get("PULSAR_SERVICE_URL"))
-    production = {"postgres": "DAGSTER_PG_HOST", "s3": "S3_ENDPOINT_URL", "pulsar": "PULSAR_SERVICE_URL",
-                  "clickhouse": "CLICKHOUSE_HOST", "redis": "NAUTILUS_REDIS_URL"}
+    production = {
+        "postgres": "DAGSTER_PG_HOST",
+        "s3": "S3_ENDPOINT_URL",
+        "pulsar": "PULSAR_SERVICE_URL",
+        "clickhouse": "CLICKHOUSE_HOST",
+        "redis": "NAUTILUS_REDIS_URL",
+    }
     if "NAUTILUS_MANAGED" in E:  # decided by the first load; apply() then filled the URLs in
         managed = frozenset(filter(None, E["NAUTILUS_MANAGED"].split(",")))
     else:
@@ -423,7 +479,9 @@ def load(environ=None) -> Settings:
     if len(creds) < len(CREDENTIAL_KEYS):  # the generated ones fill in what production settings left out
         creds = {**read_credentials(home), **creds}
     env = {
-        "NAUTILUS_INSTANCE": instance, "NAUTILUS_HOME": str(home), "NAUTILUS_PORT_BASE": str(base),
+        "NAUTILUS_INSTANCE": instance,
+        "NAUTILUS_HOME": str(home),
+        "NAUTILUS_PORT_BASE": str(base),
         "DAGSTER_HOME": _env("DAGSTER_HOME", str(home / "dagster_home")),
         "DAGSTER_PG_HOST": _env("DAGSTER_PG_HOST", "127.0.0.1"),
         "DAGSTER_PG_PORT": _env("DAGSTER_PG_PORT", str(p["postgres"])),
@@ -435,15 +493,18 @@ def load(environ=None) -> Settings:
         "NAUTILUS_LOGS_BUCKET": _env("NAUTILUS_LOGS_BUCKET", "nautilus-dagster-logs"),
         "NAUTILUS_PULSAR_BROKER": broker,
         "PULSAR_SERVICE_URL": _env("PULSAR_SERVICE_URL", f"pulsar://127.0.0.1:{p['pulsar']}"),
-        "PULSAR_ADMIN_URL": _env("PULSAR_ADMIN_URL", "" if external_pulsar or broker == "lite"
-                                 else f"http://127.0.0.1:{p['pulsar_web']}"),
-        "PULSAR_METRICS_URL": _env("PULSAR_METRICS_URL", "" if external_pulsar or broker == "apache"
-                                   else f"http://127.0.0.1:{p['pulsar_metrics']}/metrics"),
+        "PULSAR_ADMIN_URL": _env(
+            "PULSAR_ADMIN_URL", "" if external_pulsar or broker == "lite" else f"http://127.0.0.1:{p['pulsar_web']}"
+        ),
+        "PULSAR_METRICS_URL": _env(
+            "PULSAR_METRICS_URL",
+            "" if external_pulsar or broker == "apache" else f"http://127.0.0.1:{p['pulsar_metrics']}/metrics",
+        ),
         "CLICKHOUSE_HOST": _env("CLICKHOUSE_HOST", "127.0.0.1"),
         "CLICKHOUSE_PORT": _env("CLICKHOUSE_PORT", str(p["clickhouse"]) if "clickhouse" in managed else "8123"),
         "CLICKHOUSE_USER": _env("CLICKHOUSE_USER", "default"),
         "CLICKHOUSE_SECURE": _env("CLICKHOUSE_SECURE", "false"),
-        "NAUTILUS_CHDB_PATH": _env("NAUTILUS_CHDB_PATH", str(home / "chdb")),   # the local server's data
+        "NAUTILUS_CHDB_PATH": _env("NAUTILUS_CHDB_PATH", str(home / "chdb")),  # the local server's data
         "NAUTILUS_REDIS_URL": _env("NAUTILUS_REDIS_URL", f"redis://127.0.0.1:{p['redis']}/0"),
         "NAUTILUS_REDIS_PREFIX": _env("NAUTILUS_REDIS_PREFIX", f"nautilus:{instance}"),
         # the product APIs serve a kind of current state from Redis while it was written this recently (else from
@@ -474,7 +535,9 @@ def load(environ=None) -> Settings:
     }
     validate({**E, **env})
     env["NAUTILUS_MANAGED"] = ",".join(sorted(managed))
-    env["DAGSTER_PG_URL"] = E.get("DAGSTER_PG_URL") or dagster_pg_url(env, home / "pg" if "postgres" in managed else None)
+    env["DAGSTER_PG_URL"] = E.get("DAGSTER_PG_URL") or dagster_pg_url(
+        env, home / "pg" if "postgres" in managed else None
+    )
     return Settings(instance=instance, home=home, port_base=base, env=env, managed=managed, source=dict(E))
 
 
@@ -485,16 +548,23 @@ def dagster_pg_url(env: dict, socket_dir: Path | None) -> str:
     fork each time, which under a streaming load added up to a good part of the daemon's CPU."""
     user, db = quote(env["DAGSTER_PG_USER"]), quote(env["DAGSTER_PG_DB"])
     statement_ms = int(float(env["NAUTILUS_PG_STATEMENT_TIMEOUT_SECONDS"]) * 1000)
-    timeouts = (f"connect_timeout={int(env['NAUTILUS_PG_CONNECT_TIMEOUT_SECONDS'])}"
-                f"&options={quote(f'-c statement_timeout={statement_ms}', safe='')}")
+    timeouts = (
+        f"connect_timeout={int(env['NAUTILUS_PG_CONNECT_TIMEOUT_SECONDS'])}"
+        f"&options={quote(f'-c statement_timeout={statement_ms}', safe='')}"
+    )
     if socket_dir is not None:
-        return (f"postgresql+psycopg2://{user}@/{db}?host={quote(str(socket_dir))}&port={env['DAGSTER_PG_PORT']}"
-                f"&{timeouts}")
+        return (
+            f"postgresql+psycopg2://{user}@/{db}?host={quote(str(socket_dir))}&port={env['DAGSTER_PG_PORT']}&{timeouts}"
+        )
     if not env.get("DAGSTER_PG_PASSWORD"):
-        raise SettingsError(f"DAGSTER_PG_PASSWORD is not set: DAGSTER_PG_HOST={env['DAGSTER_PG_HOST']} names a server "
-                            "this project does not start, so its password must come from the environment")
-    return (f"postgresql+psycopg2://{user}:{quote(env['DAGSTER_PG_PASSWORD'], safe='')}@{env['DAGSTER_PG_HOST']}:"
-            f"{env['DAGSTER_PG_PORT']}/{db}?{timeouts}")
+        raise SettingsError(
+            f"DAGSTER_PG_PASSWORD is not set: DAGSTER_PG_HOST={env['DAGSTER_PG_HOST']} names a server "
+            "this project does not start, so its password must come from the environment"
+        )
+    return (
+        f"postgresql+psycopg2://{user}:{quote(env['DAGSTER_PG_PASSWORD'], safe='')}@{env['DAGSTER_PG_HOST']}:"
+        f"{env['DAGSTER_PG_PORT']}/{db}?{timeouts}"
+    )
 
 
 def apply(settings: Settings) -> Settings:
@@ -520,22 +590,38 @@ def build_resources(settings: Settings | None = None, for_dagster: bool = False)
 
     def pg_role(role: str) -> PostgresResource:
         """A connection to the database `nautilus` as one of the login roles of resources/access.py."""
-        return PostgresResource(host=s["DAGSTER_PG_HOST"], port=int(s["DAGSTER_PG_PORT"]), user=role,
-                                password=secret(access.password_var(role)), dbname="nautilus",
-                                connect_timeout_s=s.pg_connect_timeout_s, statement_timeout_s=s.pg_statement_timeout_s)
+        return PostgresResource(
+            host=s["DAGSTER_PG_HOST"],
+            port=int(s["DAGSTER_PG_PORT"]),
+            user=role,
+            password=secret(access.password_var(role)),
+            dbname="nautilus",
+            connect_timeout_s=s.pg_connect_timeout_s,
+            statement_timeout_s=s.pg_statement_timeout_s,
+        )
 
     return {
-        "clickhouse": ClickHouseResource(host=s["CLICKHOUSE_HOST"], port=int(s["CLICKHOUSE_PORT"]),
-                                         username=s["CLICKHOUSE_USER"], password=secret("CLICKHOUSE_PASSWORD"),
-                                         secure=s["CLICKHOUSE_SECURE"].lower() == "true",
-                                         heartbeat_s=s.streaming.watchdog_silent_s / 5),
-        "lake": LakeResource(endpoint_url=s["S3_ENDPOINT_URL"], access_key_id=secret("AWS_ACCESS_KEY_ID"),
-                             secret_access_key=secret("AWS_SECRET_ACCESS_KEY"), region=s["AWS_REGION"],
-                             bucket=s["NAUTILUS_LAKE_BUCKET"]),
-        "pulsar": PulsarResource(service_url=s["PULSAR_SERVICE_URL"], admin_url=s["PULSAR_ADMIN_URL"],
-                                 metrics_url=s["PULSAR_METRICS_URL"]),
-        "redis": RedisResource(url=s["NAUTILUS_REDIS_URL"], password=secret("NAUTILUS_REDIS_PASSWORD"),
-                               prefix=s["NAUTILUS_REDIS_PREFIX"]),
+        "clickhouse": ClickHouseResource(
+            host=s["CLICKHOUSE_HOST"],
+            port=int(s["CLICKHOUSE_PORT"]),
+            username=s["CLICKHOUSE_USER"],
+            password=secret("CLICKHOUSE_PASSWORD"),
+            secure=s["CLICKHOUSE_SECURE"].lower() == "true",
+            heartbeat_s=s.streaming.watchdog_silent_s / 5,
+        ),
+        "lake": LakeResource(
+            endpoint_url=s["S3_ENDPOINT_URL"],
+            access_key_id=secret("AWS_ACCESS_KEY_ID"),
+            secret_access_key=secret("AWS_SECRET_ACCESS_KEY"),
+            region=s["AWS_REGION"],
+            bucket=s["NAUTILUS_LAKE_BUCKET"],
+        ),
+        "pulsar": PulsarResource(
+            service_url=s["PULSAR_SERVICE_URL"], admin_url=s["PULSAR_ADMIN_URL"], metrics_url=s["PULSAR_METRICS_URL"]
+        ),
+        "redis": RedisResource(
+            url=s["NAUTILUS_REDIS_URL"], password=secret("NAUTILUS_REDIS_PASSWORD"), prefix=s["NAUTILUS_REDIS_PREFIX"]
+        ),
         # the portfolio store, as the portfolio domain's login role (resources/access.py: it owns schema portfolio)
         "postgres": pg_role("portfolio"),
         # the portfolio product read by the risk domain, under the risk role's grants (a declared reader)

@@ -1,10 +1,11 @@
 """Platform messages on the `nautilus/system` namespace: one event per materialization (system/events, for
 cross-engine routing) and an alert per micro-batch that quarantined messages (system/alerts). JSON, UTF-8."""
+
 from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Iterable
+from collections.abc import Iterable
 
 import orjson
 import pulsar
@@ -33,21 +34,31 @@ def publish(pulsar: PulsarResource | pulsar.Client, topic: str, messages: Iterab
     return n
 
 
-def quarantine_alert(topic: str, batch_id: str, consumed: int, valid: int, quarantine: list[dict],
-                     sample: int = 5) -> dict:
+def quarantine_alert(
+    topic: str, batch_id: str, consumed: int, valid: int, quarantine: list[dict], sample: int = 5
+) -> dict:
     """The alert for one batch's quarantined messages: counts, reasons, a few message ids."""
     reasons = Counter(str(q.get("reason", "")).split(":", 1)[0] for q in quarantine)
     # another message under a stored message id means the broker's ids restarted under a kept store: act now
     severity = "critical" if "changed_content" in reasons else "warning"
-    return {"schema": ALERT_SCHEMA, "type": "quarantine", "severity": severity, "topic": topic,
-            "batch_id": batch_id, "consumed": consumed, "valid": valid, "quarantined": len(quarantine),
-            "reasons": dict(reasons.most_common()),
-            "examples": [{"message_id": q.get("message_id"), "reason": q.get("reason")} for q in quarantine[:sample]],
-            "ts": time.time_ns()}
+    return {
+        "schema": ALERT_SCHEMA,
+        "type": "quarantine",
+        "severity": severity,
+        "topic": topic,
+        "batch_id": batch_id,
+        "consumed": consumed,
+        "valid": valid,
+        "quarantined": len(quarantine),
+        "reasons": dict(reasons.most_common()),
+        "examples": [{"message_id": q.get("message_id"), "reason": q.get("reason")} for q in quarantine[:sample]],
+        "ts": time.time_ns(),
+    }
 
 
-def publish_quarantine_alert(pulsar: PulsarResource | pulsar.Client, topic: str, batch_id: str, consumed: int, valid: int,
-                             quarantine: list[dict]) -> dict | None:
+def publish_quarantine_alert(
+    pulsar: PulsarResource | pulsar.Client, topic: str, batch_id: str, consumed: int, valid: int, quarantine: list[dict]
+) -> dict | None:
     if not quarantine:
         return None
     alert = quarantine_alert(topic, batch_id, consumed, valid, quarantine)
@@ -70,12 +81,20 @@ def materialization_event(record) -> dict:
     entry = record.event_log_entry
     mat = entry.dagster_event.step_materialization_data.materialization
     summary = {k: s for k, v in (mat.metadata or {}).items() if (s := _scalar(v)) is not None}
-    return {"schema": EVENT_SCHEMA, "type": "asset_materialization", "event_id": record.storage_id,
-            "asset_key": mat.asset_key.to_user_string(), "partition": mat.partition, "run_id": entry.run_id,
-            "job_name": entry.job_name, "step_key": entry.step_key,
-            "data_version": (mat.tags or {}).get("dagster/data_version"),
-            "code_version": (mat.tags or {}).get("dagster/code_version"),
-            "timestamp": entry.timestamp, "metadata": summary}
+    return {
+        "schema": EVENT_SCHEMA,
+        "type": "asset_materialization",
+        "event_id": record.storage_id,
+        "asset_key": mat.asset_key.to_user_string(),
+        "partition": mat.partition,
+        "run_id": entry.run_id,
+        "job_name": entry.job_name,
+        "step_key": entry.step_key,
+        "data_version": (mat.tags or {}).get("dagster/data_version"),
+        "code_version": (mat.tags or {}).get("dagster/code_version"),
+        "timestamp": entry.timestamp,
+        "metadata": summary,
+    }
 
 
 def publish_events(pulsar: PulsarResource, events: list[dict]) -> int:

@@ -3,6 +3,7 @@
 `ensure(admin_url)` creates them through Apache Pulsar's admin REST API (idempotent). pulsar-lite has no admin
 API and creates topics on first use, so there it is skipped.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,8 +16,8 @@ TENANT = "nautilus"
 @dataclass(frozen=True)
 class Namespace:
     name: str
-    retention_minutes: int      # keep acknowledged messages this long ...
-    retention_mb: int           # ... up to this size (-1: no size bound)
+    retention_minutes: int  # keep acknowledged messages this long ...
+    retention_mb: int  # ... up to this size (-1: no size bound)
     topics: tuple[str, ...]
     description: str
 
@@ -29,18 +30,39 @@ class Namespace:
 
 
 DAY = 24 * 60
-NAMESPACES = {ns.name: ns for ns in (
-    Namespace("market-data", 7 * DAY, 10 * 1024,
-              ("level1-quotes", "level2-orderbook", "trades", "news-feeds", "bars-changes"),
-              "Market data feeds in (quotes, order book, trades, news); out: the bars each committed batch changed"),
-    Namespace("engines", 1 * DAY, 2 * 1024,
-              ("risk-metrics", "analytics-signals", "ml-predictions", "portfolio-positions", "vpin-microstructure",
-               "portfolio-fills"),
-              "Each data product announces its materializations here; the model portfolios publish their fills"),
-    Namespace("system", 7 * DAY, 1024,
-              ("alerts", "commands", "events"),
-              "Platform alerts (quarantined messages), commands, and one event per materialization"),
-)}
+NAMESPACES = {
+    ns.name: ns
+    for ns in (
+        Namespace(
+            "market-data",
+            7 * DAY,
+            10 * 1024,
+            ("level1-quotes", "level2-orderbook", "trades", "news-feeds", "bars-changes"),
+            "Market data feeds in (quotes, order book, trades, news); out: the bars each committed batch changed",
+        ),
+        Namespace(
+            "engines",
+            1 * DAY,
+            2 * 1024,
+            (
+                "risk-metrics",
+                "analytics-signals",
+                "ml-predictions",
+                "portfolio-positions",
+                "vpin-microstructure",
+                "portfolio-fills",
+            ),
+            "Each data product announces its materializations here; the model portfolios publish their fills",
+        ),
+        Namespace(
+            "system",
+            7 * DAY,
+            1024,
+            ("alerts", "commands", "events"),
+            "Platform alerts (quarantined messages), commands, and one event per materialization",
+        ),
+    )
+}
 
 MARKET_DATA = NAMESPACES["market-data"]
 ENGINES = NAMESPACES["engines"]
@@ -49,7 +71,7 @@ SYSTEM = NAMESPACES["system"]
 # The topics code publishes to, by role.
 TRADES = MARKET_DATA.topic("trades")
 LEVEL1_QUOTES = MARKET_DATA.topic("level1-quotes")
-BARS_CHANGES = MARKET_DATA.topic("bars-changes")    # the instrument-minutes each trades batch (re)wrote
+BARS_CHANGES = MARKET_DATA.topic("bars-changes")  # the instrument-minutes each trades batch (re)wrote
 PORTFOLIO_FILLS = ENGINES.topic("portfolio-fills")
 SYSTEM_EVENTS = SYSTEM.topic("events")
 SYSTEM_ALERTS = SYSTEM.topic("alerts")
@@ -78,8 +100,11 @@ def ensure(admin_url: str, cluster: str | None = None, timeout: float = 30) -> d
     for ns in NAMESPACES.values():
         if ns.path not in existing:
             call("PUT", f"/namespaces/{ns.path}")
-        call("POST", f"/namespaces/{ns.path}/retention",
-             json={"retentionTimeInMinutes": ns.retention_minutes, "retentionSizeInMB": ns.retention_mb})
+        call(
+            "POST",
+            f"/namespaces/{ns.path}/retention",
+            json={"retentionTimeInMinutes": ns.retention_minutes, "retentionSizeInMB": ns.retention_mb},
+        )
         have = set(call("GET", f"/namespaces/{ns.path}/topics").json())
         for t in ns.topics:
             if ns.topic(t) not in have:

@@ -1,5 +1,6 @@
 """`nautilus audit`: the governance team's commands over nautilus_assets/audit (lineage report, OpenLineage events,
 row provenance, reproducing a batch)."""
+
 from __future__ import annotations
 
 import json
@@ -16,6 +17,7 @@ def _instance_and_defs():
     from dagster import DagsterInstance
 
     from nautilus_assets.definitions import defs
+
     return DagsterInstance.get(), defs
 
 
@@ -31,11 +33,13 @@ def audit() -> None:
 @click.option("--openlineage-url", default=None, help="also emit OpenLineage events to this HTTP endpoint")
 @click.option("--openlineage-file", default=None, help="also emit OpenLineage events to this file")
 @click.option("--runs", type=int, default=500, show_default=True, help="latest runs to emit events for")
-def report(out: str, limit: int, history_days: float, openlineage_url: str | None, openlineage_file: str | None,
-           runs: int) -> None:
+def report(
+    out: str, limit: int, history_days: float, openlineage_url: str | None, openlineage_file: str | None, runs: int
+) -> None:
     """HTML + JSON lineage report of every data product."""
     from nautilus_assets.audit.lineage import build_report
     from nautilus_assets.audit.report import write
+
     inst, defs = _instance_and_defs()
     with inst:
         rep = build_report(inst, defs, limit=limit, history_days=history_days)
@@ -43,6 +47,7 @@ def report(out: str, limit: int, history_days: float, openlineage_url: str | Non
         click.echo(f"wrote {j} and {h}: {len(rep['products'])} products")
         if openlineage_url or openlineage_file:
             from nautilus_assets.audit.ol_events import client_for, emit
+
             click.echo(f"openlineage: {emit(inst, defs, client_for(openlineage_url, openlineage_file), runs)}")
 
 
@@ -54,6 +59,7 @@ def report(out: str, limit: int, history_days: float, openlineage_url: str | Non
 def openlineage(url: str | None, path: str | None, runs: int, run_id: tuple[str, ...]) -> None:
     """Emit OpenLineage START/COMPLETE/FAIL events of recent runs."""
     from nautilus_assets.audit.ol_events import client_for, emit
+
     inst, defs = _instance_and_defs()
     with inst:
         click.echo(json.dumps(emit(inst, defs, client_for(url, path), runs, list(run_id) or None)))
@@ -61,14 +67,20 @@ def openlineage(url: str | None, path: str | None, runs: int, run_id: tuple[str,
 
 @audit.command()
 @click.option("--table", required=True, help="db.table, e.g. market_data.trades")
-@click.option("--where", multiple=True, required=True, metavar="'COLUMN OP VALUE'",
-              help="a filter, e.g. \"trade_id = S7T1-1\" (op: = != < <= > >= like; the value is bound as a "
-                   "parameter, never SQL); repeat to AND several")
+@click.option(
+    "--where",
+    multiple=True,
+    required=True,
+    metavar="'COLUMN OP VALUE'",
+    help='a filter, e.g. "trade_id = S7T1-1" (op: = != < <= > >= like; the value is bound as a '
+    "parameter, never SQL); repeat to AND several",
+)
 @click.option("--limit", type=int, default=5, show_default=True, help="rows (at most 100)")
 @pass_settings
 def row(s: Settings, table: str, where: tuple[str, ...], limit: int) -> None:
     """Provenance of a stored row: run, trigger, message range / lake version, versions."""
     from nautilus_assets.audit.provenance import parse_filter, trace
+
     filters = [parse_filter(w) for w in where]
     inst, defs = _instance_and_defs()
     with inst:
@@ -84,7 +96,11 @@ def reproduce(s: Settings, run_id: str, asset: str) -> None:
     from dagster import AssetKey
 
     from nautilus_assets.audit.provenance import rematerialize
+
     inst, defs = _instance_and_defs()
     with inst:
-        click.echo(json.dumps(rematerialize(inst, defs, build_resources(s), run_id, AssetKey.from_user_string(asset)),
-                              indent=1))
+        click.echo(
+            json.dumps(
+                rematerialize(inst, defs, build_resources(s), run_id, AssetKey.from_user_string(asset)), indent=1
+            )
+        )

@@ -15,6 +15,7 @@ had, so the recovery point is the failure itself for whatever Pulsar retains, an
 The lake is the system of record for market data: `rebuild clickhouse` recreates the market-data tables (trades,
 quotes, trade ids, minute bars) from the bronze Delta tables with identical contents; the products' own tables are
 re-materialized by a backfill of their assets."""
+
 from __future__ import annotations
 
 import json
@@ -38,10 +39,21 @@ MANIFEST = "manifest.json"
 def _pg(s: Settings, tool: str, db: str, *args: str) -> subprocess.CompletedProcess:
     """pg_dump / pg_restore as the platform's admin role; the password through libpq's PGPASSWORD (the environment),
     never on a command line."""
-    argv = [str(PG_BIN / tool), "-h", s["DAGSTER_PG_HOST"], "-p", s["DAGSTER_PG_PORT"], "-U", s["DAGSTER_PG_USER"],
-            "-d", db, *args]
-    return subprocess.run(argv, env={**os.environ, "PGPASSWORD": s["DAGSTER_PG_PASSWORD"]}, capture_output=True,
-                          text=True, check=True)
+    argv = [
+        str(PG_BIN / tool),
+        "-h",
+        s["DAGSTER_PG_HOST"],
+        "-p",
+        s["DAGSTER_PG_PORT"],
+        "-U",
+        s["DAGSTER_PG_USER"],
+        "-d",
+        db,
+        *args,
+    ]
+    return subprocess.run(
+        argv, env={**os.environ, "PGPASSWORD": s["DAGSTER_PG_PASSWORD"]}, capture_output=True, text=True, check=True
+    )
 
 
 def _databases(s: Settings) -> list[str]:
@@ -51,26 +63,41 @@ def _databases(s: Settings) -> list[str]:
 def _tables(ch) -> list[tuple[str, str]]:
     """The products' ClickHouse tables (not views, not the scratch Memory tables of a batch)."""
     with ch.session() as c:
-        return [tuple(r) for r in c.query(
-            "SELECT database, name FROM system.tables WHERE database IN %(d)s AND engine LIKE '%%MergeTree' "
-            "ORDER BY database, name", parameters={"d": list(CLICKHOUSE_DATABASES)}).result_rows]
+        return [
+            tuple(r)
+            for r in c.query(
+                "SELECT database, name FROM system.tables WHERE database IN %(d)s AND engine LIKE '%%MergeTree' "
+                "ORDER BY database, name",
+                parameters={"d": list(CLICKHOUSE_DATABASES)},
+            ).result_rows
+        ]
 
 
 def _stored_columns(c, db: str, table: str) -> list[str]:
     """Columns that hold data (ALIAS and MATERIALIZED ones are computed, and SELECT * leaves them out)."""
-    return [r[0] for r in c.query("SELECT name FROM system.columns WHERE database = %(d)s AND table = %(t)s AND "
-                                  "default_kind NOT IN ('ALIAS', 'MATERIALIZED') ORDER BY position",
-                                  parameters={"d": db, "t": table}).result_rows]
+    return [
+        r[0]
+        for r in c.query(
+            "SELECT name FROM system.columns WHERE database = %(d)s AND table = %(t)s AND "
+            "default_kind NOT IN ('ALIAS', 'MATERIALIZED') ORDER BY position",
+            parameters={"d": db, "t": table},
+        ).result_rows
+    ]
 
 
 def backup(s: Settings, dest: Path, log=print) -> dict:
     if dest.exists() and any(dest.iterdir()):
         raise FileExistsError(f"{dest} is not empty: a backup goes into a new directory")
     dest.mkdir(parents=True, exist_ok=True)
-    os.chmod(dest, 0o700)   # it holds every store's data and the role definitions
+    os.chmod(dest, 0o700)  # it holds every store's data and the role definitions
     r, t0 = build_resources(s), time.time()
-    manifest: dict = {"started_ms": int(t0 * 1000), "instance": s.instance, "postgres": {}, "lake": {},
-                      "clickhouse": {}}
+    manifest: dict = {
+        "started_ms": int(t0 * 1000),
+        "instance": s.instance,
+        "postgres": {},
+        "lake": {},
+        "clickhouse": {},
+    }
     for db in _databases(s):
         _pg(s, "pg_dump", db, "-Fc", "-f", str(dest / f"postgres-{db}.dump"))
         manifest["postgres"][db] = (dest / f"postgres-{db}.dump").stat().st_size
@@ -84,10 +111,14 @@ def backup(s: Settings, dest: Path, log=print) -> dict:
             (dest / "clickhouse").mkdir(exist_ok=True)
             (dest / "clickhouse" / f"{db}.{table}.native").write_bytes(data)
             manifest["clickhouse"][f"{db}.{table}"] = {
-                "ddl": c.query(f"SHOW CREATE TABLE `{db}`.`{table}`").first_row[0], "columns": cols,
-                "rows": int(c.command(f"SELECT count() FROM `{db}`.`{table}`"))}
-    log(f"ClickHouse: {len(manifest['clickhouse'])} tables, "
-        f"{sum(t['rows'] for t in manifest['clickhouse'].values())} rows")
+                "ddl": c.query(f"SHOW CREATE TABLE `{db}`.`{table}`").first_row[0],
+                "columns": cols,
+                "rows": int(c.command(f"SELECT count() FROM `{db}`.`{table}`")),
+            }
+    log(
+        f"ClickHouse: {len(manifest['clickhouse'])} tables, "
+        f"{sum(t['rows'] for t in manifest['clickhouse'].values())} rows"
+    )
     manifest["seconds"] = round(time.time() - t0, 1)
     (dest / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
     return manifest
@@ -104,7 +135,7 @@ def _copy_bucket(lake, dest: Path) -> dict:
             path.parent.mkdir(parents=True, exist_ok=True)
             try:
                 s3.download_file(lake.bucket, obj["Key"], str(path))
-            except s3.exceptions.ClientError:   # removed since the listing (vacuum)
+            except s3.exceptions.ClientError:  # removed since the listing (vacuum)
                 continue
             n, size = n + 1, size + obj["Size"]
     for feed in FEEDS.values():
@@ -156,15 +187,17 @@ def rewind_ingest(s: Settings, ms: int) -> list[str]:
     from nautilus_assets.market_data.schema import SUBSCRIPTION
     from nautilus_assets.portfolio.assets import SUBSCRIPTION as FILLS_SUBSCRIPTION
     from resources.topics import PORTFOLIO_FILLS
+
     admin = s["PULSAR_ADMIN_URL"]
     if not admin:
         return []
     done = []
     for topic, sub in [*((f.topic, SUBSCRIPTION) for f in FEEDS.values()), (PORTFOLIO_FILLS, FILLS_SUBSCRIPTION)]:
         path = topic.split("://", 1)[1]
-        resp = requests.post(f"{admin.rstrip('/')}/admin/v2/persistent/{path}/subscription/{sub}/resetcursor/{ms}",
-                             timeout=30)
-        if resp.status_code == 404:   # never created: nothing consumed from it yet
+        resp = requests.post(
+            f"{admin.rstrip('/')}/admin/v2/persistent/{path}/subscription/{sub}/resetcursor/{ms}", timeout=30
+        )
+        if resp.status_code == 404:  # never created: nothing consumed from it yet
             continue
         resp.raise_for_status()
         done.append(f"{path.rsplit('/', 1)[-1]}/{sub}")
@@ -198,4 +231,3 @@ def rebuild_clickhouse(s: Settings, log=print) -> dict:
     seconds = time.time() - t0
     total = sum(rows.values())
     return {"rows": rows, "seconds": round(seconds, 1), "rows_per_s": round(total / seconds) if seconds else None}
-

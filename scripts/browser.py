@@ -1,6 +1,7 @@
 """Headless Chromium for the UI tests: Debian's `chromium` (installed with apt when missing, as root, once per
 machine), driven by Playwright for Python pointed at /usr/bin/chromium (`playwright install` cannot download
 a browser here). `python -m scripts.browser` installs it and reports how long that took."""
+
 from __future__ import annotations
 
 import os
@@ -12,8 +13,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 CHROMIUM = Path(os.environ.get("NAUTILUS_CHROMIUM", "/usr/bin/chromium"))
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
 
 
 def log(msg: str) -> None:
@@ -41,6 +50,7 @@ def ensure_chromium() -> float:
 def browser():
     """A headless Chromium driven by Playwright (each launch gets a fresh temporary profile); closed after."""
     from playwright.sync_api import sync_playwright
+
     ensure_chromium()
     with sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
@@ -53,5 +63,5 @@ def browser():
 if __name__ == "__main__":
     took = ensure_chromium()
     out = subprocess.run([str(CHROMIUM), "--version"], capture_output=True, text=True).stdout.strip()
-    log(f"{out} at {CHROMIUM} ({'installed in %.0fs' % took if took else 'already installed'})")
+    log(f"{out} at {CHROMIUM} ({f'installed in {took:.0f}s' if took else 'already installed'})")
     sys.exit(0)

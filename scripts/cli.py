@@ -1,4 +1,5 @@
 """`nautilus`, the command line (click): thin commands over scripts/ and the domains' functions."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,8 @@ import click
 from resources.settings import API_PORTS, Settings, SettingsError, apply, build_resources, load
 
 from . import services
-from .provision import setup
 from .audit import audit as audit_group
+from .provision import setup
 from .up import say
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def access_command(s: Settings, what: str) -> None:
     """Print the declaration or the SQL made from it (passwords only as SCRAM verifiers / salted hashes)."""
     from resources import access
+
     if what == "show":
         print(f"{'role':15} " + " ".join(f"{p:>14}" for p in access.DOMAINS))
         for r in access.ROLES:
@@ -38,8 +40,8 @@ def access_command(s: Settings, what: str) -> None:
 def nautilus(ctx: click.Context) -> None:
     """The Nautilus platform: services, set-up, a simulated market, the run command, operations."""
     try:
-        ctx.obj = apply(load())   # for the processes a command starts and the Dagster instance it opens
-    except SettingsError as e:    # before anything starts, naming the variable
+        ctx.obj = apply(load())  # for the processes a command starts and the Dagster instance it opens
+    except SettingsError as e:  # before anything starts, naming the variable
         raise click.ClickException(str(e)) from None
 
 
@@ -93,6 +95,7 @@ def setup_command(s: Settings) -> None:
 def simulate(s: Settings, rate: float, duration: float | None, seed: int) -> None:
     """Publish a live simulated market."""
     from .publisher import simulate as run
+
     click.echo(run(build_resources(s)["pulsar"], s.instruments, rate, duration, seed))
 
 
@@ -103,6 +106,7 @@ def simulate(s: Settings, rate: float, duration: float | None, seed: int) -> Non
 def replay(s: Settings, path: Path, rate: float | None) -> None:
     """Publish a Parquet or CSV file of historical ticks."""
     from .publisher import replay as run
+
     click.echo(run(build_resources(s)["pulsar"], path, rate))
 
 
@@ -111,40 +115,58 @@ def replay(s: Settings, path: Path, rate: float | None) -> None:
 @click.option("--events-per-day", type=int, default=40_000, show_default=True)
 # checked by the simulator (choices here would load NumPy and Arrow for every command)
 @click.option("--model", default="stylized", show_default=True, help="stylized | gaussian | random_walk")
-@click.option("--volume", default="small", show_default=True,
-              help="small | realistic: a listed stock's day (100,000 trades, 1,000,000 quotes per instrument)")
+@click.option(
+    "--volume",
+    default="small",
+    show_default=True,
+    help="small | realistic: a listed stock's day (100,000 trades, 1,000,000 quotes per instrument)",
+)
 @pass_settings
 def history(s: Settings, days: int, events_per_day: int, model: str, volume: str) -> None:
     """Write N past days straight into the lake."""
     from .history import write_history
+
     r = build_resources(s)
-    click.echo(write_history(r["lake"], s.instruments, days, events_per_day, postgres=r["postgres"], model=model,
-                             volume=volume))
+    click.echo(
+        write_history(
+            r["lake"], s.instruments, days, events_per_day, postgres=r["postgres"], model=model, volume=volume
+        )
+    )
 
 
 @nautilus.command("up")
 @click.option("--rate", type=float, default=500.0, show_default=True)
-@click.option("--history-days", type=int, default=520, show_default=True,
-              help="past days written first and backfilled through every product (risk's backtest needs 500)")
+@click.option(
+    "--history-days",
+    type=int,
+    default=520,
+    show_default=True,
+    help="past days written first and backfilled through every product (risk's backtest needs 500)",
+)
 @click.option("--volume", default="small", show_default=True, help="the history's volume: small | realistic")
 @pass_settings
 def up_command(s: Settings, rate: float, history_days: int, volume: str) -> None:
     """Run the platform: services, simulator, Dagster daemon and UI, product APIs (Ctrl-C stops it all)."""
     from .up import up
+
     up(s, rate, history_days, volume)
 
 
 def quarantine_options(f):
-    for option in reversed((
+    for option in reversed(
+        (
             click.option("--feed", type=click.Choice(["trades", "quotes"]), help="default: both"),
             click.option("--reason", default="", help="reason prefix, e.g. too_late or 'bad_value: price'"),
-            click.option("--since", help="quarantined since: an ISO date/time (UTC) or an age such as 30m, 2h, 7d"))):
+            click.option("--since", help="quarantined since: an ISO date/time (UTC) or an age such as 30m, 2h, 7d"),
+        )
+    ):
         f = option(f)
     return f
 
 
 def _since(value: str | None):
     from nautilus_assets.market_data import quarantine
+
     try:
         return quarantine.parse_since(value) if value else None
     except ValueError as e:
@@ -162,12 +184,15 @@ def quarantine() -> None:
 @pass_settings
 def quarantine_list(s: Settings, feed: str | None, reason: str, since: str | None, limit: int) -> None:
     from nautilus_assets.market_data import quarantine as q
+
     since_ts = _since(since)
     rows = q.select(build_resources(s)["clickhouse"], feed=feed, reason=reason, since=since_ts)
     click.echo(f"{'quarantined_at':26} {'topic':14} {'message_id':18} {'replayed':10} reason")
     for r in rows[:limit]:
-        click.echo(f"{r['quarantined_at']:%Y-%m-%d %H:%M:%S.%f} {r['topic'].rsplit('/', 1)[-1]:14} "
-                   f"{r['message_id']:18} {(r['replay_outcome'] or '-').split(':')[0]:10} {r['reason'][:120]}")
+        click.echo(
+            f"{r['quarantined_at']:%Y-%m-%d %H:%M:%S.%f} {r['topic'].rsplit('/', 1)[-1]:14} "
+            f"{r['message_id']:18} {(r['replay_outcome'] or '-').split(':')[0]:10} {r['reason'][:120]}"
+        )
     pending = sum(r["replay_outcome"] != q.STORED for r in rows)
     shown = f"; the first {limit} shown" if len(rows) > limit else ""
     say(f"{len(rows)} quarantined ({pending} not stored by a replay){shown}")
@@ -179,13 +204,25 @@ def quarantine_list(s: Settings, feed: str | None, reason: str, since: str | Non
 @pass_settings
 def quarantine_replay(s: Settings, feed: str | None, reason: str, since: str | None, accept_late: bool) -> None:
     from nautilus_assets.market_data import quarantine as q
+
     since_ts = _since(since)
     r = build_resources(s)
-    out = q.replay(r["pulsar"], r["lake"], r["clickhouse"], s.streaming.lateness_bound_s,
-                   s.home / "quarantine-replay.lock", feed=feed, reason=reason, since=since_ts,
-                   accept_late=accept_late, log=say)
-    say(f"{out['replay_id']}: {out['taken']} taken, {out['stored']} stored, {out['quarantined']} still "
-        f"quarantined {out['reasons'] or ''}".rstrip())
+    out = q.replay(
+        r["pulsar"],
+        r["lake"],
+        r["clickhouse"],
+        s.streaming.lateness_bound_s,
+        s.home / "quarantine-replay.lock",
+        feed=feed,
+        reason=reason,
+        since=since_ts,
+        accept_late=accept_late,
+        log=say,
+    )
+    say(
+        f"{out['replay_id']}: {out['taken']} taken, {out['stored']} stored, {out['quarantined']} still "
+        f"quarantined {out['reasons'] or ''}".rstrip()
+    )
     if out["closed_dates"]:
         report_replay(out)
 
@@ -196,6 +233,7 @@ def report_replay(out: dict) -> None:
     import dagster as dg
 
     from nautilus_assets.market_data.assets import BARS_KEY, CLOSED_DATES
+
     meta = {"replay_id": out["replay_id"], "stored": out["stored"], CLOSED_DATES: ",".join(sorted(out["closed_dates"]))}
     with dg.DagsterInstance.get() as inst:
         inst.report_runless_asset_event(dg.AssetMaterialization(asset_key=BARS_KEY, metadata=meta))
@@ -213,6 +251,7 @@ def _recovery_done(what: str, out: dict) -> None:
 def backup(s: Settings, dest: Path) -> None:
     """Copy PostgreSQL, the lake and ClickHouse into a new directory."""
     from . import backup as b
+
     _recovery_done("backup", b.backup(s, dest, log=say))
 
 
@@ -222,6 +261,7 @@ def backup(s: Settings, dest: Path) -> None:
 def restore(s: Settings, src: Path) -> None:
     """Put a backup back (services up, `nautilus up` stopped), then re-ingest what Pulsar still holds since it."""
     from . import backup as b
+
     _recovery_done("restore", b.restore(s, src, log=say))
 
 
@@ -231,6 +271,7 @@ def restore(s: Settings, src: Path) -> None:
 def rebuild(s: Settings, what: str) -> None:
     """Rebuild the market-data ClickHouse tables from the lake."""
     from . import backup as b
+
     _recovery_done("rebuild", b.rebuild_clickhouse(s, log=say))
 
 
@@ -251,6 +292,7 @@ def env_command(s: Settings) -> None:
 def api(product: tuple[str, ...]) -> None:
     """Serve the data products' read APIs (each on its own port)."""
     from nautilus_assets.api.serve import main as api_main
+
     api_main([f"--product={p}" for p in product])
 
 
@@ -278,7 +320,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(e.exit_code)
     except click.Abort:
         sys.exit(130)
-    except SettingsError as e:   # a setting a command needed and did not find, named: no traceback
+    except SettingsError as e:  # a setting a command needed and did not find, named: no traceback
         sys.exit(f"nautilus: {e}")
     sys.exit(code if isinstance(code, int) else 0)
 

@@ -13,6 +13,7 @@ same time (chDB releases the GIL while it works). Bound to 127.0.0.1; the passwo
 
     CLICKHOUSE_PASSWORD=... python -m scripts.clickhouse_server --path DIR --port N [--user default]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,10 +34,26 @@ from urllib.parse import parse_qsl, urlsplit
 import chdb
 
 # URL parameters that steer the HTTP exchange; any other (but param_*) is a setting for the query.
-TRANSPORT = {"query", "database", "session_id", "session_timeout", "session_check", "query_id", "wait_end_of_query",
-             "send_progress_in_http_headers", "http_headers_progress_interval_ms", "enable_http_compression",
-             "client_protocol_version", "default_format", "user", "password", "compress", "decompress",
-             "buffer_size", "quota_key"}
+TRANSPORT = {
+    "query",
+    "database",
+    "session_id",
+    "session_timeout",
+    "session_check",
+    "query_id",
+    "wait_end_of_query",
+    "send_progress_in_http_headers",
+    "http_headers_progress_interval_ms",
+    "enable_http_compression",
+    "client_protocol_version",
+    "default_format",
+    "user",
+    "password",
+    "compress",
+    "decompress",
+    "buffer_size",
+    "quota_key",
+}
 _TRAILING_FORMAT = re.compile(r"\bFORMAT\s+(\w+)\s*;?\s*$", re.IGNORECASE)
 # An INSERT whose data follows it in the body: "INSERT INTO t (a, b) FORMAT Native\n<data>"
 _INSERT_WITH_DATA = re.compile(rb"^\s*(INSERT\s.*?)\bFORMAT\s+(\w+)[ \t]*\r?\n", re.IGNORECASE | re.DOTALL)
@@ -63,10 +80,10 @@ class Session:
     def run(self, sql: str, fmt: str, params: dict):
         try:
             return self.conn.query(sql, fmt, params=params) if params else self.conn.query(sql, fmt)
-        except Exception as e:   # chDB raises its errors with ClickHouse's "Code: N. DB::Exception: ..." text
+        except Exception as e:  # noqa: BLE001  (chDB raises its errors with ClickHouse's "Code: N. DB::Exception" text)
             msg = str(e)
             m = _ERROR_CODE.search(msg)
-            raise QueryError(int(m.group(1)) if m else 1000, msg[msg.find("Code: "):] if m else msg) from None
+            raise QueryError(int(m.group(1)) if m else 1000, msg[msg.find("Code: ") :] if m else msg) from None
 
     def prepare(self, database: str | None, settings: dict[str, str]) -> None:
         """This request's settings (URL settings hold for one request: the ones it no longer sends are reset)."""
@@ -87,8 +104,7 @@ class Session:
 
 def _name(setting: str) -> str:
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", setting):
-        raise QueryError(BAD_ARGUMENTS, f"Code: {BAD_ARGUMENTS}. DB::Exception: invalid setting name {setting!r}",
-                         400)
+        raise QueryError(BAD_ARGUMENTS, f"Code: {BAD_ARGUMENTS}. DB::Exception: invalid setting name {setting!r}", 400)
     return setting
 
 
@@ -102,9 +118,9 @@ class Engine:
     def __init__(self, path: str, tmp_dir: str):
         self.path, self.tmp_dir = path, tmp_dir
         self.sessions: dict[str, Session] = {}
-        self.spare: list[Session] = []          # connections for requests without a session
+        self.spare: list[Session] = []  # connections for requests without a session
         self.guard = threading.Lock()
-        self.anchor = Session(path, float("inf"))   # keeps the engine open while no client is
+        self.anchor = Session(path, float("inf"))  # keeps the engine open while no client is
         threading.Thread(target=self._reap, daemon=True, name="session-reaper").start()
 
     def session(self, session_id: str | None, timeout_s: float) -> tuple[Session, bool]:
@@ -142,26 +158,26 @@ class Engine:
 
 
 class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"       # keep-alive: clickhouse-connect pools its connections
+    protocol_version = "HTTP/1.1"  # keep-alive: clickhouse-connect pools its connections
     # TCP_NODELAY: a reply is written as headers, then body; with Nagle the body waited for the client's delayed
     # ACK of the headers: 40 ms on every query that returns rows (SELECT 1 took 48 ms over HTTP, 2.1 ms without)
     disable_nagle_algorithm = True
     server_version = "nautilus-chdb"
-    timeout = 600                       # an idle keep-alive connection's thread ends after this long
+    timeout = 600  # an idle keep-alive connection's thread ends after this long
     engine: Engine
     user: str
     password: str
 
-    def log_message(self, *args) -> None:   # one line per request would drown the log
+    def log_message(self, *args) -> None:  # one line per request would drown the log
         pass
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         url = urlsplit(self.path)
         if url.path in ("/ping", "/") and "query" not in dict(parse_qsl(url.query)):
             return self._reply(200, b"Ok.\n", {"Content-Type": "text/plain; charset=UTF-8"})
         self._handle(url)
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self._handle(urlsplit(self.path))
 
     def _body(self) -> bytes:
@@ -170,7 +186,7 @@ class Handler(BaseHTTPRequestHandler):
             while True:
                 size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
                 if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):   # trailers
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):  # trailers
                         pass
                     return b"".join(parts)
                 parts.append(self.rfile.read(size))
@@ -184,26 +200,36 @@ class Handler(BaseHTTPRequestHandler):
         if auth.startswith("Basic "):
             user, _, key = base64.b64decode(auth[6:]).decode().partition(":")
         user, key = user or params.get("user") or "default", key or params.get("password") or ""
-        return hmac.compare_digest(user.encode(), self.user.encode()) and \
-            hmac.compare_digest(key.encode(), self.password.encode())
+        return hmac.compare_digest(user.encode(), self.user.encode()) and hmac.compare_digest(
+            key.encode(), self.password.encode()
+        )
 
     def _handle(self, url) -> None:
         params = dict(parse_qsl(url.query, keep_blank_values=True))
         body = self._body()
         query_id = params.get("query_id") or str(uuid.uuid4())
-        headers = {"X-ClickHouse-Query-Id": query_id, "X-ClickHouse-Timezone": "UTC",
-                   "X-ClickHouse-Server-Display-Name": "nautilus-chdb"}
+        headers = {
+            "X-ClickHouse-Query-Id": query_id,
+            "X-ClickHouse-Timezone": "UTC",
+            "X-ClickHouse-Server-Display-Name": "nautilus-chdb",
+        }
         try:
             if not self._authorized(params):
-                raise QueryError(AUTHENTICATION_FAILED, f"Code: {AUTHENTICATION_FAILED}. DB::Exception: "
-                                 "default: Authentication failed: password is incorrect, or there is no user with "
-                                 "such name. (AUTHENTICATION_FAILED)", 401)
+                raise QueryError(
+                    AUTHENTICATION_FAILED,
+                    f"Code: {AUTHENTICATION_FAILED}. DB::Exception: "
+                    "default: Authentication failed: password is incorrect, or there is no user with "
+                    "such name. (AUTHENTICATION_FAILED)",
+                    401,
+                )
             body = _decoded(body, self.headers.get("Content-Encoding"))
             out, fmt, summary = self._execute(params, body)
         except QueryError as e:
-            return self._reply(e.status, (str(e).rstrip() + "\n").encode(),
-                               {**headers, "X-ClickHouse-Exception-Code": str(e.code),
-                                "Content-Type": "text/plain; charset=UTF-8"})
+            return self._reply(
+                e.status,
+                (str(e).rstrip() + "\n").encode(),
+                {**headers, "X-ClickHouse-Exception-Code": str(e.code), "Content-Type": "text/plain; charset=UTF-8"},
+            )
         if fmt:
             headers["X-ClickHouse-Format"] = fmt
         headers["X-ClickHouse-Summary"] = json.dumps(summary)
@@ -216,13 +242,13 @@ class Handler(BaseHTTPRequestHandler):
         if sql is not None and body:
             m = _TRAILING_FORMAT.search(sql)
             if re.match(r"\s*INSERT\s", sql, re.IGNORECASE) and m:
-                sql, data, data_fmt = sql[:m.start()], body, m.group(1)
+                sql, data, data_fmt = sql[: m.start()], body, m.group(1)
             else:
                 sql = sql + "\n" + body.decode()
         elif sql is None:
             m = _INSERT_WITH_DATA.match(body)
             if m:
-                sql, data, data_fmt = m.group(1).decode(), body[m.end():], m.group(2).decode()
+                sql, data, data_fmt = m.group(1).decode(), body[m.end() :], m.group(2).decode()
             else:
                 sql = body.decode()
         if not sql.strip():
@@ -230,8 +256,11 @@ class Handler(BaseHTTPRequestHandler):
         timeout = float(params.get("session_timeout") or 60)
         session, named = self.engine.session(params.get("session_id"), timeout)
         if not session.lock.acquire(blocking=False):
-            raise QueryError(SESSION_IS_LOCKED, f"Code: {SESSION_IS_LOCKED}. DB::Exception: Session "
-                             f"{params.get('session_id')} is locked by a concurrent client. (SESSION_IS_LOCKED)")
+            raise QueryError(
+                SESSION_IS_LOCKED,
+                f"Code: {SESSION_IS_LOCKED}. DB::Exception: Session "
+                f"{params.get('session_id')} is locked by a concurrent client. (SESSION_IS_LOCKED)",
+            )
         try:
             session.prepare(params.get("database"), settings)
             if data is not None:
@@ -247,7 +276,7 @@ class Handler(BaseHTTPRequestHandler):
             out = r.bytes() or b""
             if not out:
                 return b"", None, _summary(r)
-            return out[out.find(b"\n") + 1:], "TabSeparated", _summary(r)
+            return out[out.find(b"\n") + 1 :], "TabSeparated", _summary(r)
         finally:
             session.lock.release()
             self.engine.release(session, named)
@@ -259,8 +288,11 @@ class Handler(BaseHTTPRequestHandler):
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             r = session.run(f"{statement.rstrip()} FROM INFILE {_literal(path)} FORMAT {fmt}", "TabSeparated", {})
-            return {"written_rows": str(r.rows_read()), "written_bytes": str(r.bytes_read()),
-                    "elapsed_ns": str(int(r.elapsed() * 1e9))}
+            return {
+                "written_rows": str(r.rows_read()),
+                "written_bytes": str(r.bytes_read()),
+                "elapsed_ns": str(int(r.elapsed() * 1e9)),
+            }
         finally:
             os.unlink(path)
 
@@ -274,8 +306,13 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def _summary(r) -> dict:
-    return {"read_rows": str(r.rows_read()), "read_bytes": str(r.bytes_read()), "written_rows": "0",
-            "written_bytes": "0", "elapsed_ns": str(int(r.elapsed() * 1e9))}
+    return {
+        "read_rows": str(r.rows_read()),
+        "read_bytes": str(r.bytes_read()),
+        "written_rows": "0",
+        "written_bytes": "0",
+        "elapsed_ns": str(int(r.elapsed() * 1e9)),
+    }
 
 
 def _decoded(body: bytes, encoding: str | None) -> bytes:
@@ -283,22 +320,26 @@ def _decoded(body: bytes, encoding: str | None) -> bytes:
         return body
     if encoding in ("gzip", "deflate"):
         import zlib
+
         return zlib.decompress(body, 47 if encoding == "gzip" else 15)
     if encoding == "lz4":
         import lz4.frame
+
         return lz4.frame.decompress(body)
     if encoding == "zstd":
         import zstandard
+
         return zstandard.ZstdDecompressor().decompress(body)
-    raise QueryError(BAD_ARGUMENTS, f"Code: {BAD_ARGUMENTS}. DB::Exception: unsupported Content-Encoding {encoding}",
-                     415)
+    raise QueryError(
+        BAD_ARGUMENTS, f"Code: {BAD_ARGUMENTS}. DB::Exception: unsupported Content-Encoding {encoding}", 415
+    )
 
 
 class Server(ThreadingHTTPServer):
     daemon_threads = True
 
     def handle_error(self, request, client_address) -> None:
-        if isinstance(sys.exc_info()[1], ConnectionError):   # a client killed mid-request (a failed run)
+        if isinstance(sys.exc_info()[1], ConnectionError):  # a client killed mid-request (a failed run)
             return
         super().handle_error(request, client_address)
 
@@ -313,6 +354,7 @@ def serve(path: str, port: int, user: str, password: str) -> None:
 
     def stop(*_):
         threading.Thread(target=server.shutdown, daemon=True).start()
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     print(f"chDB {chdb.__version__} at {path}: ClickHouse HTTP on 127.0.0.1:{port}", flush=True)
@@ -320,7 +362,7 @@ def serve(path: str, port: int, user: str, password: str) -> None:
         server.serve_forever(poll_interval=0.5)
     finally:
         server.server_close()
-        engine.close()   # flushes and releases the path
+        engine.close()  # flushes and releases the path
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
 """Publish market data to Pulsar: live simulation at a chosen rate, or replay of a Parquet/CSV file."""
+
 from __future__ import annotations
 
 import time
@@ -22,10 +23,17 @@ class Publisher:
         self.properties = properties or {}
         self.errors: list = []
         topics = {TRADES.name: TRADES.topic, QUOTES.name: QUOTES.topic, **({"fills": FILLS_TOPIC} if fills else {})}
-        self.sent = {name: 0 for name in topics}
-        self.producers = {name: client.create_producer(topic, block_if_queue_full=True, batching_enabled=True,
-                                                       batching_max_messages=1000, max_pending_messages=20000)
-                          for name, topic in topics.items()}
+        self.sent = dict.fromkeys(topics, 0)
+        self.producers = {
+            name: client.create_producer(
+                topic,
+                block_if_queue_full=True,
+                batching_enabled=True,
+                batching_max_messages=1000,
+                max_pending_messages=20000,
+            )
+            for name, topic in topics.items()
+        }
 
     def _callback(self, res, _msg_id):
         if res != pulsar.Result.Ok:
@@ -53,13 +61,20 @@ def publish_tables(res: PulsarResource, trades: pa.Table, quotes: pa.Table, prop
         return pub.sent
 
 
-def simulate(res: PulsarResource, instruments: list[str], rate: float, duration_s: float | None = None,
-             seed: int = 7, progress_every_s: float = 10.0) -> dict:
+def simulate(
+    res: PulsarResource,
+    instruments: list[str],
+    rate: float,
+    duration_s: float | None = None,
+    seed: int = 7,
+    progress_every_s: float = 10.0,
+) -> dict:
     """Publish a live simulated market at `rate` events/s, event times paced to the wall clock, and the
     model portfolios' fills."""
     # a flat rate: the live feed is a load the operator chooses (history carries the intraday profile)
-    sim = MarketSimulator(instruments, seed=seed, start_ns=time.time_ns(), events_per_second=rate,
-                          intraday_profile=False)
+    sim = MarketSimulator(
+        instruments, seed=seed, start_ns=time.time_ns(), events_per_second=rate, intraday_profile=False
+    )
     t_end = time.time() + duration_s if duration_s else float("inf")
     last_report, chunk_no = time.time(), 0
     with res.client() as client:
@@ -72,8 +87,11 @@ def simulate(res: PulsarResource, instruments: list[str], rate: float, duration_
             for lo_ns in range(start_ns, sim.now_ns + 1, 100_000_000):
                 hi_ns = lo_ns + 100_000_000
                 time.sleep(max(0.0, hi_ns / 1e9 - time.time()))
-                for name, t, render in ((TRADES.name, trades, messages), (QUOTES.name, quotes, messages),
-                                        ("fills", fills, fill_messages)):
+                for name, t, render in (
+                    (TRADES.name, trades, messages),
+                    (QUOTES.name, quotes, messages),
+                    ("fills", fills, fill_messages),
+                ):
                     ts = t["ts_event"].to_numpy()
                     a, b = np.searchsorted(ts, [lo_ns, hi_ns])
                     if b > a:
@@ -92,6 +110,7 @@ def load_ticks(path: Path) -> tuple[pa.Table, pa.Table]:
     """A Parquet or CSV file of ticks: a `type` column ('trade'/'quote') and the message fields."""
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
+
     t = pq.read_table(path) if path.suffix == ".parquet" else pcsv.read_csv(path)
     split = {}
     for feed, kind in ((TRADES, "trade"), (QUOTES, "quote")):

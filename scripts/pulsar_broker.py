@@ -7,6 +7,7 @@ configuration and keeps its data under NAUTILUS_HOME/pulsar: everything bound to
 RocksDB store (no ZooKeeper), one in-process bookie, functions worker and stream storage off.
 Ports (offsets from NAUTILUS_PORT_BASE): broker +10, admin/web +13, bookie +14.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -23,14 +24,25 @@ POM = ROOT / "scripts" / "pulsar" / "pom.xml"
 CACHE = Path(os.environ.get("NAUTILUS_PULSAR_CACHE") or ROOT / ".nautilus" / "pulsar")
 LIB = CACHE / "lib"
 MAIN_JAR = "pulsar-broker-4.0.7.jar"  # keep in step with pulsar.version in scripts/pulsar/pom.xml
-JVM_OPTS = ["-Xms256m", "-Xmx1g", "-XX:MaxDirectMemorySize=512m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=50",
-            "-XX:ActiveProcessorCount=2",
-            # what Apache Pulsar's bin/pulsar opens, so the broker can read container CPU and GC figures
-            "--add-opens", "java.base/jdk.internal.platform=ALL-UNNAMED",
-            "--add-opens", "java.management/sun.management=ALL-UNNAMED",
-            "--add-opens", "java.base/java.lang=ALL-UNNAMED",
-            "--add-opens", "java.base/sun.net=ALL-UNNAMED",
-            "-Dio.netty.tryReflectionSetAccessible=true", "-Dpulsar.allocator.exit_on_oom=true"]
+JVM_OPTS = [
+    "-Xms256m",
+    "-Xmx1g",
+    "-XX:MaxDirectMemorySize=512m",
+    "-XX:+UseG1GC",
+    "-XX:MaxGCPauseMillis=50",
+    "-XX:ActiveProcessorCount=2",
+    # what Apache Pulsar's bin/pulsar opens, so the broker can read container CPU and GC figures
+    "--add-opens",
+    "java.base/jdk.internal.platform=ALL-UNNAMED",
+    "--add-opens",
+    "java.management/sun.management=ALL-UNNAMED",
+    "--add-opens",
+    "java.base/java.lang=ALL-UNNAMED",
+    "--add-opens",
+    "java.base/sun.net=ALL-UNNAMED",
+    "-Dio.netty.tryReflectionSetAccessible=true",
+    "-Dpulsar.allocator.exit_on_oom=true",
+]
 
 
 def log(msg: str) -> None:
@@ -51,17 +63,29 @@ def fetch() -> float:
             return 0.0
         for tool in ("java", "mvn"):
             if not shutil.which(tool):
-                raise RuntimeError(f"Apache Pulsar needs Java 17 and Maven ('{tool}' not found); "
-                                   "install them (Debian: openjdk-17-jre-headless maven) or set NAUTILUS_PULSAR_BROKER=lite")
+                raise RuntimeError(
+                    f"Apache Pulsar needs Java 17 and Maven ('{tool}' not found); "
+                    "install them (Debian: openjdk-17-jre-headless maven) or set NAUTILUS_PULSAR_BROKER=lite"
+                )
         log(f"fetching org.apache.pulsar:pulsar-broker and its dependencies from Maven Central into {LIB} ...")
         t = time.time()
         tmp = CACHE / "lib.partial"
         shutil.rmtree(tmp, ignore_errors=True)
-        cmd = ["mvn", "-B", "-q", "-f", str(POM), f"-Dmaven.repo.local={CACHE / 'm2'}",
-               "dependency:copy-dependencies", f"-DoutputDirectory={tmp}"]
+        cmd = [
+            "mvn",
+            "-B",
+            "-q",
+            "-f",
+            str(POM),
+            f"-Dmaven.repo.local={CACHE / 'm2'}",
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={tmp}",
+        ]
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:
-            raise RuntimeError(f"Maven could not fetch Apache Pulsar (exit {r.returncode}):\n{r.stdout[-4000:]}{r.stderr[-4000:]}")
+            raise RuntimeError(
+                f"Maven could not fetch Apache Pulsar (exit {r.returncode}):\n{r.stdout[-4000:]}{r.stderr[-4000:]}"
+            )
         (tmp / ".complete").write_text(f"{len(list(tmp.glob('*.jar')))} jars\n")
         shutil.rmtree(LIB, ignore_errors=True)
         tmp.rename(LIB)
@@ -76,11 +100,11 @@ def config_text(s) -> str:
 clusterName=standalone
 bindAddress=127.0.0.1
 advertisedAddress=127.0.0.1
-brokerServicePort={s.port('pulsar')}
-webServicePort={s.port('pulsar_web')}
+brokerServicePort={s.port("pulsar")}
+webServicePort={s.port("pulsar_web")}
 # metadata: local RocksDB store (PulsarStandalone's default since 2.11); no ZooKeeper
 # bookie (in-process, one): loopback only, fixed port
-bookiePort={s.port('pulsar_bookie')}
+bookiePort={s.port("pulsar_bookie")}
 allowEphemeralPorts=true
 listeningInterface=lo
 allowLoopback=true
@@ -130,13 +154,30 @@ def argv(s) -> list[str]:
     d.mkdir(parents=True, exist_ok=True)
     (d / "standalone.conf").write_text(config_text(s))
     (d / "log4j2.properties").write_text(LOG4J.replace("{level}", os.environ.get("NAUTILUS_PULSAR_LOG_LEVEL", "info")))
-    return ["java", *JVM_OPTS, f"-Dlog4j2.configurationFile={d / 'log4j2.properties'}",
-            f"-Dpulsar.log.dir={d}", "-cp", f"{LIB}/*", "org.apache.pulsar.PulsarStandaloneStarter",
-            "--config", str(d / "standalone.conf"), "--no-functions-worker", "--no-stream-storage",
-            "--advertised-address", "127.0.0.1", "--metadata-dir", str(d / "metadata"),
-            "--bookkeeper-dir", str(d / "bookkeeper"), "--bookkeeper-port", str(s.port("pulsar_bookie")),
-            # never used: an existing ZooKeeper folder would switch PulsarStandalone to ZooKeeper
-            "--zookeeper-dir", str(d / "no-zookeeper")]
+    return [
+        "java",
+        *JVM_OPTS,
+        f"-Dlog4j2.configurationFile={d / 'log4j2.properties'}",
+        f"-Dpulsar.log.dir={d}",
+        "-cp",
+        f"{LIB}/*",
+        "org.apache.pulsar.PulsarStandaloneStarter",
+        "--config",
+        str(d / "standalone.conf"),
+        "--no-functions-worker",
+        "--no-stream-storage",
+        "--advertised-address",
+        "127.0.0.1",
+        "--metadata-dir",
+        str(d / "metadata"),
+        "--bookkeeper-dir",
+        str(d / "bookkeeper"),
+        "--bookkeeper-port",
+        str(s.port("pulsar_bookie")),
+        # never used: an existing ZooKeeper folder would switch PulsarStandalone to ZooKeeper
+        "--zookeeper-dir",
+        str(d / "no-zookeeper"),
+    ]
 
 
 def admin_url(s) -> str:

@@ -6,6 +6,7 @@ Each service runs in its own process group on 127.0.0.1 with data under NAUTILUS
 from NAUTILUS_PORT_BASE, so several instances (the run command, the tests) live side by side.
 Backends pointed at production servers by environment variables are not started.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,7 +54,7 @@ def log(msg: str) -> None:
     emit(f"[services] {msg}")
 
 
-SESSION_VAR = "NAUTILUS_UP_SESSION"   # in the environment of what `nautilus up` spawns, and so of their children
+SESSION_VAR = "NAUTILUS_UP_SESSION"  # in the environment of what `nautilus up` spawns, and so of their children
 
 
 def session_processes(token: str) -> list[int]:
@@ -107,10 +108,17 @@ def _write_state(s: Settings, state: dict) -> None:
 
 def _spawn(s: Settings, name: str, argv: list[str], env: dict | None = None) -> int:
     logf = open(s.home / f"{name}.log", "ab")
-    p = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                         start_new_session=True, env={**os.environ, **s.env, **(env or {})}, cwd=s.home)
+    p = subprocess.Popen(
+        argv,
+        stdout=logf,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, **s.env, **(env or {})},
+        cwd=s.home,
+    )
     state = _read_state(s)
-    state[name] = {"pid": p.pid, "start": process_start(p.pid)}   # the start time tells a reused pid apart
+    state[name] = {"pid": p.pid, "start": process_start(p.pid)}  # the start time tells a reused pid apart
     _write_state(s, state)
     return p.pid
 
@@ -119,8 +127,15 @@ def spawn(s: Settings, name: str, argv: list[str], env: dict | None = None) -> s
     """A platform process (not a backend): its own process group, run from the project root with the instance's
     environment, its output appended to <home>/<name>.log; the caller stops it (`kill_groups`)."""
     logf = open(s.home / f"{name}.log", "ab")
-    return subprocess.Popen(argv, cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True, env={**os.environ, **s.env, **(env or {})})
+    return subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        stdout=logf,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, **s.env, **(env or {})},
+    )
 
 
 def dagster_daemon(s: Settings, name: str = "dagster-daemon", env: dict | None = None) -> subprocess.Popen:
@@ -130,8 +145,20 @@ def dagster_daemon(s: Settings, name: str = "dagster-daemon", env: dict | None =
 
 def dagster_webserver(s: Settings, name: str = "dagster-webserver", env: dict | None = None) -> subprocess.Popen:
     """The Dagster UI over workspace.yaml on the instance's webserver port (wait for it with `wait_port`)."""
-    return spawn(s, name, [str(Path(sys.executable).parent / "dagster-webserver"), "-w", "workspace.yaml",
-                           "-h", "127.0.0.1", "-p", str(s.port("webserver"))], env)
+    return spawn(
+        s,
+        name,
+        [
+            str(Path(sys.executable).parent / "dagster-webserver"),
+            "-w",
+            "workspace.yaml",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(s.port("webserver")),
+        ],
+        env,
+    )
 
 
 def process_start(pid: int) -> int | None:
@@ -185,8 +212,11 @@ def ensure_postgres_installed() -> None:
         raise RuntimeError(f"PostgreSQL 15 is not installed ({PG_BIN}); install postgresql-15")
     log("installing postgresql-15 with apt-get ...")
     subprocess.run(["apt-get", "update", "-qq"], check=True)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "postgresql-15"], check=True,
-                   env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "postgresql-15"],
+        check=True,
+        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+    )
 
 
 def start_postgres(s: Settings) -> None:
@@ -197,7 +227,7 @@ def start_postgres(s: Settings) -> None:
         log(f"initdb {data}")
         data.mkdir(parents=True, exist_ok=True)
         pwfile = s.home / "pg.pw"
-        pwfile.unlink(missing_ok=True)                 # never a file someone else left there: a new one, 0600
+        pwfile.unlink(missing_ok=True)  # never a file someone else left there: a new one, 0600
         fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(s["DAGSTER_PG_PASSWORD"] + "\n")
@@ -206,12 +236,36 @@ def start_postgres(s: Settings) -> None:
             for p in (data, pwfile):
                 os.chown(p, uid.pw_uid, uid.pw_gid)
         data.chmod(0o700)
-        _as_postgres([str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth-local=trust",
-                      "--auth-host=scram-sha-256", f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C.UTF-8"])
+        _as_postgres(
+            [
+                str(PG_BIN / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                f"--pwfile={pwfile}",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+            ]
+        )
         pwfile.unlink()
     if not port_open(port):
-        _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-l", str(data / "server.log"), "start",
-                      "-o", f"-c listen_addresses=127.0.0.1 -p {port} -k {data} -c max_connections=200"])
+        _as_postgres(
+            [
+                str(PG_BIN / "pg_ctl"),
+                "-D",
+                str(data),
+                "-w",
+                "-l",
+                str(data / "server.log"),
+                "start",
+                "-o",
+                f"-c listen_addresses=127.0.0.1 -p {port} -k {data} -c max_connections=200",
+            ]
+        )
     wait_port(port, "postgres")
     create_admin_role(s)
 
@@ -221,8 +275,10 @@ def create_admin_role(s: Settings) -> None:
     as an escaped literal (never on a command line, where /proc/*/cmdline shows it)."""
     user = s["DAGSTER_PG_USER"]
     if _psql(s, f"SELECT 1 FROM pg_roles WHERE rolname = {sql_literal(user)}").strip() != "1":
-        _psql(s, f"CREATE ROLE {sql_ident(user)} LOGIN CREATEDB CREATEROLE PASSWORD "
-                 f"{sql_literal(s['DAGSTER_PG_PASSWORD'])}")
+        _psql(
+            s,
+            f"CREATE ROLE {sql_ident(user)} LOGIN CREATEDB CREATEROLE PASSWORD {sql_literal(s['DAGSTER_PG_PASSWORD'])}",
+        )
     for db in (s["DAGSTER_PG_DB"], "nautilus"):
         if _psql(s, f"SELECT 1 FROM pg_database WHERE datname = {sql_literal(db)}").strip() != "1":
             _psql(s, f"CREATE DATABASE {sql_ident(db)} OWNER {sql_ident(user)}")
@@ -240,8 +296,25 @@ def sql_ident(v: str) -> str:
 
 
 def _psql(s: Settings, sql: str) -> str:
-    return _as_postgres(["psql", "-h", str(s.home / "pg"), "-p", str(s.port("postgres")), "-U", "postgres",
-                         "-d", "postgres", "-tAq", "-v", "ON_ERROR_STOP=1", "-f", "-"], input=sql).stdout
+    return _as_postgres(
+        [
+            "psql",
+            "-h",
+            str(s.home / "pg"),
+            "-p",
+            str(s.port("postgres")),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-tAq",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-f",
+            "-",
+        ],
+        input=sql,
+    ).stdout
 
 
 def stop_postgres(s: Settings) -> None:
@@ -259,15 +332,39 @@ def start_s3(s: Settings) -> None:
     d = s.home / "s3"
     (d / "data").mkdir(parents=True, exist_ok=True)
     (d / "logs").mkdir(exist_ok=True)
-    argv = [str(VENV_BIN / "weed"), f"-logdir={d / 'logs'}", "mini", f"-dir={d / 'data'}", "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1", "-master.telemetry=false", "-admin.ui=false", "-webdav=false",
-            f"-s3.port={port}", f"-s3.port.grpc={port + 10000}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-            f"-master.port={s.port('weed_master')}", f"-volume.port={s.port('weed_volume')}",
-            f"-filer.port={s.port('weed_filer')}", f"-admin.port={s.port('weed_admin')}",
-            f"-metricsPort={s.port('weed_metrics')}", f"-debug.port={s.port('weed_debug')}",
-            f"-filer.localSocket={d / 'filer.sock'}", f"-s3.localSocket={d / 's3.sock'}"]
-    _spawn(s, "s3", argv, env={"AWS_ACCESS_KEY_ID": s["AWS_ACCESS_KEY_ID"],
-                               "AWS_SECRET_ACCESS_KEY": s["AWS_SECRET_ACCESS_KEY"], "TMPDIR": str(d)})
+    argv = [
+        str(VENV_BIN / "weed"),
+        f"-logdir={d / 'logs'}",
+        "mini",
+        f"-dir={d / 'data'}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        "-master.telemetry=false",
+        "-admin.ui=false",
+        "-webdav=false",
+        f"-s3.port={port}",
+        f"-s3.port.grpc={port + 10000}",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        f"-master.port={s.port('weed_master')}",
+        f"-volume.port={s.port('weed_volume')}",
+        f"-filer.port={s.port('weed_filer')}",
+        f"-admin.port={s.port('weed_admin')}",
+        f"-metricsPort={s.port('weed_metrics')}",
+        f"-debug.port={s.port('weed_debug')}",
+        f"-filer.localSocket={d / 'filer.sock'}",
+        f"-s3.localSocket={d / 's3.sock'}",
+    ]
+    _spawn(
+        s,
+        "s3",
+        argv,
+        env={
+            "AWS_ACCESS_KEY_ID": s["AWS_ACCESS_KEY_ID"],
+            "AWS_SECRET_ACCESS_KEY": s["AWS_SECRET_ACCESS_KEY"],
+            "TMPDIR": str(d),
+        },
+    )
     wait_port(port, "SeaweedFS S3")
     _wait_s3_ready(s)
 
@@ -292,6 +389,7 @@ def start_pulsar(s: Settings) -> None:
 
 def start_apache_pulsar(s: Settings) -> None:
     from . import pulsar_broker
+
     if pulsar_broker.healthy(s):
         return
     pulsar_broker.fetch()
@@ -311,9 +409,23 @@ def start_pulsar_lite(s: Settings) -> None:
     cfg = d / "pulsar-lite.toml"
     cfg.write_text(f'[metrics]\naddr = "127.0.0.1:{s.port("pulsar_metrics")}"\n')
     import pulsar_lite
+
     binary = Path(pulsar_lite.__file__).parent / "bin" / "pulsar-lite"
-    _spawn(s, "pulsar", [str(binary), "--config", str(cfg), "--addr", f"127.0.0.1:{port}",
-                         "--db-path", str(d / "data"), "--log-level", "warn"])
+    _spawn(
+        s,
+        "pulsar",
+        [
+            str(binary),
+            "--config",
+            str(cfg),
+            "--addr",
+            f"127.0.0.1:{port}",
+            "--db-path",
+            str(d / "data"),
+            "--log-level",
+            "warn",
+        ],
+    )
     wait_port(port, "pulsar-lite")
     wait_port(s.port("pulsar_metrics"), "pulsar-lite metrics")
 
@@ -322,23 +434,39 @@ def start_pulsar_lite(s: Settings) -> None:
 def start_clickhouse(s: Settings) -> None:
     port = s.port("clickhouse")
     if not port_open(port):
-        _spawn(s, "clickhouse", [sys.executable, str(Path(__file__).with_name("clickhouse_server.py")),
-                                 "--path", s["NAUTILUS_CHDB_PATH"], "--port", str(port), "--user", s["CLICKHOUSE_USER"]],
-               env={"CLICKHOUSE_PASSWORD": s["CLICKHOUSE_PASSWORD"]})
+        _spawn(
+            s,
+            "clickhouse",
+            [
+                sys.executable,
+                str(Path(__file__).with_name("clickhouse_server.py")),
+                "--path",
+                s["NAUTILUS_CHDB_PATH"],
+                "--port",
+                str(port),
+                "--user",
+                s["CLICKHOUSE_USER"],
+            ],
+            env={"CLICKHOUSE_PASSWORD": s["CLICKHOUSE_PASSWORD"]},
+        )
     wait_port(port, "ClickHouse (chDB) HTTP server")
 
 
 # ---- Redis: the current-state cache (Debian's redis-server) ---------------------------------------------
 def ensure_redis_installed() -> str:
-    found = shutil.which("redis-server") or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
+    found = shutil.which("redis-server") or (
+        "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
+    )
     if found:
         return found
     if os.geteuid() != 0:
         raise RuntimeError("redis-server is not installed; install Debian's redis-server (or set NAUTILUS_REDIS_URL)")
     log("installing redis-server with apt-get ...")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    if subprocess.run(["apt-get", "install", "-y", "-qq", "redis-server"], env=env,
-                      capture_output=True).returncode != 0:   # a stale package index: refresh it once
+    if (
+        subprocess.run(["apt-get", "install", "-y", "-qq", "redis-server"], env=env, capture_output=True).returncode
+        != 0
+    ):  # a stale package index: refresh it once
         subprocess.run(["apt-get", "update", "-qq"], check=True)
         subprocess.run(["apt-get", "install", "-y", "-qq", "redis-server"], check=True, env=env)
     return "/usr/bin/redis-server"
@@ -357,9 +485,11 @@ def start_redis(s: Settings) -> None:
     conf = d / "redis.conf"
     fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write(f"bind 127.0.0.1\nport {port}\nprotected-mode yes\ndir {d}\nsave \"\"\nappendonly no\n"
-                f"daemonize no\nlogfile \"\"\nmaxmemory 512mb\nmaxmemory-policy noeviction\n"
-                f"requirepass {s['NAUTILUS_REDIS_PASSWORD']}\n")
+        f.write(
+            f'bind 127.0.0.1\nport {port}\nprotected-mode yes\ndir {d}\nsave ""\nappendonly no\n'
+            f'daemonize no\nlogfile ""\nmaxmemory 512mb\nmaxmemory-policy noeviction\n'
+            f"requirepass {s['NAUTILUS_REDIS_PASSWORD']}\n"
+        )
     _spawn(s, "redis", [binary, str(conf)])
     wait_port(port, "redis-server")
 
@@ -373,8 +503,12 @@ def start_timescaledb(s: Settings) -> int:
     app = Path(__file__).resolve().parent / "timescaledb"
     if not (app / "node_modules").exists():
         log("installing the TimescaleDB PGlite build with npm ci ...")
-        subprocess.run(["npm", "ci", "--ignore-scripts", "--legacy-peer-deps", "--no-audit", "--no-fund"],
-                       cwd=app, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            ["npm", "ci", "--ignore-scripts", "--legacy-peer-deps", "--no-audit", "--no-fund"],
+            cwd=app,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
     (s.home / "timescaledb").mkdir(parents=True, exist_ok=True)
     _spawn(s, "timescaledb", ["node", str(app / "server.mjs"), str(s.home / "timescaledb" / "data"), str(port)])
     wait_port(port, "PGlite TimescaleDB", timeout=120)
@@ -385,19 +519,26 @@ def start_timescaledb(s: Settings) -> int:
 @dataclass(frozen=True)
 class Service:
     """A backend the project starts for an instance that does not point it at a production server."""
+
     name: str
-    start: Callable[[Settings], object]   # returns once it is ready (each waits for its port or health)
-    port: str                             # the settings' port that tells whether it is up
-    stop: Callable[[Settings], None] | None = None   # None: its process group is signalled (services.json)
+    start: Callable[[Settings], object]  # returns once it is ready (each waits for its port or health)
+    port: str  # the settings' port that tells whether it is up
+    stop: Callable[[Settings], None] | None = None  # None: its process group is signalled (services.json)
 
     def up(self, s: Settings) -> bool:
         return port_open(s.port(self.port))
 
 
-SERVICES = {svc.name: svc for svc in (
-    Service("postgres", start_postgres, "postgres", stop_postgres), Service("s3", start_s3, "s3"),
-    Service("pulsar", start_pulsar, "pulsar"), Service("clickhouse", start_clickhouse, "clickhouse"),
-    Service("redis", start_redis, "redis"))}
+SERVICES = {
+    svc.name: svc
+    for svc in (
+        Service("postgres", start_postgres, "postgres", stop_postgres),
+        Service("s3", start_s3, "s3"),
+        Service("pulsar", start_pulsar, "pulsar"),
+        Service("clickhouse", start_clickhouse, "clickhouse"),
+        Service("redis", start_redis, "redis"),
+    )
+}
 
 
 def prepare(s: Settings) -> Settings:
@@ -432,15 +573,20 @@ def start(s: Settings) -> Settings:
 
 
 def status(s: Settings) -> dict[str, str]:
-    out = {n: (f"up on 127.0.0.1:{s.port(svc.port)}" if svc.up(s) else "down") if n in s.managed else "external"
-           for n, svc in SERVICES.items()}
+    out = {
+        n: (f"up on 127.0.0.1:{s.port(svc.port)}" if svc.up(s) else "down") if n in s.managed else "external"
+        for n, svc in SERVICES.items()
+    }
     from resources.settings import API_PORTS
-    for product in API_PORTS:   # started by `nautilus up` / `nautilus api`, not by `services start`
+
+    for product in API_PORTS:  # started by `nautilus up` / `nautilus api`, not by `services start`
         out[f"api {product}"] = f"up at {s.api_url(product)}" if port_open(s.api_port(product)) else "down"
     if "pulsar" in s.managed and s["NAUTILUS_PULSAR_BROKER"] == "apache" and port_open(s.port("pulsar")):
         from . import pulsar_broker
-        out["pulsar"] += (f", Apache Pulsar admin {pulsar_broker.admin_url(s)} "
-                          + ("healthy" if pulsar_broker.healthy(s) else "NOT healthy"))
+
+        out["pulsar"] += f", Apache Pulsar admin {pulsar_broker.admin_url(s)} " + (
+            "healthy" if pulsar_broker.healthy(s) else "NOT healthy"
+        )
     return out
 
 
@@ -451,7 +597,7 @@ def stop(s: Settings) -> None:
                 svc.stop(s)
             except subprocess.CalledProcessError as e:
                 log(f"{name} stop: {e.stderr.strip()}")
-    kill_groups(_ours(s))   # the others: their process groups
+    kill_groups(_ours(s))  # the others: their process groups
     _write_state(s, {})
 
 
@@ -502,9 +648,11 @@ def _escalate(targets: dict, send, reap, alive, timeout: float) -> dict:
 def remove(s: Settings) -> None:
     """Stop the services and delete the instance directory: only one the platform created (its marker file)."""
     if s.home.exists() and not is_instance_home(s.home, s.instance):
-        raise RuntimeError(f"refusing to delete {s.home}: the platform did not create it (no {INSTANCE_MARKER} "
-                           f"naming instance {s.instance!r}); stop the services with `nautilus services stop` and "
-                           "delete what you want yourself")
+        raise RuntimeError(
+            f"refusing to delete {s.home}: the platform did not create it (no {INSTANCE_MARKER} "
+            f"naming instance {s.instance!r}); stop the services with `nautilus services stop` and "
+            "delete what you want yourself"
+        )
     stop(s)
     shutil.rmtree(s.home, ignore_errors=True)
 

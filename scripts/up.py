@@ -1,5 +1,6 @@
 """`nautilus up`, the run command: the services, a simulated market, the Dagster daemon and webserver and the product
 APIs, every product backfilled over the history; Ctrl-C (or SIGTERM) stops all of it within STOP_WITHIN_S."""
+
 from __future__ import annotations
 
 import secrets
@@ -7,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC
 
 from resources.settings import API_PORTS, Settings, apply, build_resources
 
@@ -25,9 +27,11 @@ def fail_in_flight_runs(reason: str) -> int:
     """Report the runs a shutdown killed as failed (they are re-run later: ingest is exactly-once), so the next start
     launches their successors at once instead of waiting for the watchdog."""
     from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+
     with DagsterInstance.get() as inst:
-        records = inst.get_run_records(RunsFilter(statuses=[DagsterRunStatus.STARTED, DagsterRunStatus.STARTING,
-                                                            DagsterRunStatus.CANCELING]))
+        records = inst.get_run_records(
+            RunsFilter(statuses=[DagsterRunStatus.STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.CANCELING])
+        )
         for rec in records:
             inst.report_run_failed(rec.dagster_run, reason)
     return len(records)
@@ -35,12 +39,13 @@ def fail_in_flight_runs(reason: str) -> int:
 
 def up(s: Settings, rate: float, history_days: int, volume: str = "small") -> None:
     """Start everything, publish a live market, serve the UI; Ctrl-C stops all of it."""
-    if history_days:   # a bad --volume stops here, not after the services started
+    if history_days:  # a bad --volume stops here, not after the services started
         from nautilus_assets.market_data.simulator import volume_settings
+
         volume_settings(volume, 1)
     children: list[tuple[str, subprocess.Popen]] = []
     stopping = False
-    session = {services.SESSION_VAR: secrets.token_hex(8)}   # marks every process started below, at any depth
+    session = {services.SESSION_VAR: secrets.token_hex(8)}  # marks every process started below, at any depth
 
     def stop(*_):
         """Within STOP_WITHIN_S, whatever stdout is (closed, a file) and whatever runs are in flight: the Dagster
@@ -50,7 +55,7 @@ def up(s: Settings, rate: float, history_days: int, volume: str = "small") -> No
         if stopping:
             return
         stopping = True
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):   # a second Ctrl-C must not abort the stop
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # a second Ctrl-C must not abort the stop
             signal.signal(sig, signal.SIG_IGN)
         t = time.monotonic()
         say(f"stopping (within {STOP_WITHIN_S} s) ...")
@@ -68,7 +73,9 @@ def up(s: Settings, rate: float, history_days: int, volume: str = "small") -> No
         services.stop(s)
         left = services.session_processes(session[services.SESSION_VAR])
         services.terminate(left, timeout=1)
-        say(f"stopped in {time.monotonic() - t:.0f}s; {'no process left behind' if not left else f'{len(left)} killed'}")
+        say(
+            f"stopped in {time.monotonic() - t:.0f}s; {'no process left behind' if not left else f'{len(left)} killed'}"
+        )
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda *_: sys.exit(0))
@@ -80,15 +87,30 @@ def up(s: Settings, rate: float, history_days: int, volume: str = "small") -> No
         setup(s)
         if history_days:
             from .history import write_history
-            say(f"writing {history_days} past days into the lake and the portfolio store "
-                f"(the last {STREAMING_HISTORY_DAYS} also into ClickHouse) ...")
+
+            say(
+                f"writing {history_days} past days into the lake and the portfolio store "
+                f"(the last {STREAMING_HISTORY_DAYS} also into ClickHouse) ..."
+            )
             r = build_resources(s)
-            write_history(r["lake"], s.instruments, history_days, HISTORY_EVENTS_PER_DAY, postgres=r["postgres"],
-                          clickhouse=r["clickhouse"], clickhouse_days=STREAMING_HISTORY_DAYS, pulsar=r["pulsar"],
-                          volume=volume)
+            write_history(
+                r["lake"],
+                s.instruments,
+                history_days,
+                HISTORY_EVENTS_PER_DAY,
+                postgres=r["postgres"],
+                clickhouse=r["clickhouse"],
+                clickhouse_days=STREAMING_HISTORY_DAYS,
+                pulsar=r["pulsar"],
+                volume=volume,
+            )
         py = sys.executable
-        children.append(("simulator", services.spawn(s, "simulator", [py, "-m", "scripts.cli", "simulate", "--rate",
-                                                                       str(rate)], session)))
+        children.append(
+            (
+                "simulator",
+                services.spawn(s, "simulator", [py, "-m", "scripts.cli", "simulate", "--rate", str(rate)], session),
+            )
+        )
         children.append(("dagster-daemon", services.dagster_daemon(s, env=session)))
         children.append(("dagster-webserver", services.dagster_webserver(s, env=session)))
         children.append(("api", services.spawn(s, "api", [py, "-m", "nautilus_assets.api.serve"], session)))
@@ -118,7 +140,7 @@ BACKFILL = """mutation($p: LaunchBackfillParams!) { launchPartitionBackfill(back
 def launch_backfill(s: Settings, history_days: int) -> str:
     """One asset backfill through the webserver's GraphQL API: the streaming products once, the day-level chain
     over every history day (one run per asset: single-run backfill policies), and ML for yesterday."""
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     import requests
 
@@ -126,19 +148,31 @@ def launch_backfill(s: Settings, history_days: int) -> str:
     from nautilus_assets.market_data.daily import KEY as BARS_1D
     from nautilus_assets.microstructure.assets import KEY as VPIN
     from nautilus_assets.ml.assets import KEY as ML
-    from nautilus_assets.portfolio.assets import KEY as POSITIONS
     from nautilus_assets.pools import PRIORITY
+    from nautilus_assets.portfolio.assets import KEY as POSITIONS
     from nautilus_assets.portfolio.daily import KEY as NAV
     from nautilus_assets.risk.assets import KEYS as RISK
-    yesterday = datetime.now(timezone.utc).date() - timedelta(days=1)
+
+    yesterday = datetime.now(UTC).date() - timedelta(days=1)
     first = yesterday - timedelta(days=history_days - 1)
     span = {"range": {"start": first.isoformat(), "end": yesterday.isoformat()}}
-    parts = [(ANALYTICS, None), (VPIN, None), (POSITIONS, None), (BARS_1D, span), (NAV, span), *((k, span) for k in RISK),
-             (ML, {"range": {"start": yesterday.isoformat(), "end": yesterday.isoformat()}})]
-    params = {"title": "nautilus up: every product over the history",
-              "tags": [{"key": "nautilus/trigger", "value": "run command"},   # below live ingest and products
-                       {"key": "dagster/priority", "value": str(PRIORITY["backfill"])}],
-              "partitionsByAssets": [{"assetKey": {"path": k.path}, "partitions": p} for k, p in parts]}
+    parts = [
+        (ANALYTICS, None),
+        (VPIN, None),
+        (POSITIONS, None),
+        (BARS_1D, span),
+        (NAV, span),
+        *((k, span) for k in RISK),
+        (ML, {"range": {"start": yesterday.isoformat(), "end": yesterday.isoformat()}}),
+    ]
+    params = {
+        "title": "nautilus up: every product over the history",
+        "tags": [
+            {"key": "nautilus/trigger", "value": "run command"},  # below live ingest and products
+            {"key": "dagster/priority", "value": str(PRIORITY["backfill"])},
+        ],
+        "partitionsByAssets": [{"assetKey": {"path": k.path}, "partitions": p} for k, p in parts],
+    }
     r = requests.post(f"{s.webserver_url}/graphql", json={"query": BACKFILL, "variables": {"p": params}}, timeout=120)
     out = r.json()["data"]["launchPartitionBackfill"]
     if out["__typename"] != "LaunchBackfillSuccess":
@@ -149,11 +183,13 @@ def launch_backfill(s: Settings, history_days: int) -> str:
 def _batch_summary(inst, feeds: dict, after: dict, span_s: float) -> str:
     """One line on the batches the ingest runs committed since the last look (a reporting error never stops `up`)."""
     from dagster import AssetRecordsFilter
+
     parts = []
     try:
         for name, key in feeds.items():
-            recs = inst.fetch_materializations(AssetRecordsFilter(asset_key=key, after_timestamp=after[name]),
-                                               limit=10_000, ascending=True).records
+            recs = inst.fetch_materializations(
+                AssetRecordsFilter(asset_key=key, after_timestamp=after[name]), limit=10_000, ascending=True
+            ).records
             if recs:
                 after[name] = recs[-1].timestamp
                 meta = [r.asset_materialization.metadata for r in recs]
@@ -167,11 +203,12 @@ def _batch_summary(inst, feeds: dict, after: dict, span_s: float) -> str:
 def watch(s: Settings, children, t0: float) -> None:
     """Report each finished run, and every 10 s the micro-batches the long-lived ingest runs committed, until
     interrupted; stop if a child process dies."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
+
     seen: set[str] = set()
-    since = datetime.fromtimestamp(t0, timezone.utc)
+    since = datetime.fromtimestamp(t0, UTC)
     feeds = {name: AssetKey(["market_data_feed", name]) for name in ("trades", "quotes")}
     after = {name: float(t0) for name in feeds}
     last_summary = time.time()
@@ -190,9 +227,8 @@ def watch(s: Settings, children, t0: float) -> None:
                     continue
                 seen.add(r.run_id)
                 first = " (first batch)" if len(seen) == 1 else ""
-                what = r.tags.get("nautilus/batch_id") or ", ".join(sorted(k.to_user_string() for k in r.asset_selection or []))
-                say(f"{r.job_name} {what or r.run_id[:8]}: {r.status.value} "
-                    f"at +{time.time() - t0:.0f}s{first}")
+                what = r.tags.get("nautilus/batch_id") or ", ".join(
+                    sorted(k.to_user_string() for k in r.asset_selection or [])
+                )
+                say(f"{r.job_name} {what or r.run_id[:8]}: {r.status.value} at +{time.time() - t0:.0f}s{first}")
             time.sleep(2)
-
-

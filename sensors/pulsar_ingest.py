@@ -13,14 +13,15 @@ when its process dies, but nothing does when that code server died too (the run 
 `dagster/max_runtime`). So each tick checks the topic's STARTED run: with the default run launcher the run's
 process (pid of its RUN_START event, on this host: runs are children of the code server evaluating this
 sensor) must be alive and not a newer process reusing the pid; with any launcher, the run must have logged an
-event within NAUTILUS_WATCHDOG_SILENT_SECONDS (default 300; a long-lived run logs every batch). A killed run also never releases the pool slot
-its step claimed: the sensor frees the slots of the topic's finished runs before requesting the next batch.
+event within NAUTILUS_WATCHDOG_SILENT_SECONDS (default 300; a long-lived run logs every batch). A killed run also
+never releases the pool slot its step claimed: the sensor frees the slots of the topic's finished runs before
+requesting the next batch.
 """
 
 import json
 import os
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import dagster as dg
 
@@ -34,16 +35,22 @@ from nautilus_assets.market_data.schema import FEEDS, SUBSCRIPTION, Feed
 from resources.pulsar import PulsarResource
 from resources.settings import load
 
-
 SENSORS = load().sensors
 # dagster._core.storage.dagster_run's status groups, from the public enum
 FINISHED_STATUSES = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
-NOT_FINISHED_STATUSES = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.SUSPENDED,
-                         dg.DagsterRunStatus.CANCELING, dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED]
+NOT_FINISHED_STATUSES = [
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.SUSPENDED,
+    dg.DagsterRunStatus.CANCELING,
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+]
 
 
-def decide(backlog, since_request: float, since_last_run_end, *, timer_s: float,
-           safety_s: float, staleness_s: float) -> str | None:
+def decide(
+    backlog, since_request: float, since_last_run_end, *, timer_s: float, safety_s: float, staleness_s: float
+) -> str | None:
     """Why a batch is due now, or None. Pure, so the policy is unit-testable."""
     if backlog is None:
         return "timer: broker cannot report a backlog" if since_request >= timer_s else None
@@ -106,8 +113,9 @@ def free_leaked_slots(instance: dg.DagsterInstance, job_name: str) -> list[str]:
     held = storage.get_concurrency_run_ids()
     if not held:
         return []
-    done = instance.get_run_records(dg.RunsFilter(run_ids=list(held), job_name=job_name,
-                                                  statuses=list(FINISHED_STATUSES)))
+    done = instance.get_run_records(
+        dg.RunsFilter(run_ids=list(held), job_name=job_name, statuses=list(FINISHED_STATUSES))
+    )
     for r in done:
         storage.free_concurrency_slots_for_run(r.dagster_run.run_id)
     return [r.dagster_run.run_id for r in done]
@@ -121,31 +129,43 @@ def _backlog(pulsar: PulsarResource, topics: tuple[str, ...], subscription: str)
 
 
 def build_ingest_sensor(feed: Feed, job) -> dg.SensorDefinition:
-    return build_stream_sensor(f"{feed.name}_ingest_sensor", feed.name, (feed.topic,), SUBSCRIPTION, job,
-                               f"Launches the long-lived ingest run of {feed.topic} when messages are pending, "
-                               "and its successor before its lifetime ends")
+    return build_stream_sensor(
+        f"{feed.name}_ingest_sensor",
+        feed.name,
+        (feed.topic,),
+        SUBSCRIPTION,
+        job,
+        f"Launches the long-lived ingest run of {feed.topic} when messages are pending, "
+        "and its successor before its lifetime ends",
+    )
 
 
-def build_stream_sensor(sensor_name: str, name: str, topics: tuple[str, ...], subscription: str, job,
-                        description: str) -> dg.SensorDefinition:
+def build_stream_sensor(
+    sensor_name: str, name: str, topics: tuple[str, ...], subscription: str, job, description: str
+) -> dg.SensorDefinition:
     """The sensor of one long-lived consumer job (an ingest feed or a streaming product): watchdog, successor
     before the lifetime ends, and a new run when the subscription has a backlog."""
     label = ", ".join(topics)
 
-    @dg.sensor(name=sensor_name, job=job, default_status=dg.DefaultSensorStatus.RUNNING,
-               minimum_interval_seconds=int(SENSORS.interval_s), description=description)
+    @dg.sensor(
+        name=sensor_name,
+        job=job,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=int(SENSORS.interval_s),
+        description=description,
+    )
     def _sensor(context: dg.SensorEvaluationContext, pulsar: PulsarResource):
         now = time.time()
         alive = []
         for rec in context.instance.get_run_records(
-                dg.RunsFilter(job_name=job.name, statuses=list(NOT_FINISHED_STATUSES)), limit=3):
+            dg.RunsFilter(job_name=job.name, statuses=list(NOT_FINISHED_STATUSES)), limit=3
+        ):
             dead = dead_run_reason(context.instance, rec, now, STREAM.watchdog_silent_s)
             if dead is None:
                 alive.append(rec)
                 continue
             context.log.warning(f"watchdog: run {rec.dagster_run.run_id} is dead ({dead}); failing it")
-            context.instance.report_run_failed(rec.dagster_run,
-                                               f"Nautilus watchdog: {dead}; its batch will be re-run")
+            context.instance.report_run_failed(rec.dagster_run, f"Nautilus watchdog: {dead}; its batch will be re-run")
         for run_id in free_leaked_slots(context.instance, job.name):
             context.log.info(f"freed the pool slots still held by finished run {run_id}")
         cursor = json.loads(context.cursor) if context.cursor else {"seq": 0, "last_request": 0.0}
@@ -157,8 +177,10 @@ def build_stream_sensor(sensor_name: str, name: str, topics: tuple[str, ...], su
             if not successor_due(current, now, STREAM.run_lifetime_s, STREAM.handover_lead_s):
                 return dg.SkipReason(f"run {current.dagster_run.run_id} for {label} is in flight")
             wanted = current.dagster_run.tags.get(SUCCESSOR_WANTED_TAG)
-            reason = (f"handover: run {current.dagster_run.run_id} "
-                      f"{f'wants a successor ({wanted})' if wanted else 'nears the end of its lifetime'}")
+            reason = (
+                f"handover: run {current.dagster_run.run_id} "
+                f"{f'wants a successor ({wanted})' if wanted else 'nears the end of its lifetime'}"
+            )
             extra_tags[PREDECESSOR_TAG] = current.dagster_run.run_id
         else:
             last = context.instance.get_run_records(dg.RunsFilter(job_name=job.name), limit=1)
@@ -167,16 +189,23 @@ def build_stream_sensor(sensor_name: str, name: str, topics: tuple[str, ...], su
             # timer and safety count from the later of the last request and the last run's end: a long-lived run
             # that just idled out has looked at the subscription for its whole life
             since = now - max(cursor["last_request"], last_end or 0.0)
-            reason = decide(backlog, since, None if last_end is None else now - last_end,
-                            timer_s=SENSORS.timer_s, safety_s=SENSORS.safety_s,
-                            staleness_s=0 if pulsar.admin_url else SENSORS.backlog_staleness_s)
+            reason = decide(
+                backlog,
+                since,
+                None if last_end is None else now - last_end,
+                timer_s=SENSORS.timer_s,
+                safety_s=SENSORS.safety_s,
+                staleness_s=0 if pulsar.admin_url else SENSORS.backlog_staleness_s,
+            )
             if reason is None:
                 return dg.SkipReason(f"nothing pending on {label} (backlog {backlog})")
         seq = cursor["seq"] + 1
-        batch_id = f"{name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{seq}"
+        batch_id = f"{name}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{seq}"
         context.update_cursor(json.dumps({"seq": seq, "last_request": now}))
-        return dg.RunRequest(run_key=batch_id, tags={BATCH_TAG: batch_id, "nautilus/topic": name,
-                                                     "nautilus/trigger": reason, **extra_tags})
+        return dg.RunRequest(
+            run_key=batch_id,
+            tags={BATCH_TAG: batch_id, "nautilus/topic": name, "nautilus/trigger": reason, **extra_tags},
+        )
 
     return _sensor
 

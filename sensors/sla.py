@@ -11,6 +11,7 @@ REPEAT_S while it lasts.
   materialization is older than its fail window (computed here, so the alert does not wait for the freshness
   daemon's 30-s pass); a cron policy's state is the daemon's.
 """
+
 from __future__ import annotations
 
 import time
@@ -28,21 +29,37 @@ from resources.topics import SYSTEM_ALERTS
 REPEAT_S = 900
 
 
-def _now() -> float:   # the sensors' clock (a test moves it)
+def _now() -> float:  # the sensors' clock (a test moves it)
     return time.time()
 
 
 def alert(kind: str, severity: str, product: str, asset: dg.AssetKey, figure: str, value, target, **more) -> dict:
-    return {"schema": ALERT_SCHEMA, "type": kind, "severity": severity, "product": product,
-            "asset": asset.to_user_string(), "figure": figure, "value": value, "target": target, **more,
-            "ts": time.time_ns()}
+    return {
+        "schema": ALERT_SCHEMA,
+        "type": kind,
+        "severity": severity,
+        "product": product,
+        "asset": asset.to_user_string(),
+        "figure": figure,
+        "value": value,
+        "target": target,
+        **more,
+        "ts": time.time_ns(),
+    }
 
 
 def observation(a: dict) -> dg.AssetObservation:
-    return dg.AssetObservation(dg.AssetKey.from_user_string(a["asset"]), metadata={
-        "nautilus/alert": a["type"], "severity": a["severity"], "figure": a["figure"],
-        "value": a["value"] if a["value"] is not None else "n/a", "target": a["target"],
-        "alert": dg.MetadataValue.json(a)})
+    return dg.AssetObservation(
+        dg.AssetKey.from_user_string(a["asset"]),
+        metadata={
+            "nautilus/alert": a["type"],
+            "severity": a["severity"],
+            "figure": a["figure"],
+            "value": a["value"] if a["value"] is not None else "n/a",
+            "target": a["target"],
+            "alert": dg.MetadataValue.json(a),
+        },
+    )
 
 
 def transitions(state: dict, key: str, failing: bool, now: float) -> str | None:
@@ -66,11 +83,16 @@ def _publish(pulsar: PulsarResource, alerts: list[dict], log) -> None:
             log.warning(f"alert {a['type']} {a['asset']}: {a['figure']}={a['value']} (target {a['target']})")
 
 
-@dg.sensor(name="sla_probe_sensor", default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=30,
-           description="Probes each product's read API, evaluates p99 latency and availability over 10 minutes "
-                       "against the product's targets (asset checks), alerts on system/alerts")
+@dg.sensor(
+    name="sla_probe_sensor",
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+    description="Probes each product's read API, evaluates p99 latency and availability over 10 minutes "
+    "against the product's targets (asset checks), alerts on system/alerts",
+)
 def sla_probe_sensor(context: dg.SensorEvaluationContext, pulsar: PulsarResource):
     from resources.settings import load
+
     s, now = load(), _now()
     cur = orjson.loads(context.cursor) if context.cursor else {}
     alerts, events = [], []
@@ -81,29 +103,39 @@ def sla_probe_sensor(context: dg.SensorEvaluationContext, pulsar: PulsarResource
         got = sla.scrape(s.api_url(product).split("/api/")[0], product)
         scrapes = [sla.Scrape.from_json(x) for x in c["scrapes"] if now - x[0] <= sla.WINDOW_S]
         if got is not None:
-            if scrapes and got.requests < scrapes[-1].requests:   # the API restarted: its counters too
+            if scrapes and got.requests < scrapes[-1].requests:  # the API restarted: its counters too
                 scrapes = []
             scrapes.append(got)
         c["scrapes"] = [x.to_json() for x in scrapes]
         failed = sum(1 for t, good in c["probes"] if not good and (not scrapes or t >= scrapes[0].t))
         if len(scrapes) >= 2:
             fig = sla.figures(scrapes[0], scrapes[-1], failed)
-        elif failed:   # unreachable: no pair of scrapes, only the failed probes
+        elif failed:  # unreachable: no pair of scrapes, only the failed probes
             none = sla.Scrape(now, {}, 0, 0)
             fig = sla.figures(none, none, failed)
         else:
-            continue   # one scrape so far: no window yet
+            continue  # one scrape so far: no window yet
         results = sla.evaluate(product, fig)
         events += sla.check_evaluations(product, results)
-        for check, figure, target in ((sla.LATENCY, "p99_latency_ms", p.latency_target_ms),
-                                      (sla.AVAILABILITY, "availability", p.availability_target)):
+        for check, figure, target in (
+            (sla.LATENCY, "p99_latency_ms", p.latency_target_ms),
+            (sla.AVAILABILITY, "availability", p.availability_target),
+        ):
             if fig["latest_requests"] == 0 and check == sla.LATENCY:
-                continue   # no /latest answered in the window: availability speaks for it
+                continue  # no /latest answered in the window: availability speaks for it
             what = transitions(c["alerting"], check, not results[check][0], now)
             if what:
-                a = alert("sla_breach" if what == "fail" else "sla_recovered", "error" if what == "fail" else "info",
-                          product, p.asset, figure, fig[figure], target, window_s=fig["window_s"],
-                          requests=fig["requests"])
+                a = alert(
+                    "sla_breach" if what == "fail" else "sla_recovered",
+                    "error" if what == "fail" else "info",
+                    product,
+                    p.asset,
+                    figure,
+                    fig[figure],
+                    target,
+                    window_s=fig["window_s"],
+                    requests=fig["requests"],
+                )
                 alerts.append(a)
                 events.append(observation(a))
     _publish(pulsar, alerts, context.log)
@@ -124,7 +156,7 @@ def freshness_failing(context: dg.SensorEvaluationContext, now: float) -> dict[d
             continue
         policy = ag.get(key).freshness_policy
         age = now - last.timestamp
-        fail_window = getattr(policy, "fail_window", None)   # time-window policies (cron ones have none)
+        fail_window = getattr(policy, "fail_window", None)  # time-window policies (cron ones have none)
         if fail_window is not None:
             limit = fail_window.to_timedelta().total_seconds()
             out[key] = (age > limit, {"seconds_since_materialization": round(age, 1), "fail_after_s": limit})
@@ -132,13 +164,19 @@ def freshness_failing(context: dg.SensorEvaluationContext, now: float) -> dict[d
             if not daemon:
                 daemon = context.instance.get_freshness_state_records(keys)
             state = getattr(daemon.get(key), "freshness_state", None)
-            out[key] = (getattr(state, "value", None) == "FAIL",
-                        {"seconds_since_materialization": round(age, 1), "fail_after_s": "cron deadline"})
+            out[key] = (
+                getattr(state, "value", None) == "FAIL",
+                {"seconds_since_materialization": round(age, 1), "fail_after_s": "cron deadline"},
+            )
     return out
 
 
-@dg.sensor(name="freshness_alerts_sensor", default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=10,
-           description="Publishes an alert on system/alerts when an asset's freshness policy starts failing")
+@dg.sensor(
+    name="freshness_alerts_sensor",
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=10,
+    description="Publishes an alert on system/alerts when an asset's freshness policy starts failing",
+)
 def freshness_alerts_sensor(context: dg.SensorEvaluationContext, pulsar: PulsarResource):
     now = _now()
     cur = orjson.loads(context.cursor) if context.cursor else {}
@@ -146,10 +184,17 @@ def freshness_alerts_sensor(context: dg.SensorEvaluationContext, pulsar: PulsarR
     for key, (failing, fig) in freshness_failing(context, now).items():
         what = transitions(cur, key.to_user_string(), failing, now)
         if what:
-            alerts.append(alert("freshness_failure" if what == "fail" else "freshness_recovered",
-                                "error" if what == "fail" else "info", key.path[0], key,   # products own their keys' prefix
-                                "seconds_since_materialization", fig["seconds_since_materialization"],
-                                fig["fail_after_s"]))
+            alerts.append(
+                alert(
+                    "freshness_failure" if what == "fail" else "freshness_recovered",
+                    "error" if what == "fail" else "info",
+                    key.path[0],
+                    key,  # products own their keys' prefix
+                    "seconds_since_materialization",
+                    fig["seconds_since_materialization"],
+                    fig["fail_after_s"],
+                )
+            )
     _publish(pulsar, alerts, context.log)
     return dg.SensorResult(asset_events=[observation(a) for a in alerts], cursor=orjson.dumps(cur).decode())
 

@@ -6,6 +6,7 @@ summary of the scalar metadata, timestamp; keyed by asset key), then moves the c
 that fails after publishing re-publishes; `event_id` (the storage id) lets consumers drop repeats.
 It launches no runs.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -23,14 +24,21 @@ BATCH = 500
 def new_materializations(instance: dg.DagsterInstance, after: int, limit: int = BATCH) -> list:
     with warnings.catch_warnings():  # get_event_records: deprecated for 2.0, the one query across all assets
         warnings.simplefilter("ignore")
-        return list(instance.get_event_records(
-            dg.EventRecordsFilter(event_type=dg.DagsterEventType.ASSET_MATERIALIZATION, after_cursor=after),
-            limit=limit, ascending=True))
+        return list(
+            instance.get_event_records(
+                dg.EventRecordsFilter(event_type=dg.DagsterEventType.ASSET_MATERIALIZATION, after_cursor=after),
+                limit=limit,
+                ascending=True,
+            )
+        )
 
 
-@dg.sensor(name="system_events_sensor", default_status=dg.DefaultSensorStatus.RUNNING,
-           minimum_interval_seconds=int(load().sensors.events_interval_s),
-           description=f"Publishes one event per asset materialization on {SYSTEM_EVENTS}")
+@dg.sensor(
+    name="system_events_sensor",
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=int(load().sensors.events_interval_s),
+    description=f"Publishes one event per asset materialization on {SYSTEM_EVENTS}",
+)
 def system_events_sensor(context: dg.SensorEvaluationContext, pulsar: PulsarResource):
     cursor = int(context.cursor or 0)
     published = 0
@@ -43,8 +51,11 @@ def system_events_sensor(context: dg.SensorEvaluationContext, pulsar: PulsarReso
         context.update_cursor(str(cursor))
         if len(records) < BATCH:
             break
-    return dg.SkipReason(f"published {published} materialization events (cursor {cursor})" if published
-                         else f"no new materializations after {cursor}")
+    return dg.SkipReason(
+        f"published {published} materialization events (cursor {cursor})"
+        if published
+        else f"no new materializations after {cursor}"
+    )
 
 
 SYSTEM_SENSORS = [system_events_sensor]

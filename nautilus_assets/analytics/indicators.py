@@ -4,6 +4,7 @@ Exponential indicators depend on all earlier bars; computing them over a look-ba
 before the first bar that changed reproduces the full-history values to far below 1e-9 relative: the
 slowest decay, Wilder's 13/14 per bar, leaves (13/14)**1000 ~ 1e-32 of the seed.
 """
+
 import itertools
 
 import numpy as np
@@ -41,25 +42,31 @@ def indicators(bars: pd.DataFrame) -> pd.DataFrame:
     out = np.empty((len(_NAMES), close.size))
     col = dict(zip(_NAMES, out))
     # first, while rows 0-1 are free to hold the running sums
-    session_vwap(bars["minute"], bars["vwap"].to_numpy(np.float64), bars["volume"].to_numpy(np.float64),
-                 out=col["session_vwap"], work=out[:2].reshape(-1).view(np.complex128))
+    session_vwap(
+        bars["minute"],
+        bars["vwap"].to_numpy(np.float64),
+        bars["volume"].to_numpy(np.float64),
+        out=col["session_vwap"],
+        work=out[:2].reshape(-1).view(np.complex128),
+    )
     col["macd"][:], col["macd_signal"][:], col["macd_hist"][:] = talib.MACD(close, 12, 26, 9)
     col["bb_upper"][:], col["bb_middle"][:], col["bb_lower"][:] = talib.BBANDS(close, 20, 2.0, 2.0)
-    col["sma_20"][:] = col["bb_middle"]                 # BBANDS' middle band is TA-Lib's SMA20, value for value
+    col["sma_20"][:] = col["bb_middle"]  # BBANDS' middle band is TA-Lib's SMA20, value for value
     col["ema_20"][:] = talib.EMA(close, 20)
     col["rsi_14"][:] = talib.RSI(close, 14)
     col["atr_14"][:] = talib.ATR(high, low, close, 14)
     return pd.DataFrame(out.T, index=bars.index, columns=_NAMES, copy=False)
 
 
-def session_vwap(minute, vwap: np.ndarray, volume: np.ndarray, out: np.ndarray | None = None,
-                 work: np.ndarray | None = None) -> np.ndarray:
+def session_vwap(
+    minute, vwap: np.ndarray, volume: np.ndarray, out: np.ndarray | None = None, work: np.ndarray | None = None
+) -> np.ndarray:
     """Σ price·size / Σ size since 00:00 UTC (Σ price·size of a bar is its vwap · volume), minutes sorted: running sums
     restarted at each UTC day. `work`: optional complex128 scratch of the bars' length."""
     n = len(vwap)
     out = np.empty(n) if out is None else out
     sums = np.empty(n, np.complex128) if work is None else work
-    np.multiply(vwap, volume, out=sums.real)   # one complex cumsum is both float cumsums, in the time of one
+    np.multiply(vwap, volume, out=sums.real)  # one complex cumsum is both float cumsums, in the time of one
     sums.imag[:] = volume
     for start, end in itertools.pairwise(_day_bounds(minute)):
         day = sums[start:end]
@@ -72,8 +79,8 @@ def _day_bounds(minute) -> list[int]:
     a = minute.array if isinstance(minute, pd.Series) else None
     if not isinstance(a, pd.arrays.DatetimeArray):
         a = pd.DatetimeIndex(minute).array
-    t, day = a.asi8, _UNITS_PER_DAY[a.unit]              # epoch (UTC) in the minutes' own unit: no conversion
+    t, day = a.asi8, _UNITS_PER_DAY[a.unit]  # epoch (UTC) in the minutes' own unit: no conversion
     if t.size == 0:
         return [0]
     midnights = np.arange(t[0] // day + 1, t[-1] // day + 1) * day
-    return list(dict.fromkeys([0, *np.searchsorted(t, midnights).tolist(), t.size]))   # days without bars: once
+    return list(dict.fromkeys([0, *np.searchsorted(t, midnights).tolist(), t.size]))  # days without bars: once

@@ -36,8 +36,11 @@ from . import datasets as D
 from .products import PRODUCTS, ApiProduct
 
 log = logging.getLogger("nautilus.api")
-FORMATS = {"json": "application/json", "arrow": "application/vnd.apache.arrow.stream",
-           "parquet": "application/vnd.apache.parquet"}
+FORMATS = {
+    "json": "application/json",
+    "arrow": "application/vnd.apache.arrow.stream",
+    "parquet": "application/vnd.apache.parquet",
+}
 # sub-millisecond buckets: the /latest target is 1 ms at p99
 BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -45,11 +48,12 @@ BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1,
 @dataclass
 class Backends:
     """What an API process reads: the resources of resources/settings.py (one set for all its products)."""
+
     clickhouse: object
-    postgres: object        # the portfolio store, connected as the portfolio role
+    postgres: object  # the portfolio store, connected as the portfolio role
     lake: object
     redis: object | None
-    env: dict               # settings (tokens, cache max age)
+    env: dict  # settings (tokens, cache max age)
 
     @property
     def max_age_s(self) -> float:
@@ -61,10 +65,16 @@ class Metrics:
 
     def __init__(self, app, product: str, registry: CollectorRegistry):
         self.app, self.product = app, product
-        self.seconds = Histogram("nautilus_api_request_duration_seconds", "Server time per request",
-                                 ["product", "route"], buckets=BUCKETS, registry=registry)
-        self.requests = Counter("nautilus_api_requests", "Requests by outcome", ["product", "route", "code"],
-                                registry=registry)
+        self.seconds = Histogram(
+            "nautilus_api_request_duration_seconds",
+            "Server time per request",
+            ["product", "route"],
+            buckets=BUCKETS,
+            registry=registry,
+        )
+        self.requests = Counter(
+            "nautilus_api_requests", "Requests by outcome", ["product", "route", "code"], registry=registry
+        )
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -77,6 +87,7 @@ class Metrics:
                 ms = (time.perf_counter() - t0) * 1000
                 message["headers"] = [*message.get("headers", []), (b"server-timing", f"app;dur={ms:.3f}".encode())]
             await send(message)
+
         try:
             await self.app(scope, receive, timed)
         finally:
@@ -99,13 +110,21 @@ def create_app(product: str, backends: Backends) -> FastAPI:
         if task is not None:
             task.cancel()
 
-    app = FastAPI(lifespan=lifespan, title=f"{product} API", version="1",
-                  description=f"Read API of the `{product}` data product (owner: {', '.join(spec.owners)}). "
-                              f"Datasets: {', '.join(sets)}. Bearer token per role; readers as declared in "
-                              "resources/access.py.")
+    app = FastAPI(
+        lifespan=lifespan,
+        title=f"{product} API",
+        version="1",
+        description=f"Read API of the `{product}` data product (owner: {', '.join(spec.owners)}). "
+        f"Datasets: {', '.join(sets)}. Bearer token per role; readers as declared in "
+        "resources/access.py.",
+    )
     registry = CollectorRegistry()
-    fallbacks = Counter("nautilus_api_cache_fallbacks", "/latest answered from the store, by reason",
-                        ["product", "reason"], registry=registry)
+    fallbacks = Counter(
+        "nautilus_api_cache_fallbacks",
+        "/latest answered from the store, by reason",
+        ["product", "reason"],
+        registry=registry,
+    )
     bearer = HTTPBearer(auto_error=False, description="The role's token (NAUTILUS_API_<ROLE>_TOKEN)")
 
     async def reader(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
@@ -132,19 +151,28 @@ def create_app(product: str, backends: Backends) -> FastAPI:
 
     @app.get(prefix, summary="The product: datasets, SLA, owners")
     async def describe(role: Reader):
-        return {"product": product, "domain": spec.domain, "owners": list(spec.owners), "role": role,
-                "sla": {"latency_target_ms": spec.latency_target_ms, "availability_target": spec.availability_target},
-                "datasets": [d.info() for d in sets.values()], "latest": f"{prefix}/latest"}
+        return {
+            "product": product,
+            "domain": spec.domain,
+            "owners": list(spec.owners),
+            "role": role,
+            "sla": {"latency_target_ms": spec.latency_target_ms, "availability_target": spec.availability_target},
+            "datasets": [d.info() for d in sets.values()],
+            "latest": f"{prefix}/latest",
+        }
 
     kind = current.BY_PRODUCT[product]
 
     @app.get(prefix + "/latest", summary="Current state: the latest row per instrument (or portfolio)")
-    async def latest(role: Reader, instrument: Annotated[list[str] | None, Query()] = None,
-                     portfolio: Annotated[list[str] | None, Query()] = None,
-                     format: Literal["json", "arrow", "parquet"] = "json"):
+    async def latest(
+        role: Reader,
+        instrument: Annotated[list[str] | None, Query()] = None,
+        portfolio: Annotated[list[str] | None, Query()] = None,
+        format: Literal["json", "arrow", "parquet"] = "json",
+    ):
         wanted = _wanted(D.split(instrument), D.split(portfolio))
         raw, reason = await _from_cache() if backends.redis is not None else (None, "none")
-        if raw is not None:   # (a plain JSON read of a usable cache rarely gets here: fast_latest answers it)
+        if raw is not None:  # (a plain JSON read of a usable cache rarely gets here: fast_latest answers it)
             rows, source = [orjson.loads(v) for f, v in raw.items() if wanted(f)], "redis"
         else:
             fallbacks.labels(product, reason).inc()
@@ -154,10 +182,13 @@ def create_app(product: str, backends: Backends) -> FastAPI:
             except Exception as e:
                 if not _missing_table(e):
                     raise
-                rows, source = [], "store; no data yet"   # before the product's first materialization
+                rows, source = [], "store; no data yet"  # before the product's first materialization
         if format == "json":
-            return Response(orjson.dumps({"product": product, "source": source, "count": len(rows), "rows": rows}),
-                            media_type=FORMATS["json"], headers={"x-nautilus-source": source})
+            return Response(
+                orjson.dumps({"product": product, "source": source, "count": len(rows), "rows": rows}),
+                media_type=FORMATS["json"],
+                headers={"x-nautilus-source": source},
+            )
         return _render(pa.Table.from_pylist(rows), format, {"x-nautilus-source": source}, extra={})
 
     def _wanted(instruments: list[str], portfolios: list[str]):
@@ -168,8 +199,10 @@ def create_app(product: str, backends: Backends) -> FastAPI:
 
         def wanted(field: str) -> bool:
             parts = field.split("|")
-            return ((not instruments or parts[pos["instrument_id"]] in instruments)
-                    and (not portfolios or parts[pos["portfolio_id"]] in portfolios))
+            return (not instruments or parts[pos["instrument_id"]] in instruments) and (
+                not portfolios or parts[pos["portfolio_id"]] in portfolios
+            )
+
         return wanted
 
     def _redis():
@@ -211,22 +244,34 @@ def create_app(product: str, backends: Backends) -> FastAPI:
                 log.warning(f"{product}: refresh-ahead failed ({type(e).__name__}: {e})")
             await asyncio.sleep(every)
 
-    @app.get(prefix + "/{dataset}", summary="Rows of a dataset, a page at a time",
-             responses={200: {"content": {m: {} for m in FORMATS.values()}}})
-    def rows(role: Reader, dataset: str,
-             instrument: Annotated[list[str] | None, Query(description="Instrument id(s); repeat or comma-separate")] = None,
-             portfolio: Annotated[list[str] | None, Query(description="Portfolio id(s)")] = None,
-             start: Annotated[str | None, Query(description="From (inclusive): ISO 8601 or int64 UTC ns")] = None,
-             end: Annotated[str | None, Query(description="To (exclusive): ISO 8601 or int64 UTC ns")] = None,
-             as_of: Annotated[str | None, Query(description="Lake-backed datasets: Delta version or timestamp")] = None,
-             limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
-             cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
-             format: Literal["json", "arrow", "parquet"] = "json"):
+    @app.get(
+        prefix + "/{dataset}",
+        summary="Rows of a dataset, a page at a time",
+        responses={200: {"content": {m: {} for m in FORMATS.values()}}},
+    )
+    def rows(
+        role: Reader,
+        dataset: str,
+        instrument: Annotated[list[str] | None, Query(description="Instrument id(s); repeat or comma-separate")] = None,
+        portfolio: Annotated[list[str] | None, Query(description="Portfolio id(s)")] = None,
+        start: Annotated[str | None, Query(description="From (inclusive): ISO 8601 or int64 UTC ns")] = None,
+        end: Annotated[str | None, Query(description="To (exclusive): ISO 8601 or int64 UTC ns")] = None,
+        as_of: Annotated[str | None, Query(description="Lake-backed datasets: Delta version or timestamp")] = None,
+        limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
+        cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+        format: Literal["json", "arrow", "parquet"] = "json",
+    ):
         ds = sets.get(dataset)
         if ds is None:
             raise HTTPException(404, f"{product} has no dataset {dataset!r}; it has {', '.join(sets)}")
-        q = D.Query(D.split(instrument), D.split(portfolio), D.parse_time(start, "start"), D.parse_time(end, "end"),
-                    limit, D.decode_cursor(cursor, ds))
+        q = D.Query(
+            D.split(instrument),
+            D.split(portfolio),
+            D.parse_time(start, "start"),
+            D.parse_time(end, "end"),
+            limit,
+            D.decode_cursor(cursor, ds),
+        )
         if q.instruments and not ds.instrument:
             raise D.BadQuery(f"{dataset} is not per instrument")
         if q.portfolios and not ds.portfolio:
@@ -245,8 +290,12 @@ def create_app(product: str, backends: Backends) -> FastAPI:
         nxt = D.encode_cursor(table.slice(table.num_rows - 1).to_pylist()[0], ds) if table.num_rows == q.limit else None
         if nxt:
             headers["x-next-cursor"] = nxt
-        return _render(table, format, {"x-nautilus-source": source, **headers},
-                       extra={"product": product, "dataset": dataset, "source": source, "next_cursor": nxt})
+        return _render(
+            table,
+            format,
+            {"x-nautilus-source": source, **headers},
+            extra={"product": product, "dataset": dataset, "source": source, "next_cursor": nxt},
+        )
 
     def _query(ds: D.Dataset, q: D.Query, version) -> tuple[pa.Table, str, dict]:
         if version is not None:
@@ -268,8 +317,13 @@ def create_app(product: str, backends: Backends) -> FastAPI:
             cur = conn.execute(sql, params)
             names = [d.name for d in cur.description]
             data = cur.fetchall()
-        return pa.Table.from_pylist([dict(zip(names, r)) for r in data]) if data else \
-            pa.table({n: pa.array([], pa.null()) for n in names}), "postgres", {}
+        return (
+            pa.Table.from_pylist([dict(zip(names, r)) for r in data])
+            if data
+            else pa.table({n: pa.array([], pa.null()) for n in names}),
+            "postgres",
+            {},
+        )
 
     def _lake_sets() -> str:
         return ", ".join(f"{p}/{d.name}" for p, ds in D.DATASETS.items() for d in ds.values() if d.lake)
@@ -281,8 +335,12 @@ def create_app(product: str, backends: Backends) -> FastAPI:
         q = parse_qs(scope["query_string"].decode())
         auth = next((v for k, v in scope["headers"] if k == b"authorization"), b"").decode()
         role = access.role_of_token(backends.env, auth[7:] if auth[:7].lower() == "bearer " else None)
-        if (q.get("format", ["json"]) != ["json"] or role is None or access.access(role, spec.domain) == "none"
-                or backends.redis is None):
+        if (
+            q.get("format", ["json"]) != ["json"]
+            or role is None
+            or access.access(role, spec.domain) == "none"
+            or backends.redis is None
+        ):
             return await asgi(scope, receive, send)
         try:
             wanted = _wanted(D.split(q.get("instrument")), D.split(q.get("portfolio")))
@@ -292,12 +350,23 @@ def create_app(product: str, backends: Backends) -> FastAPI:
         if raw is None:
             return await asgi(scope, receive, send)
         rows = [v for f, v in raw.items() if wanted(f)]
-        body = b'{"product":"%s","source":"redis","count":%d,"rows":[%s]}' % (product.encode(), len(rows),
-                                                                              b",".join(rows))
+        body = b'{"product":"%s","source":"redis","count":%d,"rows":[%s]}' % (
+            product.encode(),
+            len(rows),
+            b",".join(rows),
+        )
         scope["route"] = latest_route
-        await send({"type": "http.response.start", "status": 200, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-            (b"x-nautilus-source", b"redis")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"x-nautilus-source", b"redis"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     latest_route = next(r for r in app.routes if getattr(r, "path", None) == prefix + "/latest")
@@ -321,14 +390,19 @@ class FastPath:
 def _missing_table(e: Exception) -> bool:
     """A table that the product's first materialization has not created yet (PostgreSQL or ClickHouse)."""
     import psycopg
-    return (isinstance(e, (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName))
-            or any(code in str(e) for code in ("UNKNOWN_TABLE", "UNKNOWN_DATABASE", "Code: 60.", "Code: 81.")))
+
+    return isinstance(e, (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName)) or any(
+        code in str(e) for code in ("UNKNOWN_TABLE", "UNKNOWN_DATABASE", "Code: 60.", "Code: 81.")
+    )
 
 
 def _render(table: pa.Table, fmt: str, headers: dict, extra: dict) -> Response:
     if fmt == "json":
-        body = orjson.dumps({**extra, "count": table.num_rows, "rows": table.to_pylist()},
-                            option=orjson.OPT_SERIALIZE_NUMPY, default=_iso)
+        body = orjson.dumps(
+            {**extra, "count": table.num_rows, "rows": table.to_pylist()},
+            option=orjson.OPT_SERIALIZE_NUMPY,
+            default=_iso,
+        )
     elif fmt == "arrow":
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, table.schema) as w:

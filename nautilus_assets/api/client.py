@@ -7,6 +7,7 @@
 Bulk reads use Arrow IPC and follow the cursor across pages. The address and the token come from the settings
 (NAUTILUS_API_<ROLE>_TOKEN of `role`, default governance) unless given.
 """
+
 from __future__ import annotations
 
 import pandas as pd
@@ -20,23 +21,47 @@ def _defaults(product: str, url: str | None, token: str | None, role: str) -> tu
     if url and token:
         return url, token
     from resources.settings import load
+
     s = load()
     return url or s.api_url(product), token or s[access.token_var(role)]
 
 
-def read(product: str, dataset: str, *, instrument=None, portfolio=None, start=None, end=None, as_of=None,
-         limit: int = 100_000, max_rows: int | None = None, url: str | None = None, token: str | None = None,
-         role: str = access.GOVERNANCE, session: requests.Session | None = None) -> pd.DataFrame:
+def read(
+    product: str,
+    dataset: str,
+    *,
+    instrument=None,
+    portfolio=None,
+    start=None,
+    end=None,
+    as_of=None,
+    limit: int = 100_000,
+    max_rows: int | None = None,
+    url: str | None = None,
+    token: str | None = None,
+    role: str = access.GOVERNANCE,
+    session: requests.Session | None = None,
+) -> pd.DataFrame:
     """Every row of `dataset` matching the query (pages of `limit` rows as Arrow), up to `max_rows`."""
     url, token = _defaults(product, url, token, role)
     http = session or requests.Session()
-    params = {"instrument": instrument, "portfolio": portfolio, "start": _time(start), "end": _time(end),
-              "as_of": _time(as_of), "limit": limit, "format": "arrow"}
+    params = {
+        "instrument": instrument,
+        "portfolio": portfolio,
+        "start": _time(start),
+        "end": _time(end),
+        "as_of": _time(as_of),
+        "limit": limit,
+        "format": "arrow",
+    }
     tables, cursor, n = [], None, 0
     while True:
-        r = http.get(f"{url}/{dataset}", params={k: v for k, v in {**params, "cursor": cursor}.items()
-                                                 if v is not None}, headers={"Authorization": f"Bearer {token}"},
-                     timeout=120)
+        r = http.get(
+            f"{url}/{dataset}",
+            params={k: v for k, v in {**params, "cursor": cursor}.items() if v is not None},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=120,
+        )
         _raise(r)
         t = pa.ipc.open_stream(r.content).read_all()
         tables.append(t)
@@ -49,13 +74,23 @@ def read(product: str, dataset: str, *, instrument=None, portfolio=None, start=N
     return df.head(max_rows) if max_rows is not None else df
 
 
-def latest(product: str, *, instrument=None, portfolio=None, url: str | None = None, token: str | None = None,
-           role: str = access.GOVERNANCE) -> pd.DataFrame:
+def latest(
+    product: str,
+    *,
+    instrument=None,
+    portfolio=None,
+    url: str | None = None,
+    token: str | None = None,
+    role: str = access.GOVERNANCE,
+) -> pd.DataFrame:
     """The product's current state; `df.attrs["source"]` says whether Redis or the store answered."""
     url, token = _defaults(product, url, token, role)
-    r = requests.get(f"{url}/latest", params={k: v for k, v in {"instrument": instrument, "portfolio": portfolio}
-                                              .items() if v is not None},
-                     headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    r = requests.get(
+        f"{url}/latest",
+        params={k: v for k, v in {"instrument": instrument, "portfolio": portfolio}.items() if v is not None},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=60,
+    )
     _raise(r)
     df = pd.DataFrame(r.json()["rows"])
     df.attrs["source"] = r.headers.get("x-nautilus-source")

@@ -1,5 +1,6 @@
 """The products the APIs serve: each one's domain (whose readers may read it), owners, SLA targets and the asset
 that carries its SLA checks — taken from the product declarations, not repeated."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from resources.settings import API_PORTS
 @dataclass(frozen=True)
 class ApiProduct:
     product: Product
-    asset: dg.AssetKey        # the asset whose page shows the API's SLA checks
+    asset: dg.AssetKey  # the asset whose page shows the API's SLA checks
 
     @property
     def domain(self) -> str:
@@ -44,7 +45,15 @@ class ApiProduct:
         return self.product.availability_target
 
 
-PRODUCTS: dict[str, ApiProduct] = {p.product.name: p for p in (
-    ApiProduct(MARKET_DATA, QUOTES_KEY), ApiProduct(ANALYTICS, ANALYTICS_KEY), ApiProduct(MICROSTRUCTURE, VPIN_KEY),
-    ApiProduct(PORTFOLIO, POSITIONS_KEY), ApiProduct(RISK, RISK_KEY), ApiProduct(ML, ML_KEY))}
+PRODUCTS: dict[str, ApiProduct] = {
+    p.product.name: p
+    for p in (
+        ApiProduct(MARKET_DATA, QUOTES_KEY),
+        ApiProduct(ANALYTICS, ANALYTICS_KEY),
+        ApiProduct(MICROSTRUCTURE, VPIN_KEY),
+        ApiProduct(PORTFOLIO, POSITIONS_KEY),
+        ApiProduct(RISK, RISK_KEY),
+        ApiProduct(ML, ML_KEY),
+    )
+}
 assert set(PRODUCTS) == set(API_PORTS), "every product has an API port (resources/settings.py API_PORTS)"

@@ -3,6 +3,7 @@ the store queries on its threadpool). `nautilus api` and `nautilus up` start it.
 
     python -m nautilus_assets.api.serve [--product P ...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,7 @@ from .app import Backends, create_app
 
 class _Server(uvicorn.Server):
     @contextlib.contextmanager
-    def capture_signals(self):   # several servers share the process: main() handles the signals for all
+    def capture_signals(self):  # several servers share the process: main() handles the signals for all
         yield
 
 
@@ -32,10 +33,21 @@ def backends(s: Settings) -> Backends:
 
 async def serve(s: Settings, products: list[str]) -> None:
     b = backends(s)
-    servers = [_Server(uvicorn.Config(create_app(p, b), host=s["NAUTILUS_API_HOST"], port=s.api_port(p),
-                                      log_level="warning", access_log=False, loop="uvloop", http="httptools",
-                                      lifespan="on"))
-               for p in products]
+    servers = [
+        _Server(
+            uvicorn.Config(
+                create_app(p, b),
+                host=s["NAUTILUS_API_HOST"],
+                port=s.api_port(p),
+                log_level="warning",
+                access_log=False,
+                loop="uvloop",
+                http="httptools",
+                lifespan="on",
+            )
+        )
+        for p in products
+    ]
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, lambda: [setattr(srv, "should_exit", True) for srv in servers])
@@ -49,11 +61,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--product", action="append", choices=list(API_PORTS), help="default: every product")
     a = ap.parse_args(argv)
     s = load()
-    nice = int(s["NAUTILUS_API_NICE"])   # 0-19, checked by the settings
-    if nice:   # readers wait a little longer on saturated cores; publish -> queryable is the tighter SLA
+    nice = int(s["NAUTILUS_API_NICE"])  # 0-19, checked by the settings
+    if nice:  # readers wait a little longer on saturated cores; publish -> queryable is the tighter SLA
         os.nice(nice)
         lower_query_priority(nice)
     import uvloop
+
     uvloop.run(serve(s, a.product or list(API_PORTS)))
 
 

@@ -30,9 +30,9 @@ WINDOW_S = 600
 @dataclass
 class Scrape:
     t: float
-    buckets: dict[str, float]   # le -> cumulative count of /latest requests
-    requests: float             # every route
-    errors: float               # 5xx, every route
+    buckets: dict[str, float]  # le -> cumulative count of /latest requests
+    requests: float  # every route
+    errors: float  # 5xx, every route
 
     def to_json(self) -> list:
         return [self.t, self.buckets, self.requests, self.errors]
@@ -73,8 +73,10 @@ def scrape(base_url: str, product: str, timeout: float = 5) -> Scrape | None:
 def probe(api_url: str, token: str, timeout: float = 5) -> bool:
     """One /latest: True unless the API cannot be reached or fails on its side."""
     try:
-        return requests.get(f"{api_url}/latest", headers={"Authorization": f"Bearer {token}"},
-                            timeout=timeout).status_code < 500
+        return (
+            requests.get(f"{api_url}/latest", headers={"Authorization": f"Bearer {token}"}, timeout=timeout).status_code
+            < 500
+        )
     except requests.RequestException:
         return False
 
@@ -100,28 +102,42 @@ def figures(first: Scrape, last: Scrape, failed_probes: int) -> dict:
     p99 = quantile(0.99, delta)
     requests_ = last.requests - first.requests + failed_probes
     failed = last.errors - first.errors + failed_probes
-    return {"window_s": round(last.t - first.t, 1), "latest_requests": int(max(delta.values(), default=0)),
-            "p99_latency_ms": None if p99 is None else round(p99 * 1000, 3), "requests": int(requests_),
-            "failed_requests": int(failed), "failed_probes": failed_probes,
-            "availability": 1.0 if requests_ <= 0 else round(1 - failed / requests_, 6)}
+    return {
+        "window_s": round(last.t - first.t, 1),
+        "latest_requests": int(max(delta.values(), default=0)),
+        "p99_latency_ms": None if p99 is None else round(p99 * 1000, 3),
+        "requests": int(requests_),
+        "failed_requests": int(failed),
+        "failed_probes": failed_probes,
+        "availability": 1.0 if requests_ <= 0 else round(1 - failed / requests_, 6),
+    }
 
 
 def evaluate(product: str, fig: dict) -> dict[str, tuple[bool, dict]]:
     """{check: (passed, metadata)} for a window's figures against the product's targets."""
     p = PRODUCTS[product]
     lat = fig["p99_latency_ms"]
-    return {LATENCY: (lat is not None and lat <= p.latency_target_ms,
-                      {**fig, "latency_target_ms": p.latency_target_ms}),
-            AVAILABILITY: (fig["availability"] >= p.availability_target,
-                           {**fig, "availability_target": p.availability_target})}
+    return {
+        LATENCY: (lat is not None and lat <= p.latency_target_ms, {**fig, "latency_target_ms": p.latency_target_ms}),
+        AVAILABILITY: (
+            fig["availability"] >= p.availability_target,
+            {**fig, "availability_target": p.availability_target},
+        ),
+    }
 
 
 def check_evaluations(product: str, results: dict[str, tuple[bool, dict]]) -> list[dg.AssetCheckEvaluation]:
     key = PRODUCTS[product].asset
-    return [dg.AssetCheckEvaluation(asset_key=key, check_name=name, passed=passed,
-                                    severity=dg.AssetCheckSeverity.WARN,
-                                    metadata={k: v for k, v in meta.items() if v is not None})
-            for name, (passed, meta) in results.items()]
+    return [
+        dg.AssetCheckEvaluation(
+            asset_key=key,
+            check_name=name,
+            passed=passed,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={k: v for k, v in meta.items() if v is not None},
+        )
+        for name, (passed, meta) in results.items()
+    ]
 
 
 def burst(settings, product: str, n: int = 50) -> dict:
@@ -131,30 +147,56 @@ def burst(settings, product: str, n: int = 50) -> dict:
     failed = sum(not probe(url, settings.env[access.token_var(access.GOVERNANCE)]) for _ in range(n))
     last = scrape(base, product)
     if first is None or last is None:
-        return {"window_s": 0.0, "latest_requests": 0, "p99_latency_ms": None, "requests": n, "failed_requests": n,
-                "failed_probes": n, "availability": 0.0}
+        return {
+            "window_s": 0.0,
+            "latest_requests": 0,
+            "p99_latency_ms": None,
+            "requests": n,
+            "failed_requests": n,
+            "failed_probes": n,
+            "availability": 0.0,
+        }
     return figures(first, last, failed)
 
 
 def _check_specs() -> list[dg.AssetCheckSpec]:
-    return [dg.AssetCheckSpec(name, asset=p.asset, blocking=False, description=doc.format(p=p))
-            for p in PRODUCTS.values() for name, doc in (
-                (LATENCY, "p99 server time of the read API's /latest over the last 10 minutes ≤ {p.latency_target_ms} ms "
-                          "(nautilus/latency_target_ms); evaluated by sla_probe_sensor every 30 s"),
-                (AVAILABILITY, "Share of read-API requests without a server-side failure over the last 10 minutes ≥ "
-                               "{p.availability_target} (nautilus/availability_target); unreachable counts as failed"))]
+    return [
+        dg.AssetCheckSpec(name, asset=p.asset, blocking=False, description=doc.format(p=p))
+        for p in PRODUCTS.values()
+        for name, doc in (
+            (
+                LATENCY,
+                "p99 server time of the read API's /latest over the last 10 minutes ≤ {p.latency_target_ms} ms "
+                "(nautilus/latency_target_ms); evaluated by sla_probe_sensor every 30 s",
+            ),
+            (
+                AVAILABILITY,
+                "Share of read-API requests without a server-side failure over the last 10 minutes ≥ "
+                "{p.availability_target} (nautilus/availability_target); unreachable counts as failed",
+            ),
+        )
+    ]
 
 
-@dg.multi_asset_check(specs=_check_specs(), name="api_sla", can_subset=True,
-                      description="The read APIs' SLAs, measured now from a burst of 50 /latest probes")
+@dg.multi_asset_check(
+    specs=_check_specs(),
+    name="api_sla",
+    can_subset=True,
+    description="The read APIs' SLAs, measured now from a burst of 50 /latest probes",
+)
 def api_sla(context: dg.AssetCheckExecutionContext):
     from resources.settings import load
+
     s = load()
     for product, p in PRODUCTS.items():
         wanted = {k.name for k in context.selected_asset_check_keys if k.asset_key == p.asset}
         if wanted:
             for name, (passed, meta) in evaluate(product, burst(s, product)).items():
                 if name in wanted:
-                    yield dg.AssetCheckResult(asset_key=p.asset, check_name=name, passed=passed,
-                                              severity=dg.AssetCheckSeverity.WARN,
-                                              metadata={k: v for k, v in meta.items() if v is not None})
+                    yield dg.AssetCheckResult(
+                        asset_key=p.asset,
+                        check_name=name,
+                        passed=passed,
+                        severity=dg.AssetCheckSeverity.WARN,
+                        metadata={k: v for k, v in meta.items() if v is not None},
+                    )

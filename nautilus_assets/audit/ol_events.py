@@ -2,9 +2,10 @@
 `openlineage-python` client (the community dagster integration pins dagster<=1.6.9). One job per Dagster job,
 the Dagster run id as the OpenLineage run id; outputs are the assets the run materialized (with schema, column
 lineage, owners and data version facets), inputs their upstream assets (Pulsar topics included)."""
+
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import dagster as dg
 from openlineage.client import OpenLineageClient
@@ -22,8 +23,11 @@ from openlineage.client.transport.http import HttpConfig, HttpTransport
 
 NAMESPACE = "nautilus"
 PRODUCER = "https://github.com/nautilus/nautilus/audit"
-FINISHED = {dg.DagsterRunStatus.SUCCESS: RunState.COMPLETE, dg.DagsterRunStatus.FAILURE: RunState.FAIL,
-            dg.DagsterRunStatus.CANCELED: RunState.ABORT}
+FINISHED = {
+    dg.DagsterRunStatus.SUCCESS: RunState.COMPLETE,
+    dg.DagsterRunStatus.FAILURE: RunState.FAIL,
+    dg.DagsterRunStatus.CANCELED: RunState.ABORT,
+}
 
 
 def client_for(url: str | None = None, path: str | None = None, endpoint: str = "api/v1/lineage") -> OpenLineageClient:
@@ -56,10 +60,12 @@ def _dataset_facets(ag, key, materialization=None) -> dict:
     schema = getattr(schema, "value", schema)
     if schema is not None:
         facets["schema"] = schema_dataset.SchemaDatasetFacet(
-            fields=[schema_dataset.SchemaDatasetFacetFields(name=c.name, type=c.type) for c in schema.columns])
+            fields=[schema_dataset.SchemaDatasetFacetFields(name=c.name, type=c.type) for c in schema.columns]
+        )
     if node.owners:
         facets["ownership"] = ownership_dataset.OwnershipDatasetFacet(
-            owners=[ownership_dataset.Owner(name=o) for o in node.owners])
+            owners=[ownership_dataset.Owner(name=o) for o in node.owners]
+        )
     if materialization is not None:
         m = materialization.asset_materialization
         dv = (m.tags or {}).get("dagster/data_version")
@@ -82,8 +88,11 @@ def _dataset_facets(ag, key, materialization=None) -> dict:
 def events_for_run(instance: dg.DagsterInstance, ag, record) -> list[RunEvent]:
     """START and the terminal event (if the run finished) of one Dagster run record."""
     run = record.dagster_run
-    mats = [r for r in instance.get_records_for_run(
-        run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION, limit=10_000).records]
+    mats = list(
+        instance.get_records_for_run(
+            run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION, limit=10_000
+        ).records
+    )
     latest = {}
     for r in mats:
         latest[r.asset_key] = r
@@ -98,21 +107,44 @@ def events_for_run(instance: dg.DagsterInstance, ag, record) -> list[RunEvent]:
     for k in sorted(in_keys, key=lambda k: k.to_user_string()):
         ns, name = dataset_namespace(ag, k)
         inputs.append(InputDataset(namespace=ns, name=name, facets=_dataset_facets(ag, k)))
-    run_facets = {"tags": tags_run.TagsRunFacet(tags=[tags_run.TagsRunFacetFields(key=k, value=str(v), source="DAGSTER")
-                                                       for k, v in sorted(run.tags.items())])}
+    run_facets = {
+        "tags": tags_run.TagsRunFacet(
+            tags=[
+                tags_run.TagsRunFacetFields(key=k, value=str(v), source="DAGSTER") for k, v in sorted(run.tags.items())
+            ]
+        )
+    }
     job = Job(namespace=NAMESPACE, name=run.job_name)
     start_ts = record.start_time or record.create_timestamp.timestamp()
-    events = [RunEvent(eventType=RunState.START, eventTime=_t(start_ts), run=Run(runId=run.run_id, facets=run_facets),
-                       job=job, inputs=inputs, outputs=outputs, producer=PRODUCER)]
+    events = [
+        RunEvent(
+            eventType=RunState.START,
+            eventTime=_t(start_ts),
+            run=Run(runId=run.run_id, facets=run_facets),
+            job=job,
+            inputs=inputs,
+            outputs=outputs,
+            producer=PRODUCER,
+        )
+    ]
     state = FINISHED.get(run.status)
     if state is not None:
         facets = dict(run_facets)
         if state is RunState.FAIL:
             facets["errorMessage"] = error_message_run.ErrorMessageRunFacet(
-                message=_failure(instance, run.run_id), programmingLanguage="python")
-        events.append(RunEvent(eventType=state, eventTime=_t(record.end_time or start_ts),
-                               run=Run(runId=run.run_id, facets=facets), job=job, inputs=inputs, outputs=outputs,
-                               producer=PRODUCER))
+                message=_failure(instance, run.run_id), programmingLanguage="python"
+            )
+        events.append(
+            RunEvent(
+                eventType=state,
+                eventTime=_t(record.end_time or start_ts),
+                run=Run(runId=run.run_id, facets=facets),
+                job=job,
+                inputs=inputs,
+                outputs=outputs,
+                producer=PRODUCER,
+            )
+        )
     return events
 
 
@@ -122,11 +154,16 @@ def _failure(instance, run_id: str) -> str:
 
 
 def _t(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat()
+    return datetime.fromtimestamp(ts, UTC).isoformat()
 
 
-def emit(instance: dg.DagsterInstance, defs: dg.Definitions, client: OpenLineageClient, limit: int = 500,
-         run_ids: list[str] | None = None) -> dict:
+def emit(
+    instance: dg.DagsterInstance,
+    defs: dg.Definitions,
+    client: OpenLineageClient,
+    limit: int = 500,
+    run_ids: list[str] | None = None,
+) -> dict:
     """Emit the events of the latest `limit` runs (or of `run_ids`), oldest first. Returns counts by type."""
     ag = defs.resolve_asset_graph()
     flt = dg.RunsFilter(run_ids=run_ids) if run_ids else None

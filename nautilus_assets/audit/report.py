@@ -1,4 +1,5 @@
 """Writes the lineage report as JSON and as a self-contained HTML page (`nautilus audit report`: scripts/audit.py)."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,13 @@ def _duration(s) -> str:
 
 
 # autoescape: every value of the report (descriptions, metadata, run tags) is text, never markup
-TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("nautilus_assets.audit"), autoescape=True,
-                               finalize=lambda v: "" if v is None else v, trim_blocks=True, lstrip_blocks=True)
+TEMPLATES = jinja2.Environment(
+    loader=jinja2.PackageLoader("nautilus_assets.audit"),
+    autoescape=True,
+    finalize=lambda v: "" if v is None else v,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
 TEMPLATES.filters["duration"] = _duration
 
 

@@ -29,16 +29,29 @@ GROUP = "market_data"
 OWNERS = ["team:market-data"]
 BATCH_TAG = "nautilus/batch_id"
 # The feed's SLA as a data product (no engine topic: its batches are announced on the bars' change feed)
-PRODUCT = Product("market_data_feed", GROUP, tuple(OWNERS), "", fail_after=timedelta(minutes=2),
-                  warn_after=timedelta(minutes=1), latency_target_ms=1, availability_target=0.9999)
+PRODUCT = Product(
+    "market_data_feed",
+    GROUP,
+    tuple(OWNERS),
+    "",
+    fail_after=timedelta(minutes=2),
+    warn_after=timedelta(minutes=1),
+    latency_target_ms=1,
+    availability_target=0.9999,
+)
 FRESHNESS = PRODUCT.freshness
 CODE_VERSION = "1"
 
 
 def topic_spec(feed: Feed) -> dg.AssetSpec:
-    return dg.AssetSpec(["pulsar", "market_data", feed.topic_name.replace("-", "_")], group_name="pulsar_topics",
-                        kinds={"pulsar"}, owners=OWNERS, description=f"Pulsar topic {feed.topic} (external source)",
-                        metadata={"pulsar/topic": feed.topic})
+    return dg.AssetSpec(
+        ["pulsar", "market_data", feed.topic_name.replace("-", "_")],
+        group_name="pulsar_topics",
+        kinds={"pulsar"},
+        owners=OWNERS,
+        description=f"Pulsar topic {feed.topic} (external source)",
+        metadata={"pulsar/topic": feed.topic},
+    )
 
 
 TOPICS = {f.name: topic_spec(f) for f in (TRADES, QUOTES)}
@@ -52,35 +65,59 @@ STREAM = load().streaming
 
 class BatchConfig(dg.Config):
     """Micro-batch bounds and run lifetime (defaults: resources/settings.py STREAMING_VARS)."""
+
     max_messages: int = STREAM.batch_max_messages
     max_wait_seconds: float = STREAM.batch_max_wait_s
     lifetime_seconds: float = STREAM.run_lifetime_s
     idle_seconds: float = STREAM.run_idle_s
-    max_batches: int = 0   # 0: no bound (a bound serves tests and one-shot runs)
+    max_batches: int = 0  # 0: no bound (a bound serves tests and one-shot runs)
 
 
 def _feed_spec(feed: Feed, key: dg.AssetKey) -> dg.AssetSpec:
     return dg.AssetSpec(
-        key, deps=[TOPICS[feed.name]], group_name=GROUP, owners=OWNERS, kinds={"pulsar", "deltalake", "clickhouse"},
-        code_version=CODE_VERSION, freshness_policy=FRESHNESS, skippable=True,
+        key,
+        deps=[TOPICS[feed.name]],
+        group_name=GROUP,
+        owners=OWNERS,
+        kinds={"pulsar", "deltalake", "clickhouse"},
+        code_version=CODE_VERSION,
+        freshness_policy=FRESHNESS,
+        skippable=True,
         description=f"Bronze {feed.name} from {feed.topic}: validated, de-duplicated on the Pulsar message id, "
-                    f"in Delta table s3://<lake>/{bronze_table(feed)} (partitioned by date) and ClickHouse "
-                    f"{DB}.{feed.name}. Invalid messages go to {DB}.quarantine with a reason.",
-        metadata={"dagster/column_schema": feed.table_schema, "dagster/table_name": f"{DB}.{feed.name}",
-                  "lake/delta_table": bronze_table(feed), "pulsar/topic": feed.topic, **PRODUCT.metadata})
+        f"in Delta table s3://<lake>/{bronze_table(feed)} (partitioned by date) and ClickHouse "
+        f"{DB}.{feed.name}. Invalid messages go to {DB}.quarantine with a reason.",
+        metadata={
+            "dagster/column_schema": feed.table_schema,
+            "dagster/table_name": f"{DB}.{feed.name}",
+            "lake/delta_table": bronze_table(feed),
+            "pulsar/topic": feed.topic,
+            **PRODUCT.metadata,
+        },
+    )
 
 
 BARS_SPEC = dg.AssetSpec(
-    BARS_KEY, deps=[TRADES_KEY], group_name=GROUP, owners=OWNERS, kinds={"clickhouse"}, code_version=CODE_VERSION,
-    freshness_policy=FRESHNESS, skippable=True,
+    BARS_KEY,
+    deps=[TRADES_KEY],
+    group_name=GROUP,
+    owners=OWNERS,
+    kinds={"clickhouse"},
+    code_version=CODE_VERSION,
+    freshness_policy=FRESHNESS,
+    skippable=True,
     description="1-minute OHLCV bars per instrument (VWAP, trade count, aggressor buy/sell volume) in ClickHouse "
-                f"{DB}.bars_1m. Each batch recomputes every minute it touched from all of that minute's stored "
-                "trades (late trades included); the latest version wins (ReplacingMergeTree, read with FINAL).",
-    metadata={"dagster/column_schema": BARS_SCHEMA, "dagster/table_name": f"{DB}.bars_1m", **PRODUCT.metadata})
+    f"{DB}.bars_1m. Each batch recomputes every minute it touched from all of that minute's stored "
+    "trades (late trades included); the latest version wins (ReplacingMergeTree, read with FINAL).",
+    metadata={"dagster/column_schema": BARS_SCHEMA, "dagster/table_name": f"{DB}.bars_1m", **PRODUCT.metadata},
+)
 
-BARS_LINEAGE = dg.TableColumnLineage(deps_by_column={
-    name: [dg.TableColumnDep(asset_key=TRADES_KEY, column_name=c) for c in cols]
-    for name, _, _, cols in BARS_COLUMNS if cols})
+BARS_LINEAGE = dg.TableColumnLineage(
+    deps_by_column={
+        name: [dg.TableColumnDep(asset_key=TRADES_KEY, column_name=c) for c in cols]
+        for name, _, _, cols in BARS_COLUMNS
+        if cols
+    }
+)
 
 
 def _check(key: dg.AssetKey, name: str, description: str) -> dg.AssetCheckSpec:
@@ -91,11 +128,23 @@ def feed_lineage(feed: Feed) -> dg.TableColumnLineage:
     """Stored columns from the topic's message fields (and the broker's message id) — column lineage to Pulsar."""
     topic = TOPICS[feed.name].key
     src = {n: [n] for n, *_ in feed.fields}
-    src.update({"ts": ["ts_event"], "date": ["ts_event"], "ts_event": ["ts_event"], "ts_init": ["ts_init"],
-                "schema_version": ["schema_version"], "message_id": ["message_id"], "ledger_id": ["message_id"],
-                "entry_id": ["message_id"]})
-    return dg.TableColumnLineage(deps_by_column={
-        col: [dg.TableColumnDep(asset_key=topic, column_name=c) for c in cols] for col, cols in src.items()})
+    src.update(
+        {
+            "ts": ["ts_event"],
+            "date": ["ts_event"],
+            "ts_event": ["ts_event"],
+            "ts_init": ["ts_init"],
+            "schema_version": ["schema_version"],
+            "message_id": ["message_id"],
+            "ledger_id": ["message_id"],
+            "entry_id": ["message_id"],
+        }
+    )
+    return dg.TableColumnLineage(
+        deps_by_column={
+            col: [dg.TableColumnDep(asset_key=topic, column_name=c) for c in cols] for col, cols in src.items()
+        }
+    )
 
 
 def _batch_metadata(res: BatchResult, feed: Feed, row_count: int) -> dict:
@@ -109,26 +158,31 @@ def _batch_metadata(res: BatchResult, feed: Feed, row_count: int) -> dict:
 
 def _versions(res: BatchResult) -> dict:
     """Tags that record the batch's data version (its message-id range) and the code version."""
-    return {"dagster/data_version": f"{res.first_message_id}..{res.last_message_id}", "dagster/code_version": CODE_VERSION}
+    return {
+        "dagster/data_version": f"{res.first_message_id}..{res.last_message_id}",
+        "dagster/code_version": CODE_VERSION,
+    }
 
 
-def stop_reason(context, started: float, last_data: float, batches: int, config: BatchConfig,
-                 checked: dict) -> str | None:
+def stop_reason(
+    context, started: float, last_data: float, batches: int, config: BatchConfig, checked: dict
+) -> str | None:
     """Why the run should stop committing now: a successor asked for the subscription, the lifetime (or the
     memory budget) ran out with no successor in sight for two handover leads, idle, or the batch bound. `checked`
     holds the last look at the run's tags ("look") and when the memory budget asked for a successor ("wanted")."""
     now = time.monotonic()
     if config.max_batches and batches >= config.max_batches:
         return f"batch bound ({batches})"
-    if now - checked["look"] >= 1.0:   # one look at the run's tags (and its memory) a second
+    if now - checked["look"] >= 1.0:  # one look at the run's tags (and its memory) a second
         checked["look"] = now
         succ = handover.handover_requested(context.instance, context.run.run_id)
         if succ:
             return f"handover to run {succ}"
         if checked.get("wanted") is None and (mb := handover.rss_mb()) > STREAM.run_rss_handover_mb:
             checked["wanted"] = now
-            context.log.info(f"resident memory {mb:.0f} MB > {STREAM.run_rss_handover_mb:.0f} MB: asking for a "
-                             "successor")
+            context.log.info(
+                f"resident memory {mb:.0f} MB > {STREAM.run_rss_handover_mb:.0f} MB: asking for a successor"
+            )
             context.instance.add_run_tags(context.run.run_id, {handover.SUCCESSOR_WANTED_TAG: f"rss {mb:.0f} MB"})
     if now - started >= config.lifetime_seconds + 2 * STREAM.handover_lead_s:
         return "lifetime (no successor took over)"
@@ -139,8 +193,16 @@ def stop_reason(context, started: float, last_data: float, batches: int, config:
     return None
 
 
-def _stream(context: dg.AssetExecutionContext, config: BatchConfig, feed: Feed, pulsar: PulsarResource,
-            lake: LakeResource, clickhouse: ClickHouseResource, record, cache: RedisResource | None = None) -> int:
+def _stream(
+    context: dg.AssetExecutionContext,
+    config: BatchConfig,
+    feed: Feed,
+    pulsar: PulsarResource,
+    lake: LakeResource,
+    clickhouse: ClickHouseResource,
+    record,
+    cache: RedisResource | None = None,
+) -> int:
     """Commit batches back to back until the run should stop; `record(results)` logs them on the recorder's
     thread (recorder.py) while the next batches commit. Returns batches."""
     run_batch = context.run.tags.get(BATCH_TAG) or context.run.run_id
@@ -149,8 +211,9 @@ def _stream(context: dg.AssetExecutionContext, config: BatchConfig, feed: Feed, 
     batches, checked, reason = 0, {"look": started}, None
     recorder = Recorder(record)
     try:
-        with Stream(feed, pulsar, lake, clickhouse, STREAM.lateness_bound_s, log=context.log.info,
-                    inspect=True, cache=cache) as stream:
+        with Stream(
+            feed, pulsar, lake, clickhouse, STREAM.lateness_bound_s, log=context.log.info, inspect=True, cache=cache
+        ) as stream:
             while (reason := stop_reason(context, started, last_data, batches, config, checked)) is None:
                 t = time.perf_counter()
                 msgs = stream.receive(config.max_messages, config.max_wait_seconds)
@@ -163,14 +226,13 @@ def _stream(context: dg.AssetExecutionContext, config: BatchConfig, feed: Feed, 
                 last_data = time.monotonic()
                 recorder.submit(res)
     finally:
-        handover.release(context.instance, context.run.run_id)   # the successor consumes while we record
-        recorder.close(raise_error=sys.exc_info()[0] is None)    # never masks the error that ends the run
+        handover.release(context.instance, context.run.run_id)  # the successor consumes while we record
+        recorder.close(raise_error=sys.exc_info()[0] is None)  # never masks the error that ends the run
     context.log.info(f"ingest run ends ({reason}) after {batches} batches")
     return batches
 
 
-def _record(context, feed: Feed, key: dg.AssetKey, results: list[BatchResult], lake: LakeResource,
-            state: dict) -> None:
+def _record(context, feed: Feed, key: dg.AssetKey, results: list[BatchResult], lake: LakeResource, state: dict) -> None:
     """Committed batches in Dagster: each one's materialization of the feed (and, for trades, of the bars) with
     its reconciliation, uniqueness (and bars) check evaluations. Their ClickHouse side is read on the stream's
     inspector thread after each batch's acknowledgement (Stream(inspect=True)); the Delta side here, through the
@@ -181,79 +243,170 @@ def _record(context, feed: Feed, key: dg.AssetKey, results: list[BatchResult], l
         state["delta"] = lake.table(bronze_table(feed))
     else:
         state["delta"].update_incremental()
-    evaluated = [(checks.reconcile(res, checks.stored_copies(
-        res.rows, res.stored_span, checks.delta_span(lake, feed, res.rows, state["delta"]))),
-        checks.duplicate_ids(feed, res.stored_span), res.bars_check) for res in results]
-    per_batch = {"seconds_checks_delta": round((time.perf_counter() - t) / len(results), 3),
-                 "recorded_together": len(results)}
+    evaluated = [
+        (
+            checks.reconcile(
+                res,
+                checks.stored_copies(
+                    res.rows, res.stored_span, checks.delta_span(lake, feed, res.rows, state["delta"])
+                ),
+            ),
+            checks.duplicate_ids(feed, res.stored_span),
+            res.bars_check,
+        )
+        for res in results
+    ]
+    per_batch = {
+        "seconds_checks_delta": round((time.perf_counter() - t) / len(results), 3),
+        "recorded_together": len(results),
+    }
     for res, ((ok, rec), dup, bars), seconds in zip(results, evaluated, checks_ch):
-        context.log_event(dg.AssetMaterialization(asset_key=key, tags=_versions(res), metadata={
-            **_batch_metadata(res, feed, res.table_rows), **seconds, **per_batch}))
-        context.log_event(dg.AssetCheckEvaluation(asset_key=key, check_name="reconciles_with_consumed", passed=ok,
-                                                  metadata={**rec, "batch_id": res.batch_id}))
-        context.log_event(dg.AssetCheckEvaluation(asset_key=key, check_name="no_duplicate_ids",
-                                                  passed=not any(dup.values()),
-                                                  metadata={**dup, "batch_id": res.batch_id}))
+        context.log_event(
+            dg.AssetMaterialization(
+                asset_key=key,
+                tags=_versions(res),
+                metadata={**_batch_metadata(res, feed, res.table_rows), **seconds, **per_batch},
+            )
+        )
+        context.log_event(
+            dg.AssetCheckEvaluation(
+                asset_key=key,
+                check_name="reconciles_with_consumed",
+                passed=ok,
+                metadata={**rec, "batch_id": res.batch_id},
+            )
+        )
+        context.log_event(
+            dg.AssetCheckEvaluation(
+                asset_key=key,
+                check_name="no_duplicate_ids",
+                passed=not any(dup.values()),
+                metadata={**dup, "batch_id": res.batch_id},
+            )
+        )
         if bars is not None:
             late = {CLOSED_DATES: ",".join(res.closed_dates)} if res.closed_dates else {}
-            context.log_event(dg.AssetMaterialization(asset_key=BARS_KEY, tags=_versions(res), metadata={
-                "batch_id": res.batch_id, "bars_recomputed": res.bars_recomputed,
-                "dagster/column_lineage": BARS_LINEAGE, **late}))
-            context.log_event(dg.AssetCheckEvaluation(asset_key=BARS_KEY, check_name="bars_agree_with_trades",
-                                                      passed=bars["missing"] == 0 and bars["mismatched"] == 0,
-                                                      metadata={**bars, "batch_id": res.batch_id}))
+            context.log_event(
+                dg.AssetMaterialization(
+                    asset_key=BARS_KEY,
+                    tags=_versions(res),
+                    metadata={
+                        "batch_id": res.batch_id,
+                        "bars_recomputed": res.bars_recomputed,
+                        "dagster/column_lineage": BARS_LINEAGE,
+                        **late,
+                    },
+                )
+            )
+            context.log_event(
+                dg.AssetCheckEvaluation(
+                    asset_key=BARS_KEY,
+                    check_name="bars_agree_with_trades",
+                    passed=bars["missing"] == 0 and bars["mismatched"] == 0,
+                    metadata={**bars, "batch_id": res.batch_id},
+                )
+            )
 
 
 # Metadata of a bars materialization whose batch added trades to earlier days: sensors/late_trades.py re-runs them.
 CLOSED_DATES = "closed_dates"
 
 RECONCILE_DOC = "Every consumed message is stored exactly once in Delta and in ClickHouse, or quarantined."
-UNIQUE_DOC = ("No message id (and, for trades, no instrument trade id) is stored twice among the rows of the batch's "
-              "message-id span (trade ids reused from earlier batches are quarantined at decode).")
+UNIQUE_DOC = (
+    "No message id (and, for trades, no instrument trade id) is stored twice among the rows of the batch's "
+    "message-id span (trade ids reused from earlier batches are quarantined at decode)."
+)
 
 
-@dg.multi_asset(specs=[_feed_spec(TRADES, TRADES_KEY), BARS_SPEC], name="ingest_trades_batch", pool="lake",
-                can_subset=True,  # each batch is logged as it commits: the step itself yields no output
-                check_specs=[_check(TRADES_KEY, "reconciles_with_consumed", RECONCILE_DOC),
-                             _check(TRADES_KEY, "no_duplicate_ids", UNIQUE_DOC),
-                             _check(BARS_KEY, "bars_agree_with_trades",
-                                    "Bars of the minutes this batch touched equal a recomputation from stored trades.")])
-def ingest_trades(context: dg.AssetExecutionContext, config: BatchConfig, pulsar: PulsarResource,
-                  lake: LakeResource, clickhouse: ClickHouseResource):
+@dg.multi_asset(
+    specs=[_feed_spec(TRADES, TRADES_KEY), BARS_SPEC],
+    name="ingest_trades_batch",
+    pool="lake",
+    can_subset=True,  # each batch is logged as it commits: the step itself yields no output
+    check_specs=[
+        _check(TRADES_KEY, "reconciles_with_consumed", RECONCILE_DOC),
+        _check(TRADES_KEY, "no_duplicate_ids", UNIQUE_DOC),
+        _check(
+            BARS_KEY,
+            "bars_agree_with_trades",
+            "Bars of the minutes this batch touched equal a recomputation from stored trades.",
+        ),
+    ],
+)
+def ingest_trades(
+    context: dg.AssetExecutionContext,
+    config: BatchConfig,
+    pulsar: PulsarResource,
+    lake: LakeResource,
+    clickhouse: ClickHouseResource,
+):
     """Micro-batches of trades, back to back: consume, validate, Delta + ClickHouse, recompute touched bars,
     acknowledge; each batch recorded as materializations of trades and bars plus their check evaluations."""
     state: dict = {}
-    _stream(context, config, TRADES, pulsar, lake, clickhouse,
-            lambda results: _record(context, TRADES, TRADES_KEY, results, lake, state))
+    _stream(
+        context,
+        config,
+        TRADES,
+        pulsar,
+        lake,
+        clickhouse,
+        lambda results: _record(context, TRADES, TRADES_KEY, results, lake, state),
+    )
     yield from ()
 
 
-@dg.multi_asset(specs=[_feed_spec(QUOTES, QUOTES_KEY)], name="ingest_quotes_batch", pool="lake",
-                can_subset=True,  # each batch is logged as it commits: the step itself yields no output
-                check_specs=[_check(QUOTES_KEY, "reconciles_with_consumed", RECONCILE_DOC),
-                             _check(QUOTES_KEY, "no_duplicate_ids", UNIQUE_DOC)])
-def ingest_quotes(context: dg.AssetExecutionContext, config: BatchConfig, pulsar: PulsarResource,
-                  lake: LakeResource, clickhouse: ClickHouseResource, redis: RedisResource):
+@dg.multi_asset(
+    specs=[_feed_spec(QUOTES, QUOTES_KEY)],
+    name="ingest_quotes_batch",
+    pool="lake",
+    can_subset=True,  # each batch is logged as it commits: the step itself yields no output
+    check_specs=[
+        _check(QUOTES_KEY, "reconciles_with_consumed", RECONCILE_DOC),
+        _check(QUOTES_KEY, "no_duplicate_ids", UNIQUE_DOC),
+    ],
+)
+def ingest_quotes(
+    context: dg.AssetExecutionContext,
+    config: BatchConfig,
+    pulsar: PulsarResource,
+    lake: LakeResource,
+    clickhouse: ClickHouseResource,
+    redis: RedisResource,
+):
     """Micro-batches of level-1 quotes, back to back: consume, validate, Delta + ClickHouse (+ the latest top of
     book per instrument in Redis), acknowledge."""
     state: dict = {}
-    _stream(context, config, QUOTES, pulsar, lake, clickhouse,
-            lambda results: _record(context, QUOTES, QUOTES_KEY, results, lake, state), cache=redis)
+    _stream(
+        context,
+        config,
+        QUOTES,
+        pulsar,
+        lake,
+        clickhouse,
+        lambda results: _record(context, QUOTES, QUOTES_KEY, results, lake, state),
+        cache=redis,
+    )
     yield from ()
 
 
-SCHEDULED_CHECK = "no_duplicate_ids_in_table"   # whole-table: its own job and schedule (maintenance.py), not a batch's
+SCHEDULED_CHECK = "no_duplicate_ids_in_table"  # whole-table: its own job and schedule (maintenance.py), not a batch's
 
 # One job per source topic (one sensor target = one partitions definition). In-process executor: the run is
 # one long-lived step, and a subprocess per step would add seconds to its start.
 INGEST_JOBS = {
     feed.name: dg.define_asset_job(
-        f"ingest_{feed.name}", selection=(dg.AssetSelection.assets(*keys) | dg.AssetSelection.checks_for_assets(*keys))
+        f"ingest_{feed.name}",
+        selection=(dg.AssetSelection.assets(*keys) | dg.AssetSelection.checks_for_assets(*keys))
         - dg.AssetSelection.checks(dg.AssetCheckKey(keys[0], SCHEDULED_CHECK)),
         executor_def=dg.in_process_executor,
-        tags={"nautilus/topic": feed.name, "dagster/max_runtime": STREAM.run_max_runtime_s,
-              **priority_tags("market_data_ingest")},
-        description=f"Micro-batches from {feed.topic}, back to back for the run's lifetime")
-    for feed, keys in ((TRADES, [TRADES_KEY, BARS_KEY]), (QUOTES, [QUOTES_KEY]))}
+        tags={
+            "nautilus/topic": feed.name,
+            "dagster/max_runtime": STREAM.run_max_runtime_s,
+            **priority_tags("market_data_ingest"),
+        },
+        description=f"Micro-batches from {feed.topic}, back to back for the run's lifetime",
+    )
+    for feed, keys in ((TRADES, [TRADES_KEY, BARS_KEY]), (QUOTES, [QUOTES_KEY]))
+}
 
 ASSETS = [*TOPICS.values(), ingest_trades, ingest_quotes]

@@ -1,18 +1,23 @@
 """How other domains read the 1-minute bars product (stored products are the contract between domains)."""
+
 import pandas as pd
 
 from resources.clickhouse import ClickHouseResource
 
-BARS = ("(SELECT instrument_id, minute, open, high, low, close, vwap, volume, trade_count, buy_volume, sell_volume, "
-        "version FROM market_data.bars_1m FINAL)")
+BARS = (
+    "(SELECT instrument_id, minute, open, high, low, close, vwap, volume, trade_count, buy_volume, sell_volume, "
+    "version FROM market_data.bars_1m FINAL)"
+)
 CURSOR_MARGIN_NS = 60 * 10**9  # re-read bars written up to a minute before the cursor (concurrent writers)
 
 
 def changed_since(ch: ClickHouseResource, cursor: int) -> dict[str, pd.Timestamp]:
     """Per instrument, the first minute whose bar was (re)written after version `cursor`."""
-    with ch.session() as c:   # rows, not a DataFrame: chDB returns an empty one without its columns
-        rows = c.query(f"SELECT instrument_id, min(minute) AS since FROM {BARS} WHERE version > %(c)s "
-                       "GROUP BY instrument_id", parameters={"c": max(0, cursor - CURSOR_MARGIN_NS)}).result_rows
+    with ch.session() as c:  # rows, not a DataFrame: chDB returns an empty one without its columns
+        rows = c.query(
+            f"SELECT instrument_id, min(minute) AS since FROM {BARS} WHERE version > %(c)s GROUP BY instrument_id",
+            parameters={"c": max(0, cursor - CURSOR_MARGIN_NS)},
+        ).result_rows
     return {str(inst): pd.Timestamp(since) for inst, since in rows}
 
 

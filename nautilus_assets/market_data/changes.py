@@ -6,6 +6,7 @@ scanning the bars table or waiting for a run of the market-data product to end (
 product announces what it changed; its consumers decide what to recompute). Published before the batch is
 acknowledged: a crash in between re-runs the batch, which re-announces the same minutes (consumers recompute
 them from the stored bars, which changes nothing)."""
+
 from __future__ import annotations
 
 import orjson
@@ -17,8 +18,12 @@ from resources.topics import BARS_CHANGES
 SCHEMA = "nautilus.bars.changes/1"
 
 
-def message(batch_id: str, version: int, keys: list[tuple[str, int]] | None = None,
-            spans: dict[str, tuple[int, int]] | None = None) -> dict:
+def message(
+    batch_id: str,
+    version: int,
+    keys: list[tuple[str, int]] | None = None,
+    spans: dict[str, tuple[int, int]] | None = None,
+) -> dict:
     """The announcement of one batch: its touched (instrument, minute start in epoch s) keys, or, for bulk loads,
     a (first, last) minute span per instrument."""
     if spans is None:
@@ -26,8 +31,12 @@ def message(batch_id: str, version: int, keys: list[tuple[str, int]] | None = No
         for inst, m in keys or []:
             lo, hi = spans.get(inst, (m, m))
             spans[inst] = (min(lo, m), max(hi, m))
-    out = {"schema": SCHEMA, "batch_id": batch_id, "version": version,
-           "instruments": {i: [int(lo), int(hi)] for i, (lo, hi) in sorted(spans.items())}}
+    out = {
+        "schema": SCHEMA,
+        "batch_id": batch_id,
+        "version": version,
+        "instruments": {i: [int(lo), int(hi)] for i, (lo, hi) in sorted(spans.items())},
+    }
     if keys is not None:
         out["keys"] = [[i, int(m)] for i, m in keys]
     return out
@@ -57,8 +66,13 @@ def announce_once(client: pulsar.Client, batch_id: str, version: int, keys=None,
 
 def subscribe(client: pulsar.Client, subscription: str, topics: list[str] | None = None) -> pulsar.Consumer:
     """A product's durable Shared subscription to the change feed (and any further topics it consumes)."""
-    return client.subscribe([BARS_CHANGES, *(topics or [])], subscription, consumer_type=pulsar.ConsumerType.Shared,
-                            initial_position=pulsar.InitialPosition.Earliest, receiver_queue_size=1000)
+    return client.subscribe(
+        [BARS_CHANGES, *(topics or [])],
+        subscription,
+        consumer_type=pulsar.ConsumerType.Shared,
+        initial_position=pulsar.InitialPosition.Earliest,
+        receiver_queue_size=1000,
+    )
 
 
 def since_by_instrument(payloads: list[bytes]) -> tuple[dict[str, pd.Timestamp], list[str], int]:

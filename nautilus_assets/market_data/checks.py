@@ -1,4 +1,5 @@
 """Asset-check queries for a micro-batch: reconciliation, uniqueness, bars vs trades."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -33,8 +34,10 @@ def clickhouse_span(c: Client, feed: Feed, table: pa.Table) -> pa.Table:
     if table.num_rows == 0:
         return pa.table({n: pa.array([], pa.string()) for n in cols})
     dates = [d.isoformat() for d in pc.unique(table["date"]).to_pylist()]
-    return c.query_arrow(f"SELECT {', '.join(cols)} FROM {DB}.{feed.name} WHERE date IN %(d)s AND {IN_RANGE_SQL}",
-                         parameters={"d": dates, **id_range(table)})
+    return c.query_arrow(
+        f"SELECT {', '.join(cols)} FROM {DB}.{feed.name} WHERE date IN %(d)s AND {IN_RANGE_SQL}",
+        parameters={"d": dates, **id_range(table)},
+    )
 
 
 def stored_copies(table: pa.Table, ch_span: pa.Table, delta_span_: pa.Table) -> dict:
@@ -69,8 +72,9 @@ def duplicate_ids_in_table(ch: ClickHouseResource, feed: Feed) -> dict:
     """Duplicate message ids (and unique keys) over the whole table: for the scheduled integrity job only."""
     keys = f", count() - uniqExact({', '.join(feed.unique_key)})" if feed.unique_key else ", 0"
     with ch.session() as c:
-        n, msg, trd = c.query(f"SELECT count(), count() - uniqExact(topic, message_id){keys} "
-                              f"FROM {DB}.{feed.name}").first_row
+        n, msg, trd = c.query(
+            f"SELECT count(), count() - uniqExact(topic, message_id){keys} FROM {DB}.{feed.name}"
+        ).first_row
     return {"rows": int(n), "duplicate_message_ids": int(msg), "duplicate_trade_ids": int(trd)}
 
 
@@ -79,16 +83,23 @@ def bars_mismatches(c: Client, keys: list[tuple[str, int]], rel_tol: float = 1e-
     if not keys:
         return {"bars_checked": 0, "mismatched": 0, "missing": 0}
     minutes = [m for _, m in keys]
-    close = lambda c: f"abs(b.{c} - r.{c}) <= {rel_tol} * greatest(abs(r.{c}), 1e-12)"
+
+    def close(c: str) -> str:
+        return f"abs(b.{c} - r.{c}) <= {rel_tol} * greatest(abs(r.{c}), 1e-12)"
+
     sql = f"""
     SELECT count(), countIf(b.instrument_id = ''),
-           countIf(NOT ({' AND '.join(close(c) for c in ('open', 'high', 'low', 'close', 'volume', 'vwap',
-                                                          'buy_volume', 'sell_volume'))}
+           countIf(NOT ({
+        " AND ".join(close(c) for c in ("open", "high", "low", "close", "volume", "vwap", "buy_volume", "sell_volume"))
+    }
                         AND b.trade_count = r.trade_count))
     FROM ({BARS_SELECT}) AS r
     LEFT JOIN (SELECT * FROM {DB}.bars_1m FINAL
                WHERE (instrument_id, toUnixTimestamp(minute)) IN %(keys)s) AS b
       ON b.instrument_id = r.instrument_id AND b.minute = r.minute"""
-    n, missing, bad = c.query(sql, parameters={"lo": min(minutes), "hi": max(minutes), "keys": keys},
-                              settings={"max_query_size": 1 << 30, "join_use_nulls": 0}).first_row
+    n, missing, bad = c.query(
+        sql,
+        parameters={"lo": min(minutes), "hi": max(minutes), "keys": keys},
+        settings={"max_query_size": 1 << 30, "join_use_nulls": 0},
+    ).first_row
     return {"bars_checked": int(n), "missing": int(missing), "mismatched": int(bad)}

@@ -1,5 +1,6 @@
 """Daily bars per instrument from the lake's bronze trades (a replay of the lake, not of Pulsar), partitioned by
 UTC trading date: the day-level input of the portfolio and risk products."""
+
 import time
 
 import dagster as dg
@@ -14,14 +15,22 @@ from .schema import TRADES
 from .sinks import DB, bronze_table
 
 KEY = dg.AssetKey(["market_data_feed", "bars_1d"])
-DDL = (f"CREATE TABLE IF NOT EXISTS {DB}.bars_1d (instrument_id LowCardinality(String), date Date, open Float64, "
-       "high Float64, low Float64, close Float64, volume Float64, vwap Float64, trade_count UInt64, version UInt64, "
-       "run_id String) ENGINE = ReplacingMergeTree(version) ORDER BY (instrument_id, date)")
-COLUMNS = [("instrument_id", "Instrument", ["instrument_id"]), ("date", "UTC trading date", ["ts"]),
-           ("open", "First trade price", ["price", "ts_event"]), ("high", "Highest price", ["price"]),
-           ("low", "Lowest price", ["price"]), ("close", "Last trade price", ["price", "ts_event"]),
-           ("volume", "Σ size", ["size"]), ("vwap", "Σ price·size / Σ size", ["price", "size"]),
-           ("trade_count", "Trades", ["trade_id"])]
+DDL = (
+    f"CREATE TABLE IF NOT EXISTS {DB}.bars_1d (instrument_id LowCardinality(String), date Date, open Float64, "
+    "high Float64, low Float64, close Float64, volume Float64, vwap Float64, trade_count UInt64, version UInt64, "
+    "run_id String) ENGINE = ReplacingMergeTree(version) ORDER BY (instrument_id, date)"
+)
+COLUMNS = [
+    ("instrument_id", "Instrument", ["instrument_id"]),
+    ("date", "UTC trading date", ["ts"]),
+    ("open", "First trade price", ["price", "ts_event"]),
+    ("high", "Highest price", ["price"]),
+    ("low", "Lowest price", ["price"]),
+    ("close", "Last trade price", ["price", "ts_event"]),
+    ("volume", "Σ size", ["size"]),
+    ("vwap", "Σ price·size / Σ size", ["price", "size"]),
+    ("trade_count", "Trades", ["trade_id"]),
+]
 
 TYPES = {"instrument_id": "LowCardinality(String)", "date": "Date", "trade_count": "UInt64"}
 
@@ -29,8 +38,16 @@ TYPES = {"instrument_id": "LowCardinality(String)", "date": "Date", "trade_count
 def daily_bars(trades: pd.DataFrame) -> pd.DataFrame:
     t = trades.sort_values("ts_event").assign(pv=trades["price"] * trades["size"])
     g = t.groupby(["instrument_id", "date"])
-    out = pd.DataFrame({"open": g["price"].first(), "high": g["price"].max(), "low": g["price"].min(),
-                        "close": g["price"].last(), "volume": g["size"].sum(), "trade_count": g["price"].size()})
+    out = pd.DataFrame(
+        {
+            "open": g["price"].first(),
+            "high": g["price"].max(),
+            "low": g["price"].min(),
+            "close": g["price"].last(),
+            "volume": g["size"].sum(),
+            "trade_count": g["price"].size(),
+        }
+    )
     out["vwap"] = g["pv"].sum() / out["volume"]
     return out.reset_index()
 
@@ -39,42 +56,74 @@ def content_version(rows: pd.DataFrame) -> dg.DataVersion:
     """A data version from the rows' content (not their row version or run), so a replay of the same lake data
     gives the same version."""
     import hashlib
+
     if rows.empty:
         return dg.DataVersion("empty")
     df = rows.sort_values(["instrument_id", "date"]).reset_index(drop=True)
     return dg.DataVersion(hashlib.sha256(df.to_csv(index=False, float_format="%.12g").encode()).hexdigest()[:24])
 
 
-@dg.asset(key=KEY, deps=[TRADES_KEY], partitions_def=TRADING_DAYS, backfill_policy=dg.BackfillPolicy.single_run(),
-          group_name=GROUP, owners=OWNERS, kinds={"deltalake", "clickhouse"}, code_version="1", pool="clickhouse",
-          freshness_policy=END_OF_DAY,
-          automation_condition=dg.AutomationCondition.on_cron("5 0 * * *", cron_timezone="UTC"),
-          description=f"Daily OHLCV per instrument from the lake's bronze trades, in ClickHouse {DB}.bars_1d.",
-          check_specs=[dg.AssetCheckSpec("ohlc_consistent", asset=KEY,
-                                         description="low <= open, close <= high; volume > 0; vwap within [low, high]")],
-          metadata={"dagster/table_name": f"{DB}.bars_1d", "dagster/column_schema": dg.TableSchema(
-              columns=[dg.TableColumn(n, TYPES.get(n, "Float64"), description=d) for n, d, _ in COLUMNS])})
+@dg.asset(
+    key=KEY,
+    deps=[TRADES_KEY],
+    partitions_def=TRADING_DAYS,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    group_name=GROUP,
+    owners=OWNERS,
+    kinds={"deltalake", "clickhouse"},
+    code_version="1",
+    pool="clickhouse",
+    freshness_policy=END_OF_DAY,
+    automation_condition=dg.AutomationCondition.on_cron("5 0 * * *", cron_timezone="UTC"),
+    description=f"Daily OHLCV per instrument from the lake's bronze trades, in ClickHouse {DB}.bars_1d.",
+    check_specs=[
+        dg.AssetCheckSpec(
+            "ohlc_consistent", asset=KEY, description="low <= open, close <= high; volume > 0; vwap within [low, high]"
+        )
+    ],
+    metadata={
+        "dagster/table_name": f"{DB}.bars_1d",
+        "dagster/column_schema": dg.TableSchema(
+            columns=[dg.TableColumn(n, TYPES.get(n, "Float64"), description=d) for n, d, _ in COLUMNS]
+        ),
+    },
+)
 def bars_1d(context: dg.AssetExecutionContext, lake: LakeResource, clickhouse: ClickHouseResource):
     dates = list(context.partition_keys)
     dt = lake.table(bronze_table(TRADES))
-    trades = dt.to_pyarrow_dataset(partitions=[("date", "in", dates)]).to_table(
-        columns=["instrument_id", "price", "size", "ts_event", "date"]).to_pandas() if dt else pd.DataFrame()
+    trades = (
+        dt.to_pyarrow_dataset(partitions=[("date", "in", dates)])
+        .to_table(columns=["instrument_id", "price", "size", "ts_event", "date"])
+        .to_pandas()
+        if dt
+        else pd.DataFrame()
+    )
     bars = daily_bars(trades) if len(trades) else pd.DataFrame()
     with clickhouse.session() as c:
         c.command(DDL)
         c.command(f"ALTER TABLE {DB}.bars_1d ADD COLUMN IF NOT EXISTS batch_id String ALIAS run_id")  # provenance
         if len(bars):
             c.insert_df(f"{DB}.bars_1d", bars.assign(version=time.time_ns(), run_id=context.run.run_id))
-    yield dg.MaterializeResult(metadata={"dates": len(dates), "rows": len(bars), "dagster/column_lineage":
-                                         dg.TableColumnLineage(deps_by_column={
-                                             n: [dg.TableColumnDep(asset_key=TRADES_KEY, column_name=c) for c in cols]
-                                             for n, _, cols in COLUMNS}),
-                                         "lake/trades_version": -1 if dt is None else dt.version()},
-                               data_version=content_version(bars))
-    bad = int(clickhouse.scalar(
-        f"SELECT countIf(NOT (low <= least(open, close) AND greatest(open, close) <= high AND volume > 0 "
-        f"AND vwap BETWEEN low - 1e-9 AND high + 1e-9)) FROM {DB}.bars_1d FINAL WHERE date IN %(d)s",
-        parameters={"d": dates}))
+    yield dg.MaterializeResult(
+        metadata={
+            "dates": len(dates),
+            "rows": len(bars),
+            "dagster/column_lineage": dg.TableColumnLineage(
+                deps_by_column={
+                    n: [dg.TableColumnDep(asset_key=TRADES_KEY, column_name=c) for c in cols] for n, _, cols in COLUMNS
+                }
+            ),
+            "lake/trades_version": -1 if dt is None else dt.version(),
+        },
+        data_version=content_version(bars),
+    )
+    bad = int(
+        clickhouse.scalar(
+            f"SELECT countIf(NOT (low <= least(open, close) AND greatest(open, close) <= high AND volume > 0 "
+            f"AND vwap BETWEEN low - 1e-9 AND high + 1e-9)) FROM {DB}.bars_1d FINAL WHERE date IN %(d)s",
+            parameters={"d": dates},
+        )
+    )
     yield dg.AssetCheckResult(check_name="ohlc_consistent", passed=bad == 0, metadata={"inconsistent_bars": bad})
 
 

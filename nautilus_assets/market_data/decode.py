@@ -1,11 +1,11 @@
 """Decode and validate market-data messages (pure: no I/O). Bad messages become quarantine rows."""
+
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
-from typing import Callable
-
 import io
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import orjson
@@ -22,35 +22,43 @@ FUTURE_TOLERANCE_NS = 60 * 1_000_000_000
 @dataclass(frozen=True)
 class RawMessage:
     """One message as tests and tools write it; a batch of them becomes a RawBatch."""
+
     payload: bytes
-    message_id: str          # ledger:entry:batch_index
+    message_id: str  # ledger:entry:batch_index
     ledger_id: int
     entry_id: int
     publish_time_ms: int = 0
-    replay: bool = False     # part of a marked historical replay: exempt from the lateness bound
+    replay: bool = False  # part of a marked historical replay: exempt from the lateness bound
 
 
 @dataclass
 class RawBatch:
     """A micro-batch as columns (cheap to build from Pulsar messages: no object per message)."""
+
     payloads: list
     message_ids: list
     ledger_ids: list
     entry_ids: list
     publish_ms: list
-    is_replay: Callable[[int], bool] = lambda i: False   # looked up lazily, only for late messages
+    is_replay: Callable[[int], bool] = lambda i: False  # looked up lazily, only for late messages
 
     @classmethod
-    def of(cls, msgs: list[RawMessage]) -> "RawBatch":
-        return cls([m.payload for m in msgs], [m.message_id for m in msgs], [m.ledger_id for m in msgs],
-                   [m.entry_id for m in msgs], [m.publish_time_ms for m in msgs], lambda i: msgs[i].replay)
+    def of(cls, msgs: list[RawMessage]) -> RawBatch:
+        return cls(
+            [m.payload for m in msgs],
+            [m.message_id for m in msgs],
+            [m.ledger_id for m in msgs],
+            [m.entry_id for m in msgs],
+            [m.publish_time_ms for m in msgs],
+            lambda i: msgs[i].replay,
+        )
 
 
 @dataclass
 class Decoded:
     table: pa.Table
-    quarantine: list[dict] = field(default_factory=list)   # message_id, reason, payload, publish_time_ms
-    duplicates: int = 0                                     # same message id seen twice in this batch
+    quarantine: list[dict] = field(default_factory=list)  # message_id, reason, payload, publish_time_ms
+    duplicates: int = 0  # same message id seen twice in this batch
 
     def move_to_quarantine(self, raw: RawBatch, reasons: dict[str, str]) -> int:
         """Take the rows of these message ids out of the table into the quarantine, each with its reason."""
@@ -59,10 +67,12 @@ class Decoded:
         at = {mid: i for i, mid in enumerate(raw.message_ids) if mid in reasons}
         for mid, why in reasons.items():
             i = at[mid]
-            self.quarantine.append({"message_id": mid, "reason": why, "payload": raw.payloads[i],
-                                    "publish_time_ms": raw.publish_ms[i]})
-        self.table = self.table.filter(pc.invert(pc.is_in(self.table["message_id"],
-                                                          pa.array(list(reasons), pa.string()))))
+            self.quarantine.append(
+                {"message_id": mid, "reason": why, "payload": raw.payloads[i], "publish_time_ms": raw.publish_ms[i]}
+            )
+        self.table = self.table.filter(
+            pc.invert(pc.is_in(self.table["message_id"], pa.array(list(reasons), pa.string())))
+        )
         return len(reasons)
 
 
@@ -85,8 +95,9 @@ def _check(kind: str, value) -> str | None:
     return None
 
 
-def validate(feed: Feed, payload: bytes, ref_ns: int, lateness_ns: int,
-             is_replay: Callable[[], bool] = lambda: False) -> tuple[dict | None, str | None]:
+def validate(
+    feed: Feed, payload: bytes, ref_ns: int, lateness_ns: int, is_replay: Callable[[], bool] = lambda: False
+) -> tuple[dict | None, str | None]:
     """(record, None) for a valid message, (None, reason) otherwise. Event times are judged against `ref_ns`, the
     broker's publish time of the message (`reference_times`): not the worker's clock, which may be off, and not
     the time of consumption, which an outage delays."""
@@ -99,7 +110,7 @@ def validate(feed: Feed, payload: bytes, ref_ns: int, lateness_ns: int,
     if not isinstance(rec, dict):
         return None, f"invalid_json: expected an object, got {type(rec).__name__}"
     version = rec.get("schema_version")
-    if type(version) is not int or version != SCHEMA_VERSION:   # 1.0, "1", true are not version 1
+    if type(version) is not int or version != SCHEMA_VERSION:  # 1.0, "1", true are not version 1
         return None, f"unknown_schema_version: {version!r}"
     checks = [(n, kind) for n, _, _, _, kind in feed.fields] + [("ts_event", NS), ("ts_init", NS)]
     for name, kind in checks:
@@ -112,9 +123,10 @@ def validate(feed: Feed, payload: bytes, ref_ns: int, lateness_ns: int,
     if ts > ref_ns + FUTURE_TOLERANCE_NS:
         return None, f"future_ts_event: {(ts - ref_ns) / 1e9:.1f}s after its publish time"
     if ts < ref_ns - lateness_ns and not is_replay():
-        return None, (f"too_late: published {(ref_ns - ts) / 1e9:.0f}s after its event, "
-                      f"lateness bound {lateness_ns / 1e9:.0f}s")
-    if feed.bid_ask and float(rec[feed.bid_ask[0]]) > float(rec[feed.bid_ask[1]]):   # as stored (float64)
+        return None, (
+            f"too_late: published {(ref_ns - ts) / 1e9:.0f}s after its event, lateness bound {lateness_ns / 1e9:.0f}s"
+        )
+    if feed.bid_ask and float(rec[feed.bid_ask[0]]) > float(rec[feed.bid_ask[1]]):  # as stored (float64)
         return None, f"crossed_quote: {feed.bid_ask[0]} > {feed.bid_ask[1]}"
     return rec, None
 
@@ -136,11 +148,17 @@ def _fast_path(feed: Feed, payloads: list[bytes], ref_ns: np.ndarray, lateness_n
     # and hold no newline take this path; with the row count equal to the payload count, each gave one row.
     if not payloads or any(len(p) > MAX_MESSAGE_BYTES or p[:1] != b"{" or b"\n" in p for p in payloads):
         return None
-    schema = pa.schema([("schema_version", pa.int64())] + [(n, t) for n, t, *_ in feed.fields]
-                       + [("ts_event", pa.int64()), ("ts_init", pa.int64())])
+    schema = pa.schema(
+        [("schema_version", pa.int64())]
+        + [(n, t) for n, t, *_ in feed.fields]
+        + [("ts_event", pa.int64()), ("ts_init", pa.int64())]
+    )
     try:
-        t = pj.read_json(io.BytesIO(b"\n".join(payloads)), read_options=pj.ReadOptions(block_size=1 << 26),
-                         parse_options=pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"))
+        t = pj.read_json(
+            io.BytesIO(b"\n".join(payloads)),
+            read_options=pj.ReadOptions(block_size=1 << 26),
+            parse_options=pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"),
+        )
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return None
     if t.num_rows != len(payloads) or any(t[c].null_count for c in t.column_names):
@@ -162,8 +180,13 @@ def _fast_path(feed: Feed, payloads: list[bytes], ref_ns: np.ndarray, lateness_n
         ok = pc.and_(ok, pc.less_equal(t[feed.bid_ask[0]], t[feed.bid_ask[1]]))
     if not pc.all(ok).as_py():
         return None
-    if feed.unique_key and pc.count_distinct(pc.binary_join_element_wise(
-            *(t[k].cast(pa.string()) for k in feed.unique_key), "\x00")).as_py() != t.num_rows:
+    if (
+        feed.unique_key
+        and pc.count_distinct(
+            pc.binary_join_element_wise(*(t[k].cast(pa.string()) for k in feed.unique_key), "\x00")
+        ).as_py()
+        != t.num_rows
+    ):
         return None
     return t
 
@@ -172,8 +195,14 @@ def _screen(feed: Feed, recs: list[dict], ref_ns: np.ndarray, lateness_ns: int) 
     """Vectorised fast path: True where a record certainly passes `validate` (which stays the authority and
     names the reason for everything else). Field by field over the batch instead of record by record."""
     n = len(recs)
-    ok = np.fromiter((type(r) is dict and r.get("schema_version") == SCHEMA_VERSION
-                      and type(r.get("schema_version")) is int for r in recs), bool, n)
+    ok = np.fromiter(
+        (
+            type(r) is dict and r.get("schema_version") == SCHEMA_VERSION and type(r.get("schema_version")) is int
+            for r in recs
+        ),
+        bool,
+        n,
+    )
     for name, _, _, _, kind in feed.fields:
         vals = [r.get(name) if type(r) is dict else None for r in recs]
         if kind == POSITIVE:
@@ -191,14 +220,16 @@ def _screen(feed: Feed, recs: list[dict], ref_ns: np.ndarray, lateness_ns: int) 
         ok &= good
     ok &= (ts["ts_event"] <= ref_ns + FUTURE_TOLERANCE_NS) & (ts["ts_event"] >= ref_ns - lateness_ns)
     if feed.bid_ask:
-        bid, ask = (np.fromiter((r.get(name, 0) if ok[i] else 0 for i, r in enumerate(recs)), float, n)
-                    for name in feed.bid_ask)
+        bid, ask = (
+            np.fromiter((r.get(name, 0) if ok[i] else 0 for i, r in enumerate(recs)), float, n) for name in feed.bid_ask
+        )
         ok &= bid <= ask
     return ok
 
 
-def decode(feed: Feed, raw: RawBatch | list[RawMessage], topic: str, batch_id: str, now_ns: int,
-           lateness_ns: int) -> Decoded:
+def decode(
+    feed: Feed, raw: RawBatch | list[RawMessage], topic: str, batch_id: str, now_ns: int, lateness_ns: int
+) -> Decoded:
     """Validated rows of one micro-batch as an Arrow table in `feed.arrow_schema`, plus quarantine rows.
     now_ns stamps `ingested_at`; event times are judged against each message's publish time (`validate`)."""
     raw = raw if isinstance(raw, RawBatch) else RawBatch.of(raw)
@@ -206,17 +237,23 @@ def decode(feed: Feed, raw: RawBatch | list[RawMessage], topic: str, batch_id: s
     first = {}
     for i, mid in enumerate(raw.message_ids):
         first.setdefault(mid, i)
-    idx = list(first.values())                      # first occurrence of each message id, in order
+    idx = list(first.values())  # first occurrence of each message id, in order
     out.duplicates = len(raw.message_ids) - len(idx)
     ref = reference_times([raw.publish_ms[i] for i in idx], now_ns)
     fast_table = _fast_path(feed, [raw.payloads[i] for i in idx], ref, lateness_ns)
     if fast_table is not None:
         out.table = build_table(
-            feed, {name: fast_table[name] for name, *_ in feed.fields}, ts_event=fast_table["ts_event"],
-            ts_init=fast_table["ts_init"], topic=topic, batch_id=batch_id, now_ns=now_ns,
+            feed,
+            {name: fast_table[name] for name, *_ in feed.fields},
+            ts_event=fast_table["ts_event"],
+            ts_init=fast_table["ts_init"],
+            topic=topic,
+            batch_id=batch_id,
+            now_ns=now_ns,
             message_id=pa.array([raw.message_ids[i] for i in idx], pa.string()),
             ledger_id=pa.array([raw.ledger_ids[i] for i in idx], pa.int64()),
-            entry_id=pa.array([raw.entry_ids[i] for i in idx], pa.int64()))
+            entry_id=pa.array([raw.entry_ids[i] for i in idx], pa.int64()),
+        )
         return out
     recs = []
     for i in idx:
@@ -239,8 +276,14 @@ def decode(feed: Feed, raw: RawBatch | list[RawMessage], topic: str, batch_id: s
                 rec, why = None, f"{duplicate_key(feed, key)} already used in this batch"
             seen_keys.add(key)
         if rec is None:
-            out.quarantine.append({"message_id": raw.message_ids[i], "reason": why, "payload": raw.payloads[i],
-                                   "publish_time_ms": raw.publish_ms[i]})
+            out.quarantine.append(
+                {
+                    "message_id": raw.message_ids[i],
+                    "reason": why,
+                    "payload": raw.payloads[i],
+                    "publish_time_ms": raw.publish_ms[i],
+                }
+            )
         else:
             keep.append(k)
     if not keep:
@@ -248,27 +291,57 @@ def decode(feed: Feed, raw: RawBatch | list[RawMessage], topic: str, batch_id: s
     rows = [recs[k] for k in keep]
     pos = [idx[k] for k in keep]
     # floats via float(): an integer price such as 2**53 + 1 is valid, but pa.array refuses it for float64
-    cols = {name: pa.array([float(r[name]) for r in rows] if typ == pa.float64() else [r[name] for r in rows], typ)
-            for name, typ, *_ in feed.fields}
+    cols = {
+        name: pa.array([float(r[name]) for r in rows] if typ == pa.float64() else [r[name] for r in rows], typ)
+        for name, typ, *_ in feed.fields
+    }
     out.table = build_table(
-        feed, cols, ts_event=pa.array([r["ts_event"] for r in rows], pa.int64()),
-        ts_init=pa.array([r["ts_init"] for r in rows], pa.int64()), topic=topic, batch_id=batch_id, now_ns=now_ns,
+        feed,
+        cols,
+        ts_event=pa.array([r["ts_event"] for r in rows], pa.int64()),
+        ts_init=pa.array([r["ts_init"] for r in rows], pa.int64()),
+        topic=topic,
+        batch_id=batch_id,
+        now_ns=now_ns,
         message_id=pa.array([raw.message_ids[i] for i in pos], pa.string()),
         ledger_id=pa.array([raw.ledger_ids[i] for i in pos], pa.int64()),
-        entry_id=pa.array([raw.entry_ids[i] for i in pos], pa.int64()))
+        entry_id=pa.array([raw.entry_ids[i] for i in pos], pa.int64()),
+    )
     return out
 
 
-def build_table(feed: Feed, fields: dict, *, ts_event, ts_init, topic: str, batch_id: str, now_ns: int,
-                message_id, ledger_id, entry_id) -> pa.Table:
+def build_table(
+    feed: Feed,
+    fields: dict,
+    *,
+    ts_event,
+    ts_init,
+    topic: str,
+    batch_id: str,
+    now_ns: int,
+    message_id,
+    ledger_id,
+    entry_id,
+) -> pa.Table:
     """A stored table: the feed's fields plus derived timestamps and provenance, in `feed.arrow_schema`."""
     n = len(ts_event)
-    ts = pa.array(ts_event, pa.int64()).cast(pa.timestamp("ns", tz="UTC")).cast(pa.timestamp("us", tz="UTC"), safe=False)
-    data = {**fields, "ts_event": ts_event, "ts_init": ts_init, "ts": ts, "date": ts.cast(pa.date32()),
-            "ingested_at": pa.array([now_ns // 1000] * n, pa.timestamp("us", tz="UTC")),
-            "topic": pa.array([topic] * n, pa.string()), "message_id": message_id, "ledger_id": ledger_id,
-            "entry_id": entry_id, "batch_id": pa.array([batch_id] * n, pa.string()),
-            "schema_version": pa.array([SCHEMA_VERSION] * n, pa.int32())}
+    ts = (
+        pa.array(ts_event, pa.int64()).cast(pa.timestamp("ns", tz="UTC")).cast(pa.timestamp("us", tz="UTC"), safe=False)
+    )
+    data = {
+        **fields,
+        "ts_event": ts_event,
+        "ts_init": ts_init,
+        "ts": ts,
+        "date": ts.cast(pa.date32()),
+        "ingested_at": pa.array([now_ns // 1000] * n, pa.timestamp("us", tz="UTC")),
+        "topic": pa.array([topic] * n, pa.string()),
+        "message_id": message_id,
+        "ledger_id": ledger_id,
+        "entry_id": entry_id,
+        "batch_id": pa.array([batch_id] * n, pa.string()),
+        "schema_version": pa.array([SCHEMA_VERSION] * n, pa.int32()),
+    }
     return pa.table(data, schema=feed.arrow_schema)
 
 
@@ -284,6 +357,11 @@ def reject_reused_keys(feed: Feed, dec: Decoded, raw: RawBatch, stored: dict) ->
     if not stored or dec.table.num_rows == 0:
         return 0
     keys = zip(*(dec.table[k].to_pylist() for k in feed.unique_key))
-    return dec.move_to_quarantine(raw, {
-        mid: f"{duplicate_key(feed, key)} already stored as message {min(stored[key])}"
-        for key, mid in zip(keys, dec.table["message_id"].to_pylist()) if key in stored and mid not in stored[key]})
+    return dec.move_to_quarantine(
+        raw,
+        {
+            mid: f"{duplicate_key(feed, key)} already stored as message {min(stored[key])}"
+            for key, mid in zip(keys, dec.table["message_id"].to_pylist())
+            if key in stored and mid not in stored[key]
+        },
+    )

@@ -17,6 +17,7 @@ is a Dagster code server, then this one: no one is left to report the run), `rai
 `hold` (create <plan>.hold-<id>, wait until something removes it, then go on: lets a test stop a server at a
 precise point of a run).
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -25,9 +26,9 @@ import json
 import os
 import signal
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from resources.settings import load
 
@@ -43,7 +44,7 @@ class FaultInjected(RuntimeError):
 
 @functools.cache
 def _plan() -> Path | None:
-    return load().fault_plan   # once per process: a point is on the hot path
+    return load().fault_plan  # once per process: a point is on the hot path
 
 
 def point(name: str, feed: str, batch_id: str = "") -> None:

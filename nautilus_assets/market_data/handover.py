@@ -5,18 +5,19 @@ predecessor. Launching costs seconds to minutes on a loaded machine; meanwhile t
 Once started, the successor asks for the subscription (tags the predecessor); the predecessor finishes the batch
 in hand, acknowledges it, closes its consumer and tags itself released; then the successor subscribes. The
 gap is one poll of the run's tags, not a run launch. Through the Dagster instance only: no other channel."""
+
 from __future__ import annotations
 
 import os
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import dagster as dg
 
-PREDECESSOR_TAG = "nautilus/predecessor"   # on a successor: the run it takes over from
-HANDOVER_TAG = "nautilus/handover_to"      # on a predecessor: the successor waiting for the subscription
-RELEASED_TAG = "nautilus/released"         # on a predecessor: its consumer is closed, every batch acknowledged
-SUCCESSOR_WANTED_TAG = "nautilus/successor_wanted"   # on a run: wants its successor before its lifetime ends (why)
+PREDECESSOR_TAG = "nautilus/predecessor"  # on a successor: the run it takes over from
+HANDOVER_TAG = "nautilus/handover_to"  # on a predecessor: the successor waiting for the subscription
+RELEASED_TAG = "nautilus/released"  # on a predecessor: its consumer is closed, every batch acknowledged
+SUCCESSOR_WANTED_TAG = "nautilus/successor_wanted"  # on a run: wants its successor before its lifetime ends (why)
 POLL_S = 0.2
 
 
@@ -29,8 +30,9 @@ def release(instance: dg.DagsterInstance, run_id: str) -> None:
     instance.add_run_tags(run_id, {RELEASED_TAG: f"{time.time():.3f}"})
 
 
-def take_over(instance: dg.DagsterInstance, run: dg.DagsterRun, wait_s: float,
-              log: Callable[[str], None] = print) -> float:
+def take_over(
+    instance: dg.DagsterInstance, run: dg.DagsterRun, wait_s: float, log: Callable[[str], None] = print
+) -> float:
     """Called by a successor before it subscribes: ask the predecessor for the subscription, wait until it has
     released it (or ended). Returns the seconds waited. After `wait_s` it goes on anyway (the subscription is
     Shared and both sinks de-duplicate, so two consumers for a moment cost nothing but a warning)."""

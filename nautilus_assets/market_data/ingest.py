@@ -1,5 +1,6 @@
 """Micro-batches: consume from the durable Shared subscription, decode and validate, write both sinks,
 then acknowledge. A message is acknowledged only after both sinks (and the quarantine) committed it."""
+
 from __future__ import annotations
 
 import time
@@ -36,14 +37,14 @@ class BatchResult:
     first_message_id: str = ""
     last_message_id: str = ""
     seconds: dict = field(default_factory=dict)
-    rows: pa.Table | None = field(default=None, repr=False)        # the batch's valid rows
-    quarantine: dict = field(default_factory=dict, repr=False)      # message id -> reason, of the quarantined
-    bar_keys: list = field(default_factory=list, repr=False)       # (instrument, minute) the batch touched
+    rows: pa.Table | None = field(default=None, repr=False)  # the batch's valid rows
+    quarantine: dict = field(default_factory=dict, repr=False)  # message id -> reason, of the quarantined
+    bar_keys: list = field(default_factory=list, repr=False)  # (instrument, minute) the batch touched
     # read for the batch's checks after its acknowledgement, before the next batch writes (Stream(inspect=True))
     stored_span: pa.Table | None = field(default=None, repr=False)  # ClickHouse rows of its message-id span
     bars_check: dict | None = field(default=None, repr=False)
     table_rows: int = -1
-    inspected: Future | None = field(default=None, repr=False)      # done when the three above are read
+    inspected: Future | None = field(default=None, repr=False)  # done when the three above are read
 
     @property
     def closed_dates(self) -> list[str]:
@@ -65,9 +66,13 @@ DETAIL_FIELDS = ("rows", "quarantine", "bar_keys", "stored_span", "bars_check", 
 
 
 def subscribe(client: pulsar.Client, feed: Feed, receiver_queue_size: int = 20_000) -> pulsar.Consumer:
-    return client.subscribe(feed.topic, SUBSCRIPTION, consumer_type=pulsar.ConsumerType.Shared,
-                            initial_position=pulsar.InitialPosition.Earliest,
-                            receiver_queue_size=receiver_queue_size)
+    return client.subscribe(
+        feed.topic,
+        SUBSCRIPTION,
+        consumer_type=pulsar.ConsumerType.Shared,
+        initial_position=pulsar.InitialPosition.Earliest,
+        receiver_queue_size=receiver_queue_size,
+    )
 
 
 # A fresh consumer on Apache Pulsar may wait well over 300 ms for its first dispatch (a burst test saw a run
@@ -75,8 +80,9 @@ def subscribe(client: pulsar.Client, feed: Feed, receiver_queue_size: int = 20_0
 FIRST_MESSAGE_WAIT_MS = 5000
 
 
-def receive(consumer: pulsar.Consumer, max_messages: int, max_wait_s: float, idle_ms: int = 300,
-            first_ms: int = 0) -> list:
+def receive(
+    consumer: pulsar.Consumer, max_messages: int, max_wait_s: float, idle_ms: int = 300, first_ms: int = 0
+) -> list:
     """What was pending when the batch started: stops at max_messages, after max_wait_s, when the
     subscription is idle for idle_ms (first_ms, if longer, before the first message), or at the first
     message published after the batch started."""
@@ -99,15 +105,25 @@ def to_raw(msgs: list) -> RawBatch:
     """Columns of a received batch; message ids as 'ledger:entry:batch_index'. pulsar.Message and the C++ messages
     receive_window(raw=True) gives have the same public methods (the wrapper's delegate to the C++ object's)."""
     ids = [x.message_id() for x in msgs]
-    ledgers, entries = [i.ledger_id() for i in ids], [i.entry_id() for i in ids]   # 2x faster than parsing str(id)
-    return RawBatch(payloads=[x.data() for x in msgs],
-                    message_ids=[f"{ledger}:{entry}:{i.batch_index()}" for ledger, entry, i in zip(ledgers, entries, ids)],
-                    ledger_ids=ledgers, entry_ids=entries, publish_ms=[x.publish_timestamp() for x in msgs],
-                    is_replay=lambda i: msgs[i].properties().get(REPLAY_PROPERTY) == "historical")
+    ledgers, entries = [i.ledger_id() for i in ids], [i.entry_id() for i in ids]  # 2x faster than parsing str(id)
+    return RawBatch(
+        payloads=[x.data() for x in msgs],
+        message_ids=[f"{ledger}:{entry}:{i.batch_index()}" for ledger, entry, i in zip(ledgers, entries, ids)],
+        ledger_ids=ledgers,
+        entry_ids=entries,
+        publish_ms=[x.publish_timestamp() for x in msgs],
+        is_replay=lambda i: msgs[i].properties().get(REPLAY_PROPERTY) == "historical",
+    )
 
 
-def receive_window(consumer: pulsar.Consumer, max_messages: int, window_s: float, poll_ms: int = 1000,
-                   opened: float | None = None, raw: bool = False) -> list:
+def receive_window(
+    consumer: pulsar.Consumer,
+    max_messages: int,
+    window_s: float,
+    poll_ms: int = 1000,
+    opened: float | None = None,
+    raw: bool = False,
+) -> list:
     """One batch of a long-lived consumer: waits up to poll_ms for a first message, then takes what arrives until
     window_s after `opened` (the previous batch's start; default: the first message), at most max_messages.
     A commit that took longer than the window leaves only what is already queued to take: a batch starts at most
@@ -141,9 +157,18 @@ class Stream:
     only after those reads, so a check sees exactly its batch's writes (the bars check recomputes the batch's
     minutes from the stored trades: another batch's trades without its bars would read as a mismatch)."""
 
-    def __init__(self, feed: Feed, pulsar_res: PulsarResource, lake: LakeResource, ch: ClickHouseResource,
-                 lateness_s: float, log: Callable[[str], None] = print, inspect: bool = False,
-                 cache: RedisResource | None = None, consume: bool = True):
+    def __init__(
+        self,
+        feed: Feed,
+        pulsar_res: PulsarResource,
+        lake: LakeResource,
+        ch: ClickHouseResource,
+        lateness_s: float,
+        log: Callable[[str], None] = print,
+        inspect: bool = False,
+        cache: RedisResource | None = None,
+        consume: bool = True,
+    ):
         """consume=False: no consumer on the subscription (commits of RawBatches from elsewhere, such as a
         quarantine replay, which must not take the live messages it would never acknowledge)."""
         self.feed, self.pulsar_res, self.lake, self.ch, self.cache = feed, pulsar_res, lake, ch, cache
@@ -192,7 +217,7 @@ class Stream:
             res.seconds[name] = round(now - clock, 3)
             clock = now
 
-        given = isinstance(msgs, RawBatch)   # messages from elsewhere (a quarantine replay): nothing to acknowledge
+        given = isinstance(msgs, RawBatch)  # messages from elsewhere (a quarantine replay): nothing to acknowledge
         res.consumed = len(msgs.message_ids) if given else len(msgs)
         if not res.consumed:
             return res
@@ -208,7 +233,7 @@ class Stream:
         with ThreadPoolExecutor(1) as pool:
             with ch.session() as c:
                 in_delta = pool.submit(sinks.stored_in_delta, self.lake, feed, dec.table, self.delta)
-                if feed.unique_key:   # a new message reusing a key (trade id) an earlier batch stored
+                if feed.unique_key:  # a new message reusing a key (trade id) an earlier batch stored
                     reject_reused_keys(feed, dec, raw, sinks.stored_keys(c, feed, dec.table, batch_id))
                     lap("trade_ids")
                 in_ch = sinks.stored_in_clickhouse(c, feed, dec.table)
@@ -219,13 +244,21 @@ class Stream:
                 res.rows, res.quarantine = dec.table, {q["message_id"]: q["reason"] for q in dec.quarantine}
                 res.valid, res.quarantined = dec.table.num_rows, len(dec.quarantine)
                 res.duplicates_in_batch = dec.duplicates
-                delta = pool.submit(sinks.write_delta, self.lake, feed, dec.table, batch_id, self.delta,
-                                    set(in_delta["message_id"].to_pylist()))
-                if self._inspecting is not None:   # the previous batch's check reads come first (class doc)
+                delta = pool.submit(
+                    sinks.write_delta,
+                    self.lake,
+                    feed,
+                    dec.table,
+                    batch_id,
+                    self.delta,
+                    set(in_delta["message_id"].to_pylist()),
+                )
+                if self._inspecting is not None:  # the previous batch's check reads come first (class doc)
                     self._inspecting.result()
                     lap("checks_wait")
-                res.written_clickhouse = sinks.write_clickhouse(c, feed, dec.table,
-                                                                set(in_ch["message_id"].to_pylist()))
+                res.written_clickhouse = sinks.write_clickhouse(
+                    c, feed, dec.table, set(in_ch["message_id"].to_pylist())
+                )
                 faults.point("between_sinks", feed.name, batch_id)
                 sinks.write_quarantine(c, feed.topic, batch_id, dec.quarantine)
                 lap("clickhouse")
@@ -235,20 +268,27 @@ class Stream:
                     lap("bars")
             res.written_delta, res.delta_version, self.delta = delta.result()
             lap("delta_wait")
-        system_topics.publish_quarantine_alert(self.client, feed.topic, batch_id, res.consumed, dec.table.num_rows,
-                                               dec.quarantine)
-        if feed.cached and self.cache is not None:   # the latest row per instrument (top of book), before the ack
-            current.publish(self.cache, feed.name, current.latest_arrow(current.KINDS[feed.name], dec.table,
-                                                                        "ts_event", feed.content_columns), log=self.log)
+        system_topics.publish_quarantine_alert(
+            self.client, feed.topic, batch_id, res.consumed, dec.table.num_rows, dec.quarantine
+        )
+        if feed.cached and self.cache is not None:  # the latest row per instrument (top of book), before the ack
+            current.publish(
+                self.cache,
+                feed.name,
+                current.latest_arrow(current.KINDS[feed.name], dec.table, "ts_event", feed.content_columns),
+                log=self.log,
+            )
             lap("cache")
         if feed.bars:
             if self.announcer is None:
                 self.announcer = changes.Announcer(self.client)
-            self.announcer.announce(batch_id, version, res.bar_keys)   # before the ack (changes.py)
+            self.announcer.announce(batch_id, version, res.bar_keys)  # before the ack (changes.py)
             lap("announce")
         ch1 = session_counters()
-        res.seconds.update(clickhouse_session=round(ch1["seconds"] - ch0["seconds"], 3),
-                           clickhouse_connect=round(ch1["connect"] - ch0["connect"], 3))
+        res.seconds.update(
+            clickhouse_session=round(ch1["seconds"] - ch0["seconds"], 3),
+            clickhouse_connect=round(ch1["connect"] - ch0["connect"], 3),
+        )
         if ack and not given:
             faults.point("before_ack", feed.name, batch_id)
             half = len(msgs) // 2
@@ -258,8 +298,10 @@ class Stream:
                 self.consumer.acknowledge(m)
             lap("ack")
             faults.completed(feed.name)
-        self.log(f"{batch_id}: {res.valid} valid ({res.written_delta} new in Delta v{res.delta_version}, "
-                 f"{res.written_clickhouse} new in ClickHouse), {res.quarantined} quarantined; {res.seconds}")
+        self.log(
+            f"{batch_id}: {res.valid} valid ({res.written_delta} new in Delta v{res.delta_version}, "
+            f"{res.written_clickhouse} new in ClickHouse), {res.quarantined} quarantined; {res.seconds}"
+        )
         if self._inspector is not None:
             res.inspected = self._inspecting = self._inspector.submit(self._inspect, res)
         return res
@@ -275,9 +317,18 @@ class Stream:
         return round(time.perf_counter() - t, 3)
 
 
-def run_batch(feed: Feed, pulsar_res: PulsarResource, lake: LakeResource, ch: ClickHouseResource, batch_id: str,
-              max_messages: int, max_wait_s: float, lateness_s: float,
-              log: Callable[[str], None] = print, ack: bool = True) -> BatchResult:
+def run_batch(
+    feed: Feed,
+    pulsar_res: PulsarResource,
+    lake: LakeResource,
+    ch: ClickHouseResource,
+    batch_id: str,
+    max_messages: int,
+    max_wait_s: float,
+    lateness_s: float,
+    log: Callable[[str], None] = print,
+    ack: bool = True,
+) -> BatchResult:
     """One batch of what is pending, on a consumer of its own (tests, benchmarks, one-shot tools)."""
     with Stream(feed, pulsar_res, lake, ch, lateness_s, log) as stream:
         t = time.perf_counter()

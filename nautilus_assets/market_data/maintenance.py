@@ -26,7 +26,7 @@ from .sinks import bronze_table
 
 
 def files_per_partition(dt) -> Counter:
-    actions = pa.table(dt.get_add_actions(flatten=True))   # an arro3 table: through the Arrow C stream interface
+    actions = pa.table(dt.get_add_actions(flatten=True))  # an arro3 table: through the Arrow C stream interface
     return Counter(str(d) for d in actions["partition.date"].to_pylist()) if actions.num_rows else Counter()
 
 
@@ -46,19 +46,31 @@ def maintain(lake: LakeResource, table: str, max_files: int, retention_days: flo
     vacuumed = dt.vacuum(retention_hours=int(retention_days * 24), dry_run=False, enforce_retention_duration=False)
     dt.cleanup_metadata()
     after = files_per_partition(dt)
-    return {"table": table, "version": dt.version(), "partitions": len(after), "compacted": compacted,
-            "max_files_per_partition": max(after.values(), default=0), "files_vacuumed": len(vacuumed)}
+    return {
+        "table": table,
+        "version": dt.version(),
+        "partitions": len(after),
+        "compacted": compacted,
+        "max_files_per_partition": max(after.values(), default=0),
+        "files_vacuumed": len(vacuumed),
+    }
 
 
 @dg.op(pool="lake", description="Compact, checkpoint and vacuum every bronze Delta table")
 def compact_checkpoint_vacuum(context: dg.OpExecutionContext, lake: LakeResource) -> dict:
     s = load().lake
-    out = {f.name: maintain(lake, bronze_table(f), s.max_files_per_partition, s.retention_days, context.log.info)
-           for f in FEEDS.values()}
+    out = {
+        f.name: maintain(lake, bronze_table(f), s.max_files_per_partition, s.retention_days, context.log.info)
+        for f in FEEDS.values()
+    }
     for name, r in out.items():
-        context.add_output_metadata({f"{name}_max_files_per_partition": r.get("max_files_per_partition", 0),
-                                     f"{name}_files_vacuumed": r.get("files_vacuumed", 0),
-                                     f"{name}_partitions_compacted": len(r.get("compacted", {}))})
+        context.add_output_metadata(
+            {
+                f"{name}_max_files_per_partition": r.get("max_files_per_partition", 0),
+                f"{name}_files_vacuumed": r.get("files_vacuumed", 0),
+                f"{name}_partitions_compacted": len(r.get("compacted", {})),
+            }
+        )
     return out
 
 
@@ -68,24 +80,41 @@ def lake_maintenance_job():
 
 
 def _uniqueness_check(feed, key):
-    @dg.asset_check(asset=key, name=SCHEDULED_CHECK, blocking=False,
-                    description="No message id (trades: no instrument trade id) twice in the whole ClickHouse table; "
-                                "scheduled, since a whole-table query has no place in a micro-batch")
+    @dg.asset_check(
+        asset=key,
+        name=SCHEDULED_CHECK,
+        blocking=False,
+        description="No message id (trades: no instrument trade id) twice in the whole ClickHouse table; "
+        "scheduled, since a whole-table query has no place in a micro-batch",
+    )
     def _check(clickhouse: ClickHouseResource) -> dg.AssetCheckResult:
         d = checks.duplicate_ids_in_table(clickhouse, feed)
-        return dg.AssetCheckResult(passed=d["duplicate_message_ids"] == 0 and d["duplicate_trade_ids"] == 0,
-                                   metadata=d)
+        return dg.AssetCheckResult(passed=d["duplicate_message_ids"] == 0 and d["duplicate_trade_ids"] == 0, metadata=d)
+
     return _check
 
 
 INTEGRITY_CHECKS = [_uniqueness_check(TRADES, TRADES_KEY), _uniqueness_check(QUOTES, QUOTES_KEY)]
-INTEGRITY_JOB = dg.define_asset_job("market_data_integrity", selection=dg.AssetSelection.checks(*INTEGRITY_CHECKS),
-                                    description="Whole-table uniqueness checks of the market-data feed")
+INTEGRITY_JOB = dg.define_asset_job(
+    "market_data_integrity",
+    selection=dg.AssetSelection.checks(*INTEGRITY_CHECKS),
+    description="Whole-table uniqueness checks of the market-data feed",
+)
 SCHEDULES = [
-    dg.ScheduleDefinition(name="lake_maintenance_schedule", job=lake_maintenance_job, cron_schedule="7 * * * *",
-                          default_status=dg.DefaultScheduleStatus.RUNNING, execution_timezone="UTC",
-                          description="Hourly: compact, checkpoint and vacuum the bronze tables"),
-    dg.ScheduleDefinition(name="market_data_integrity_schedule", job=INTEGRITY_JOB, cron_schedule="37 * * * *",
-                          default_status=dg.DefaultScheduleStatus.RUNNING, execution_timezone="UTC",
-                          description="Hourly: whole-table uniqueness of the feed's ids"),
+    dg.ScheduleDefinition(
+        name="lake_maintenance_schedule",
+        job=lake_maintenance_job,
+        cron_schedule="7 * * * *",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        execution_timezone="UTC",
+        description="Hourly: compact, checkpoint and vacuum the bronze tables",
+    ),
+    dg.ScheduleDefinition(
+        name="market_data_integrity_schedule",
+        job=INTEGRITY_JOB,
+        cron_schedule="37 * * * *",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        execution_timezone="UTC",
+        description="Hourly: whole-table uniqueness of the feed's ids",
+    ),
 ]

@@ -7,13 +7,14 @@ same de-duplication on the message id in both sinks, the same bar recompute and 
 already stored counts as stored and is not written again, so a replay, a repeated replay or an interrupted one
 stores each message once. Each replayed message gets a row in `quarantine_replays` with its outcome; one still
 invalid stays in the quarantine with its new reason."""
+
 from __future__ import annotations
 
 import fcntl
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
@@ -28,7 +29,7 @@ from .schema import FEEDS
 from .sinks import DB
 
 STORED = "stored"
-CHUNK = 20_000   # messages per replay batch (the ingest's batch bound)
+CHUNK = 20_000  # messages per replay batch (the ingest's batch bound)
 
 SELECT_SQL = f"""
 SELECT q.topic AS topic, q.message_id AS message_id, q.batch_id AS batch_id, q.reason AS reason,
@@ -49,14 +50,23 @@ def topics_of(feed: str | None) -> list[str]:
     return [FEEDS[feed].topic] if feed else [f.topic for f in FEEDS.values()]
 
 
-def select(ch: ClickHouseResource, *, feed: str | None = None, reason: str = "", since: datetime | None = None,
-           pending_only: bool = False) -> list[dict]:
+def select(
+    ch: ClickHouseResource,
+    *,
+    feed: str | None = None,
+    reason: str = "",
+    since: datetime | None = None,
+    pending_only: bool = False,
+) -> list[dict]:
     """Quarantine rows matching the filters (reason: a prefix such as "too_late"), oldest first, each with the
     outcome of its latest replay ("" if never replayed)."""
-    since_us = int((since or datetime(1970, 1, 1, tzinfo=timezone.utc)).timestamp() * 1e6)
+    since_us = int((since or datetime(1970, 1, 1, tzinfo=UTC)).timestamp() * 1e6)
     with ch.session() as c:
-        res = c.query(SELECT_SQL, parameters={"topics": topics_of(feed), "reason": reason, "since_us": since_us},
-                      column_formats={"payload": "bytes"})   # as it arrived, even when not UTF-8
+        res = c.query(
+            SELECT_SQL,
+            parameters={"topics": topics_of(feed), "reason": reason, "since_us": since_us},
+            column_formats={"payload": "bytes"},
+        )  # as it arrived, even when not UTF-8
         rows = [dict(zip(res.column_names, r)) for r in res.result_rows]
     return [r for r in rows if not (pending_only and r["replay_outcome"] == STORED)]
 
@@ -66,13 +76,14 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     text = text.strip()
     if text[:-1].replace(".", "", 1).isdigit() and text[-1:] in units:
-        return (now or datetime.now(timezone.utc)) - timedelta(seconds=float(text[:-1]) * units[text[-1]])
+        return (now or datetime.now(UTC)) - timedelta(seconds=float(text[:-1]) * units[text[-1]])
     try:
         t = datetime.fromisoformat(text)
     except ValueError:
-        raise ValueError(f"--since {text!r}: expected an ISO date/time (2026-12-05T10:00) or an age (30m, 2h, 7d)"
-                         ) from None
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+        raise ValueError(
+            f"--since {text!r}: expected an ISO date/time (2026-12-05T10:00) or an age (30m, 2h, 7d)"
+        ) from None
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
 def _ids(message_id: str) -> tuple[int, int]:
@@ -87,9 +98,14 @@ def _ids(message_id: str) -> tuple[int, int]:
 def as_batch(rows: list[dict], accept_late: bool) -> RawBatch:
     payloads = [bytes(r["payload"]) for r in rows]
     ids = [_ids(r["message_id"]) for r in rows]
-    return RawBatch(payloads=payloads, message_ids=[r["message_id"] for r in rows], ledger_ids=[i[0] for i in ids],
-                    entry_ids=[i[1] for i in ids], publish_ms=[int(r["publish_ms"]) for r in rows],
-                    is_replay=lambda i: accept_late)
+    return RawBatch(
+        payloads=payloads,
+        message_ids=[r["message_id"] for r in rows],
+        ledger_ids=[i[0] for i in ids],
+        entry_ids=[i[1] for i in ids],
+        publish_ms=[int(r["publish_ms"]) for r in rows],
+        is_replay=lambda i: accept_late,
+    )
 
 
 @contextmanager
@@ -104,13 +120,23 @@ def _exclusive(lock_path: Path):
         yield
 
 
-def replay(pulsar: PulsarResource, lake: LakeResource, ch: ClickHouseResource, lateness_s: float, lock_path: Path, *,
-           feed: str | None = None, reason: str = "", since: datetime | None = None, accept_late: bool = False,
-           log: Callable[[str], None] = print) -> dict:
+def replay(
+    pulsar: PulsarResource,
+    lake: LakeResource,
+    ch: ClickHouseResource,
+    lateness_s: float,
+    lock_path: Path,
+    *,
+    feed: str | None = None,
+    reason: str = "",
+    since: datetime | None = None,
+    accept_late: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Re-ingest the matching quarantined messages not stored by an earlier replay. accept_late exempts them from
     the lateness bound (as a marked historical replay is). Returns counts: taken, stored, still quarantined, and the
     earlier days whose trades it added to (their day-level products are stale: `closed_dates`)."""
-    replay_id = f"replay-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{time.time_ns() % 10**6}"
+    replay_id = f"replay-{datetime.now(UTC):%Y%m%dT%H%M%S}-{time.time_ns() % 10**6}"
     out = {"replay_id": replay_id, "taken": 0, STORED: 0, "quarantined": 0, "reasons": {}, "closed_dates": set()}
     with _exclusive(lock_path):
         rows = select(ch, feed=feed, reason=reason, since=since, pending_only=True)
@@ -120,10 +146,14 @@ def replay(pulsar: PulsarResource, lake: LakeResource, ch: ClickHouseResource, l
                 continue
             with Stream(f, pulsar, lake, ch, lateness_s, log=log, consume=False) as stream:
                 for k in range(0, len(mine), CHUNK):
-                    chunk = mine[k:k + CHUNK]
+                    chunk = mine[k : k + CHUNK]
                     res = stream.commit(f"{replay_id}-{name}-{k // CHUNK}", as_batch(chunk, accept_late))
-                    outcomes = [f"quarantined: {res.quarantine[r['message_id']]}" if r["message_id"] in res.quarantine
-                                else STORED for r in chunk]
+                    outcomes = [
+                        f"quarantined: {res.quarantine[r['message_id']]}"
+                        if r["message_id"] in res.quarantine
+                        else STORED
+                        for r in chunk
+                    ]
                     record(ch, f.topic, replay_id, [r["message_id"] for r in chunk], outcomes)
                     out["taken"] += len(chunk)
                     out[STORED] += outcomes.count(STORED)
@@ -137,8 +167,14 @@ def replay(pulsar: PulsarResource, lake: LakeResource, ch: ClickHouseResource, l
 
 def record(ch: ClickHouseResource, topic: str, replay_id: str, message_ids: list[str], outcomes: list[str]) -> None:
     n, now = len(message_ids), time.time_ns() // 1000
-    t = pa.table({"topic": pa.array([topic] * n, pa.string()), "message_id": pa.array(message_ids, pa.string()),
-                  "replay_id": pa.array([replay_id] * n, pa.string()), "outcome": pa.array(outcomes, pa.string()),
-                  "replayed_at": pa.array([now] * n, pa.timestamp("us", tz="UTC"))})
+    t = pa.table(
+        {
+            "topic": pa.array([topic] * n, pa.string()),
+            "message_id": pa.array(message_ids, pa.string()),
+            "replay_id": pa.array([replay_id] * n, pa.string()),
+            "outcome": pa.array(outcomes, pa.string()),
+            "replayed_at": pa.array([now] * n, pa.timestamp("us", tz="UTC")),
+        }
+    )
     with ch.session() as c:
         c.insert_arrow(f"{DB}.quarantine_replays", t)

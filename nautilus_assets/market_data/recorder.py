@@ -5,11 +5,12 @@ A batch is acknowledged before it is recorded (both sinks hold it), so recording
 kill between the two loses is the record of at most `max_pending` batches, never a row. When recording falls
 behind, the thread takes every waiting batch at once (one Delta read for their checks), and the committer
 blocks once `max_pending` batches wait: the records never lag without bound."""
+
 from __future__ import annotations
 
 import queue
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 
 class Recorder:

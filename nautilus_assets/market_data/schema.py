@@ -1,4 +1,5 @@
 """Topics, message fields and the stored tables of the market-data product (one source of truth)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,31 +15,35 @@ MAX_MESSAGE_BYTES = 64 * 1024
 REPLAY_PROPERTY = "nautilus-replay"  # message property marking a historical replay (exempt from lateness)
 
 # Columns every stored row carries: where it came from and which micro-batch wrote it.
-PROVENANCE = [("topic", pa.string(), "String", "Source Pulsar topic"),
-              ("message_id", pa.string(), "String", "Pulsar message id ledger:entry:batch_index"),
-              ("ledger_id", pa.int64(), "Int64", "Pulsar ledger id"),
-              ("entry_id", pa.int64(), "Int64", "Pulsar entry id"),
-              ("batch_id", pa.string(), "String", "Micro-batch (Dagster run) that wrote the row")]
-TIMES = [("ts_event", pa.int64(), "Int64", "Event time, UTC nanoseconds"),
-         ("ts_init", pa.int64(), "Int64", "Time the event was created by the feed, UTC nanoseconds"),
-         ("ts", pa.timestamp("us", tz="UTC"), "DateTime64(9, 'UTC')", "ts_event as a timestamp (Delta keeps µs)"),
-         ("date", pa.date32(), "Date", "UTC date of ts_event (Delta partition)"),
-         ("ingested_at", pa.timestamp("us", tz="UTC"), "DateTime64(6, 'UTC')", "When the batch decoded the row")]
+PROVENANCE = [
+    ("topic", pa.string(), "String", "Source Pulsar topic"),
+    ("message_id", pa.string(), "String", "Pulsar message id ledger:entry:batch_index"),
+    ("ledger_id", pa.int64(), "Int64", "Pulsar ledger id"),
+    ("entry_id", pa.int64(), "Int64", "Pulsar entry id"),
+    ("batch_id", pa.string(), "String", "Micro-batch (Dagster run) that wrote the row"),
+]
+TIMES = [
+    ("ts_event", pa.int64(), "Int64", "Event time, UTC nanoseconds"),
+    ("ts_init", pa.int64(), "Int64", "Time the event was created by the feed, UTC nanoseconds"),
+    ("ts", pa.timestamp("us", tz="UTC"), "DateTime64(9, 'UTC')", "ts_event as a timestamp (Delta keeps µs)"),
+    ("date", pa.date32(), "Date", "UTC date of ts_event (Delta partition)"),
+    ("ingested_at", pa.timestamp("us", tz="UTC"), "DateTime64(6, 'UTC')", "When the batch decoded the row"),
+]
 
 
 @dataclass(frozen=True)
 class Feed:
-    name: str            # asset/table name
-    topic_name: str      # Pulsar topic under nautilus/market-data
-    fields: list         # (name, arrow type, ClickHouse type, description, python check)
+    name: str  # asset/table name
+    topic_name: str  # Pulsar topic under nautilus/market-data
+    fields: list  # (name, arrow type, ClickHouse type, description, python check)
     order_by: str
     # What the ingest does besides storing the rows, declared per feed, so a new feed is a declaration, not branches:
-    unique_key: tuple[str, ...] = ()   # fields naming one event (a venue's trade id per instrument): a message that
-                                       # reuses a key, in its batch or stored earlier, is quarantined as duplicate_<last>
-    key_table: str = ""                # ClickHouse side table of the stored keys, for that look-up (TRADE_IDS_DDL)
-    bid_ask: tuple[str, str] = ()      # a row whose bid is above its ask is crossed: quarantined
-    bars: bool = False                 # its rows make the 1-minute bars (recomputed, checked and announced per batch)
-    cached: bool = False               # the latest row per instrument goes to the current-state cache (current.KINDS)
+    unique_key: tuple[str, ...] = ()  # fields naming one event (a venue's trade id per instrument): a message that
+    # reuses a key, in its batch or stored earlier, is quarantined as duplicate_<last>
+    key_table: str = ""  # ClickHouse side table of the stored keys, for that look-up (TRADE_IDS_DDL)
+    bid_ask: tuple[str, str] = ()  # a row whose bid is above its ask is crossed: quarantined
+    bars: bool = False  # its rows make the 1-minute bars (recomputed, checked and announced per batch)
+    cached: bool = False  # the latest row per instrument goes to the current-state cache (current.KINDS)
 
     @property
     def topic(self) -> str:
@@ -46,8 +51,12 @@ class Feed:
 
     @property
     def columns(self) -> list[tuple]:
-        return [(n, a, c, d) for n, a, c, d, _ in self.fields] + TIMES + PROVENANCE + [
-            ("schema_version", pa.int32(), "Int32", "Message schema version")]
+        return (
+            [(n, a, c, d) for n, a, c, d, _ in self.fields]
+            + TIMES
+            + PROVENANCE
+            + [("schema_version", pa.int32(), "Int32", "Message schema version")]
+        )
 
     @property
     def content_columns(self) -> list[str]:
@@ -64,9 +73,11 @@ class Feed:
 
     def clickhouse_ddl(self, db: str) -> str:
         cols = ",\n  ".join(f"`{n}` {c}" for n, _, c, _ in self.columns)
-        return (f"CREATE TABLE IF NOT EXISTS {db}.{self.name} (\n  {cols},\n"
-                f"  INDEX msg (ledger_id, entry_id) TYPE minmax GRANULARITY 1\n"
-                f") ENGINE = MergeTree PARTITION BY toYYYYMM(date) ORDER BY ({self.order_by})")
+        return (
+            f"CREATE TABLE IF NOT EXISTS {db}.{self.name} (\n  {cols},\n"
+            f"  INDEX msg (ledger_id, entry_id) TYPE minmax GRANULARITY 1\n"
+            f") ENGINE = MergeTree PARTITION BY toYYYYMM(date) ORDER BY ({self.order_by})"
+        )
 
 
 POSITIVE = "positive"
@@ -74,22 +85,36 @@ TEXT = "text"
 SIDE = "side"
 NS = "ns"
 
-TRADES = Feed("trades", "trades", [
-    ("instrument_id", pa.string(), "LowCardinality(String)", "Instrument, SYMBOL.VENUE", TEXT),
-    ("price", pa.float64(), "Float64", "Trade price", POSITIVE),
-    ("size", pa.float64(), "Float64", "Trade size", POSITIVE),
-    ("aggressor_side", pa.string(), "LowCardinality(String)", "BUYER, SELLER or NO_AGGRESSOR", SIDE),
-    ("trade_id", pa.string(), "String", "Venue trade id, unique per instrument", TEXT),
-], order_by="instrument_id, ts_event, message_id", unique_key=("instrument_id", "trade_id"), key_table="trade_ids",
-   bars=True)
+TRADES = Feed(
+    "trades",
+    "trades",
+    [
+        ("instrument_id", pa.string(), "LowCardinality(String)", "Instrument, SYMBOL.VENUE", TEXT),
+        ("price", pa.float64(), "Float64", "Trade price", POSITIVE),
+        ("size", pa.float64(), "Float64", "Trade size", POSITIVE),
+        ("aggressor_side", pa.string(), "LowCardinality(String)", "BUYER, SELLER or NO_AGGRESSOR", SIDE),
+        ("trade_id", pa.string(), "String", "Venue trade id, unique per instrument", TEXT),
+    ],
+    order_by="instrument_id, ts_event, message_id",
+    unique_key=("instrument_id", "trade_id"),
+    key_table="trade_ids",
+    bars=True,
+)
 
-QUOTES = Feed("quotes", "level1-quotes", [
-    ("instrument_id", pa.string(), "LowCardinality(String)", "Instrument, SYMBOL.VENUE", TEXT),
-    ("bid_price", pa.float64(), "Float64", "Best bid price", POSITIVE),
-    ("ask_price", pa.float64(), "Float64", "Best ask price", POSITIVE),
-    ("bid_size", pa.float64(), "Float64", "Size at the best bid", POSITIVE),
-    ("ask_size", pa.float64(), "Float64", "Size at the best ask", POSITIVE),
-], order_by="instrument_id, ts_event, message_id", bid_ask=("bid_price", "ask_price"), cached=True)
+QUOTES = Feed(
+    "quotes",
+    "level1-quotes",
+    [
+        ("instrument_id", pa.string(), "LowCardinality(String)", "Instrument, SYMBOL.VENUE", TEXT),
+        ("bid_price", pa.float64(), "Float64", "Best bid price", POSITIVE),
+        ("ask_price", pa.float64(), "Float64", "Best ask price", POSITIVE),
+        ("bid_size", pa.float64(), "Float64", "Size at the best bid", POSITIVE),
+        ("ask_size", pa.float64(), "Float64", "Size at the best ask", POSITIVE),
+    ],
+    order_by="instrument_id, ts_event, message_id",
+    bid_ask=("bid_price", "ask_price"),
+    cached=True,
+)
 
 FEEDS = {f.name: f for f in (TRADES, QUOTES)}
 
@@ -119,8 +144,11 @@ BARS_COLUMNS = [
     ("batch_id", "String", "Micro-batch that last recomputed the bar", []),
 ]
 
-BARS_DDL = "CREATE TABLE IF NOT EXISTS {db}.bars_1m (" + ", ".join(f"`{n}` {t}" for n, t, _, _ in BARS_COLUMNS) + \
-    ") ENGINE = ReplacingMergeTree(version) PARTITION BY toYYYYMM(minute) ORDER BY (instrument_id, minute)"
+BARS_DDL = (
+    "CREATE TABLE IF NOT EXISTS {db}.bars_1m ("
+    + ", ".join(f"`{n}` {t}" for n, t, _, _ in BARS_COLUMNS)
+    + ") ENGINE = ReplacingMergeTree(version) PARTITION BY toYYYYMM(minute) ORDER BY (instrument_id, minute)"
+)
 
 BARS_SCHEMA = dg.TableSchema(columns=[dg.TableColumn(n, t, description=d) for n, t, d, _ in BARS_COLUMNS])
 
@@ -131,11 +159,17 @@ TRADE_IDS_DDL = """CREATE TABLE IF NOT EXISTS {db}.trade_ids (
   instrument_id LowCardinality(String), date Date, trade_id String, message_id String
 ) ENGINE = ReplacingMergeTree PARTITION BY toYYYYMM(date) ORDER BY (instrument_id, date, trade_id, message_id)"""
 TRADE_IDS_BACKFILL = """INSERT INTO {db}.trade_ids SELECT instrument_id, date, trade_id, message_id FROM {db}.trades
-WHERE (SELECT count() FROM {db}.trade_ids) = 0"""   # a store from before the table existed: once
+WHERE (SELECT count() FROM {db}.trade_ids) = 0"""  # a store from before the table existed: once
 
 
 def ddl(db: str) -> list[str]:
-    return [f"CREATE DATABASE IF NOT EXISTS {db}", TRADES.clickhouse_ddl(db), QUOTES.clickhouse_ddl(db),
-            QUARANTINE_DDL.format(db=db), QUARANTINE_REPLAYS_DDL.format(db=db), BARS_DDL.format(db=db),
-            TRADE_IDS_DDL.format(db=db),
-            TRADE_IDS_BACKFILL.format(db=db)]
+    return [
+        f"CREATE DATABASE IF NOT EXISTS {db}",
+        TRADES.clickhouse_ddl(db),
+        QUOTES.clickhouse_ddl(db),
+        QUARANTINE_DDL.format(db=db),
+        QUARANTINE_REPLAYS_DDL.format(db=db),
+        BARS_DDL.format(db=db),
+        TRADE_IDS_DDL.format(db=db),
+        TRADE_IDS_BACKFILL.format(db=db),
+    ]

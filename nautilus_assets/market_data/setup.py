@@ -1,13 +1,13 @@
 """Idempotent creation of what the market-data product stores into: ClickHouse tables, buckets, subscriptions."""
+
 from __future__ import annotations
 
 from resources.clickhouse import ClickHouseResource
 from resources.pulsar import PulsarResource
 
 from .ingest import subscribe
-from .schema import FEEDS
+from .schema import FEEDS, ddl
 from .sinks import DB
-from .schema import ddl
 
 
 def ensure_clickhouse(ch: ClickHouseResource) -> None:

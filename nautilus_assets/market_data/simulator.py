@@ -16,6 +16,7 @@ variance per event, volatility are highest at the open and close of the day).
 Events come in chunks of `CHUNK` (state carries over), as Arrow tables of trades and quotes in the message
 field layout of `schema.py`; `messages()` renders them as JSON payloads.
 """
+
 from __future__ import annotations
 
 import zlib
@@ -33,9 +34,9 @@ BASE_PRICES = {"AAPL": 230.0, "MSFT": 420.0, "SPY": 590.0, "ESZ6": 5950.0, "BTCU
 MODELS = ("stylized", "gaussian", "random_walk")
 # events per instrument and day (trades, quotes) of a named volume; "small" keeps the caller's rate
 VOLUMES = {"small": None, "realistic": (100_000, 1_000_000)}
-SIZE_MU, SIZE_SIGMA = 3.0, 1.0                  # trade sizes ~ lognormal: mean e^3.5 ≈ 33 shares
-MEAN_SIZE = float(np.exp(SIZE_MU + SIZE_SIGMA ** 2 / 2))
-SIZE_M2 = float(np.exp(SIZE_SIGMA ** 2))        # E[size²] / E[size]²
+SIZE_MU, SIZE_SIGMA = 3.0, 1.0  # trade sizes ~ lognormal: mean e^3.5 ≈ 33 shares
+MEAN_SIZE = float(np.exp(SIZE_MU + SIZE_SIGMA**2 / 2))
+SIZE_M2 = float(np.exp(SIZE_SIGMA**2))  # E[size²] / E[size]²
 # intraday intensity u(f) = a + c·(2f − 1)² over the UTC day fraction f, mean 1: 2.0 at the open and close,
 # 0.5 at midday. Events are drawn at a constant rate in "business time" Λ(f) = ∫u and mapped back to the clock.
 U_FLOOR, U_CURVE = 0.5, 1.5
@@ -63,22 +64,22 @@ class MarketSimulator:
     instruments: list[str]
     seed: int = 7
     start_ns: int = 0
-    events_per_second: float = 200.0    # average event density in simulated time (all instruments)
-    trade_share: float = 0.5             # fraction of events that are trades (the rest are quote updates)
-    daily_vol: float = 0.02              # unconditional daily volatility of each instrument's log price
+    events_per_second: float = 200.0  # average event density in simulated time (all instruments)
+    trade_share: float = 0.5  # fraction of events that are trades (the rest are quote updates)
+    daily_vol: float = 0.02  # unconditional daily volatility of each instrument's log price
     model: str = "stylized"
-    tail_df: float = 5.0                 # Student-t degrees of freedom of the innovations and of each day's
+    tail_df: float = 5.0  # Student-t degrees of freedom of the innovations and of each day's
     #                                      return given its GARCH variance (stylized: GARCH(1,1)-t)
     garch: tuple[float, float] = (0.08, 0.90)  # daily GARCH(1,1) (α, β) (stylized); ω keeps daily_vol²
-    market_share: float = 0.4            # share of each instrument's variance from the common market factor
-    impact: float = 0.3                  # Kyle λ: log-mid move of a mean-size trade, in per-event std devs
-    bursts_per_day: float = 8.0          # toxic (informed, one-sided) bursts per instrument and day
-    burst_minutes: float = 15.0          # a burst's length in (business-time) minutes
-    burst_move: float = 0.28             # a burst's expected log-price drift in daily std devs (Kyle: the
+    market_share: float = 0.4  # share of each instrument's variance from the common market factor
+    impact: float = 0.3  # Kyle λ: log-mid move of a mean-size trade, in per-event std devs
+    bursts_per_day: float = 8.0  # toxic (informed, one-sided) bursts per instrument and day
+    burst_minutes: float = 15.0  # a burst's length in (business-time) minutes
+    burst_move: float = 0.28  # a burst's expected log-price drift in daily std devs (Kyle: the
     #                                      informed trade just enough to move it; at most burst_buy one-sided)
-    burst_buy: float = 0.9               # the most one-sided a burst's trades get
-    burst_size: float = 3.0              # size multiplier of a burst's trades (informed trade bigger)
-    intraday_profile: bool = True        # U-shaped event intensity (off: a flat rate, e.g. for load tests)
+    burst_buy: float = 0.9  # the most one-sided a burst's trades get
+    burst_size: float = 3.0  # size multiplier of a burst's trades (informed trade bigger)
+    intraday_profile: bool = True  # U-shaped event intensity (off: a flat rate, e.g. for load tests)
 
     def __post_init__(self):
         if not self.instruments:
@@ -102,26 +103,29 @@ class MarketSimulator:
         self._burst_p = 0.5 + 0.5 * min(2 * self.burst_buy - 1, self.burst_move / push if push else 1.0)
         # the variance the flow's impact adds (balanced trades, and the bursts' drift: both in units of the day's
         # variance); the noise has the rest, so a day's variance stays h
-        flow = self._impact ** 2 * self.trade_share * SIZE_M2
+        flow = self._impact**2 * self.trade_share * SIZE_M2
         if self._impact and self._bursts_on:
             flow += self.bursts_per_day * ((2 * self._burst_p - 1) * push) ** 2
         self._noise = 1.0 - flow
         if self._noise < 0.2:
-            raise ValueError(f"impact {self.impact} with {self.bursts_per_day} bursts a day explains {flow:.0%} "
-                             "of the variance; at most 80% leaves room for noise")
+            raise ValueError(
+                f"impact {self.impact} with {self.bursts_per_day} bursts a day explains {flow:.0%} "
+                "of the variance; at most 80% leaves room for noise"
+            )
         self._rng = np.random.default_rng([self.seed, self.start_ns % 2**63])
         k = len(self.instruments)
         self._t = self.start_ns
         day0 = self.start_ns // NS_PER_DAY * NS_PER_DAY
         frac = (self.start_ns - day0) / NS_PER_DAY
-        self._b = day0 + int(self._business(frac) * NS_PER_DAY)   # business time of the start
+        self._b = day0 + int(self._business(frac) * NS_PER_DAY)  # business time of the start
         # unique across simulator runs (a restarted simulator must not reuse trade ids), deterministic for the inputs
         self._id_prefix = f"S{self.seed}T{self.start_ns // 1_000_000}-"
-        self._log_mid = np.log([BASE_PRICES.get(i.split(".")[0], 100.0 + 50 * (zlib.crc32(i.encode()) % 10))
-                                for i in self.instruments])
+        self._log_mid = np.log(
+            [BASE_PRICES.get(i.split(".")[0], 100.0 + 50 * (zlib.crc32(i.encode()) % 10)) for i in self.instruments]
+        )
         self._day = self._b // NS_PER_DAY
-        self._h = np.full(k, self.daily_vol ** 2)                 # today's GARCH variance per instrument
-        self._day_scale, self._day_scale_day = np.ones(k), None    # today's inverse-χ² multiplier of h
+        self._h = np.full(k, self.daily_vol**2)  # today's GARCH variance per instrument
+        self._day_scale, self._day_scale_day = np.ones(k), None  # today's inverse-χ² multiplier of h
         self._day_open = self._log_mid.copy()
         self._factor = 0.0
         self._factor_last = np.zeros(k)
@@ -148,7 +152,7 @@ class MarketSimulator:
             frac = np.interp(frac, _LAMBDA, _F_GRID)
         ts = day0 + (frac * NS_PER_DAY).astype(np.int64)
         i = np.arange(ts.size + 1)
-        return (np.maximum.accumulate(np.r_[self._t, ts] - i) + i)[1:]   # at least 1 ns apart
+        return (np.maximum.accumulate(np.r_[self._t, ts] - i) + i)[1:]  # at least 1 ns apart
 
     def _innovations(self, n: int) -> np.ndarray:
         """Unit-variance shocks: Student-t (scaled) in the stylized model, else normal."""
@@ -162,7 +166,7 @@ class MarketSimulator:
         a, b = self._garch
         while self._day < day:
             r = self._log_mid - self._day_open
-            self._h = self.daily_vol ** 2 * (1 - a - b) + a * r ** 2 + b * self._h
+            self._h = self.daily_vol**2 * (1 - a - b) + a * r**2 + b * self._h
             self._day_open = self._log_mid.copy()
             self._day += 1
         if self._tails is not None and self._day_scale_day != day:
@@ -192,7 +196,7 @@ class MarketSimulator:
         log_mid = np.empty(n)
         day = b // NS_PER_DAY
         bounds = np.flatnonzero(np.diff(day)) + 1
-        for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, n]):        # one segment per UTC day
+        for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, n]):  # one segment per UTC day
             self._roll_day(int(day[lo]))
             for j in range(k):
                 idx = lo + np.flatnonzero(inst[lo:hi] == j)
@@ -201,8 +205,11 @@ class MarketSimulator:
                 sd_day = np.sqrt(self._h[j] * self._day_scale[j])
                 d_factor = np.diff(factor[idx], prepend=self._factor_last[j])
                 self._factor_last[j] = factor[idx[-1]]
-                shocks = np.sqrt(self._noise) * sd_day * (np.sqrt(self.market_share) * d_factor
-                                                          + np.sqrt(1 - self.market_share) * idio[idx])
+                shocks = (
+                    np.sqrt(self._noise)
+                    * sd_day
+                    * (np.sqrt(self.market_share) * d_factor + np.sqrt(1 - self.market_share) * idio[idx])
+                )
                 # Kyle: signed order flow moves the mid its way
                 shocks += self._impact * sd_day / np.sqrt(self.events_per_instrument_day) * signed[idx]
                 path = self._log_mid[j] + np.cumsum(shocks)
@@ -223,19 +230,29 @@ class MarketSimulator:
             cnt = int(sel.sum())
             seq[sel] = self._trade_seq[j] + np.arange(1, cnt + 1)
             self._trade_seq[j] += cnt
-        trades = pa.table({
-            "instrument_id": pa.array(names[inst[t]], pa.string()),
-            "price": np.round(np.where(buyer[t], ask[t], bid[t]), 8),
-            "size": size[t],
-            "aggressor_side": pa.array(np.where(buyer[t], "BUYER", "SELLER"), pa.string()),
-            "trade_id": pa.array([f"{self._id_prefix}{s}" for s in seq], pa.string()),
-            "ts_event": ts[t], "ts_init": ts_init[t]})
+        trades = pa.table(
+            {
+                "instrument_id": pa.array(names[inst[t]], pa.string()),
+                "price": np.round(np.where(buyer[t], ask[t], bid[t]), 8),
+                "size": size[t],
+                "aggressor_side": pa.array(np.where(buyer[t], "BUYER", "SELLER"), pa.string()),
+                "trade_id": pa.array([f"{self._id_prefix}{s}" for s in seq], pa.string()),
+                "ts_event": ts[t],
+                "ts_init": ts_init[t],
+            }
+        )
         q = np.flatnonzero(~is_trade)
-        quotes = pa.table({
-            "instrument_id": pa.array(names[inst[q]], pa.string()),
-            "bid_price": np.round(bid[q], 8), "ask_price": np.round(ask[q], 8),
-            "bid_size": np.ceil(rng.lognormal(4.0, 0.8, q.size)), "ask_size": np.ceil(rng.lognormal(4.0, 0.8, q.size)),
-            "ts_event": ts[q], "ts_init": ts_init[q]})
+        quotes = pa.table(
+            {
+                "instrument_id": pa.array(names[inst[q]], pa.string()),
+                "bid_price": np.round(bid[q], 8),
+                "ask_price": np.round(ask[q], 8),
+                "bid_size": np.ceil(rng.lognormal(4.0, 0.8, q.size)),
+                "ask_size": np.ceil(rng.lognormal(4.0, 0.8, q.size)),
+                "ts_event": ts[q],
+                "ts_init": ts_init[q],
+            }
+        )
         return trades, quotes
 
     def _bursts(self, inst: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
@@ -253,7 +270,7 @@ class MarketSimulator:
             pos = np.arange(m)
             last = np.maximum.accumulate(np.where(starts[idx], pos, -1))  # latest burst start so far
             in_new = (last >= 0) & (pos - last < self._burst_events)
-            carry = (last < 0) & (pos < self._burst_left[j])               # a burst running from the last chunk
+            carry = (last < 0) & (pos < self._burst_left[j])  # a burst running from the last chunk
             active[idx] = in_new | carry
             side[idx] = np.where(in_new, new_side[idx][np.maximum(last, 0)], self._burst_side[j])
             if last[-1] >= 0:
@@ -268,7 +285,10 @@ class MarketSimulator:
         ts, qs, nt, nq = [], [], 0, 0
         while nt < n_trades or nq < n_quotes:
             t, q = self.chunk()
-            ts.append(t); qs.append(q); nt += t.num_rows; nq += q.num_rows
+            ts.append(t)
+            qs.append(q)
+            nt += t.num_rows
+            nq += q.num_rows
         return pa.concat_tables(ts).slice(0, n_trades), pa.concat_tables(qs).slice(0, n_quotes)
 
 

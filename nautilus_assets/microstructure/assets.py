@@ -6,6 +6,7 @@ VpinState of each instrument before the first bar of each UTC day and before its
 the first changed minute are replayed from the latest state at or before it, so late trades are honoured and
 the result is exactly that of one pass over the full history, while a live batch replays a bar or two.
 Daily parameters come from past trades in the lake."""
+
 import json
 import time
 from datetime import date, timedelta
@@ -32,26 +33,38 @@ from . import store
 from .params import ADV_DAYS, daily_params
 from .vpin import VpinState
 
-PRODUCT = Product("market_microstructure", "microstructure", ("team:microstructure",), "vpin-microstructure",
-                  fail_after=timedelta(minutes=2), warn_after=timedelta(minutes=1),
-                  latency_target_ms=0.1, availability_target=0.9999)
+PRODUCT = Product(
+    "market_microstructure",
+    "microstructure",
+    ("team:microstructure",),
+    "vpin-microstructure",
+    fail_after=timedelta(minutes=2),
+    warn_after=timedelta(minutes=1),
+    latency_target_ms=0.1,
+    availability_target=0.9999,
+)
 KEY = dg.AssetKey(["market_microstructure", "vpin"])
 VARIANTS = ("bvc", "aggressor")
 WINDOW = 50
 
-NO_PARAMS_RECHECK_S = 300   # a day without parameters (no earlier trades in the lake) is looked up again after this
+NO_PARAMS_RECHECK_S = 300  # a day without parameters (no earlier trades in the lake) is looked up again after this
 
 
-def params_for(ch: ClickHouseResource, lake: LakeResource, instrument: str, days: list[date],
-               memo: dict | None = None) -> dict:
+def params_for(
+    ch: ClickHouseResource, lake: LakeResource, instrument: str, days: list[date], memo: dict | None = None
+) -> dict:
     """{day: {sigma, bucket_volume}} for the days that have parameters. A day's parameters come from past days
     only and are fixed for it, so a long-lived run remembers them in `memo` ((instrument, day) -> (params or None,
     when looked up)); it also remembers for NO_PARAMS_RECHECK_S that a day has none, instead of reading the lake
     for them (inside the batch's ClickHouse session) in every batch."""
     memo = {} if memo is None else memo
     now = time.monotonic()
-    todo = [d for d in days if (instrument, d) not in memo
-            or (memo[(instrument, d)][0] is None and now - memo[(instrument, d)][1] > NO_PARAMS_RECHECK_S)]
+    todo = [
+        d
+        for d in days
+        if (instrument, d) not in memo
+        or (memo[(instrument, d)][0] is None and now - memo[(instrument, d)][1] > NO_PARAMS_RECHECK_S)
+    ]
     found = _params_for(ch, lake, instrument, todo) if todo else {}
     for d in todo:
         memo[(instrument, d)] = (found.get(d), now)
@@ -66,10 +79,15 @@ def _params_for(ch: ClickHouseResource, lake: LakeResource, instrument: str, day
     dt = lake.table(bronze_table(TRADES)) if missing else None
     if dt is None:
         return out
-    span = range(1, (max(missing) - min(missing)).days + 3 * ADV_DAYS)   # 20 trading days (and gaps) before each
+    span = range(1, (max(missing) - min(missing)).days + 3 * ADV_DAYS)  # 20 trading days (and gaps) before each
     dates = sorted({(max(missing) - timedelta(days=k)).isoformat() for k in span})
-    trades = dt.to_pyarrow_dataset(partitions=[("date", "in", dates)]).to_table(
-        columns=["instrument_id", "price", "size", "ts_event"], filter=pc.field("instrument_id") == instrument).to_pandas()
+    trades = (
+        dt.to_pyarrow_dataset(partitions=[("date", "in", dates)])
+        .to_table(
+            columns=["instrument_id", "price", "size", "ts_event"], filter=pc.field("instrument_id") == instrument
+        )
+        .to_pandas()
+    )
     new = pd.concat([daily_params(trades, d) for d in missing], ignore_index=True)
     new = new[new["bucket_volume"] > 0]
     if len(new):
@@ -78,8 +96,15 @@ def _params_for(ch: ClickHouseResource, lake: LakeResource, instrument: str, day
     return out
 
 
-def replay(ch: ClickHouseResource, lake: LakeResource, since: dict, run_id: str, log=print,
-           memo: dict | None = None, sink: list | None = None) -> tuple[dict, dict]:
+def replay(
+    ch: ClickHouseResource,
+    lake: LakeResource,
+    since: dict,
+    run_id: str,
+    log=print,
+    memo: dict | None = None,
+    sink: list | None = None,
+) -> tuple[dict, dict]:
     """Recompute each instrument's buckets from its latest state at or before its `since` minute onwards.
 
     States are kept before the first bar of each UTC day, before the latest bar (the minute still filling, which
@@ -89,13 +114,13 @@ def replay(ch: ClickHouseResource, lake: LakeResource, since: dict, run_id: str,
     instrument); `sink` receives the bucket frames written."""
     since = {i: pd.Timestamp(m) for i, m in since.items()}
     stats, firsts = {"instruments": len(since), "buckets_written": 0}, {}
-    with ch.session():   # the three reads in one session
+    with ch.session():  # the three reads in one session
         kept = store.checkpoints(ch, since)
         start = {i: kept[i][0] if i in kept else pd.Timestamp("1970-01-01") for i in since}
         cuts_after = store.state_minutes(ch, start)
         all_bars = store.bars_from(ch, start)
     out, checkpoints, version = [], [], time.time_ns()
-    if all_bars.empty:   # chDB answers an empty result with a frame without columns
+    if all_bars.empty:  # chDB answers an empty result with a frame without columns
         return stats, firsts
     all_bars["instrument_id"] = all_bars["instrument_id"].astype(str)
     for instrument, bars in all_bars.groupby("instrument_id", sort=True):
@@ -112,10 +137,16 @@ def replay(ch: ClickHouseResource, lake: LakeResource, since: dict, run_id: str,
         written = 0
         for day, g in bars.groupby("date", sort=True):
             p = params.get(day)
-            seg = np.cumsum(g["minute"].isin(cuts).to_numpy() | (np.arange(len(g)) == 0))   # segments start at cuts
+            seg = np.cumsum(g["minute"].isin(cuts).to_numpy() | (np.arange(len(g)) == 0))  # segments start at cuts
             for _, part in g.groupby(seg, sort=True):
-                checkpoints.append({"instrument_id": instrument, "minute": part["minute"].iloc[0], "version": version,
-                                    "state": json.dumps({v: st[v].to_dict() for v in VARIANTS})})
+                checkpoints.append(
+                    {
+                        "instrument_id": instrument,
+                        "minute": part["minute"].iloc[0],
+                        "version": version,
+                        "state": json.dumps({v: st[v].to_dict() for v in VARIANTS}),
+                    }
+                )
                 if p is None:
                     continue
                 frames = _advance(st, part, p, instrument, day, version, run_id)
@@ -137,15 +168,22 @@ def _advance(st: dict, g: pd.DataFrame, p: dict, instrument: str, day, version: 
     close, vol = g["close"].to_numpy(np.float64), g["volume"].to_numpy(np.float64)
     aggr_vol = (g["buy_volume"] + g["sell_volume"]).to_numpy(np.float64)
     out = []
-    for variant, res in (("bvc", st["bvc"].advance(close, vol, p["bucket_volume"], sigma=p["sigma"])),
-                         ("aggressor", st["aggressor"].advance(close, aggr_vol, p["bucket_volume"],
-                                                               buy=g["buy_volume"].to_numpy(np.float64)))):
+    for variant, res in (
+        ("bvc", st["bvc"].advance(close, vol, p["bucket_volume"], sigma=p["sigma"])),
+        (
+            "aggressor",
+            st["aggressor"].advance(close, aggr_vol, p["bucket_volume"], buy=g["buy_volume"].to_numpy(np.float64)),
+        ),
+    ):
         idx = res.pop("bar_index")
         df = pd.DataFrame(res)
         df["end_minute"] = g["minute"].to_numpy()[idx]
         df["close"] = close[idx]
-        out.append(df.assign(instrument_id=instrument, variant=variant, date=day, sigma=p["sigma"],
-                             version=version, run_id=run_id))
+        out.append(
+            df.assign(
+                instrument_id=instrument, variant=variant, date=day, sigma=p["sigma"], version=version, run_id=run_id
+            )
+        )
     return out
 
 
@@ -155,8 +193,10 @@ def plot(ch: ClickHouseResource, instrument: str) -> dg.MetadataValue | None:
     if df.empty:
         return None
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     df = df.iloc[::-1]
     fig, ax = plt.subplots(figsize=(9, 3.5))
     ax.plot(df["end_minute"], df["close"], color="tab:blue", lw=1)
@@ -175,32 +215,57 @@ def bootstrap(ch: ClickHouseResource) -> dict:
     return {} if store.has_states(ch) else changed_since(ch, 0)
 
 
-PLOT_EVERY_S = 60   # a chart a minute, not a chart a batch
+PLOT_EVERY_S = 60  # a chart a minute, not a chart a batch
 
 
 @dg.multi_asset(
-    specs=[dg.AssetSpec(
-        KEY, deps=[BARS_KEY, TRADES_KEY], group_name=PRODUCT.group, owners=list(PRODUCT.owners),
-        kinds={"clickhouse", "python"}, code_version="1", freshness_policy=PRODUCT.freshness, skippable=True,
-        description="VPIN (Easley, López de Prado, O'Hara 2012) per 50-bucket window with bulk volume "
-                    "classification and with the trades' aggressor side, plus the bucket order imbalance, in "
-                    f"ClickHouse {store.BUCKETS.name} (read with FINAL). A long-lived run follows the bars' change "
-                    f"feed ({BARS_CHANGES}); each batch continues from the state kept before the first minute that "
-                    "changed (the open bucket and the window), not from midnight. Sigma and bucket volume come from "
-                    "past days only and are fixed for the day.",
-        metadata={"dagster/column_schema": store.BUCKETS.schema, "dagster/table_name": store.BUCKETS.name,
-                  **PRODUCT.metadata})],
-    name="market_microstructure__vpin", pool="clickhouse", can_subset=True,   # each batch is logged as it commits
-    check_specs=[dg.AssetCheckSpec("buckets_are_exact", asset=KEY,
-                                   description="Every bucket the batch wrote holds exactly its bucket volume, buy and "
-                                               "sell >= 0"),
-                 dg.AssetCheckSpec("vpin_in_unit_interval", asset=KEY, description="0 <= VPIN <= 1")])
-def vpin_buckets(context: dg.AssetExecutionContext, config: FollowConfig, clickhouse: ClickHouseResource,
-                 lake: LakeResource, pulsar: PulsarResource, redis: RedisResource):
-    last_plot, params = [0.0], {}   # params: the run's memo of each day's VPIN parameters (params_for)
+    specs=[
+        dg.AssetSpec(
+            KEY,
+            deps=[BARS_KEY, TRADES_KEY],
+            group_name=PRODUCT.group,
+            owners=list(PRODUCT.owners),
+            kinds={"clickhouse", "python"},
+            code_version="1",
+            freshness_policy=PRODUCT.freshness,
+            skippable=True,
+            description="VPIN (Easley, López de Prado, O'Hara 2012) per 50-bucket window with bulk volume "
+            "classification and with the trades' aggressor side, plus the bucket order imbalance, in "
+            f"ClickHouse {store.BUCKETS.name} (read with FINAL). A long-lived run follows the bars' change "
+            f"feed ({BARS_CHANGES}); each batch continues from the state kept before the first minute that "
+            "changed (the open bucket and the window), not from midnight. Sigma and bucket volume come from "
+            "past days only and are fixed for the day.",
+            metadata={
+                "dagster/column_schema": store.BUCKETS.schema,
+                "dagster/table_name": store.BUCKETS.name,
+                **PRODUCT.metadata,
+            },
+        )
+    ],
+    name="market_microstructure__vpin",
+    pool="clickhouse",
+    can_subset=True,  # each batch is logged as it commits
+    check_specs=[
+        dg.AssetCheckSpec(
+            "buckets_are_exact",
+            asset=KEY,
+            description="Every bucket the batch wrote holds exactly its bucket volume, buy and sell >= 0",
+        ),
+        dg.AssetCheckSpec("vpin_in_unit_interval", asset=KEY, description="0 <= VPIN <= 1"),
+    ],
+)
+def vpin_buckets(
+    context: dg.AssetExecutionContext,
+    config: FollowConfig,
+    clickhouse: ClickHouseResource,
+    lake: LakeResource,
+    pulsar: PulsarResource,
+    redis: RedisResource,
+):
+    last_plot, params = [0.0], {}  # params: the run's memo of each day's VPIN parameters (params_for)
     reported: set[str] = set()
 
-    def log_once(msg: str) -> None:   # "no parameters for the day" once a run, not once a batch
+    def log_once(msg: str) -> None:  # "no parameters for the day" once a run, not once a batch
         if msg not in reported:
             reported.add(msg)
             context.log.info(msg)
@@ -212,15 +277,18 @@ def vpin_buckets(context: dg.AssetExecutionContext, config: FollowConfig, clickh
                 since[inst] = min(since.get(inst, m), m)
         if not since:
             return
-        with clickhouse.session():   # the batch's reads, writes and checks in this run's one session
+        with clickhouse.session():  # the batch's reads, writes and checks in this run's one session
             written: list[pd.DataFrame] = []
             stats, firsts = replay(clickhouse, lake, since, batch.batch_id, log=log_once, memo=params, sink=written)
             inexact, outside = store.check_batch(clickhouse, firsts)
-        if written:   # the latest bucket per instrument and variant, committed with the batch
+        if written:  # the latest bucket per instrument and variant, committed with the batch
             current.publish(redis, "vpin", pd.concat(written, ignore_index=True), log=context.log.warning)
-        meta = {**stats, "upstream_batches": len(batch.upstream),
-                "first_changed_minute": min(since.values()).isoformat(),
-                "dagster/column_lineage": store.BUCKETS.lineage}
+        meta = {
+            **stats,
+            "upstream_batches": len(batch.upstream),
+            "first_changed_minute": min(since.values()).isoformat(),
+            "dagster/column_lineage": store.BUCKETS.lineage,
+        }
         later = None
         if firsts and time.monotonic() - last_plot[0] >= PLOT_EVERY_S:
             last_plot[0], instrument = time.monotonic(), min(firsts)
@@ -228,8 +296,18 @@ def vpin_buckets(context: dg.AssetExecutionContext, config: FollowConfig, clickh
             def later() -> dict:
                 chart = plot(clickhouse, instrument)
                 return {"vpin_vs_price": chart} if chart else {}
-        log_batch(context, KEY, batch, meta, {"buckets_are_exact": (inexact == 0, {"inexact": inexact}),
-                                              "vpin_in_unit_interval": (outside == 0, {"outside": outside})}, later)
+
+        log_batch(
+            context,
+            KEY,
+            batch,
+            meta,
+            {
+                "buckets_are_exact": (inexact == 0, {"inexact": inexact}),
+                "vpin_in_unit_interval": (outside == 0, {"outside": outside}),
+            },
+            later,
+        )
         batch.record(lambda: PRODUCT.announce(batch.client, KEY, batch.batch_id, **stats))
 
     follow(context, config, pulsar, SUBSCRIPTION, apply, warm=lambda: warm(clickhouse, lake, params))

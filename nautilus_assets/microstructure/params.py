@@ -1,4 +1,5 @@
 """VPIN's daily parameters from past data only (pure): sigma and bucket volume, fixed for the day."""
+
 from datetime import date
 
 import pandas as pd
@@ -21,6 +22,14 @@ def daily_params(trades: pd.DataFrame, day: date) -> pd.DataFrame:
         prev = g[g["day"] == days[-1]]
         closes = prev.groupby("minute")["price"].last()
         sigma = float(closes.diff().std(ddof=1)) if len(closes) > 2 else 0.0
-        rows.append({"instrument_id": inst, "date": day, "sigma": sigma, "adv": float(adv),
-                     "bucket_volume": float(adv) / BUCKETS_PER_DAY, "days_used": len(days)})
+        rows.append(
+            {
+                "instrument_id": inst,
+                "date": day,
+                "sigma": sigma,
+                "adv": float(adv),
+                "bucket_volume": float(adv) / BUCKETS_PER_DAY,
+                "days_used": len(days),
+            }
+        )
     return pd.DataFrame(rows, columns=["instrument_id", "date", "sigma", "adv", "bucket_volume", "days_used"])

@@ -6,6 +6,7 @@ piecewise-linear function of cumulative volume, and each bucket boundary is one 
 `VpinState` carries the open bucket and the last window-1 buckets, so feeding bars batch by batch gives
 exactly the buckets and values of one pass over the full history.
 """
+
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -22,14 +23,15 @@ _CHUNK = 1 << 16
 
 def _erf_table() -> list[np.ndarray]:
     """Row k: erf^(k)(c) / k! · (1/128)^k at every centre c, i.e. the coefficients of the polynomial in
-    u = 128·(x − c); erf^(k)(c) = 2/√π · (−1)^(k−1) · H_{k−1}(c) · e^(−c²) with H the physicists' Hermite polynomials."""
+    u = 128·(x − c); erf^(k)(c) = 2/√π · (−1)^(k−1) · H_{k−1}(c) · e^(−c²) with H the physicists' Hermite
+    polynomials."""
     h = 1.0 / _ERF_STEPS
-    c = np.arange(int(2 * _ERF_LIMIT * _ERF_STEPS) + 1) * h - _ERF_LIMIT   # exact binary fractions; 0 is a centre
+    c = np.arange(int(2 * _ERF_LIMIT * _ERF_STEPS) + 1) * h - _ERF_LIMIT  # exact binary fractions; 0 is a centre
     rows = [np.array([math.erf(v) for v in c])]
     g = 2 / math.sqrt(math.pi) * np.exp(-c * c)
-    h_prev, h_k = np.zeros_like(c), np.ones_like(c)                         # H_{k-2}, H_{k-1}
+    h_prev, h_k = np.zeros_like(c), np.ones_like(c)  # H_{k-2}, H_{k-1}
     for k in range(1, _ERF_DEGREE + 1):
-        rows.append((-1) ** (k - 1) * h_k * g / math.factorial(k) * h ** k)
+        rows.append((-1) ** (k - 1) * h_k * g / math.factorial(k) * h**k)
         h_prev, h_k = h_k, 2 * c * h_k - 2 * (k - 1) * h_prev
     return rows
 
@@ -41,15 +43,15 @@ def erf(x) -> np.ndarray:
     """math.erf element-wise, within 4e-16 absolute and 2e-15 relative (NaN stays NaN)."""
     x = np.asarray(x, np.float64)
     t = x.reshape(-1).clip(-_ERF_LIMIT, _ERF_LIMIT)
-    t *= _ERF_STEPS                                   # exact: a power of two
+    t *= _ERF_STEPS  # exact: a power of two
     centre = t + (_ERF_LIMIT * _ERF_STEPS + 0.5)
-    np.floor(centre, out=centre)                      # index of the nearest centre
-    with np.errstate(invalid="ignore"):               # NaN: any index will do, its u is NaN
+    np.floor(centre, out=centre)  # index of the nearest centre
+    with np.errstate(invalid="ignore"):  # NaN: any index will do, its u is NaN
         i = centre.astype(np.intp)
     centre -= _ERF_LIMIT * _ERF_STEPS
-    t -= centre                                       # u ∈ [−½, ½], exact: erf keeps its relative accuracy near 0
+    t -= centre  # u ∈ [−½, ½], exact: erf keeps its relative accuracy near 0
     out = _ERF_ROWS[-1].take(i, mode="clip")
-    for row in _ERF_ROWS[-2::-1]:                     # Horner
+    for row in _ERF_ROWS[-2::-1]:  # Horner
         out *= t
         out += row.take(i, out=centre, mode="clip")
     return out.reshape(x.shape)
@@ -85,7 +87,7 @@ def pour(buy: np.ndarray, sell: np.ndarray, bucket_volume: float, fill: float = 
 def _pour(buy: np.ndarray, vol: np.ndarray, bucket_volume: float, fill: float, fill_buy: float):
     """pour() given the bars' volumes rather than their sell volumes."""
     nz = vol > 0
-    if not nz.all():                                  # a bar without volume adds no point to the curve
+    if not nz.all():  # a bar without volume adds no point to the curve
         buy, vol = buy[nz], vol[nz]
     xy = _curve(vol, buy, fill, fill_buy)
     x_end, y_end = xy[-1].real, xy[-1].imag
@@ -98,7 +100,7 @@ def _pour(buy: np.ndarray, vol: np.ndarray, bucket_volume: float, fill: float, f
 def _curve(vol: np.ndarray, buy: np.ndarray, fill: float, fill_buy: float) -> np.ndarray:
     """Cumulative (volume, buy) as complex points x + iy: the origin, the open bucket (if any), then each bar's end.
     One complex cumsum is two independent float cumsums with the same roundings, in the time of one."""
-    head = 2 if fill != 0.0 else 1                     # no open bucket: the origin stands for it (buy = its residue)
+    head = 2 if fill != 0.0 else 1  # no open bucket: the origin stands for it (buy = its residue)
     xy = np.empty(vol.size + head, np.complex128)
     xy[0] = 0.0
     xy[head - 1] = complex(fill, fill_buy)
@@ -119,8 +121,8 @@ def _buy_at_multiples(xy: np.ndarray, bucket_volume: float, k: int) -> np.ndarra
     if k == 0:
         return out
     x = xy.real
-    whole = (x / bucket_volume).astype(np.intp)        # floor (x >= 0), non-decreasing like x
-    lo = np.searchsorted(whole, np.arange(1, k + 1)) - 1   # the last point below each multiple
+    whole = (x / bucket_volume).astype(np.intp)  # floor (x >= 0), non-decreasing like x
+    lo = np.searchsorted(whole, np.arange(1, k + 1)) - 1  # the last point below each multiple
     np.minimum(lo, x.size - 2, out=lo)
     a, b = xy[lo], xy[lo + 1]
     edges = bucket_volume * np.arange(1, k + 1)
@@ -140,16 +142,16 @@ def rolling_vpin(imbalance: np.ndarray, volumes: np.ndarray, window: int, prior_
     n = imb.size
     out = np.full(n, np.nan)
     if n >= window:
-        out[window - 1:] = (ci[window:] - ci[:-window]) / (cv[window:] - cv[:-window])
-    return out[len(prior_imb):]
+        out[window - 1 :] = (ci[window:] - ci[:-window]) / (cv[window:] - cv[:-window])
+    return out[len(prior_imb) :]
 
 
 def vpin(close, volume, bucket_volume: float, sigma: float, window: int = 50) -> np.ndarray:
     """One VPIN value per completed bucket (NaN for the first window−1 buckets)."""
     close, volume = np.asarray(close, np.float64), np.asarray(volume, np.float64)
     parts, fill, fill_buy = [np.empty(0)], 0.0, 0.0
-    for i in range(0, close.size, _CHUNK):        # in chunks, carrying the open bucket as VpinState does
-        c, v = close[i:i + _CHUNK], volume[i:i + _CHUNK]
+    for i in range(0, close.size, _CHUNK):  # in chunks, carrying the open bucket as VpinState does
+        c, v = close[i : i + _CHUNK], volume[i : i + _CHUNK]
         buy = bvc_buy_volume(c, v, sigma, close[i - 1] if i else None)
         b, _, fill, fill_buy = _pour(buy, v, bucket_volume, fill, fill_buy)
         parts.append(b)
@@ -160,6 +162,7 @@ def vpin(close, volume, bucket_volume: float, sigma: float, window: int = 50) ->
 @dataclass
 class VpinState:
     """Everything VPIN needs from earlier bars: the last close, the open bucket, the last window−1 buckets."""
+
     window: int = 50
     last_close: float | None = None
     fill: float = 0.0
@@ -175,8 +178,14 @@ class VpinState:
     def from_dict(cls, d: dict) -> "VpinState":
         return cls(**d)
 
-    def advance(self, close: np.ndarray, volume: np.ndarray, bucket_volume: float, sigma: float | None = None,
-                buy: np.ndarray | None = None) -> dict:
+    def advance(
+        self,
+        close: np.ndarray,
+        volume: np.ndarray,
+        bucket_volume: float,
+        sigma: float | None = None,
+        buy: np.ndarray | None = None,
+    ) -> dict:
         """Pour bars in; returns the completed buckets (buy, sell, order imbalance, vpin, bar index of the close).
         BVC when `sigma` is given; otherwise `buy` is the bars' (aggressor) buy volume."""
         close, volume = np.asarray(close, np.float64), np.asarray(volume, np.float64)
@@ -192,15 +201,24 @@ class VpinState:
         self.recent_imb = (list(self.recent_imb) + imb.tolist())[-keep:] if keep else []
         self.recent_vol = (list(self.recent_vol) + vols.tolist())[-keep:] if keep else []
         # the bar in which each bucket completed
-        ends = np.searchsorted(fill0 + np.cumsum(volume), bucket_volume * np.arange(1, b.size + 1) - 1e-9 * bucket_volume)
+        ends = np.searchsorted(
+            fill0 + np.cumsum(volume), bucket_volume * np.arange(1, b.size + 1) - 1e-9 * bucket_volume
+        )
         seq = np.arange(self.buckets, self.buckets + b.size)
         self.buckets += b.size
         if close.size:
             self.last_close = float(close[-1])
         with np.errstate(invalid="ignore", divide="ignore"):
             oi = (b - s) / (b + s)
-        return {"bucket_seq": seq, "bar_index": np.minimum(ends, max(close.size - 1, 0)), "buy": b, "sell": s,
-                "bucket_volume": vols, "order_imbalance": oi, "vpin": v}
+        return {
+            "bucket_seq": seq,
+            "bar_index": np.minimum(ends, max(close.size - 1, 0)),
+            "buy": b,
+            "sell": s,
+            "bucket_volume": vols,
+            "order_imbalance": oi,
+            "vpin": v,
+        }
 
 
 def vpin_straightforward(close, volume, V, sigma, window=50):
@@ -213,5 +231,5 @@ def vpin_straightforward(close, volume, V, sigma, window=50):
     b = np.diff(np.interp(V * np.arange(int(x[-1] / V + 1e-12) + 1), x, y))
     imb = np.r_[0.0, np.cumsum(np.abs(V - 2 * b))]
     out = np.full(b.size, np.nan)
-    out[window - 1:] = (imb[window:] - imb[:-window]) / (window * V)
+    out[window - 1 :] = (imb[window:] - imb[:-window]) / (window * V)
     return out

@@ -4,6 +4,7 @@ Label: whether the next 1-minute bar of the same instrument closes higher. Featu
 analytics and microstructure products at the bar itself and from the order flow of the bars before it (no
 look-ahead). The order-flow imbalance leaves out the bar itself: its last trade's side predicts the next close
 through the bid-ask bounce, which a random walk has too, and which is no information about the price."""
+
 import math
 from statistics import NormalDist
 
@@ -13,8 +14,20 @@ import mlx.optimizers as optim
 import numpy as np
 import pandas as pd
 
-FEATURES = ["rsi", "macd_hist", "bb_position", "sma_gap", "atr_ratio", "vwap_gap", "ret_1", "ret_1_sign", "vpin",
-            "order_imbalance", "ofi_5", "ofi_20"]
+FEATURES = [
+    "rsi",
+    "macd_hist",
+    "bb_position",
+    "sma_gap",
+    "atr_ratio",
+    "vwap_gap",
+    "ret_1",
+    "ret_1_sign",
+    "vpin",
+    "order_imbalance",
+    "ofi_5",
+    "ofi_20",
+]
 OFI_WINDOWS = (5, 20)
 
 
@@ -31,11 +44,11 @@ def features(df: pd.DataFrame) -> pd.DataFrame:
     out["vwap_gap"] = c / df["session_vwap"] - 1
     g = c.groupby(df["instrument_id"])
     out["ret_1"] = c / g.shift(1) - 1
-    out["ret_1_sign"] = np.sign(out["ret_1"])   # the bar's direction (the bounce), so the model nests that baseline
+    out["ret_1_sign"] = np.sign(out["ret_1"])  # the bar's direction (the bounce), so the model nests that baseline
     out["vpin"] = df["vpin"].fillna(0.0)
     out["order_imbalance"] = df["order_imbalance"].fillna(0.0)
     net, vol = df["buy_volume"] - df["sell_volume"], df["buy_volume"] + df["sell_volume"]
-    for w in OFI_WINDOWS:   # (buy − sell) / volume over the w bars before this one
+    for w in OFI_WINDOWS:  # (buy − sell) / volume over the w bars before this one
         num = net.groupby(df["instrument_id"]).transform(lambda x, w=w: x.rolling(w).sum().shift(1))
         den = vol.groupby(df["instrument_id"]).transform(lambda x, w=w: x.rolling(w).sum().shift(1))
         out[f"ofi_{w}"] = num / den.replace(0, np.nan)
@@ -69,8 +82,13 @@ def train(x: np.ndarray, y: np.ndarray, steps: int = 300, lr: float = 0.05, seed
         loss, grads = step(model, xs, ys)
         opt.update(model, grads)
         mx.eval(model.parameters(), opt.state)
-    return {"w": np.array(model.linear.weight).ravel(), "b": float(np.array(model.linear.bias)[0]),
-            "mu": mu, "sd": sd, "train_loss": float(loss)}
+    return {
+        "w": np.array(model.linear.weight).ravel(),
+        "b": float(np.array(model.linear.bias)[0]),
+        "mu": mu,
+        "sd": sd,
+        "train_loss": float(loss),
+    }
 
 
 def predict_proba(params: dict, x: np.ndarray) -> np.ndarray:
@@ -117,14 +135,21 @@ def evaluate(y_train, prev_up_train, y_test, prev_up_test, p_model) -> dict:
     after_down = float(np.mean(y_train[prev_up_train == 0])) if (prev_up_train == 0).any() else 0.5
     p_prev = np.where(prev_up_test == 1, after_up, after_down)
     acc = lambda p: float(np.mean((p >= 0.5) == (y_test == 1)))  # noqa: E731
-    out = {"n_test": int(len(y_test)), "model_accuracy": acc(p_model), "model_log_loss": log_loss(y_test, p_model),
-           "majority_accuracy": acc(p_major), "majority_log_loss": log_loss(y_test, p_major),
-           "previous_sign_accuracy": float(np.mean((prev_up_test == 1) == (y_test == 1))),
-           "previous_sign_log_loss": log_loss(y_test, p_prev)}
+    out = {
+        "n_test": int(len(y_test)),
+        "model_accuracy": acc(p_model),
+        "model_log_loss": log_loss(y_test, p_model),
+        "majority_accuracy": acc(p_major),
+        "majority_log_loss": log_loss(y_test, p_major),
+        "previous_sign_accuracy": float(np.mean((prev_up_test == 1) == (y_test == 1))),
+        "previous_sign_log_loss": log_loss(y_test, p_prev),
+    }
     # per-bar loss and hit differentials against each baseline, summarised for pooling over days (significance)
     model_loss, model_hit = _losses(y_test, p_model), ((p_model >= 0.5) == (y_test == 1)).astype(float)
-    for name, p, hit in (("majority", p_major, (p_major >= 0.5) == (y_test == 1)),
-                         ("previous_sign", p_prev, (prev_up_test == 1) == (y_test == 1))):
+    for name, p, hit in (
+        ("majority", p_major, (p_major >= 0.5) == (y_test == 1)),
+        ("previous_sign", p_prev, (prev_up_test == 1) == (y_test == 1)),
+    ):
         d_loss, d_hit = _losses(y_test, p) - model_loss, model_hit - hit.astype(float)
         out[f"{name}_loss_gain"], out[f"{name}_loss_gain_lrv"] = float(d_loss.mean()), long_run_variance(d_loss)
         out[f"{name}_hit_gain"], out[f"{name}_hit_gain_lrv"] = float(d_hit.mean()), long_run_variance(d_hit)
@@ -163,12 +188,17 @@ def coefficients(params: dict, x: np.ndarray) -> list[dict]:
     p = 1 / (1 + np.exp(-(xs @ beta)))
     info = xs.T @ (xs * (p * (1 - p))[:, None])
     se = np.sqrt(np.diag(np.linalg.pinv(info)))
-    return [{"feature": f, "coefficient": float(b), "std_error": float(s), "z": float(b / s) if s else 0.0}
-            for f, b, s in zip(["intercept", *FEATURES], beta, se)]
+    return [
+        {"feature": f, "coefficient": float(b), "std_error": float(s), "z": float(b / s) if s else 0.0}
+        for f, b, s in zip(["intercept", *FEATURES], beta, se)
+    ]
 
 
 def calibration(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[dict]:
     """Reliability: per equal-count bin of predicted probability, the mean prediction and the observed frequency."""
     order = np.argsort(p, kind="stable")
-    return [{"predicted": float(p[idx].mean()), "observed": float(y[idx].mean()), "n": int(idx.size)}
-            for idx in np.array_split(order, bins) if idx.size]
+    return [
+        {"predicted": float(p[idx].mean()), "observed": float(y[idx].mean()), "n": int(idx.size)}
+        for idx in np.array_split(order, bins)
+        if idx.size
+    ]

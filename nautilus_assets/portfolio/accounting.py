@@ -5,13 +5,14 @@ A fill on the position's side re-averages the cost; an opposite fill closes up t
 the fill price. Fees accumulate separately; cash pays for fills and fees. NAV = cash + Σ position · mark, so
 NAV − initial cash = realized + unrealized − fees.
 """
+
 import math
 from dataclasses import dataclass, field
 
 
 @dataclass
 class Position:
-    quantity: float = 0.0      # signed: > 0 long, < 0 short
+    quantity: float = 0.0  # signed: > 0 long, < 0 short
     avg_cost: float = 0.0
     realized_pnl: float = 0.0
     fees: float = 0.0
@@ -32,7 +33,7 @@ def apply_fill(pos: Position, quantity: float, price: float, fee: float = 0.0) -
     closed = min(abs(quantity), abs(q))
     out.realized_pnl += closed * (price - pos.avg_cost) * math.copysign(1, q)
     rest = abs(quantity) - closed
-    if rest > 0:                         # flip: open the remainder at the fill price
+    if rest > 0:  # flip: open the remainder at the fill price
         out.quantity, out.avg_cost = math.copysign(rest, quantity), price
     else:
         out.quantity = q + quantity
@@ -44,7 +45,7 @@ def apply_fill(pos: Position, quantity: float, price: float, fee: float = 0.0) -
 class Portfolio:
     initial_cash: float
     cash: float = field(default=math.nan)
-    positions: dict = field(default_factory=dict)   # instrument -> Position
+    positions: dict = field(default_factory=dict)  # instrument -> Position
 
     def __post_init__(self):
         if math.isnan(self.cash):
@@ -60,7 +61,17 @@ class Portfolio:
     def rows(self, marks: dict) -> list[dict]:
         """Per instrument: position, average cost, realized and unrealized P&L, fees, cash and NAV."""
         nav = self.nav(marks)
-        return [{"instrument_id": i, "position": p.quantity, "avg_cost": p.avg_cost, "realized_pnl": p.realized_pnl,
-                 "unrealized_pnl": p.unrealized(marks[i]) if p.quantity else 0.0, "fees": p.fees,
-                 "mark_price": marks.get(i, math.nan), "cash": self.cash, "nav": nav}
-                for i, p in sorted(self.positions.items())]
+        return [
+            {
+                "instrument_id": i,
+                "position": p.quantity,
+                "avg_cost": p.avg_cost,
+                "realized_pnl": p.realized_pnl,
+                "unrealized_pnl": p.unrealized(marks[i]) if p.quantity else 0.0,
+                "fees": p.fees,
+                "mark_price": marks.get(i, math.nan),
+                "cash": self.cash,
+                "nav": nav,
+            }
+            for i, p in sorted(self.positions.items())
+        ]

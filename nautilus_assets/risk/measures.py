@@ -1,10 +1,11 @@
 """Risk measures (pure). Returns are simple returns; results are positive loss numbers."""
+
 import math
 from statistics import NormalDist
 
 import numpy as np
 
-BASEL_ZONES = ((4, "green"), (9, "yellow"))   # exceptions in 250 days: 0-4 green, 5-9 yellow, >= 10 red
+BASEL_ZONES = ((4, "green"), (9, "yellow"))  # exceptions in 250 days: 0-4 green, 5-9 yellow, >= 10 red
 
 
 def historical_var(returns, level: float = 0.99) -> float:
@@ -39,7 +40,7 @@ def kupiec_pof(exceptions: int, observations: int, level: float = 0.99) -> tuple
     phat = x / n
     lr = -2 * (xlogy(n - x, 1 - p) + xlogy(x, p) - xlogy(n - x, 1 - phat) - xlogy(x, phat))
     lr = max(lr, 0.0)
-    return lr, math.erfc(math.sqrt(lr / 2))       # survival function of χ²(1) at lr
+    return lr, math.erfc(math.sqrt(lr / 2))  # survival function of χ²(1) at lr
 
 
 def basel_zone(exceptions: int) -> str:
@@ -57,7 +58,7 @@ def christoffersen_independence(hits) -> tuple[float, float]:
     n00, n01 = int((~prev & ~cur).sum()), int((~prev & cur).sum())
     n10, n11 = int((prev & ~cur).sum()), int((prev & cur).sum())
 
-    def ll(n_stay, n_move, p):   # log-likelihood of n_move moves and n_stay stays at move probability p
+    def ll(n_stay, n_move, p):  # log-likelihood of n_move moves and n_stay stays at move probability p
         return (0.0 if n_stay == 0 else n_stay * math.log(1 - p)) + (0.0 if n_move == 0 else n_move * math.log(p))
 
     pi = (n01 + n11) / max(n00 + n01 + n10 + n11, 1)
@@ -74,10 +75,16 @@ def evaluate_backtest(realized, forecasts, level: float = 0.99) -> dict:
     n, x = int(hits.size), int(hits.sum())
     lr_pof, p_pof = kupiec_pof(x, n, level)
     lr_ind, p_ind = christoffersen_independence(hits)
-    return {"exceptions": x, "observations": n, "kupiec_lr": lr_pof, "kupiec_p_value": p_pof,
-            "christoffersen_lr": lr_ind, "christoffersen_p_value": p_ind,
-            "conditional_coverage_p_value": math.exp(-(lr_pof + lr_ind) / 2),
-            "zone": basel_zone(round(x * 250 / n)) if n else "green"}
+    return {
+        "exceptions": x,
+        "observations": n,
+        "kupiec_lr": lr_pof,
+        "kupiec_p_value": p_pof,
+        "christoffersen_lr": lr_ind,
+        "christoffersen_p_value": p_ind,
+        "conditional_coverage_p_value": math.exp(-(lr_pof + lr_ind) / 2),
+        "zone": basel_zone(round(x * 250 / n)) if n else "green",
+    }
 
 
 def backtest(returns, window: int = 250, level: float = 0.99, days: int = 250) -> dict:
@@ -86,5 +93,5 @@ def backtest(returns, window: int = 250, level: float = 0.99, days: int = 250) -
     if r.size < window + days:
         raise ValueError(f"backtest needs {window + days} returns, got {r.size}")
     start = r.size - days
-    forecasts = np.array([historical_var(r[t - window:t], level) for t in range(start, r.size)])
+    forecasts = np.array([historical_var(r[t - window : t], level) for t in range(start, r.size)])
     return evaluate_backtest(r[start:], forecasts, level)

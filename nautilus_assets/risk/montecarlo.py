@@ -6,6 +6,7 @@ bench/compute.py measures MLX slower (its CPU backend draws and multiplies in fl
 threading). MLX factorises on the CPU stream (its GPU backends have no Cholesky); the simulation runs on its
 default device. `NAUTILUS_MC_BACKEND` (resources/settings.py) overrides the choice.
 """
+
 import functools
 
 import mlx.core as mx
@@ -25,11 +26,12 @@ def backend() -> str:
     return "mlx" if mx.default_device().type == mx.DeviceType.gpu else "numpy"
 
 
-def scenarios(mean: np.ndarray, cov: np.ndarray, paths: int = 100_000, seed: int = 0,
-              backend_name: str | None = None) -> np.ndarray:
+def scenarios(
+    mean: np.ndarray, cov: np.ndarray, paths: int = 100_000, seed: int = 0, backend_name: str | None = None
+) -> np.ndarray:
     """paths × n simulated 1-day instrument returns ~ N(mean, cov), shared by every portfolio."""
     mean = np.atleast_1d(mean)
-    cov = np.atleast_2d(cov) + 1e-18 * np.eye(mean.size)      # positive definite where a variance is 0
+    cov = np.atleast_2d(cov) + 1e-18 * np.eye(mean.size)  # positive definite where a variance is 0
     name = backend_name or backend()
     if name == "numpy":
         z = np.random.default_rng(seed).standard_normal((paths, mean.size))
@@ -41,8 +43,15 @@ def scenarios(mean: np.ndarray, cov: np.ndarray, paths: int = 100_000, seed: int
     return np.array(z @ chol.T + mx.array(mean, dtype=mx.float32), dtype=np.float64)
 
 
-def monte_carlo_var(exposures: np.ndarray, returns: np.ndarray, nav: float, level: float = 0.99,
-                    paths: int = 100_000, seed: int = 0, backend_name: str | None = None) -> float:
+def monte_carlo_var(
+    exposures: np.ndarray,
+    returns: np.ndarray,
+    nav: float,
+    level: float = 0.99,
+    paths: int = 100_000,
+    seed: int = 0,
+    backend_name: str | None = None,
+) -> float:
     """1-day VaR as a fraction of NAV (positive loss) of one portfolio's currency `exposures`, simulating `paths`
     draws of instrument returns ~ N(mean, cov) estimated from `returns` (days × instruments)."""
     returns = np.atleast_2d(np.asarray(returns, np.float64))

@@ -15,6 +15,7 @@ normal models' in the tail, and the gap is the model choice, not an error.
 Component VaR is the Euler allocation of parametric VaR (cᵢ = eᵢ · ∂VaR/∂eᵢ, summing to VaR since VaR is
 homogeneous of degree 1 in e); incremental VaR of i is VaR(e) − VaR(e without i).
 """
+
 from statistics import NormalDist
 
 import numpy as np
@@ -22,7 +23,7 @@ import numpy as np
 from .montecarlo import scenarios
 
 Z = NormalDist()
-MC_BLOCK = 64   # portfolios per block of simulated P&L: 64 × paths float64 = 51 MB at 100,000 paths
+MC_BLOCK = 64  # portfolios per block of simulated P&L: 64 × paths float64 = 51 MB at 100,000 paths
 
 
 def tail_losses(pnl: np.ndarray, var_level: float, es_level: float) -> tuple[np.ndarray, np.ndarray]:
@@ -38,16 +39,18 @@ def tail_losses(pnl: np.ndarray, var_level: float, es_level: float) -> tuple[np.
     def quantile(lo, f):
         a, b = part[:, lo], part[:, min(lo + 1, n - 1)]
         return a + f * (b - a)
+
     var = -quantile(lo_v, f_v)
     threshold = quantile(lo_e, f_e)
-    rest = part[:, lo_e + 1:]                                # >= the order statistic at lo_e; ties may equal it
+    rest = part[:, lo_e + 1 :]  # >= the order statistic at lo_e; ties may equal it
     tied = rest <= threshold[:, None]
-    tail_sum = part[:, :lo_e + 1].sum(axis=1) + np.where(tied, rest, 0.0).sum(axis=1)
+    tail_sum = part[:, : lo_e + 1].sum(axis=1) + np.where(tied, rest, 0.0).sum(axis=1)
     return var, -tail_sum / (lo_e + 1 + tied.sum(axis=1))
 
 
-def parametric(exposures: np.ndarray, mean: np.ndarray, cov: np.ndarray, var_level: float = 0.99,
-               es_level: float = 0.975) -> dict:
+def parametric(
+    exposures: np.ndarray, mean: np.ndarray, cov: np.ndarray, var_level: float = 0.99, es_level: float = 0.975
+) -> dict:
     """Normal VaR and ES (currency) per portfolio row of `exposures` (P × n), with the Euler marginal VaR."""
     e = np.atleast_2d(exposures)
     mu_p = e @ mean
@@ -55,7 +58,7 @@ def parametric(exposures: np.ndarray, mean: np.ndarray, cov: np.ndarray, var_lev
     sd_p = np.sqrt(np.einsum("pi,pi->p", e, cov_e))
     z, z_es = Z.inv_cdf(var_level), Z.inv_cdf(es_level)
     with np.errstate(invalid="ignore", divide="ignore"):
-        marginal = z * cov_e / sd_p[:, None] - mean          # ∂VaR/∂e_i
+        marginal = z * cov_e / sd_p[:, None] - mean  # ∂VaR/∂e_i
     return {"var": z * sd_p - mu_p, "es": sd_p * Z.pdf(z_es) / (1 - es_level) - mu_p, "marginal": marginal}
 
 
@@ -71,26 +74,41 @@ def incremental_var(exposures: np.ndarray, mean: np.ndarray, cov: np.ndarray, le
     return out
 
 
-def position_risk(exposures: np.ndarray, returns: np.ndarray, nav: np.ndarray, var_level: float = 0.99,
-                  es_level: float = 0.975, paths: int = 100_000, seed: int = 0, backend: str | None = None) -> dict:
+def position_risk(
+    exposures: np.ndarray,
+    returns: np.ndarray,
+    nav: np.ndarray,
+    var_level: float = 0.99,
+    es_level: float = 0.975,
+    paths: int = 100_000,
+    seed: int = 0,
+    backend: str | None = None,
+) -> dict:
     """For P portfolios (exposures P × n, nav P) over T days of the n instruments' simple returns (T × n): 1-day VaR
     and ES by the three models, component, marginal and incremental VaR per instrument; all fractions of NAV."""
     e = np.atleast_2d(np.asarray(exposures, np.float64))
     r = np.atleast_2d(np.asarray(returns, np.float64))
     nav = np.asarray(nav, np.float64).reshape(-1)
-    pnl = e @ r.T                                            # P × T: full revaluation of linear positions
+    pnl = e @ r.T  # P × T: full revaluation of linear positions
     mean, cov = r.mean(axis=0), np.atleast_2d(np.cov(r, rowvar=False))
     par = parametric(e, mean, cov, var_level, es_level)
     hist_var, hist_es = tail_losses(pnl, var_level, es_level)
-    out = {"hist_var": hist_var / nav, "hist_es": hist_es / nav,
-           "param_var": par["var"] / nav, "param_es": par["es"] / nav, "marginal_var": par["marginal"], "component_var": e * par["marginal"] / nav[:, None],
-           "incremental_var": incremental_var(e, mean, cov, var_level) / nav[:, None]}
+    out = {
+        "hist_var": hist_var / nav,
+        "hist_es": hist_es / nav,
+        "param_var": par["var"] / nav,
+        "param_es": par["es"] / nav,
+        "marginal_var": par["marginal"],
+        "component_var": e * par["marginal"] / nav[:, None],
+        "incremental_var": incremental_var(e, mean, cov, var_level) / nav[:, None],
+    }
     if paths:
-        sims = scenarios(mean, cov, paths, seed, backend)         # paths × n, one set for every portfolio
+        sims = scenarios(mean, cov, paths, seed, backend)  # paths × n, one set for every portfolio
         var, es = np.empty(len(e)), np.empty(len(e))
-        for lo in range(0, len(e), MC_BLOCK):                     # paths × block of P&L at a time (memory)
-            var[lo:lo + MC_BLOCK], es[lo:lo + MC_BLOCK] = tail_losses(e[lo:lo + MC_BLOCK] @ sims.T, var_level,
-                                                                      es_level)
+        for lo in range(0, len(e), MC_BLOCK):  # paths × block of P&L at a time (memory)
+            var[lo : lo + MC_BLOCK], es[lo : lo + MC_BLOCK] = tail_losses(
+                e[lo : lo + MC_BLOCK] @ sims.T, var_level, es_level
+            )
         out["mc_var"], out["mc_es"] = var / nav, es / nav
     return out
 

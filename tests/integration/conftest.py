@@ -1,6 +1,7 @@
 """Real services for the integration tests, started once per session in the test instance, and the processes
 and servers a test starts for itself (the Dagster daemon and webserver, a PostgreSQL-only instance, TimescaleDB),
 stopped after it."""
+
 import sys
 import time
 
@@ -30,6 +31,7 @@ def res(settings):
 @pytest.fixture(scope="session")
 def instance(settings):
     import dagster as dg
+
     with dg.DagsterInstance.get() as inst:
         yield inst
 
@@ -38,6 +40,7 @@ def instance(settings):
 def api(settings):
     """The product APIs (`nautilus api`) on the test instance's ports."""
     from resources.settings import API_PORTS
+
     p = services.spawn(settings, "api", [sys.executable, "-W", "ignore", "-m", "nautilus_assets.api.serve"])
     try:
         for product in API_PORTS:
@@ -47,12 +50,11 @@ def api(settings):
         services.kill_groups({"api": p.pid})
 
 
-
-
 @pytest.fixture
 def clean(res):
     """Empty market-data tables and drained subscriptions, so a test can count exactly."""
     from tests.helpers import reset_state
+
     return reset_state(res)
 
 
@@ -72,6 +74,7 @@ class DagsterProcesses:
 
     def stop(self) -> None:
         from tests.helpers import fail_orphaned_runs
+
         if self.started:
             services.kill_groups({str(p.pid): p.pid for p in self.started})
             fail_orphaned_runs(self.instance, self.t0 - 1)
@@ -91,6 +94,7 @@ def postgres_only():
     """The test instance's PostgreSQL 15 alone (started here when the session's services are not up), with the
     access control applied twice (idempotent): for tests that need no other backend."""
     from scripts.provision import apply_postgres
+
     s = apply(services.prepare(load()))
     started = not services.port_open(s.port("postgres"))
     if started:
@@ -106,8 +110,15 @@ def postgres_only():
 def timescaledb(settings) -> PostgresResource:
     """PGlite with TimescaleDB (scripts/services.py), its portfolio schema dropped: a store set-up never reached."""
     port = services.start_timescaledb(settings)
-    pg = PostgresResource(host="127.0.0.1", port=port, user="postgres", password="pglite", dbname="postgres",
-                          sslmode="disable", prepared_statements=False)
+    pg = PostgresResource(
+        host="127.0.0.1",
+        port=port,
+        user="postgres",
+        password="pglite",
+        dbname="postgres",
+        sslmode="disable",
+        prepared_statements=False,
+    )
     with pg.connect() as conn:
         conn.execute("DROP SCHEMA IF EXISTS portfolio CASCADE")
         conn.commit()

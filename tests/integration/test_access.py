@@ -1,7 +1,6 @@
 """Access control: the declaration of resources/access.py, enforced by the real PostgreSQL 15 server (password
 authentication, scram-sha-256 over TCP 127.0.0.1) and turned into ClickHouse statements that cover it exactly."""
 
-
 import psycopg
 import pytest
 
@@ -11,11 +10,20 @@ from resources.settings import build_resources
 from scripts.provision import apply_postgres
 
 PROBE = "access_probe"
+
+
 # ---- PostgreSQL -----------------------------------------------------------------------------------------------
 def connect(s, role, password=None):
-    return psycopg.connect(host="127.0.0.1", port=s.port("postgres"), user=role, dbname="nautilus",
-                           password=password if password is not None else s[access.password_var(role)],
-                           sslmode="disable", autocommit=True, connect_timeout=10)
+    return psycopg.connect(
+        host="127.0.0.1",
+        port=s.port("postgres"),
+        user=role,
+        dbname="nautilus",
+        password=password if password is not None else s[access.password_var(role)],
+        sslmode="disable",
+        autocommit=True,
+        connect_timeout=10,
+    )
 
 
 def attempt(conn, sql) -> str:
@@ -33,7 +41,7 @@ def test_each_domain_writes_its_own_schema_only_and_reads_as_declared(postgres_o
     # governance sessions default to read-only; switch that off so what is measured below is the grants
     conns[GOVERNANCE].execute("SET default_transaction_read_only = off")
     try:
-        for d in DOMAINS:   # each owner creates and fills a table in its own schema (created after the grants)
+        for d in DOMAINS:  # each owner creates and fills a table in its own schema (created after the grants)
             c = conns[d]
             assert attempt(c, f"DROP TABLE IF EXISTS {d}.{PROBE}") == "ok"
             assert attempt(c, f"CREATE TABLE {d}.{PROBE} (x int)") == "ok"
@@ -67,7 +75,9 @@ def test_wrong_or_missing_password_is_refused(postgres_only):
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         connect(postgres_only, "portfolio", password="not-the-password")
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
-        connect(postgres_only, GOVERNANCE, password=postgres_only[access.password_var("risk")])   # another role's password
+        connect(
+            postgres_only, GOVERNANCE, password=postgres_only[access.password_var("risk")]
+        )  # another role's password
     with pytest.raises(psycopg.OperationalError):
         connect(postgres_only, "strategy", password="")
     # host connections use scram-sha-256; the roles' stored passwords are SCRAM verifiers
@@ -77,6 +87,7 @@ def test_wrong_or_missing_password_is_refused(postgres_only):
 
 def test_portfolio_store_is_owned_by_portfolio_and_read_as_declared(postgres_only):
     from nautilus_assets.portfolio import store
+
     with connect(postgres_only, postgres_only["DAGSTER_PG_USER"], postgres_only["DAGSTER_PG_PASSWORD"]) as admin:
         # a table the admin created before access control existed passes to the domain at the next set-up
         admin.execute("CREATE TABLE IF NOT EXISTS portfolio.legacy (x int)")
@@ -85,12 +96,18 @@ def test_portfolio_store_is_owned_by_portfolio_and_read_as_declared(postgres_onl
     assert portfolio.user == "portfolio"
     with portfolio.connect() as conn:
         assert store.ensure_schema(conn) == "native"
-        conn.execute("INSERT INTO portfolio.fills VALUES ('access-1', 'p', 'AAPL.XNAS', 1, 100, 0, 1, NULL, NULL) "
-                     "ON CONFLICT DO NOTHING")
+        conn.execute(
+            "INSERT INTO portfolio.fills VALUES ('access-1', 'p', 'AAPL.XNAS', 1, 100, 0, 1, NULL, NULL) "
+            "ON CONFLICT DO NOTHING"
+        )
         conn.commit()
-        owners = dict(conn.execute("SELECT c.relname, pg_get_userbyid(c.relowner) FROM pg_class c "
-                                   "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'portfolio' "
-                                   "AND c.relkind IN ('r', 'p')").fetchall())
+        owners = dict(
+            conn.execute(
+                "SELECT c.relname, pg_get_userbyid(c.relowner) FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'portfolio' "
+                "AND c.relkind IN ('r', 'p')"
+            ).fetchall()
+        )
     assert owners and set(owners.values()) == {"portfolio"}, owners
     for reader in ("risk", "analytics", GOVERNANCE):
         with connect(postgres_only, reader) as c:
@@ -102,6 +119,8 @@ def test_portfolio_store_is_owned_by_portfolio_and_read_as_declared(postgres_onl
     gov = build_resources(postgres_only)["postgres_governance"]
     with gov.connect() as c:
         assert c.execute("SELECT current_user, current_setting('default_transaction_read_only')").fetchone() == (
-            GOVERNANCE, "on")
+            GOVERNANCE,
+            "on",
+        )
         with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
             c.execute("DELETE FROM portfolio.fills")

@@ -3,7 +3,6 @@ value bound as a parameter, with a row limit the caller cannot raise. The abuses
 "1=1 --" dropping the LIMIT and pulling a whole table under the chDB lock; a quote breaking out of a value) are
 tried on a ClickHouse table and a PostgreSQL one."""
 
-
 import os
 import subprocess
 import sys
@@ -17,16 +16,23 @@ from tests.helpers import ROOT
 @pytest.fixture(scope="module")
 def tables(res):
     ch = res["clickhouse"]
-    ch.ensure(["CREATE DATABASE IF NOT EXISTS audit_test",
-               "CREATE TABLE IF NOT EXISTS audit_test.rows (id UInt64, name String, day Date, version UInt64) "
-               "ENGINE = MergeTree ORDER BY id"])
+    ch.ensure(
+        [
+            "CREATE DATABASE IF NOT EXISTS audit_test",
+            "CREATE TABLE IF NOT EXISTS audit_test.rows (id UInt64, name String, day Date, version UInt64) "
+            "ENGINE = MergeTree ORDER BY id",
+        ]
+    )
     with ch.session() as c:
         c.command("TRUNCATE TABLE audit_test.rows")
-        c.command("INSERT INTO audit_test.rows SELECT number, concat('n', toString(number)), "
-                  "toDate('2026-01-01') + number % 10, 1 FROM numbers(1000)")
+        c.command(
+            "INSERT INTO audit_test.rows SELECT number, concat('n', toString(number)), "
+            "toDate('2026-01-01') + number % 10, 1 FROM numbers(1000)"
+        )
     from nautilus_assets.portfolio import store
+
     with res["postgres"].connect() as conn:
-        store.ensure_schema(conn)                       # the portfolio schema (the store's role owns it)
+        store.ensure_schema(conn)  # the portfolio schema (the store's role owns it)
         conn.execute("DROP TABLE IF EXISTS portfolio.audit_test_rows")
         conn.execute("CREATE TABLE portfolio.audit_test_rows (id bigint, name text)")
         conn.execute("INSERT INTO portfolio.audit_test_rows SELECT g, 'n' || g FROM generate_series(0, 999) g")
@@ -56,8 +62,9 @@ def test_the_limit_cannot_be_removed_or_raised(tables, table):
     assert len(fetch_rows(tables, table, [], limit=10**9)) == MAX_ROWS
 
 
-@pytest.mark.parametrize("bad", [[("1=1 --", "=", "1")], [("id", "; DROP TABLE x", "1")], [("nope", "=", "1")],
-                                 [("id) OR (1", "=", "1")]])
+@pytest.mark.parametrize(
+    "bad", [[("1=1 --", "=", "1")], [("id", "; DROP TABLE x", "1")], [("nope", "=", "1")], [("id) OR (1", "=", "1")]]
+)
 def test_columns_and_operators_are_checked(tables, bad):
     with pytest.raises(ValueError):
         fetch_rows(tables, "audit_test.rows", bad)
@@ -70,9 +77,26 @@ def test_columns_and_operators_are_checked(tables, bad):
 def test_the_cli_refuses_raw_sql(settings, tables):
     def row(*where):
         args = [a for w in where for a in ("--where", w)]
-        return subprocess.run([sys.executable, "-m", "scripts.cli", "audit", "row", "--table", "audit_test.rows",
-                               *args, "--limit", "100000"], cwd=ROOT, env={**os.environ, **settings.env},
-                              capture_output=True, text=True, timeout=300)
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "scripts.cli",
+                "audit",
+                "row",
+                "--table",
+                "audit_test.rows",
+                *args,
+                "--limit",
+                "100000",
+            ],
+            cwd=ROOT,
+            env={**os.environ, **settings.env},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
     cp = row("1=1 --")
     assert cp.returncode != 0 and "expected 'column op value'" in cp.stderr
     cp = row("id >= 0")

@@ -1,5 +1,6 @@
 """Bad input against the real services: Pulsar -> run_batch -> Delta + ClickHouse (quarantine with reasons),
 a trade id reused across batches, and a burst ten times the batch bound in a run of bounded memory."""
+
 import json
 import os
 import subprocess
@@ -20,8 +21,18 @@ WEEK = 7 * 86400
 
 
 def batch(res, batch_id, ack=True, max_messages=100_000):
-    return run_batch(TRADES, res["pulsar"], res["lake"], res["clickhouse"], batch_id, max_messages, 20, WEEK,
-                     log=lambda m: None, ack=ack)
+    return run_batch(
+        TRADES,
+        res["pulsar"],
+        res["lake"],
+        res["clickhouse"],
+        batch_id,
+        max_messages,
+        20,
+        WEEK,
+        log=lambda m: None,
+        ack=ack,
+    )
 
 
 def stored(res):
@@ -33,8 +44,16 @@ def stored(res):
 
 def trade(trade_id, **over):
     now = time.time_ns()
-    rec = {"schema_version": 1, "instrument_id": "AAPL.XNAS", "price": 230.5, "size": 10.0, "aggressor_side": "BUYER",
-           "trade_id": trade_id, "ts_event": now - 10**9, "ts_init": now - 10**9 + 5000}
+    rec = {
+        "schema_version": 1,
+        "instrument_id": "AAPL.XNAS",
+        "price": 230.5,
+        "size": 10.0,
+        "aggressor_side": "BUYER",
+        "trade_id": trade_id,
+        "ts_event": now - 10**9,
+        "ts_init": now - 10**9 + 5000,
+    }
     rec.update(over)
     return {k: v for k, v in rec.items() if v is not ...}
 
@@ -73,8 +92,11 @@ def test_mixed_bad_and_good_batches_quarantine_with_reasons_and_keep_every_valid
     good = trades.slice(0, 300), trades.slice(300, 300)
     publish_tables(res["pulsar"], good[0], good[0].slice(0, 0))
     send(res, [p for p, _ in bad.values()])
-    send(res, [orjson.dumps(trade("replayed", ts_event=time.time_ns() - 30 * 86400 * 10**9))],
-         {REPLAY_PROPERTY: "historical"})                                   # a marked historical replay: exempt
+    send(
+        res,
+        [orjson.dumps(trade("replayed", ts_event=time.time_ns() - 30 * 86400 * 10**9))],
+        {REPLAY_PROPERTY: "historical"},
+    )  # a marked historical replay: exempt
     publish_tables(res["pulsar"], good[1], good[1].slice(0, 0))
     out = batch(res, "bad-1")
     assert out.consumed == 600 + len(bad) + 1
@@ -86,7 +108,7 @@ def test_mixed_bad_and_good_batches_quarantine_with_reasons_and_keep_every_valid
     as_bytes = lambda p: p if isinstance(p, bytes) else p.encode("utf-8", "surrogateescape")  # noqa: E731
     by_payload = {as_bytes(p): r for p, r in zip(q["payload"], q["reason"])}
     for name, (payload, why) in bad.items():
-        if payload in by_payload:     # payloads came back byte for byte (the invalid UTF-8 one may not)
+        if payload in by_payload:  # payloads came back byte for byte (the invalid UTF-8 one may not)
             assert by_payload[payload].startswith(why), (name, by_payload[payload])
     assert sorted(r.split(":")[0] for r in q["reason"]) == sorted(w.split(":")[0] for _, w in bad.values())
     delta_ids, ch_ids = stored(res)
@@ -98,12 +120,14 @@ def test_mixed_bad_and_good_batches_quarantine_with_reasons_and_keep_every_valid
     reused = trades.slice(10, 1).to_pylist()[0]
     again = orjson.dumps({**trade(reused["trade_id"]), "instrument_id": reused["instrument_id"]})
     send(res, [again, orjson.dumps(trade("fresh-1"))])
-    lost = batch(res, "bad-2", ack=False)                              # both sinks written, the ack lost
+    lost = batch(res, "bad-2", ack=False)  # both sinks written, the ack lost
     assert (lost.valid, lost.quarantined, lost.written_clickhouse) == (1, 1, 1)
-    retry = batch(res, "bad-2-retry")                                  # redelivered: same message ids
+    retry = batch(res, "bad-2-retry")  # redelivered: same message ids
     assert (retry.consumed, retry.valid, retry.quarantined, retry.already_stored) == (2, 1, 1, 1)
     assert (retry.written_delta, retry.written_clickhouse) == (0, 0)
-    q = res["clickhouse"].query_df("SELECT reason FROM market_data.quarantine FINAL WHERE reason LIKE 'duplicate_trade_id%'")
+    q = res["clickhouse"].query_df(
+        "SELECT reason FROM market_data.quarantine FINAL WHERE reason LIKE 'duplicate_trade_id%'"
+    )
     assert len(q) == 1 and reused["trade_id"] in q["reason"][0]
     delta_ids, ch_ids = stored(res)
     assert len(delta_ids) == len(set(delta_ids)) == len(ch_ids) == 602
@@ -141,21 +165,36 @@ def test_burst_is_committed_in_bounded_batches_by_one_run_under_1gib(clean):
     bound, burst = 5_000, 50_000
     # a flat rate: with the intraday profile the clock span of the burst depends on the time of day (at 12:00 UTC it
     # would end 405 s in the future and be quarantined as future_ts_event)
-    trades, _ = MarketSimulator(["AAPL.XNAS", "MSFT.XNAS", "SPY.ARCX"], seed=12, start_ns=time.time_ns() - 600 * 10**9,
-                                events_per_second=200, intraday_profile=False).take(burst, 0)
+    trades, _ = MarketSimulator(
+        ["AAPL.XNAS", "MSFT.XNAS", "SPY.ARCX"],
+        seed=12,
+        start_ns=time.time_ns() - 600 * 10**9,
+        events_per_second=200,
+        intraday_profile=False,
+    ).take(burst, 0)
     publish_tables(res["pulsar"], trades, trades.slice(0, 0))
-    p = subprocess.run([sys.executable, "-c", BURST_RUNNER, "burst"], capture_output=True, text=True, timeout=600,
-                       env={**os.environ, "NAUTILUS_BATCH_MAX_MESSAGES": str(bound)})
+    p = subprocess.run(
+        [sys.executable, "-c", BURST_RUNNER, "burst"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "NAUTILUS_BATCH_MAX_MESSAGES": str(bound)},
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     run = json.loads(next(line for line in p.stdout.splitlines() if line.startswith("RESULT "))[7:])
     consumed, peak = run["consumed"], run["vm_hwm_kib"]
-    print(f"burst {burst} with bound {bound}: one run, batches consumed {consumed} (new rows {run['written']}); "
-          f"peak RSS {peak / 1024:.0f} MiB")
+    print(
+        f"burst {burst} with bound {bound}: one run, batches consumed {consumed} (new rows {run['written']}); "
+        f"peak RSS {peak / 1024:.0f} MiB"
+    )
     assert all(0 < c <= bound for c in consumed) and len(consumed) >= burst // bound
     assert run["batch_ids"] == [f"burst.{i + 1}" for i in range(len(consumed))]
-    why = res["clickhouse"].query_df("SELECT splitByChar(':', reason)[1] AS r, count() AS n "
-                                     "FROM market_data.quarantine FINAL GROUP BY r").values.tolist()
-    assert sum(run["written"]) == burst, (run, why)   # redeliveries add batches, not rows
+    why = (
+        res["clickhouse"]
+        .query_df("SELECT splitByChar(':', reason)[1] AS r, count() AS n FROM market_data.quarantine FINAL GROUP BY r")
+        .values.tolist()
+    )
+    assert sum(run["written"]) == burst, (run, why)  # redeliveries add batches, not rows
     assert peak < 1024 * 1024
     delta_ids, ch_ids = stored(res)
     assert len(delta_ids) == len(set(delta_ids)) == len(ch_ids) == burst

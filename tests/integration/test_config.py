@@ -1,7 +1,6 @@
 """Issue 13 item 11: configuration is validated once, every problem named with its variable, before anything starts;
 PostgreSQL connections give up connecting and cancel long statements."""
 
-
 import socket
 import threading
 import time
@@ -21,7 +20,7 @@ def test_postgres_statements_and_connects_time_out(res, settings):
         conn.execute("SELECT pg_sleep(5)")
     assert time.monotonic() - t < 4
     with pg.connect() as conn:
-        assert conn.execute("SHOW statement_timeout").fetchone()[0] == "10min"   # the default, 600 s
+        assert conn.execute("SHOW statement_timeout").fetchone()[0] == "10min"  # the default, 600 s
 
     # a server that accepts the connection and never answers
     silent = socket.socket()

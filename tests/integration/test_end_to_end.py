@@ -1,5 +1,6 @@
 """Publish 10,000 trades and 10,000 quotes; the real sensor, against the real (PostgreSQL) instance,
 requests micro-batches; executing them lands exactly those rows in Delta and in ClickHouse."""
+
 import time
 
 import pyarrow.compute as pc
@@ -31,11 +32,15 @@ def test_sensor_batches_land_every_tick_exactly_once(clean, instance):
         assert result.success
         evals = result.get_asset_check_evaluations()
         assert evals and all(e.passed for e in evals), [(e.check_name, e.metadata) for e in evals]
-        mats = [m for m in result.asset_materializations_for_node(f"ingest_{feed.name}_batch")
-                if m.asset_key.path[-1] == feed.name]   # one per batch of the long-lived run: <run batch id>.<n>
+        mats = [
+            m
+            for m in result.asset_materializations_for_node(f"ingest_{feed.name}_batch")
+            if m.asset_key.path[-1] == feed.name
+        ]  # one per batch of the long-lived run: <run batch id>.<n>
         assert sum(m.metadata["consumed"].value for m in mats) == 10_000
-        assert [m.metadata["batch_id"].value for m in mats] == [f"{rr.tags['nautilus/batch_id']}.{i + 1}"
-                                                                 for i in range(len(mats))]
+        assert [m.metadata["batch_id"].value for m in mats] == [
+            f"{rr.tags['nautilus/batch_id']}.{i + 1}" for i in range(len(mats))
+        ]
 
     ch, lake = res["clickhouse"], res["lake"]
     for feed, published in ((TRADES, trades), (QUOTES, quotes)):

@@ -11,6 +11,7 @@ published ticks in Delta and in ClickHouse, no id twice, bars equal a recomputat
 Figures (ticks, faults by kind, runs, recovery time per fault, wall time) are printed and written to
 $NAUTILUS_HOME/fault-report.json. NAUTILUS_FAULT_SEED fixes the fault order (default: random, printed).
 """
+
 import json
 import os
 import random
@@ -34,29 +35,41 @@ from sensors.pulsar_ingest import NOT_FINISHED_STATUSES
 from tests.helpers import assert_bars_equal, fail_orphaned_runs, reference_bars, stored_bars
 
 TICKS_PER_FEED = 100_000
-FIRST_CHUNK = 10_000      # per feed, published before the daemon starts
-CHUNK = 2_500             # per feed, then every PACE_S while faults are pending (see Publisher)
+FIRST_CHUNK = 10_000  # per feed, published before the daemon starts
+CHUNK = 2_500  # per feed, then every PACE_S while faults are pending (see Publisher)
 PACE_S = 2.0
 DEADLINE_S = float(os.environ.get("NAUTILUS_FAULT_DEADLINE_SECONDS", 600))
 INGEST_JOBS = ("ingest_trades", "ingest_quotes")
-AUTOMATION_SENSORS = ("products_automation", "market_analytics_stream_sensor", "market_microstructure_stream_sensor",
-                      "portfolio_states_stream_sensor")
+AUTOMATION_SENSORS = (
+    "products_automation",
+    "market_analytics_stream_sensor",
+    "market_microstructure_stream_sensor",
+    "portfolio_states_stream_sensor",
+)
 
 
 def fault_plan(rng: random.Random) -> list[dict]:
     """Per feed, in random order: SIGKILLs at named points, a write error, and one server outage."""
     kill_points = ["before_delta_commit", "after_delta_commit", "between_sinks", "before_ack", "mid_ack"]
     plan = {
-        "trades": [*({"point": p, "action": "kill"} for p in rng.sample(kill_points, 4)),
-                   # a long-lived run killed mid-stream, with batches committed and acknowledged before
-                   {"point": rng.choice(kill_points), "action": "kill", "kind": "sigkill_long_lived_mid_stream",
-                    "min_batch": 3},
-                   {"point": "clickhouse_write", "action": "raise", "kind": "clickhouse_write_error"},
-                   {"point": "before_delta_commit", "action": "hold", "kind": "s3_restart"}],
-        "quotes": [*({"point": p, "action": "kill"} for p in rng.sample(kill_points, 3)),
-                   {"point": rng.choice(kill_points), "action": "kill_with_parent"},
-                   {"point": "clickhouse_write", "action": "raise", "kind": "clickhouse_write_error"},
-                   {"point": "before_ack", "action": "hold", "kind": "broker_restart"}],
+        "trades": [
+            *({"point": p, "action": "kill"} for p in rng.sample(kill_points, 4)),
+            # a long-lived run killed mid-stream, with batches committed and acknowledged before
+            {
+                "point": rng.choice(kill_points),
+                "action": "kill",
+                "kind": "sigkill_long_lived_mid_stream",
+                "min_batch": 3,
+            },
+            {"point": "clickhouse_write", "action": "raise", "kind": "clickhouse_write_error"},
+            {"point": "before_delta_commit", "action": "hold", "kind": "s3_restart"},
+        ],
+        "quotes": [
+            *({"point": p, "action": "kill"} for p in rng.sample(kill_points, 3)),
+            {"point": rng.choice(kill_points), "action": "kill_with_parent"},
+            {"point": "clickhouse_write", "action": "raise", "kind": "clickhouse_write_error"},
+            {"point": "before_ack", "action": "hold", "kind": "broker_restart"},
+        ],
     }
     out = []
     for feed, items in plan.items():
@@ -65,8 +78,9 @@ def fault_plan(rng: random.Random) -> list[dict]:
         # for several batches; later faults may see only the reserve share published after a recovery)
         items.sort(key=lambda f: "min_batch" not in f)
         for f in items:
-            kind = f.pop("kind", None) or ("sigkill_run_and_code_server" if f["action"] == "kill_with_parent"
-                                           else f"sigkill_{f['point']}")
+            kind = f.pop("kind", None) or (
+                "sigkill_run_and_code_server" if f["action"] == "kill_with_parent" else f"sigkill_{f['point']}"
+            )
             out.append({"id": f"{feed}-{len(out) + 1:02d}", "feed": feed, "kind": kind, **f})
     return out
 
@@ -84,7 +98,7 @@ class Publisher(threading.Thread):
         self.tables = {"trades": trades, "quotes": quotes}
         self.sent = {"trades": 0, "quotes": 0}
         self.error, self.finished_at, self.stop = None, None, threading.Event()
-        self.reserve_after = {"trades": -1.0, "quotes": -1.0}   # recovery time a reserve chunk was published for
+        self.reserve_after = {"trades": -1.0, "quotes": -1.0}  # recovery time a reserve chunk was published for
 
     def publish(self, counts: dict) -> None:
         with self.lock, self.res["pulsar"].client() as client:
@@ -121,16 +135,19 @@ class Publisher(threading.Thread):
                     self.publish(due)
                 time.sleep(PACE_S)
             self.finished_at = time.time()
-        except Exception as e:  # reported by the test
+        except Exception as e:  # noqa: BLE001  (reported by the test)
             self.error = e
 
 
 def _spawn_daemon(settings, plan_path: Path) -> subprocess.Popen:
-    env = {faults.ENV: str(plan_path),
-           "NAUTILUS_SAFETY_INTERVAL_SECONDS": "10", "NAUTILUS_TIMER_SECONDS": "5",
-           # a run's process must import the whole code location before StartRun answers; on a loaded 2-core
-           # machine that took over the default 60 s, and the launch was failed although the process started
-           "DAGSTER_GRPC_TIMEOUT_SECONDS": os.environ.get("DAGSTER_GRPC_TIMEOUT_SECONDS", "180")}
+    env = {
+        faults.ENV: str(plan_path),
+        "NAUTILUS_SAFETY_INTERVAL_SECONDS": "10",
+        "NAUTILUS_TIMER_SECONDS": "5",
+        # a run's process must import the whole code location before StartRun answers; on a loaded 2-core
+        # machine that took over the default 60 s, and the launch was failed although the process started
+        "DAGSTER_GRPC_TIMEOUT_SECONDS": os.environ.get("DAGSTER_GRPC_TIMEOUT_SECONDS", "180"),
+    }
     return services.dagster_daemon(settings, "fault-daemon", env)
 
 
@@ -149,8 +166,12 @@ def _set_automation(instance, stopped: bool, saved: dict) -> int:
 
 
 def _ingest_runs(instance, since: float) -> list:
-    return [r for job in INGEST_JOBS for r in instance.get_run_records(dg.RunsFilter(job_name=job))
-            if r.create_timestamp.timestamp() >= since]
+    return [
+        r
+        for job in INGEST_JOBS
+        for r in instance.get_run_records(dg.RunsFilter(job_name=job))
+        if r.create_timestamp.timestamp() >= since
+    ]
 
 
 def _failure(instance, run_id: str):
@@ -173,11 +194,16 @@ def _counts(res, feed) -> dict:
     delta = dt.to_pyarrow_table(columns=["message_id", *(["instrument_id", "trade_id"] if feed is TRADES else [])])
     extra = ", uniqExact(instrument_id, trade_id)" if feed is TRADES else ", count()"
     with res["clickhouse"].session() as c:
-        n, ids, trade_ids = c.query(f"SELECT count(), uniqExact(message_id){extra} "
-                                    f"FROM market_data.{feed.name}").first_row
-    out = {"clickhouse_rows": int(n), "clickhouse_unique_message_ids": int(ids),
-           "clickhouse_unique_trade_ids": int(trade_ids), "delta_rows": delta.num_rows,
-           "delta_unique_message_ids": pc.count_distinct(delta["message_id"]).as_py()}
+        n, ids, trade_ids = c.query(
+            f"SELECT count(), uniqExact(message_id){extra} FROM market_data.{feed.name}"
+        ).first_row
+    out = {
+        "clickhouse_rows": int(n),
+        "clickhouse_unique_message_ids": int(ids),
+        "clickhouse_unique_trade_ids": int(trade_ids),
+        "delta_rows": delta.num_rows,
+        "delta_unique_message_ids": pc.count_distinct(delta["message_id"]).as_py(),
+    }
     if feed is TRADES:
         out["delta_unique_trade_ids"] = delta.group_by(["instrument_id", "trade_id"]).aggregate([]).num_rows
     return out
@@ -194,8 +220,12 @@ def test_exactly_once_under_injected_faults(clean, settings, instance):
     faults.write_plan(plan_path, plan)
     print(f"\n[faults] seed {seed}: " + ", ".join(f"{f['id']} {f['kind']}@{f['point']}" for f in plan))
 
-    sim = MarketSimulator(["AAPL.XNAS", "MSFT.XNAS", "SPY.ARCX"], seed=seed, events_per_second=1000,
-                          start_ns=time.time_ns() - 30 * 60 * 10**9)
+    sim = MarketSimulator(
+        ["AAPL.XNAS", "MSFT.XNAS", "SPY.ARCX"],
+        seed=seed,
+        events_per_second=1000,
+        start_ns=time.time_ns() - 30 * 60 * 10**9,
+    )
     trades, quotes = sim.take(TICKS_PER_FEED, TICKS_PER_FEED)
     broker_lock = threading.Lock()
     pub = Publisher(res, trades, quotes, plan_path, broker_lock)
@@ -216,12 +246,12 @@ def test_exactly_once_under_injected_faults(clean, settings, instance):
                 if f["action"] != "hold" or fid in outages or not hold.exists():
                     continue
                 t = time.time()
-                if f["kind"] == "s3_restart":       # S3 down across the held Delta commit, then back
+                if f["kind"] == "s3_restart":  # S3 down across the held Delta commit, then back
                     services.stop_one(settings, "s3")
                     hold.unlink()
                     time.sleep(3)
                     services.SERVICES["s3"].start(settings)
-                else:                                # broker restarted under the held run, before its acks
+                else:  # broker restarted under the held run, before its acks
                     with broker_lock:
                         services.restart(settings, "pulsar")
                     hold.unlink()
@@ -231,21 +261,27 @@ def test_exactly_once_under_injected_faults(clean, settings, instance):
             if healed and pub.finished_at:
                 break
             assert pub.error is None, f"publisher failed: {pub.error!r}"
-            assert time.time() < deadline, (f"faults not all fired and recovered within {DEADLINE_S}s: "
-                                            f"{[(i, f.get('fired_at'), f.get('recovered_at')) for i, f in current.items()]}")
+            assert time.time() < deadline, (
+                f"faults not all fired and recovered within {DEADLINE_S}s: "
+                f"{[(i, f.get('fired_at'), f.get('recovered_at')) for i, f in current.items()]}"
+            )
             assert daemon.poll() is None, "dagster-daemon exited"
             time.sleep(0.3)
 
         def settled():
             if time.time() > deadline:
                 return True
-            if any(instance.get_run_records(dg.RunsFilter(job_name=j, statuses=list(NOT_FINISHED_STATUSES)), limit=1)
-                   for j in INGEST_JOBS):
+            if any(
+                instance.get_run_records(dg.RunsFilter(job_name=j, statuses=list(NOT_FINISHED_STATUSES)), limit=1)
+                for j in INGEST_JOBS
+            ):
                 return False
             with res["clickhouse"].session() as c:
                 n = {f: c.query(f"SELECT count() FROM market_data.{f}").first_row[0] for f in ("trades", "quotes")}
             return n == {"trades": TICKS_PER_FEED, "quotes": TICKS_PER_FEED} and all(
-                res["pulsar"].backlog(f.topic, SUBSCRIPTION) == 0 for f in (TRADES, QUOTES))
+                res["pulsar"].backlog(f.topic, SUBSCRIPTION) == 0 for f in (TRADES, QUOTES)
+            )
+
         while not settled():
             time.sleep(3)
         wall = time.time() - t0
@@ -264,25 +300,36 @@ def test_exactly_once_under_injected_faults(clean, settings, instance):
     by_status = Counter(r.dagster_run.status.value for r in runs)
     per_fault = []
     for f in final:
-        run_batch = (f.get("batch_id") or "").rsplit(".", 1)[0]   # batch <run batch id>.<n> of a long-lived run
+        run_batch = (f.get("batch_id") or "").rsplit(".", 1)[0]  # batch <run batch id>.<n> of a long-lived run
         run = next((r for r in runs if r.dagster_run.tags.get("nautilus/batch_id") == run_batch), None)
         fail = _failure(instance, run.dagster_run.run_id) if run else None
-        per_fault.append({
-            "id": f["id"], "kind": f["kind"], "point": f["point"], "fired": bool(f.get("fired_at")),
-            "run_status": run.dagster_run.status.value if run else None,
-            "noticed_after_s": round(fail.timestamp - f["fired_at"], 1) if fail else None,
-            "noticed_by": _noticed_by(instance, run.dagster_run.run_id, fail) if fail else None,
-            "batch": f.get("batch_id"),
-            "recovered_after_s": round(f["recovered_at"] - f["fired_at"], 1) if f.get("recovered_at") else None})
+        per_fault.append(
+            {
+                "id": f["id"],
+                "kind": f["kind"],
+                "point": f["point"],
+                "fired": bool(f.get("fired_at")),
+                "run_status": run.dagster_run.status.value if run else None,
+                "noticed_after_s": round(fail.timestamp - f["fired_at"], 1) if fail else None,
+                "noticed_by": _noticed_by(instance, run.dagster_run.run_id, fail) if fail else None,
+                "batch": f.get("batch_id"),
+                "recovered_after_s": round(f["recovered_at"] - f["fired_at"], 1) if f.get("recovered_at") else None,
+            }
+        )
     counts = {feed.name: _counts(res, feed) for feed in (TRADES, QUOTES)}
     report = {
-        "seed": seed, "ticks": {"trades": TICKS_PER_FEED, "quotes": TICKS_PER_FEED, "total": 2 * TICKS_PER_FEED},
-        "faults": len(final), "faults_by_kind": dict(Counter(f["kind"] for f in final)),
+        "seed": seed,
+        "ticks": {"trades": TICKS_PER_FEED, "quotes": TICKS_PER_FEED, "total": 2 * TICKS_PER_FEED},
+        "faults": len(final),
+        "faults_by_kind": dict(Counter(f["kind"] for f in final)),
         "faults_fired": sum(1 for f in final if f.get("fired_at")),
         "runs": {"launched": len(runs), **dict(by_status)},
-        "recovery_s": per_fault, "outages": outages, "stored": counts,
+        "recovery_s": per_fault,
+        "outages": outages,
+        "stored": counts,
         "backlog": {f.name: res["pulsar"].backlog(f.topic, SUBSCRIPTION) for f in (TRADES, QUOTES)},
-        "wall_s": round(wall, 1), "broker": settings.env.get("NAUTILUS_PULSAR_BROKER", "lite"),
+        "wall_s": round(wall, 1),
+        "broker": settings.env.get("NAUTILUS_PULSAR_BROKER", "lite"),
     }
     (settings.home / "fault-report.json").write_text(json.dumps(report, indent=1))
     print("[faults] " + json.dumps(report, indent=1), flush=True)
@@ -290,14 +337,16 @@ def test_exactly_once_under_injected_faults(clean, settings, instance):
     assert report["faults_fired"] == len(final) >= 10, per_fault
     assert all(p["recovered_after_s"] is not None for p in per_fault), per_fault
     mid = next(p for p in per_fault if p["kind"] == "sigkill_long_lived_mid_stream")
-    assert faults.batch_seq(mid["batch"]) >= 3, mid   # killed several batches into its run
-    for p in per_fault:   # a killed or failing run was failed, by the code server, the watchdog or itself
+    assert faults.batch_seq(mid["batch"]) >= 3, mid  # killed several batches into its run
+    for p in per_fault:  # a killed or failing run was failed, by the code server, the watchdog or itself
         if p["kind"] not in ("broker_restart", "s3_restart"):  # clients may ride out a restart by retrying
             assert p["run_status"] == "FAILURE", p
     for feed in ("trades", "quotes"):
         c = counts[feed]
         assert c["clickhouse_rows"] == c["clickhouse_unique_message_ids"] == TICKS_PER_FEED, (feed, c)
         assert c["delta_rows"] == c["delta_unique_message_ids"] == TICKS_PER_FEED, (feed, c)
-    assert counts["trades"]["clickhouse_unique_trade_ids"] == counts["trades"]["delta_unique_trade_ids"] == TICKS_PER_FEED
+    assert (
+        counts["trades"]["clickhouse_unique_trade_ids"] == counts["trades"]["delta_unique_trade_ids"] == TICKS_PER_FEED
+    )
     assert report["backlog"] == {"trades": 0, "quotes": 0}
     assert_bars_equal(stored_bars(res["clickhouse"]), reference_bars(trades))

@@ -1,6 +1,5 @@
 """Re-run batches and lost acknowledgements never duplicate a row; malformed messages go to quarantine."""
 
-
 from nautilus_assets.market_data import sinks
 from nautilus_assets.market_data.schema import QUOTES, SUBSCRIPTION, TRADES
 from tests.helpers import assert_bars_equal, batch, counts, publish, reference_bars, stored_bars, wait_for
@@ -20,7 +19,7 @@ def test_same_batch_written_twice_adds_nothing(clean):
 def test_lost_acknowledgement_redelivers_without_duplicates(clean):
     res = clean
     trades, _ = publish(res, 3000, seed=2)
-    lost = batch(res, TRADES, "b-lost", ack=False)          # both sinks committed, the ack never reached the broker
+    lost = batch(res, TRADES, "b-lost", ack=False)  # both sinks committed, the ack never reached the broker
     assert lost.consumed == 3000 and lost.written_clickhouse == 3000
     redelivered = batch(res, TRADES, "b-retry")
     assert redelivered.consumed == 3000 and redelivered.already_stored == 3000
@@ -36,7 +35,7 @@ def test_sink_written_but_other_sink_not_is_completed_on_redelivery(clean):
     res = clean
     publish(res, 1500, seed=3)
     first = batch(res, QUOTES, "b-half", ack=False)
-    res["clickhouse"].command("TRUNCATE TABLE market_data.quotes")   # as if the ClickHouse insert never happened
+    res["clickhouse"].command("TRUNCATE TABLE market_data.quotes")  # as if the ClickHouse insert never happened
     retry = batch(res, QUOTES, "b-retry")
     assert (retry.written_delta, retry.written_clickhouse) == (0, 1500) and first.written_delta == 1500
     assert counts(res, QUOTES) == (1500, 1500)
@@ -45,9 +44,13 @@ def test_sink_written_but_other_sink_not_is_completed_on_redelivery(clean):
 def test_malformed_messages_land_in_quarantine_and_the_batch_goes_on(clean):
     res = clean
     publish(res, 500, seed=4)
-    bad = [b"not json", b'{"schema_version": 9}', b'{"schema_version": 1, "instrument_id": "X"}',
-           b'{"schema_version":1,"instrument_id":"AAPL.XNAS","price":-5,"size":1,"aggressor_side":"BUYER",'
-           b'"trade_id":"neg","ts_event":1,"ts_init":1}']
+    bad = [
+        b"not json",
+        b'{"schema_version": 9}',
+        b'{"schema_version": 1, "instrument_id": "X"}',
+        b'{"schema_version":1,"instrument_id":"AAPL.XNAS","price":-5,"size":1,"aggressor_side":"BUYER",'
+        b'"trade_id":"neg","ts_event":1,"ts_init":1}',
+    ]
     with res["pulsar"].client() as client:
         p = client.create_producer(TRADES.topic)
         for b in bad:

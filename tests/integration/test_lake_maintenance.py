@@ -1,5 +1,6 @@
 """Scheduled lake maintenance: compaction bounds the files per bronze date partition, checkpoints and vacuum keep
 time travel for the retention, and de-duplication on the id columns still holds after compaction."""
+
 import dagster as dg
 
 from nautilus_assets.definitions import defs
@@ -21,7 +22,7 @@ def test_compaction_checkpoint_vacuum(clean):
     table = sinks.bronze_table(TRADES)
     dt = res["lake"].table(table)
     old_version = dt.version()
-    assert max(files_per_partition(dt).values()) >= 10     # one file per batch and date
+    assert max(files_per_partition(dt).values()) >= 10  # one file per batch and date
     first = maintain(res["lake"], table, max_files=4, retention_days=7)
     assert first["compacted"] and first["max_files_per_partition"] <= 4
     assert counts(res, TRADES) == (2000, 2000)
@@ -48,5 +49,6 @@ def test_maintenance_job_and_integrity_checks_run(clean):
     r = integrity.execute_in_process(resources={"clickhouse": res["clickhouse"]})
     evals = r.get_asset_check_evaluations()
     assert len(evals) == 2 and all(e.passed for e in evals)
-    assert {e.metadata["rows"].value for e in evals if e.asset_key == dg.AssetKey(["market_data_feed", "trades"])} \
-        == {500}
+    assert {e.metadata["rows"].value for e in evals if e.asset_key == dg.AssetKey(["market_data_feed", "trades"])} == {
+        500
+    }

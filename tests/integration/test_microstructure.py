@@ -1,5 +1,6 @@
 """market_microstructure: VPIN computed batch by batch (with daily parameters from the lake's past trades)
 equals one pass over the full history; the plot is attached; checks pass."""
+
 import time
 
 import dagster as dg
@@ -22,8 +23,11 @@ INSTR = ["AAPL.XNAS", "ESZ6.GLBX"]
 
 
 def reference(lake, live_trades) -> pd.DataFrame:
-    everything = lake.table(bronze_table(TRADES)).to_pyarrow_table(
-        columns=["instrument_id", "price", "size", "ts_event"]).to_pandas()
+    everything = (
+        lake.table(bronze_table(TRADES))
+        .to_pyarrow_table(columns=["instrument_id", "price", "size", "ts_event"])
+        .to_pandas()
+    )
     bars = reference_bars(live_trades)
     bars["date"] = bars["minute"].dt.date
     out = []
@@ -32,10 +36,18 @@ def reference(lake, live_trades) -> pd.DataFrame:
         for day, g in b.sort_values("minute").groupby("date"):
             p = daily_params(everything[everything["instrument_id"] == inst], day).iloc[0]
             close, vol = g["close"].to_numpy(), g["volume"].to_numpy()
-            for variant, r in (("bvc", st["bvc"].advance(close, vol, p.bucket_volume, sigma=p.sigma)),
-                               ("aggressor", st["aggressor"].advance(
-                                   close, (g["buy_volume"] + g["sell_volume"]).to_numpy(), p.bucket_volume,
-                                   buy=g["buy_volume"].to_numpy()))):
+            for variant, r in (
+                ("bvc", st["bvc"].advance(close, vol, p.bucket_volume, sigma=p.sigma)),
+                (
+                    "aggressor",
+                    st["aggressor"].advance(
+                        close,
+                        (g["buy_volume"] + g["sell_volume"]).to_numpy(),
+                        p.bucket_volume,
+                        buy=g["buy_volume"].to_numpy(),
+                    ),
+                ),
+            ):
                 r.pop("bar_index")
                 out.append(pd.DataFrame(r).assign(instrument_id=inst, variant=variant))
     return pd.concat(out, ignore_index=True)
@@ -45,14 +57,23 @@ def test_vpin_batch_by_batch_equals_full_history(clean, instance):
     res = clean
     assert write_history(res["lake"], INSTR, days=21, events_per_day=3000)["trades"] > 0
     now = time.time_ns()
-    trades, _ = MarketSimulator(INSTR, seed=12, start_ns=now - 4 * 3600 * 10**9, events_per_second=1.5,
-                                intraday_profile=False).take(9000, 0)   # in the past at any hour
+    trades, _ = MarketSimulator(
+        INSTR, seed=12, start_ns=now - 4 * 3600 * 10**9, events_per_second=1.5, intraday_profile=False
+    ).take(9000, 0)  # in the past at any hour
     assert trades["ts_event"][-1].as_py() < now
     for k, idx in enumerate(np.array_split(np.arange(trades.num_rows), 5)):
         publish_tables(res["pulsar"], trades.take(idx), trades.slice(0, 0))
         assert batch(res, TRADES, f"v-{k}").valid == len(idx)
-        result = dg.materialize([micro.vpin_buckets], instance=instance,
-                                resources={"clickhouse": res["clickhouse"], "pulsar": res["pulsar"], "lake": res["lake"], "redis": res["redis"]})
+        result = dg.materialize(
+            [micro.vpin_buckets],
+            instance=instance,
+            resources={
+                "clickhouse": res["clickhouse"],
+                "pulsar": res["pulsar"],
+                "lake": res["lake"],
+                "redis": res["redis"],
+            },
+        )
         assert result.success and all(e.passed for e in result.get_asset_check_evaluations())
     mat = result.asset_materializations_for_node("market_microstructure__vpin")[0]
     assert "data:image/png;base64," in mat.metadata["vpin_vs_price"].value
@@ -73,20 +94,22 @@ def test_vpin_batch_by_batch_equals_full_history(clean, instance):
     assert len(cached) == 2 * len(INSTR)
 
 
-
 def test_a_run_remembers_daily_parameters_and_rechecks_missing_ones(clean):
     """params_for with a run's memo: a day without parameters is not looked up again (no lake read per batch)
     until NO_PARAMS_RECHECK_S has passed; then the stored parameters are found and kept."""
     import datetime
+
     res = clean
     ch, lake, day, memo = res["clickhouse"], res["lake"], datetime.date(2026, 11, 30), {}
     ch.ensure(micro_store.DDL)
     assert micro.params_for(ch, lake, "AAPL.XNAS", [day], memo) == {} and memo[("AAPL.XNAS", day)][0] is None
-    ch.command(f"INSERT INTO {micro_store.DB}.vpin_params (instrument_id, date, sigma, bucket_volume, version) "
-               "VALUES ('AAPL.XNAS', '2026-11-30', 0.25, 1000, 1)")
-    assert micro.params_for(ch, lake, "AAPL.XNAS", [day], memo) == {}   # remembered as missing
+    ch.command(
+        f"INSERT INTO {micro_store.DB}.vpin_params (instrument_id, date, sigma, bucket_volume, version) "
+        "VALUES ('AAPL.XNAS', '2026-11-30', 0.25, 1000, 1)"
+    )
+    assert micro.params_for(ch, lake, "AAPL.XNAS", [day], memo) == {}  # remembered as missing
     memo[("AAPL.XNAS", day)] = (None, time.monotonic() - micro.NO_PARAMS_RECHECK_S - 1)
     want = {day: {"sigma": 0.25, "bucket_volume": 1000.0}}
     assert micro.params_for(ch, lake, "AAPL.XNAS", [day], memo) == want
     ch.command(f"TRUNCATE TABLE {micro_store.DB}.vpin_params")
-    assert micro.params_for(ch, lake, "AAPL.XNAS", [day], memo) == want   # fixed for the day: not read again
+    assert micro.params_for(ch, lake, "AAPL.XNAS", [day], memo) == want  # fixed for the day: not read again

@@ -1,6 +1,7 @@
 """portfolio_states end to end: model fills on the engines topic -> PostgreSQL 15 (native daily partitions) and
 PGlite + TimescaleDB (hypertable),
 positions, cash and NAV equal an independent pandas computation marked to the latest bar close."""
+
 import time
 
 import dagster as dg
@@ -29,8 +30,13 @@ def store(request, clean, settings):
 
 def test_portfolio_states_from_fills(clean, store, instance):
     res = {**clean, "postgres": store}
-    trades, _ = MarketSimulator(["AAPL.XNAS", "SPY.ARCX"], seed=31, start_ns=time.time_ns() - 2 * 3600 * 10**9,
-                                events_per_second=2, intraday_profile=False).take(4000, 0)   # past at any hour
+    trades, _ = MarketSimulator(
+        ["AAPL.XNAS", "SPY.ARCX"],
+        seed=31,
+        start_ns=time.time_ns() - 2 * 3600 * 10**9,
+        events_per_second=2,
+        intraday_profile=False,
+    ).take(4000, 0)  # past at any hour
     publish_tables(res["pulsar"], trades, trades.slice(0, 0))
     batch(res, TRADES, "p-1")
     fills = model_fills(trades, seed=5)
@@ -39,8 +45,13 @@ def test_portfolio_states_from_fills(clean, store, instance):
         for m in fill_messages(fills) + [b'{"schema_version": 1, "fill_id": "bad", "quantity": 0}']:
             p.send(m)
         p.close()
-    resources = {"clickhouse": res["clickhouse"], "pulsar": res["pulsar"], "postgres": res["postgres"], "redis": res["redis"]}
-    for _ in range(2):                                    # the second run finds no new fills: nothing doubles
+    resources = {
+        "clickhouse": res["clickhouse"],
+        "pulsar": res["pulsar"],
+        "postgres": res["postgres"],
+        "redis": res["redis"],
+    }
+    for _ in range(2):  # the second run finds no new fills: nothing doubles
         result = dg.materialize([portfolio.portfolio_states], instance=instance, resources=resources)
         assert result.success and all(e.passed for e in result.get_asset_check_evaluations())
     meta = result.asset_materializations_for_node("portfolio_states__positions")[0].metadata
@@ -55,15 +66,23 @@ def test_portfolio_states_from_fills(clean, store, instance):
         assert conn.execute("SELECT count(*) FROM portfolio.fills").fetchone()[0] == fills.num_rows
         assert conn.execute("SELECT reason FROM portfolio.fills_quarantine").fetchone()[0].startswith("bad_value")
         if mode == "native":
-            assert conn.execute("SELECT count(*) FROM pg_inherits WHERE inhparent = "
-                                "'portfolio.portfolio_states'::regclass").fetchone()[0] >= 1
+            assert (
+                conn.execute(
+                    "SELECT count(*) FROM pg_inherits WHERE inhparent = 'portfolio.portfolio_states'::regclass"
+                ).fetchone()[0]
+                >= 1
+            )
         else:
             assert conn.execute("SELECT hypertable_name FROM timescaledb_information.hypertables").fetchall() == [
-                ("portfolio_states",)]
-        latest = pd.DataFrame(conn.execute(
-            "SELECT portfolio_id, instrument_id, position, cash, nav, mark_price FROM portfolio.portfolio_states "
-            "WHERE ts = (SELECT max(ts) FROM portfolio.portfolio_states)").fetchall(),
-            columns=["portfolio_id", "instrument_id", "position", "cash", "nav", "mark_price"])
+                ("portfolio_states",)
+            ]
+        latest = pd.DataFrame(
+            conn.execute(
+                "SELECT portfolio_id, instrument_id, position, cash, nav, mark_price FROM portfolio.portfolio_states "
+                "WHERE ts = (SELECT max(ts) FROM portfolio.portfolio_states)"
+            ).fetchall(),
+            columns=["portfolio_id", "instrument_id", "position", "cash", "nav", "mark_price"],
+        )
 
     f = fills.to_pandas()
     bars = reference_bars(trades)

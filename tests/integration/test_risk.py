@@ -1,8 +1,9 @@
 """risk_metrics over 520 days of history: daily bars -> end-of-day positions and NAV -> positions-based VaR/ES,
 components and stress (and the backtest check), each day's figures equal to the measures recomputed from the stored
 positions and closes with straightforward NumPy."""
+
 import math
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
 import numpy as np
@@ -19,15 +20,20 @@ RANGE = "dagster/asset_partition_range_{}"
 
 
 def materialize_range(asset, first: date, last: date, res, instance):
-    return dg.materialize([asset], instance=instance, resources=res, tags={
-        RANGE.format("start"): first.isoformat(), RANGE.format("end"): last.isoformat()})
+    return dg.materialize(
+        [asset],
+        instance=instance,
+        resources=res,
+        tags={RANGE.format("start"): first.isoformat(), RANGE.format("end"): last.isoformat()},
+    )
 
 
 def test_risk_metrics_and_backtest_from_history(clean, instance):
     res = clean
-    today = datetime.now(timezone.utc).date()
-    totals = write_history(res["lake"], ["AAPL.XNAS", "SPY.ARCX", "MSFT.XNAS"], days=520, events_per_day=600,
-                           postgres=res["postgres"])
+    today = datetime.now(UTC).date()
+    totals = write_history(
+        res["lake"], ["AAPL.XNAS", "SPY.ARCX", "MSFT.XNAS"], days=520, events_per_day=600, postgres=res["postgres"]
+    )
     assert totals["fills"] > 1000
     first, last = today - timedelta(days=520), today - timedelta(days=1)
     resources = product_resources(res)
@@ -42,7 +48,7 @@ def test_risk_metrics_and_backtest_from_history(clean, instance):
         assert checks[0].metadata[f"{pf}_observations"].value == 250
         assert "exceptions in 250 days" in checks[0].metadata[f"{pf}_why"].value
 
-    assert checks[0].metadata["zone"].value in ("green", "yellow"), checks[0].metadata   # the simulated market
+    assert checks[0].metadata["zone"].value in ("green", "yellow"), checks[0].metadata  # the simulated market
     components_check = next(c for c in checks if c.check_name == "components_sum_to_var")
     assert components_check.passed and components_check.metadata["portfolio_days"].value == 5 * 3
 
@@ -57,18 +63,21 @@ def test_risk_metrics_and_backtest_from_history(clean, instance):
     for row in stored.itertuples():
         day = row.date.date()
         with res["postgres"].connect() as conn:
-            held = conn.execute("SELECT instrument_id, position * close FROM portfolio.daily_positions "
-                                "WHERE date = %s AND portfolio_id = %s AND position <> 0 ORDER BY 1",
-                                (day, row.portfolio_id)).fetchall()
-            nav = conn.execute("SELECT nav FROM portfolio.daily_nav WHERE date = %s AND portfolio_id = %s",
-                               (day, row.portfolio_id)).fetchone()[0]
+            held = conn.execute(
+                "SELECT instrument_id, position * close FROM portfolio.daily_positions "
+                "WHERE date = %s AND portfolio_id = %s AND position <> 0 ORDER BY 1",
+                (day, row.portfolio_id),
+            ).fetchall()
+            nav = conn.execute(
+                "SELECT nav FROM portfolio.daily_nav WHERE date = %s AND portfolio_id = %s", (day, row.portfolio_id)
+            ).fetchone()[0]
         inst, e = [i for i, _ in held], np.array([x for _, x in held])
         r = rets.loc[[d for d in rets.index if d <= day], inst].dropna().to_numpy()[-250:]
         pnl = np.sort([sum(e[k] * r[t, k] for k in range(len(e))) for t in range(len(r))])
         h = 249 * 0.01
         var = -(pnl[int(h)] + (h - int(h)) * (pnl[int(h) + 1] - pnl[int(h)])) / nav
         assert row.hist_var_99_1d == pytest.approx(var, rel=1e-9)
-        assert row.hist_var_99_10d_scaled == pytest.approx(var * 10 ** 0.5, rel=1e-9)
+        assert row.hist_var_99_10d_scaled == pytest.approx(var * 10**0.5, rel=1e-9)
         v975 = -np.quantile(pnl, 0.025)
         assert row.es_975_1d == pytest.approx(-pnl[pnl <= -v975].mean() / nav, rel=1e-9)
         sd = math.sqrt(e @ np.cov(r, rowvar=False) @ e)
@@ -89,11 +98,13 @@ def test_risk_metrics_and_backtest_from_history(clean, instance):
 
 def _day_is_replaced_whole(res, instance, resources, day: date) -> None:
     """Re-materializing a day's NAV replaces its positions: a row no longer computed (here planted) is gone."""
-    q = "SELECT portfolio_id, instrument_id, position, close FROM portfolio.daily_positions WHERE date = %s ORDER BY 1, 2"
+    q = (
+        "SELECT portfolio_id, instrument_id, position, close FROM portfolio.daily_positions WHERE date = %s "
+        "ORDER BY 1, 2"
+    )
     with res["postgres"].connect() as conn:
         before = conn.execute(q, (day,)).fetchall()
-        conn.execute("INSERT INTO portfolio.daily_positions VALUES (%s, %s, 'STALE.XNAS', 5, 1.0)",
-                     (day, before[0][0]))
+        conn.execute("INSERT INTO portfolio.daily_positions VALUES (%s, %s, 'STALE.XNAS', 5, 1.0)", (day, before[0][0]))
         conn.commit()
     assert materialize_range(daily_nav, day, day, resources, instance).success
     with res["postgres"].connect() as conn:

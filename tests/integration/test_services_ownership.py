@@ -1,6 +1,7 @@
 """`nautilus services stop|remove` touch only what this instance started and created (issue 13, item 8): a recorded
 pid that now belongs to another process is not signalled, and `remove` deletes only an instance directory the
 platform created (its marker), never a directory NAUTILUS_HOME happened to point at."""
+
 import dataclasses
 import json
 import subprocess
@@ -23,14 +24,14 @@ def test_remove_deletes_only_a_directory_the_platform_created(settings, tmp_path
     with pytest.raises(RuntimeError, match="did not create it"):
         services.remove(_instance(settings, mine, "mine"))
     assert (mine / "thesis.tex").read_text() == "years of work"
-    make_home(mine, "mine")                     # an existing directory stays unmarked
+    make_home(mine, "mine")  # an existing directory stays unmarked
     assert not (mine / INSTANCE_MARKER).exists()
     with pytest.raises(RuntimeError):
         services.remove(_instance(settings, mine, "mine"))
 
     made = tmp_path / "made"
     make_home(made, "made")
-    with pytest.raises(RuntimeError):           # the marker names another instance
+    with pytest.raises(RuntimeError):  # the marker names another instance
         services.remove(_instance(settings, made, "other"))
     services.remove(_instance(settings, made, "made"))
     assert not made.exists()
@@ -40,16 +41,16 @@ def test_stop_signals_only_the_processes_this_instance_started(settings, tmp_pat
     home = tmp_path / "inst"
     make_home(home, "inst")
     s = _instance(settings, home, "inst")
-    stranger = subprocess.Popen(["sleep", "60"], start_new_session=True)   # e.g. a pid reused by someone else
+    stranger = subprocess.Popen(["sleep", "60"], start_new_session=True)  # e.g. a pid reused by someone else
     try:
         start = services.process_start(stranger.pid)
-        for entry in ({"pid": stranger.pid, "start": start + 1}, stranger.pid):   # other start time; legacy entry
+        for entry in ({"pid": stranger.pid, "start": start + 1}, stranger.pid):  # other start time; legacy entry
             (home / "services.json").write_text(json.dumps({"pulsar": entry}))
             services.stop(s)
             time.sleep(0.2)
             assert stranger.poll() is None, entry
         (home / "services.json").write_text(json.dumps({"pulsar": {"pid": stranger.pid, "start": start}}))
-        services.stop(s)                        # the very process recorded: stopped
+        services.stop(s)  # the very process recorded: stopped
         assert stranger.wait(timeout=15) is not None
     finally:
         stranger.kill()

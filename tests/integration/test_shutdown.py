@@ -1,5 +1,6 @@
 """Issue 13 item 9: Ctrl-C stops everything `nautilus up` started, promptly, however its output goes: here with stdout
 a pipe whose reader is gone (what `| tee` leaves when the terminal's Ctrl-C kills tee first) and runs in flight."""
+
 import os
 import select
 import signal
@@ -31,11 +32,17 @@ def test_ctrl_c_with_stdout_a_closed_pipe_and_runs_in_flight_leaves_no_process(s
     instance = f"shutdown-{os.getpid()}"
     home = Path(f"/var/tmp/nautilus/{instance}")
     env = instance_environ(instance, settings.port_base + 2500, NAUTILUS_HOME=str(home))
-    up = subprocess.Popen([sys.executable, "-m", "scripts.cli", "up", "--history-days", "0", "--rate", "300"],
-                          cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          stdin=subprocess.DEVNULL, start_new_session=True,
-                          # as from a terminal, whatever this process inherited (a background job ignores SIGINT)
-                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # noqa: PLW1509
+    up = subprocess.Popen(
+        [sys.executable, "-m", "scripts.cli", "up", "--history-days", "0", "--rate", "300"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        # as from a terminal, whatever this process inherited (a background job ignores SIGINT)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     seen, t0 = [], time.monotonic()
     try:
         # ingest runs are in flight once the long-lived runs report committed batches
@@ -49,9 +56,9 @@ def test_ctrl_c_with_stdout_a_closed_pipe_and_runs_in_flight_leaves_no_process(s
         else:
             raise AssertionError("no batch committed in 480 s:\n" + "".join(seen[-30:]))
         assert instance_processes(home)
-        up.stdout.close()                          # the reader of its output is gone
+        up.stdout.close()  # the reader of its output is gone
         t = time.monotonic()
-        os.killpg(up.pid, signal.SIGINT)           # what a terminal's Ctrl-C sends to the foreground group
+        os.killpg(up.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends to the foreground group
         up.wait(timeout=90)
         stopped_s = time.monotonic() - t
         left = instance_processes(home)
@@ -60,7 +67,12 @@ def test_ctrl_c_with_stdout_a_closed_pipe_and_runs_in_flight_leaves_no_process(s
     finally:
         if up.poll() is None:
             os.killpg(up.pid, signal.SIGKILL)
-        for line in instance_processes(home):     # never leave a failed attempt's processes to the rest of the suite
+        for line in instance_processes(home):  # never leave a failed attempt's processes to the rest of the suite
             os.kill(int(line.split()[0]), signal.SIGKILL)
-        subprocess.run([sys.executable, "-m", "scripts.cli", "services", "remove"], cwd=ROOT, env=env,
-                       capture_output=True, timeout=120)
+        subprocess.run(
+            [sys.executable, "-m", "scripts.cli", "services", "remove"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            timeout=120,
+        )

@@ -1,6 +1,7 @@
 """Every listening socket of every service the platform starts is on the loopback interface (issue 13, item 7):
 read from the sockets the services' processes actually hold (/proc/<pid>/fd -> /proc/net/tcp{,6}), not from the
 configuration."""
+
 import os
 from pathlib import Path
 
@@ -29,7 +30,7 @@ def _group_members(pgids: set[int]) -> set[int]:
                 stat = (d / "stat").read_text()
             except OSError:
                 continue
-            if int(stat.rsplit(")", 1)[1].split()[2]) in pgids:     # field 5: the process group
+            if int(stat.rsplit(")", 1)[1].split()[2]) in pgids:  # field 5: the process group
                 members.add(int(d.name))
     return members
 
@@ -57,11 +58,16 @@ def test_every_listening_socket_is_on_loopback(settings):
             held[listening[inode]] = pid
     ports = {port for _, port in held}
     # each service the instance manages listens somewhere (its configured port among them)
-    for name, port in (("postgres", settings.port("postgres")), ("s3", settings.port("s3")),
-                       ("clickhouse", settings.port("clickhouse")), ("redis", settings.port("redis")),
-                       ("pulsar", settings.port("pulsar"))):
+    for name, port in (
+        ("postgres", settings.port("postgres")),
+        ("s3", settings.port("s3")),
+        ("clickhouse", settings.port("clickhouse")),
+        ("redis", settings.port("redis")),
+        ("pulsar", settings.port("pulsar")),
+    ):
         if name in settings.managed:
             assert port in ports, (name, port, sorted(ports))
     exposed = {(addr, port): pid for (addr, port), pid in held.items() if addr not in LOOPBACK}
-    assert not exposed, {f"{a}:{p}": open(f"/proc/{pid}/cmdline").read().replace("\0", " ")[:200]
-                         for (a, p), pid in exposed.items()}
+    assert not exposed, {
+        f"{a}:{p}": open(f"/proc/{pid}/cmdline").read().replace("\0", " ")[:200] for (a, p), pid in exposed.items()
+    }

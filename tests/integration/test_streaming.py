@@ -2,7 +2,6 @@
 evaluations; the sensor launches a successor before a run's lifetime ends, and the two hand the subscription over
 without a second consumer or a lost or doubled message."""
 
-
 import os
 import subprocess
 import sys
@@ -32,13 +31,18 @@ OP = "ingest_trades_batch"
 def test_a_query_priority_reaches_the_servers_query_threads(clean):
     """lower_query_priority: the server runs the process's later queries at that nice value (os_thread_priority)."""
     from resources import clickhouse
+
     try:
         clickhouse.lower_query_priority(7)
-        ch = clickhouse.ClickHouseResource(**{k: getattr(clean["clickhouse"], k) for k in ("host", "port", "username",
-                                                                                            "password")})
+        ch = clickhouse.ClickHouseResource(
+            **{k: getattr(clean["clickhouse"], k) for k in ("host", "port", "username", "password")}
+        )
         result = []
-        t = threading.Thread(target=lambda: result.append(ch.scalar(
-            "SELECT value FROM system.settings WHERE name = 'os_thread_priority'")))   # a thread: a new client
+        t = threading.Thread(
+            target=lambda: result.append(
+                ch.scalar("SELECT value FROM system.settings WHERE name = 'os_thread_priority'")
+            )
+        )  # a thread: a new client
         t.start()
         t.join()
         assert result == ["7"]
@@ -66,11 +70,13 @@ def _trades(n, seed):
 def test_one_run_commits_batches_back_to_back_each_recorded(clean, instance, monkeypatch):
     res = clean
     from nautilus_assets.market_data import assets as md_assets
-    monkeypatch.setattr(md_assets, "STREAM", streaming({"NAUTILUS_RUN_RSS_HANDOVER_MB": "1"}))   # any run is over
+
+    monkeypatch.setattr(md_assets, "STREAM", streaming({"NAUTILUS_RUN_RSS_HANDOVER_MB": "1"}))  # any run is over
     trades = _trades(6000, seed=31)
     pub = _publish_paced(res, trades, chunks=6, pause_s=1.5)
     result = defs.resolve_job_def("ingest_trades").execute_in_process(
-        instance=instance, tags={BATCH_TAG: "stream-test"}, run_config={"ops": {OP: {"config": {"idle_seconds": 4}}}})
+        instance=instance, tags={BATCH_TAG: "stream-test"}, run_config={"ops": {OP: {"config": {"idle_seconds": 4}}}}
+    )
     pub.join()
     assert result.success
     mats = [m for m in result.asset_materializations_for_node(OP) if m.asset_key == TRADES_KEY]
@@ -85,8 +91,10 @@ def test_one_run_commits_batches_back_to_back_each_recorded(clean, instance, mon
     assert all(m.metadata[f"seconds_{s}"].value >= 0 for m in mats for s in ("decode", "clickhouse", "delta_wait"))
     # each batch's checks are evaluations of their own, and all passed
     evals = result.get_asset_check_evaluations()
-    by_check = {name: [e for e in evals if e.check_name == name]
-                for name in ("reconciles_with_consumed", "no_duplicate_ids", "bars_agree_with_trades")}
+    by_check = {
+        name: [e for e in evals if e.check_name == name]
+        for name in ("reconciles_with_consumed", "no_duplicate_ids", "bars_agree_with_trades")
+    }
     assert all(len(v) == len(mats) and all(e.passed for e in v) for v in by_check.values()), by_check
     # the instance recorded one materialization per batch
     stored = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=TRADES_KEY), limit=100).records
@@ -100,8 +108,9 @@ def test_a_batch_is_checked_before_the_next_batch_writes(clean, monkeypatch):
     """The check reads run after the acknowledgement, beside the next batch's receive and decode; the next
     batch's ClickHouse writes wait for them (its trades without its bars would fail the bars check)."""
     from nautilus_assets.market_data import checks, ingest
+
     res = clean
-    trades = _trades(3000, seed=37)   # both halves touch the same minutes
+    trades = _trades(3000, seed=37)  # both halves touch the same minutes
     slow_bars = checks.bars_mismatches
     monkeypatch.setattr(checks, "bars_mismatches", lambda *a, **k: (time.sleep(1.5), slow_bars(*a, **k))[1])
     write, seen = ingest.sinks.write_clickhouse, []
@@ -117,7 +126,7 @@ def test_a_batch_is_checked_before_the_next_batch_writes(clean, monkeypatch):
             publish_tables(res["pulsar"], half, trades.slice(0, 0))
             msgs = stream.receive(10_000, 1.0, first=True)
             batches.append(stream.commit(f"checked.{i}", msgs))
-        assert seen == [[], [True]]   # the second batch wrote after the first one's check reads
+        assert seen == [[], [True]]  # the second batch wrote after the first one's check reads
         assert batches[1].inspected.result() >= 1.5
     for b in batches:
         assert b.bars_check["bars_checked"] > 0 and b.bars_check["mismatched"] == b.bars_check["missing"] == 0
@@ -127,6 +136,8 @@ def test_a_batch_is_checked_before_the_next_batch_writes(clean, monkeypatch):
 
 def pa_ids(t):
     return t["message_id"].to_pylist()
+
+
 PREDECESSOR = textwrap.dedent("""
     import sys
     import dagster as dg
@@ -146,11 +157,22 @@ def test_handover_to_a_successor_loses_and_doubles_nothing(clean, settings, inst
     res = clean
     trades = _trades(12_000, seed=32)
     tag = f"pred-{os.getpid()}"
-    pred = subprocess.Popen([sys.executable, "-c", PREDECESSOR, tag], env={**os.environ, **settings.env},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    wait_for(lambda: instance.get_run_records(dg.RunsFilter(tags={BATCH_TAG: tag}, statuses=[
-        dg.DagsterRunStatus.STARTED]), limit=1), timeout=180, every=0.5, what="the predecessor's run")
-    pub = _publish_paced(res, trades, chunks=16, pause_s=1.0)   # the data keeps coming across the handover
+    pred = subprocess.Popen(
+        [sys.executable, "-c", PREDECESSOR, tag],
+        env={**os.environ, **settings.env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    wait_for(
+        lambda: instance.get_run_records(
+            dg.RunsFilter(tags={BATCH_TAG: tag}, statuses=[dg.DagsterRunStatus.STARTED]), limit=1
+        ),
+        timeout=180,
+        every=0.5,
+        what="the predecessor's run",
+    )
+    pub = _publish_paced(res, trades, chunks=16, pause_s=1.0)  # the data keeps coming across the handover
 
     def pred_batches():
         if pred.poll() is not None:
@@ -164,15 +186,17 @@ def test_handover_to_a_successor_loses_and_doubles_nothing(clean, settings, inst
     pred_run = wait_for(pred_batches, timeout=180, every=0.5, what="two batches of the predecessor").dagster_run
     t_handover = time.time()
     result = defs.resolve_job_def("ingest_trades").execute_in_process(
-        instance=instance, tags={BATCH_TAG: f"succ-{os.getpid()}", PREDECESSOR_TAG: pred_run.run_id},
-        run_config={"ops": {OP: {"config": {"idle_seconds": 4}}}})
+        instance=instance,
+        tags={BATCH_TAG: f"succ-{os.getpid()}", PREDECESSOR_TAG: pred_run.run_id},
+        run_config={"ops": {OP: {"config": {"idle_seconds": 4}}}},
+    )
     out, _ = pred.communicate(timeout=120)
     pub.join()
     assert pred.returncode == 0, out[-3000:]
     assert result.success
     pred_after = instance.get_run_by_id(pred_run.run_id)
     assert pred_after.tags[HANDOVER_TAG] == result.run_id and RELEASED_TAG in pred_after.tags
-    assert pred_after.is_finished and float(pred_after.tags[RELEASED_TAG]) - t_handover < 60   # not its 120 s idle
+    assert pred_after.is_finished and float(pred_after.tags[RELEASED_TAG]) - t_handover < 60  # not its 120 s idle
     succ = [m for m in result.asset_materializations_for_node(OP) if m.asset_key == TRADES_KEY]
     assert succ, "the successor committed batches after the handover"
     n_ch, n_delta = counts(res, TRADES)

@@ -2,7 +2,6 @@
 platform's messages read back with real consumers: one system/events message per materialization, one
 system/alerts message per batch with quarantined messages."""
 
-
 import time
 import uuid
 import warnings
@@ -24,11 +23,14 @@ def test_broker_has_tenant_namespaces_retention_and_topics(settings):
     admin = settings["PULSAR_ADMIN_URL"]
     if not admin:
         pytest.skip("pulsar-lite: no admin API (topics are created on first use)")
-    assert sorted(requests.get(f"{admin}/admin/v2/namespaces/nautilus", timeout=10).json()) == \
-        sorted(f"nautilus/{ns}" for ns in topics.NAMESPACES)
+    assert sorted(requests.get(f"{admin}/admin/v2/namespaces/nautilus", timeout=10).json()) == sorted(
+        f"nautilus/{ns}" for ns in topics.NAMESPACES
+    )
     for ns in topics.NAMESPACES.values():
-        assert topics.retention(admin, ns.name) == {"retentionTimeInMinutes": ns.retention_minutes,
-                                                      "retentionSizeInMB": ns.retention_mb}
+        assert topics.retention(admin, ns.name) == {
+            "retentionTimeInMinutes": ns.retention_minutes,
+            "retentionSizeInMB": ns.retention_mb,
+        }
         listed = set(requests.get(f"{admin}/admin/v2/namespaces/{ns.path}/topics", timeout=10).json())
         assert {ns.topic(t) for t in ns.topics} <= listed
     assert topics.ensure(admin)["created"] == []  # idempotent
@@ -36,8 +38,12 @@ def test_broker_has_tenant_namespaces_retention_and_topics(settings):
 
 def _subscribe(client, topic):
     # Shared: pulsar-lite delivers duplicates on Exclusive subscriptions
-    return client.subscribe(topic, f"test-{uuid.uuid4().hex[:8]}", consumer_type=pulsar.ConsumerType.Shared,
-                            initial_position=pulsar.InitialPosition.Latest)
+    return client.subscribe(
+        topic,
+        f"test-{uuid.uuid4().hex[:8]}",
+        consumer_type=pulsar.ConsumerType.Shared,
+        initial_position=pulsar.InitialPosition.Latest,
+    )
 
 
 def _drain(consumer, idle_ms=3000) -> list[dict]:
@@ -55,7 +61,8 @@ def _last_storage_id(instance) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         recs = instance.get_event_records(
-            dg.EventRecordsFilter(event_type=dg.DagsterEventType.ASSET_MATERIALIZATION), limit=1, ascending=False)
+            dg.EventRecordsFilter(event_type=dg.DagsterEventType.ASSET_MATERIALIZATION), limit=1, ascending=False
+        )
     return recs[0].storage_id if recs else 0
 
 
@@ -73,9 +80,10 @@ def test_batch_with_quarantine_alerts_and_every_materialization_is_an_event(clea
         cursor = str(_last_storage_id(instance))
         batch_id = f"alerts-{uuid.uuid4().hex[:6]}"
         result = defs.resolve_job_def("ingest_trades").execute_in_process(
-            instance=instance, tags={"nautilus/batch_id": batch_id})
+            instance=instance, tags={"nautilus/batch_id": batch_id}
+        )
         assert result.success
-        got = [a for a in _drain(alerts) if a["batch_id"] == f"{batch_id}.1"]   # the run's first batch
+        got = [a for a in _drain(alerts) if a["batch_id"] == f"{batch_id}.1"]  # the run's first batch
         assert len(got) == 1, got
         a = got[0]
         assert a["type"] == "quarantine" and a["topic"] == TRADES.topic
@@ -90,8 +98,9 @@ def test_batch_with_quarantine_alerts_and_every_materialization_is_an_event(clea
         assert trades_ev["data_version"] and trades_ev["event_id"] > int(cursor)
         assert int(ctx.cursor) >= max(e["event_id"] for e in evs)
         # a second tick from the new cursor publishes nothing again
-        system_events_sensor(dg.build_sensor_context(instance=instance, cursor=ctx.cursor,
-                                                     resources={"pulsar": res["pulsar"]}))
+        system_events_sensor(
+            dg.build_sensor_context(instance=instance, cursor=ctx.cursor, resources={"pulsar": res["pulsar"]})
+        )
         assert [e for e in _drain(events, idle_ms=1500) if e["run_id"] == result.run_id] == []
         alerts.close()
         events.close()

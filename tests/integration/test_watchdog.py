@@ -1,6 +1,5 @@
 """The sensor-side watchdog: an in-flight ingest run whose process is gone (or that went silent) is dead."""
 
-
 import threading
 import time
 
@@ -20,8 +19,9 @@ def _judged_while_waiting(res, heartbeat_s: float) -> list:
     ch = ClickHouseResource(**{**res["clickhouse"].model_dump(), "heartbeat_s": heartbeat_s})
     verdicts = []
     with dg.instance_for_test() as inst:
-        worker = threading.Thread(target=dg.materialize, args=([slow],),
-                                  kwargs={"instance": inst, "resources": {"clickhouse": ch}})
+        worker = threading.Thread(
+            target=dg.materialize, args=([slow],), kwargs={"instance": inst, "resources": {"clickhouse": ch}}
+        )
         worker.start()
         while worker.is_alive():
             time.sleep(0.25)
@@ -34,8 +34,9 @@ def _judged_while_waiting(res, heartbeat_s: float) -> list:
 def test_a_run_waiting_on_clickhouse_is_not_taken_for_dead(res):
     """issue 13 item 10: the run logs while it waits on the server, so the silence bound never fails it alive."""
     from resources.clickhouse import WAITS
-    WAITS.watch(None, 60)       # as after an earlier run in this process: the watcher waits on a 60-s interval
+
+    WAITS.watch(None, 60)  # as after an earlier run in this process: the watcher waits on a 60-s interval
     verdicts = _judged_while_waiting(res, heartbeat_s=1)
     assert len(verdicts) >= 8 and set(verdicts) == {None}
-    silent = _judged_while_waiting(res, heartbeat_s=0)          # without the heartbeat it would be
+    silent = _judged_while_waiting(res, heartbeat_s=0)  # without the heartbeat it would be
     assert any(v and "logged nothing" in v for v in silent)

@@ -1,5 +1,6 @@
 """indicators() without services: every column equals the direct TA-Lib call, value for value, and the session
 VWAP a per-day exact sum, on bars spanning several UTC days (with gaps), in each datetime unit and with a time zone."""
+
 import math
 
 import numpy as np
@@ -13,12 +14,19 @@ from nautilus_assets.analytics.indicators import COLUMNS, indicators
 def _bars(n: int, unit: str = "ns", tz: str | None = None, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     start = pd.Timestamp("2026-03-01 21:17", tz=tz)
-    steps = np.cumsum(rng.choice([1, 1, 1, 2, 7, 1500], n))           # gaps, some longer than a day
+    steps = np.cumsum(rng.choice([1, 1, 1, 2, 7, 1500], n))  # gaps, some longer than a day
     close = 100 * np.exp(np.cumsum(rng.normal(0, 1e-3, n)))
-    return pd.DataFrame({"minute": (start + pd.to_timedelta(steps, "min")).as_unit(unit), "close": close,
-                         "high": close * (1 + rng.random(n) * 1e-3), "low": close * (1 - rng.random(n) * 1e-3),
-                         "vwap": close * (1 + rng.normal(0, 1e-4, n)), "volume": rng.gamma(2.0, 500.0, n)},
-                        index=pd.RangeIndex(5, 5 + n))
+    return pd.DataFrame(
+        {
+            "minute": (start + pd.to_timedelta(steps, "min")).as_unit(unit),
+            "close": close,
+            "high": close * (1 + rng.random(n) * 1e-3),
+            "low": close * (1 - rng.random(n) * 1e-3),
+            "vwap": close * (1 + rng.normal(0, 1e-4, n)),
+            "volume": rng.gamma(2.0, 500.0, n),
+        },
+        index=pd.RangeIndex(5, 5 + n),
+    )
 
 
 def _session_vwap(bars: pd.DataFrame) -> np.ndarray:
@@ -35,8 +43,17 @@ def _session_vwap(bars: pd.DataFrame) -> np.ndarray:
     return np.array(out)
 
 
-@pytest.mark.parametrize("n, unit, tz", [(0, "ns", None), (1, "ns", None), (30, "us", None), (3000, "s", "UTC"),
-                                         (3000, "ms", "America/New_York"), (60_000, "us", None)])
+@pytest.mark.parametrize(
+    "n, unit, tz",
+    [
+        (0, "ns", None),
+        (1, "ns", None),
+        (30, "us", None),
+        (3000, "s", "UTC"),
+        (3000, "ms", "America/New_York"),
+        (60_000, "us", None),
+    ],
+)
 def test_equals_talib_and_the_exact_session_vwap(n, unit, tz):
     bars = _bars(n, unit, tz)
     ind = indicators(bars)
@@ -45,8 +62,12 @@ def test_equals_talib_and_the_exact_session_vwap(n, unit, tz):
     c, h, lo = bars["close"].to_numpy(), bars["high"].to_numpy(), bars["low"].to_numpy()
     if n == 0:
         return
-    expected = {"sma_20": talib.SMA(c, 20), "ema_20": talib.EMA(c, 20), "rsi_14": talib.RSI(c, 14),
-                "atr_14": talib.ATR(h, lo, c, 14)}
+    expected = {
+        "sma_20": talib.SMA(c, 20),
+        "ema_20": talib.EMA(c, 20),
+        "rsi_14": talib.RSI(c, 14),
+        "atr_14": talib.ATR(h, lo, c, 14),
+    }
     expected.update(zip(["macd", "macd_signal", "macd_hist"], talib.MACD(c, 12, 26, 9)))
     expected.update(zip(["bb_upper", "bb_middle", "bb_lower"], talib.BBANDS(c, 20, 2.0, 2.0)))
     for name, values in expected.items():

@@ -3,7 +3,6 @@ value bound as a parameter, with a row limit the caller cannot raise. The abuses
 "1=1 --" dropping the LIMIT and pulling a whole table under the chDB lock; a quote breaking out of a value) are
 tried on a ClickHouse table and a PostgreSQL one."""
 
-
 import pytest
 
 from nautilus_assets.audit.provenance import parse_filter

@@ -3,7 +3,6 @@ each product's sensor launches its long-lived run from the backlog, and a sensor
 back to back, each its own materialization; a redelivered announcement changes nothing; the day-level products
 stay on declarative automation."""
 
-
 import dagster as dg
 import orjson
 
@@ -23,6 +22,7 @@ def test_change_messages_merge_to_the_first_changed_minute_per_instrument():
 
 def dg_ts(s):
     import pandas as pd
+
     return pd.Timestamp(s, unit="s")
 
 
@@ -30,7 +30,7 @@ def test_streaming_products_are_sensor_launched_not_automated():
     repo = defs.get_repository_def()
     for m in (analytics, micro, portfolio):
         spec = next(s for s in defs.resolve_all_asset_specs() if s.key == m.KEY)
-        assert spec.automation_condition is None, m.KEY   # eager would wait behind the long-lived ingest runs
+        assert spec.automation_condition is None, m.KEY  # eager would wait behind the long-lived ingest runs
         sensor = repo.get_sensor_def(f"{m.PRODUCT.name}_stream_sensor")
         assert sensor.job_name == f"stream_{m.PRODUCT.name}"
         assert sensor.default_status == dg.DefaultSensorStatus.RUNNING

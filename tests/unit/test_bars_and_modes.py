@@ -1,6 +1,5 @@
 """Bar building by hand, late trades, and the simulator's replay and history modes."""
 
-
 import pyarrow as pa
 
 from nautilus_assets.market_data import sinks

@@ -1,4 +1,5 @@
 """The code location loads, carries its governance metadata, and matches its reviewed snapshot."""
+
 import difflib
 import json
 import os
@@ -28,8 +29,12 @@ def test_market_data_assets_have_metadata_lineage_and_sla():
     assert ag.get(QUOTES_KEY).parent_keys == {dg.AssetKey(["pulsar", "market_data", "level1_quotes"])}
     assert ag.get(BARS_KEY).parent_keys == {TRADES_KEY}
     checks = {(c.asset_key, c.name) for c in ag.asset_check_keys}
-    assert {(TRADES_KEY, "reconciles_with_consumed"), (TRADES_KEY, "no_duplicate_ids"),
-            (QUOTES_KEY, "reconciles_with_consumed"), (BARS_KEY, "bars_agree_with_trades")} <= checks
+    assert {
+        (TRADES_KEY, "reconciles_with_consumed"),
+        (TRADES_KEY, "no_duplicate_ids"),
+        (QUOTES_KEY, "reconciles_with_consumed"),
+        (BARS_KEY, "bars_agree_with_trades"),
+    } <= checks
 
 
 def test_sensors_start_running_and_target_one_job_each():
@@ -43,11 +48,13 @@ def test_sensors_start_running_and_target_one_job_each():
 def test_every_product_declares_its_sla_owners_schema_and_engine_topic():
     ag = defs.resolve_asset_graph()
     specs = {s.key: s for s in defs.resolve_all_asset_specs()}
-    expected = {"market_analytics": ("analytics", 300, 120, "analytics-signals"),
-                "market_microstructure": ("microstructure", 120, 60, "vpin-microstructure"),
-                "portfolio_states": ("portfolio", 120, 60, "portfolio-positions"),
-                "risk_metrics": ("risk", 300, 120, "risk-metrics"),
-                "ml_predictions": ("ml", 300, 120, "ml-predictions")}
+    expected = {
+        "market_analytics": ("analytics", 300, 120, "analytics-signals"),
+        "market_microstructure": ("microstructure", 120, 60, "vpin-microstructure"),
+        "portfolio_states": ("portfolio", 120, 60, "portfolio-positions"),
+        "risk_metrics": ("risk", 300, 120, "risk-metrics"),
+        "ml_predictions": ("ml", 300, 120, "ml-predictions"),
+    }
     seen = set()
     for key in ag.get_all_asset_keys():
         product = key.path[0]
@@ -79,28 +86,43 @@ def snapshot(defs: dg.Definitions) -> dict:
         node, meta = ag.get(key), specs[key].metadata if key in specs else {}
         fp = node.freshness_policy
         assets[key.to_user_string()] = {
-            "group": node.group_name, "owners": sorted(node.owners), "kinds": sorted(node.kinds),
+            "group": node.group_name,
+            "owners": sorted(node.owners),
+            "kinds": sorted(node.kinds),
             "materializable": node.is_materializable,
             "deps": sorted(k.to_user_string() for k in node.parent_keys),
             "partitions": type(node.partitions_def).__name__ if node.partitions_def else None,
-            "freshness": None if fp is None else {
+            "freshness": None
+            if fp is None
+            else {
                 w: getattr(fp, w).to_timedelta().total_seconds() if getattr(fp, w, None) else None
-                for w in ("fail_window", "warn_window")},
+                for w in ("fail_window", "warn_window")
+            },
             "automation": node.automation_condition.get_label() if node.automation_condition else None,
             "code_version": node.code_version,
             "columns": [c.name for c in meta["dagster/column_schema"].columns]
-            if "dagster/column_schema" in meta else None,
+            if "dagster/column_schema" in meta
+            else None,
             "checks": sorted(c.name for c in ag.asset_check_keys if c.asset_key == key),
             "tags": {k: v for k, v in sorted((node.tags or {}).items()) if not k.startswith("dagster/kind/")},
         }
     repo = defs.get_repository_def()
-    return {"assets": assets,
-            "sensors": {s.name: {"interval_s": s.minimum_interval_seconds, "status": s.default_status.value,
-                                 "jobs": sorted(j.name for j in s.jobs) if s.has_jobs else []}
-                        for s in sorted(repo.sensor_defs, key=lambda s: s.name)},
-            "schedules": {s.name: {"cron": s.cron_schedule, "job": s.job_name, "status": s.default_status.value}
-                          for s in sorted(repo.schedule_defs, key=lambda s: s.name)},
-            "jobs": sorted(j.name for j in repo.get_all_jobs() if not j.name.startswith("__"))}
+    return {
+        "assets": assets,
+        "sensors": {
+            s.name: {
+                "interval_s": s.minimum_interval_seconds,
+                "status": s.default_status.value,
+                "jobs": sorted(j.name for j in s.jobs) if s.has_jobs else [],
+            }
+            for s in sorted(repo.sensor_defs, key=lambda s: s.name)
+        },
+        "schedules": {
+            s.name: {"cron": s.cron_schedule, "job": s.job_name, "status": s.default_status.value}
+            for s in sorted(repo.schedule_defs, key=lambda s: s.name)
+        },
+        "jobs": sorted(j.name for j in repo.get_all_jobs() if not j.name.startswith("__")),
+    }
 
 
 def test_definitions_match_the_reviewed_snapshot():
@@ -110,6 +132,7 @@ def test_definitions_match_the_reviewed_snapshot():
     current = json.dumps(snapshot(defs), indent=1) + "\n"
     if os.environ.get("NAUTILUS_UPDATE_SNAPSHOT"):
         SNAPSHOT.write_text(current)
-    diff = "".join(difflib.unified_diff(SNAPSHOT.read_text().splitlines(True), current.splitlines(True),
-                                        "snapshot", "definitions"))
+    diff = "".join(
+        difflib.unified_diff(SNAPSHOT.read_text().splitlines(True), current.splitlines(True), "snapshot", "definitions")
+    )
     assert not diff, f"the definitions changed (NAUTILUS_UPDATE_SNAPSHOT=1 accepts it):\n{diff}"

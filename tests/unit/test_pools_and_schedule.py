@@ -1,5 +1,6 @@
 """Pools sized from the engine shares, run priorities, and the end-of-day replay schedule (no services needed)."""
-from datetime import datetime, timezone
+
+from datetime import UTC, datetime
 
 import dagster as dg
 
@@ -47,9 +48,9 @@ def test_market_data_ingest_runs_have_the_highest_priority():
 
 def test_day_level_backfill_policies():
     ag = defs.resolve_asset_graph()
-    for key in (BARS_1D, NAV, RISK):      # one run per range: each reads and writes a date range in one go
+    for key in (BARS_1D, NAV, RISK):  # one run per range: each reads and writes a date range in one go
         assert ag.get(key).backfill_policy == dg.BackfillPolicy.single_run(), key
-    assert ag.get(ML).backfill_policy.max_partitions_per_run == 1     # one model version per day
+    assert ag.get(ML).backfill_policy.max_partitions_per_run == 1  # one model version per day
 
 
 def test_eod_schedule_replays_the_previous_trading_day():
@@ -59,8 +60,10 @@ def test_eod_schedule_replays_the_previous_trading_day():
     job = defs.resolve_job_def(sched.job_name)
     assert set(job.asset_layer.selected_asset_keys) == {BARS_1D, NAV, *RISK_KEYS, ML}
     with dg.instance_for_test() as inst:
-        for tick, day in ((datetime(2026, 11, 25, 0, 30, tzinfo=timezone.utc), "2026-11-24"),
-                          (datetime(2026, 3, 1, 0, 30, tzinfo=timezone.utc), "2026-02-28")):
+        for tick, day in (
+            (datetime(2026, 11, 25, 0, 30, tzinfo=UTC), "2026-11-24"),
+            (datetime(2026, 3, 1, 0, 30, tzinfo=UTC), "2026-02-28"),
+        ):
             ctx = dg.build_schedule_context(instance=inst, scheduled_execution_time=tick)
             [req] = sched.evaluate_tick(ctx).run_requests
             assert req.partition_key == day, (tick, req.partition_key)

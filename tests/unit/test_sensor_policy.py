@@ -1,7 +1,8 @@
 """When the ingest sensor asks for a batch (pure policy; the sensor itself is exercised end to end)."""
+
 from sensors.pulsar_ingest import decide
 
-KW = dict(timer_s=30, safety_s=120, staleness_s=6)
+KW = {"timer_s": 30, "safety_s": 120, "staleness_s": 6}
 
 
 def test_pending_messages_request_a_batch():

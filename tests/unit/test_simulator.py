@@ -1,5 +1,6 @@
 """The simulator: deterministic, with visible one-sided (toxic) bursts, and the stylized facts measured from its
 ticks: fat tails, volatility clustering, a U-shaped intraday volume, and Kyle price impact of the order flow."""
+
 import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
@@ -35,11 +36,13 @@ def test_ticks_are_sane():
 def test_toxic_bursts_are_one_sided():
     """Sparse enough (~5,500 events a day) that a burst is as one-sided as it gets (burst_buy 90%): windows of 25
     trades are lopsided (>= 80% one side) far more often than balanced flow allows (~0.4%)."""
+
     def lopsided(**kw):
         trades, _ = MarketSimulator(["AAPL.XNAS"], seed=2, start_ns=START, events_per_second=0.064, **kw).take(60000, 0)
         buy = np.array(trades["aggressor_side"].to_pylist()) == "BUYER"
         share = np.convolve(buy, np.ones(25) / 25, mode="valid")
         return buy.mean(), float(((share >= 0.8) | (share <= 0.2)).mean())
+
     mean, toxic = lopsided()
     assert abs(mean - 0.5) < 0.1 and toxic > 0.04
     mean, calm = lopsided(bursts_per_day=0)
@@ -59,14 +62,17 @@ def _ticks(model: str, days: int, events_per_day: int, **kw) -> tuple[pd.DataFra
         quotes.append(q.to_pandas())
     q = pd.concat(quotes)
     q = q[q["ts_event"] < DAY0 + days * NS_PER_DAY]
-    q = q.assign(mid=np.log((q["bid_price"] + q["ask_price"]) / 2), day=q["ts_event"] // NS_PER_DAY,
-                 minute=q["ts_event"] // 60_000_000_000)
+    q = q.assign(
+        mid=np.log((q["bid_price"] + q["ask_price"]) / 2),
+        day=q["ts_event"] // NS_PER_DAY,
+        minute=q["ts_event"] // 60_000_000_000,
+    )
     return pd.concat(trades), q
 
 
 def _kurtosis(x) -> float:
     x = np.asarray(x) - np.mean(x)
-    return float((x ** 4).mean() / (x ** 2).mean() ** 2)
+    return float((x**4).mean() / (x**2).mean() ** 2)
 
 
 def _acf_squared(x, lags=range(1, 6)) -> float:
@@ -89,11 +95,11 @@ def test_fat_tails_and_volatility_clustering(stylized, gaussian):
         for _, g in quotes.groupby("instrument_id"):
             daily = g.groupby("day")["mid"].last().diff().dropna()
             minute = g.groupby("minute")["mid"].last().diff().dropna()
-            assert 0.012 < daily.std() < 0.035                    # daily_vol 2% (GARCH: the sample varies)
-            if fat:   # GARCH(1,1)-t: leptokurtic, and big days follow big days
+            assert 0.012 < daily.std() < 0.035  # daily_vol 2% (GARCH: the sample varies)
+            if fat:  # GARCH(1,1)-t: leptokurtic, and big days follow big days
                 assert _kurtosis(daily) > 4 and _kurtosis(minute) > 8
                 assert _acf_squared(daily) > 0.05
-            else:     # i.i.d. normal days (the minutes are mixed by the intraday profile)
+            else:  # i.i.d. normal days (the minutes are mixed by the intraday profile)
                 assert 2.5 < _kurtosis(daily) < 3.5
                 assert abs(_acf_squared(daily)) < 0.05
 
@@ -139,20 +145,24 @@ def test_kyle_price_impact(gaussian):
 def test_informed_bursts_predict_the_next_bars_only_when_flow_moves_prices():
     """Order-flow imbalance over the last 20 minutes vs the next minute's mid change: positive in the stylized
     market (bursts persist and move the price), nothing in the random walk."""
+
     def corr(model):
         trades, quotes = _ticks(model, 40, 12_000)
-        trades = trades.assign(minute=trades["ts_event"] // 60_000_000_000,
-                               s=np.where(trades["aggressor_side"] == "BUYER", 1.0, -1.0) * trades["size"])
+        trades = trades.assign(
+            minute=trades["ts_event"] // 60_000_000_000,
+            s=np.where(trades["aggressor_side"] == "BUYER", 1.0, -1.0) * trades["size"],
+        )
         out = []
         for inst, q in quotes.groupby("instrument_id"):
             mid = q.groupby("minute")["mid"].last()
             flow = trades[trades["instrument_id"] == inst].groupby("minute")["s"].sum()
             idx = np.arange(mid.index.min(), mid.index.max() + 1)
             mid, flow = mid.reindex(idx).ffill(), flow.reindex(idx, fill_value=0.0)
-            ofi = flow.rolling(20).sum().shift(1)        # strictly before the minute that follows
+            ofi = flow.rolling(20).sum().shift(1)  # strictly before the minute that follows
             nxt = mid.diff().shift(-1)
             ok = ofi.notna() & nxt.notna()
             out.append(np.corrcoef(ofi[ok], nxt[ok])[0, 1])
         return np.mean(out)
+
     assert 0.03 < corr("stylized") < 0.3
     assert abs(corr("random_walk")) < 0.02

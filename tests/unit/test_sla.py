@@ -2,7 +2,6 @@
 the real API with ClickHouse stopped (an availability breach on persistent://nautilus/system/alerts, read back
 with a consumer), and a product that fell behind its freshness policy."""
 
-
 import pytest
 
 from nautilus_assets.api import sla
@@ -13,10 +12,10 @@ def test_p99_is_prometheus_histogram_quantile():
     # 100 requests: 90 under 0.5 ms, 9 in (0.5, 1] ms, 1 in (1, 2] ms. Rank 99 is the last of the (0.5, 1] bucket.
     b = {"0.0005": 90, "0.001": 99, "0.002": 100, "+Inf": 100}
     assert sla.quantile(0.99, b) == pytest.approx(0.001)
-    assert sla.quantile(0.5, b) == pytest.approx(0.0005 * 50 / 90)        # linear within the first bucket
-    assert sla.quantile(0.995, b) == pytest.approx(0.001 + 0.001 * 0.5)   # half way into (1, 2] ms
+    assert sla.quantile(0.5, b) == pytest.approx(0.0005 * 50 / 90)  # linear within the first bucket
+    assert sla.quantile(0.995, b) == pytest.approx(0.001 + 0.001 * 0.5)  # half way into (1, 2] ms
     assert sla.quantile(0.99, {"0.001": 0, "+Inf": 0}) is None
-    assert sla.quantile(0.99, {"0.001": 0, "+Inf": 5}) == 0.001          # above the last finite bound: that bound
+    assert sla.quantile(0.99, {"0.001": 0, "+Inf": 5}) == 0.001  # above the last finite bound: that bound
 
 
 def test_window_figures_and_alert_transitions():
@@ -27,11 +26,11 @@ def test_window_figures_and_alert_transitions():
     assert fig["requests"] == 202 and fig["failed_requests"] == 4
     assert fig["availability"] == pytest.approx(1 - 4 / 202, abs=1e-6)
     assert fig["latest_requests"] == 100 and fig["p99_latency_ms"] == pytest.approx(1.5)
-    res = sla.evaluate("market_analytics", fig)                # targets 5 ms and 0.999
+    res = sla.evaluate("market_analytics", fig)  # targets 5 ms and 0.999
     assert res[sla.LATENCY][0] and not res[sla.AVAILABILITY][0]
     state = {}
     assert sla_sensors.transitions(state, "x", True, 0) == "fail"
-    assert sla_sensors.transitions(state, "x", True, 60) is None          # no repeat within REPEAT_S
+    assert sla_sensors.transitions(state, "x", True, 60) is None  # no repeat within REPEAT_S
     assert sla_sensors.transitions(state, "x", True, sla_sensors.REPEAT_S + 1) == "fail"
     assert sla_sensors.transitions(state, "x", False, 2000) == "recover"
     assert sla_sensors.transitions(state, "x", False, 2001) is None

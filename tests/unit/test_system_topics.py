@@ -2,7 +2,6 @@
 platform's messages read back with real consumers: one system/events message per materialization, one
 system/alerts message per batch with quarantined messages."""
 
-
 import pytest
 
 from nautilus_assets.definitions import defs
@@ -30,14 +29,18 @@ def test_topic_map_covers_the_architecture_and_every_topic_in_use():
 
 def test_broker_setting_picks_admin_api_or_metrics(monkeypatch, tmp_path):
     from resources.settings import load
+
     for var in ("PULSAR_SERVICE_URL", "PULSAR_ADMIN_URL", "PULSAR_METRICS_URL", "NAUTILUS_MANAGED"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("NAUTILUS_HOME", str(tmp_path))
     monkeypatch.setenv("NAUTILUS_PORT_BASE", "30000")
     monkeypatch.delenv("NAUTILUS_PULSAR_BROKER", raising=False)
     s = load()  # the default: Apache Pulsar, backlog from its admin API
-    assert (s["NAUTILUS_PULSAR_BROKER"], s["PULSAR_ADMIN_URL"], s["PULSAR_METRICS_URL"]) == \
-        ("apache", "http://127.0.0.1:30013", "") and "pulsar" in s.managed
+    assert (s["NAUTILUS_PULSAR_BROKER"], s["PULSAR_ADMIN_URL"], s["PULSAR_METRICS_URL"]) == (
+        "apache",
+        "http://127.0.0.1:30013",
+        "",
+    ) and "pulsar" in s.managed
     monkeypatch.setenv("NAUTILUS_PULSAR_BROKER", "lite")
     s = load()
     assert (s["PULSAR_ADMIN_URL"], s["PULSAR_METRICS_URL"]) == ("", "http://127.0.0.1:30011/metrics")
@@ -55,10 +58,18 @@ def test_broker_config_binds_loopback_and_derives_ports(tmp_path):
 
     from resources.settings import PORTS
     from scripts import pulsar_broker
+
     s = SimpleNamespace(instance="t", home=tmp_path, port=lambda name: 30000 + PORTS[name])
-    conf = dict(line.split("=", 1) for line in pulsar_broker.config_text(s).splitlines() if "=" in line
-                and not line.startswith("#"))
-    assert (conf["bindAddress"], conf["advertisedAddress"], conf["listeningInterface"]) == ("127.0.0.1", "127.0.0.1", "lo")
+    conf = dict(
+        line.split("=", 1)
+        for line in pulsar_broker.config_text(s).splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+    assert (conf["bindAddress"], conf["advertisedAddress"], conf["listeningInterface"]) == (
+        "127.0.0.1",
+        "127.0.0.1",
+        "lo",
+    )
     assert (conf["brokerServicePort"], conf["webServicePort"], conf["bookiePort"]) == ("30010", "30013", "30014")
     assert conf["functionsWorkerEnabled"] == "false" and "zookeeperServers" not in conf
     argv = pulsar_broker.argv(s)

@@ -1,6 +1,7 @@
 """VPIN against a straightforward bar-by-bar implementation of the published definition, a hand-worked
 example, batch-by-batch = full history, and the simulator's toxic bursts raising it; the vectorised erf against
 math.erf, and vpin() against its previous vectorised form (math.erf per bar, np.interp) across its chunks."""
+
 import math
 
 import numpy as np
@@ -15,6 +16,7 @@ from tests.helpers import reference_bars
 def reference_vpin(close, volume, V, sigma, window=50):
     """Literal reading of the definition: one bar at a time, splitting overflow pro rata, with NormalDist."""
     from statistics import NormalDist
+
     z = NormalDist()
     buckets, cur_v, cur_b = [], 0.0, 0.0
     for i, (c, v) in enumerate(zip(close, volume)):
@@ -31,7 +33,7 @@ def reference_vpin(close, volume, V, sigma, window=50):
                 cur_v, cur_b = 0.0, 0.0
     out = []
     for t in range(len(buckets)):
-        out.append(math.nan if t < window - 1 else sum(buckets[t - window + 1:t + 1]) / (window * V))
+        out.append(math.nan if t < window - 1 else sum(buckets[t - window + 1 : t + 1]) / (window * V))
     return np.array(out)
 
 
@@ -64,7 +66,7 @@ def test_batch_by_batch_equals_full_history():
     st, parts = VpinState(), []
     for idx in np.array_split(np.arange(5000), 7):
         parts.append(st.advance(close[idx], volume[idx], 2000.0, sigma=0.02)["vpin"])
-        st = VpinState.from_dict(st.to_dict())              # state survives serialisation between runs
+        st = VpinState.from_dict(st.to_dict())  # state survives serialisation between runs
     np.testing.assert_allclose(np.concatenate(parts), full, rtol=1e-9, equal_nan=True)
 
 
@@ -75,27 +77,39 @@ def _bars(trades: pa.Table) -> pd.DataFrame:
 def test_toxic_bursts_raise_vpin():
     start = 1_790_000_000_000_000_000
     # constant variance and a flat intraday rate, so only the bursts (informed flow moving the price) differ
-    kw = {"instruments": ["AAPL.XNAS"], "seed": 8, "start_ns": start, "events_per_second": 2.0, "garch": (0.0, 0.0),
-          "tail_df": 100, "intraday_profile": False}
+    kw = {
+        "instruments": ["AAPL.XNAS"],
+        "seed": 8,
+        "start_ns": start,
+        "events_per_second": 2.0,
+        "garch": (0.0, 0.0),
+        "tail_df": 100,
+        "intraday_profile": False,
+    }
     toxic = _bars(MarketSimulator(**kw, bursts_per_day=4, burst_minutes=60, burst_move=0.4).take(60_000, 0)[0])
     calm = _bars(MarketSimulator(**kw, bursts_per_day=0).take(60_000, 0)[0])
     sigma = calm["close"].diff().std()
-    V = calm["volume"].sum() / len(calm) * 1440 / 50 / 20    # buckets of a fraction of a day's volume
+    V = calm["volume"].sum() / len(calm) * 1440 / 50 / 20  # buckets of a fraction of a day's volume
     v_toxic = vpin(toxic["close"].to_numpy(), toxic["volume"].to_numpy(), V, sigma)
     v_calm = vpin(calm["close"].to_numpy(), calm["volume"].to_numpy(), V, sigma)
     assert np.nanmax(v_toxic) > 1.3 * np.nanmax(v_calm)
     assert np.nanmean(v_toxic) > np.nanmean(v_calm)
 
 
-
-
 def test_erf_equals_math_erf():
-    x = np.concatenate([np.linspace(-40, 40, 400_001), np.linspace(-6.5, 6.5, 650_001), np.geomspace(1e-300, 30, 5000),
-                        -np.geomspace(1e-300, 30, 5000), [0.0, 5.9, 5.921579999999999, 1e300, -1e300, np.inf, -np.inf]])
+    x = np.concatenate(
+        [
+            np.linspace(-40, 40, 400_001),
+            np.linspace(-6.5, 6.5, 650_001),
+            np.geomspace(1e-300, 30, 5000),
+            -np.geomspace(1e-300, 30, 5000),
+            [0.0, 5.9, 5.921579999999999, 1e300, -1e300, np.inf, -np.inf],
+        ]
+    )
     ref = np.array([math.erf(v) for v in x.tolist()])
     np.testing.assert_allclose(erf(x), ref, rtol=1e-14, atol=1e-14)
     small = np.abs(x) < 1e-3
-    np.testing.assert_allclose(erf(x[small]), ref[small], rtol=1e-14, atol=0)   # relative accuracy near 0 too
+    np.testing.assert_allclose(erf(x[small]), ref[small], rtol=1e-14, atol=0)  # relative accuracy near 0 too
     assert np.isnan(erf(np.array([np.nan])))[0]
 
 
@@ -103,8 +117,10 @@ def test_equals_the_previous_implementation_across_chunks():
     rng = np.random.default_rng(5)
     n = 2 * _CHUNK + 777
     close = 100 + np.cumsum(rng.normal(0, 0.05, n))
-    for volume, V in ((rng.gamma(2.0, 100.0, n), 20_000.0),
-                      (np.where(rng.random(n) < 0.2, 0.0, rng.integers(0, 400, n)).astype(float), 5_000.0)):
+    for volume, V in (
+        (rng.gamma(2.0, 100.0, n), 20_000.0),
+        (np.where(rng.random(n) < 0.2, 0.0, rng.integers(0, 400, n)).astype(float), 5_000.0),
+    ):
         for sigma, window in ((0.05, 50), (0.5, 1), (0.0, 10)):
             ours, ref = vpin(close, volume, V, sigma, window), vpin_straightforward(close, volume, V, sigma, window)
             assert ours.size == ref.size > 500

@@ -1,6 +1,5 @@
 """The sensor-side watchdog: an in-flight ingest run whose process is gone (or that went silent) is dead."""
 
-
 import os
 import subprocess
 import time
@@ -14,8 +13,10 @@ from sensors.pulsar_ingest import dead_run_reason, free_leaked_slots, process_al
 
 def _started_run(inst, pid: int):
     run = create_run_for_test(inst, job_name="ingest_trades", status=dg.DagsterRunStatus.STARTED)
-    inst.report_dagster_event(DagsterEvent(event_type_value=dg.DagsterEventType.RUN_START.value,
-                                           job_name="ingest_trades", pid=pid), run.run_id)
+    inst.report_dagster_event(
+        DagsterEvent(event_type_value=dg.DagsterEventType.RUN_START.value, job_name="ingest_trades", pid=pid),
+        run.run_id,
+    )
     return inst.get_run_records(dg.RunsFilter(run_ids=[run.run_id]))[0]
 
 
@@ -23,7 +24,7 @@ def test_process_alive():
     gone = subprocess.Popen(["true"])
     gone.wait()
     assert process_alive(os.getpid()) and not process_alive(gone.pid)
-    assert not process_alive(os.getpid(), not_after=time.time() - 86400 * 365)   # a newer process reusing the pid
+    assert not process_alive(os.getpid(), not_after=time.time() - 86400 * 365)  # a newer process reusing the pid
 
 
 def test_dead_run_reason():
