@@ -52,6 +52,10 @@ class Product:
             "nautilus/freshness_warn_after_s": int(self.warn_after.total_seconds()),
         }
 
+    def stored_in(self, table) -> dict:
+        """An asset's metadata: the product's, and the stored table's name and column schema (tables.Table)."""
+        return {"dagster/table_name": table.name, "dagster/column_schema": table.schema, **self.metadata}
+
     def announce(self, pulsar, asset_key: dg.AssetKey, run_id: str, **facts) -> None:
         """Publish a materialization event on the product's engine topic (the data-mesh contract); `pulsar` is
         the resource or an open client."""

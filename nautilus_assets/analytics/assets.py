@@ -80,11 +80,7 @@ def bootstrap(ch: ClickHouseResource) -> dict:
             f"per instrument over 1-minute bars, in ClickHouse {TABLE} (read with FINAL). A long-lived run "
             f"follows the bars' change feed ({BARS_CHANGES}); each batch recomputes the minutes that "
             "changed, with enough look-back that values equal TA-Lib over the full history.",
-            metadata={
-                "dagster/column_schema": store.INDICATORS.schema,
-                "dagster/table_name": TABLE,
-                **PRODUCT.metadata,
-            },
+            metadata=PRODUCT.stored_in(store.INDICATORS),
         )
     ],
     name="market_analytics__indicators_1m",

@@ -235,11 +235,7 @@ PLOT_EVERY_S = 60  # a chart a minute, not a chart a batch
             f"feed ({BARS_CHANGES}); each batch continues from the state kept before the first minute that "
             "changed (the open bucket and the window), not from midnight. Sigma and bucket volume come from "
             "past days only and are fixed for the day.",
-            metadata={
-                "dagster/column_schema": store.BUCKETS.schema,
-                "dagster/table_name": store.BUCKETS.name,
-                **PRODUCT.metadata,
-            },
+            metadata=PRODUCT.stored_in(store.BUCKETS),
         )
     ],
     name="market_microstructure__vpin",

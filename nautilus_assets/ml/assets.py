@@ -94,11 +94,7 @@ def load_model(lake: LakeResource, uri: str) -> dict:
     "standard errors and a calibration plot on each materialization. Predictions in ClickHouse "
     "ml.ml_predictions; weights and metrics versioned on the lake (ml/models/<version>/) with the "
     "registry ml.model_registry.",
-    metadata={
-        "dagster/table_name": store.PREDICTIONS.name,
-        **PRODUCT.metadata,
-        "dagster/column_schema": store.PREDICTIONS.schema,
-    },
+    metadata=PRODUCT.stored_in(store.PREDICTIONS),
     check_specs=[
         dg.AssetCheckSpec(
             "beats_naive_baselines",

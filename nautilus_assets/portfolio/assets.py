@@ -204,11 +204,7 @@ PLOT_EVERY_S = 60
             f"A long-lived run consumes {FILLS_TOPIC} and the bars' change feed ({BARS_CHANGES}); each "
             "batch stores its new fills, applies them to the books carried from the previous batch and "
             "writes a state marked to the latest closes.",
-            metadata={
-                "dagster/column_schema": store.STATES.schema,
-                "dagster/table_name": store.STATES.name,
-                **PRODUCT.metadata,
-            },
+            metadata=PRODUCT.stored_in(store.STATES),
         )
     ],
     name="portfolio_states__positions",

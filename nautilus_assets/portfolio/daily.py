@@ -87,11 +87,7 @@ def eod_states(fills: list[tuple], closes: pd.DataFrame, days: list[date]) -> tu
             description="A portfolio that has traded has a NAV row for every later day",
         )
     ],
-    metadata={
-        "dagster/table_name": store.DAILY_NAV.name,
-        **PRODUCT.metadata,
-        "dagster/column_schema": store.DAILY_NAV.schema,
-    },
+    metadata=PRODUCT.stored_in(store.DAILY_NAV),
 )
 def daily_nav(context: dg.AssetExecutionContext, postgres: PostgresResource, clickhouse: ClickHouseResource):
     days = [date.fromisoformat(k) for k in context.partition_keys]

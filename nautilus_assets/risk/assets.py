@@ -233,7 +233,7 @@ def _spec(key: dg.AssetKey, table: Table, description: str) -> dg.AssetSpec:
         freshness_policy=PRODUCT.freshness,
         automation_condition=dg.AutomationCondition.eager(),
         description=description,
-        metadata={"dagster/table_name": table.name, **PRODUCT.metadata, "dagster/column_schema": table.schema},
+        metadata=PRODUCT.stored_in(table),
     )
 
 
