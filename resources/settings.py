@@ -515,6 +515,13 @@ def load(environ=None) -> Settings:
         "NAUTILUS_API_HOST": _env("NAUTILUS_API_HOST", "127.0.0.1"),
         # the API process (and its queries on the ClickHouse server) yields the CPU to ingestion by this much
         "NAUTILUS_API_NICE": _env("NAUTILUS_API_NICE", "5"),
+        # tooling: where Apache Pulsar's jars are cached (shared by every instance), its broker's log level, and the
+        # Chromium the UI test drives
+        "NAUTILUS_PULSAR_CACHE": _env(
+            "NAUTILUS_PULSAR_CACHE", str(Path(__file__).resolve().parent.parent / ".nautilus" / "pulsar")
+        ),
+        "NAUTILUS_PULSAR_LOG_LEVEL": _env("NAUTILUS_PULSAR_LOG_LEVEL", "info"),
+        "NAUTILUS_CHROMIUM": _env("NAUTILUS_CHROMIUM", "/usr/bin/chromium"),
         # Monte Carlo VaR backend: numpy | mlx (empty: MLX where it has a GPU, else NumPy; risk/montecarlo.py)
         "NAUTILUS_MC_BACKEND": _env("NAUTILUS_MC_BACKEND", ""),
         # user-defined stress scenarios (YAML; empty: nautilus_assets/risk/scenarios.yaml)

@@ -12,7 +12,9 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-CHROMIUM = Path(os.environ.get("NAUTILUS_CHROMIUM", "/usr/bin/chromium"))
+from resources.settings import load
+
+CHROMIUM = Path(load()["NAUTILUS_CHROMIUM"])
 ARGS = [
     "--no-sandbox",
     "--disable-gpu",

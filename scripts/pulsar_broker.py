@@ -19,9 +19,11 @@ from pathlib import Path
 
 import requests
 
+from resources.settings import load
+
 ROOT = Path(__file__).resolve().parent.parent
 POM = ROOT / "scripts" / "pulsar" / "pom.xml"
-CACHE = Path(os.environ.get("NAUTILUS_PULSAR_CACHE") or ROOT / ".nautilus" / "pulsar")
+CACHE = Path(load()["NAUTILUS_PULSAR_CACHE"])
 LIB = CACHE / "lib"
 MAIN_JAR = "pulsar-broker-4.0.7.jar"  # keep in step with pulsar.version in scripts/pulsar/pom.xml
 JVM_OPTS = [
@@ -153,7 +155,7 @@ def argv(s) -> list[str]:
     d = s.home / "pulsar"
     d.mkdir(parents=True, exist_ok=True)
     (d / "standalone.conf").write_text(config_text(s))
-    (d / "log4j2.properties").write_text(LOG4J.replace("{level}", os.environ.get("NAUTILUS_PULSAR_LOG_LEVEL", "info")))
+    (d / "log4j2.properties").write_text(LOG4J.replace("{level}", s["NAUTILUS_PULSAR_LOG_LEVEL"]))
     return [
         "java",
         *JVM_OPTS,
