@@ -54,12 +54,10 @@ def test_broker_setting_picks_admin_api_or_metrics(monkeypatch, tmp_path):
 
 
 def test_broker_config_binds_loopback_and_derives_ports(tmp_path):
-    from types import SimpleNamespace
-
-    from resources.settings import PORTS
+    from resources.settings import instance_environ, load
     from scripts import pulsar_broker
 
-    s = SimpleNamespace(instance="t", home=tmp_path, port=lambda name: 30000 + PORTS[name])
+    s = load(instance_environ("t", 30000, NAUTILUS_HOME=str(tmp_path)))
     conf = dict(
         line.split("=", 1)
         for line in pulsar_broker.config_text(s).splitlines()
