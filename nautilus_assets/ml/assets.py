@@ -112,9 +112,6 @@ def next_bar_direction(
     context: dg.AssetExecutionContext, clickhouse: ClickHouseResource, lake: LakeResource, pulsar: PulsarResource
 ):
     day = date.fromisoformat(context.partition_key)
-    # Its tables are the set-up's; a daily run also makes them again, for a store that lost one since (its cost is
-    # nothing beside the training, and tests/test_api.py drops the registry and relies on this)
-    clickhouse.ensure(store.DDL)
     f = features(store.load_rows(clickhouse, day - timedelta(days=TRAIN_DAYS), day + timedelta(days=1)))
     f = f.replace([np.inf, -np.inf], np.nan).dropna(subset=[*FEATURES, "label"])
     is_test = f["minute"].dt.date == day
