@@ -305,6 +305,36 @@ def access(s: Settings, what: str) -> None:
     access_command(s, what)
 
 
+@nautilus.group()
+def contracts() -> None:
+    """The data products' contracts (Open Data Contract Standard v3, contracts/*.odcs.yaml)."""
+
+
+@contracts.command("export")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="default: contracts/")
+@click.option("--check", is_flag=True, help="write nothing; fail when the committed contracts differ")
+def contracts_export(out: Path | None, check: bool) -> None:
+    """Generate every product's contract from the code location, validated against the ODCS JSON schema."""
+    import difflib
+
+    from nautilus_assets import contracts as c
+    from nautilus_assets.definitions import defs
+
+    out = out or c.CONTRACTS_DIR
+    if not check:
+        for path in c.export(defs, out):
+            click.echo(f"wrote {path}")
+        return
+    diff = []
+    for name, text in c.contracts(defs).items():
+        c.validate(text)
+        old = (out / name).read_text() if (out / name).exists() else ""
+        diff += difflib.unified_diff(old.splitlines(True), text.splitlines(True), f"{out / name}", "generated")
+    if diff:
+        raise click.ClickException("the contracts differ from the code location:\n" + "".join(diff))
+    click.echo(f"{out}: every contract matches the code location")
+
+
 nautilus.add_command(audit_group)
 
 

@@ -1,0 +1,151 @@
+"""Each data product's contract in the Open Data Contract Standard (v3, YAML), generated from what the code location
+declares: the stored tables' column schemas, owners, SLA (freshness, latency, availability), engine topic and the
+readers of resources/access.py. Committed under contracts/ (`nautilus contracts export`): a change to a product's
+columns or promises is then a reviewed diff, and tests/unit/test_contracts.py fails on any difference."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from importlib import resources as package_files
+from pathlib import Path
+
+import dagster as dg
+import jsonschema
+import yaml
+from open_data_contract_standard.model import OpenDataContractStandard
+
+from resources import access
+
+API_VERSION = "v3.0.2"
+CONTRACTS_DIR = Path(__file__).resolve().parent.parent / "contracts"
+# ClickHouse and PostgreSQL types -> ODCS logical types (the physical type is kept as declared)
+LOGICAL = (
+    ("Nullable(", None),
+    ("LowCardinality(String", "string"),
+    ("String", "string"),
+    ("text", "string"),
+    ("bytea", "string"),
+    ("Float", "number"),
+    ("double precision", "number"),
+    ("Decimal", "number"),
+    ("Int", "integer"),
+    ("UInt", "integer"),
+    ("bigint", "integer"),
+    ("integer", "integer"),
+    ("DateTime", "timestamp"),
+    ("timestamptz", "timestamp"),
+    ("Date", "date"),
+    ("date", "date"),
+    ("Bool", "boolean"),
+    ("boolean", "boolean"),
+)
+
+
+def logical_type(physical: str) -> str:
+    t = physical
+    while t.startswith("Nullable("):
+        t = t[len("Nullable(") : -1]
+    return next((lt for prefix, lt in LOGICAL if lt and t.startswith(prefix)), "string")
+
+
+def _products(defs: dg.Definitions) -> dict[str, list[dg.AssetSpec]]:
+    """The stored assets of each product (`nautilus/product`; an asset without it belongs to its group's product)."""
+    specs = [s for s in defs.resolve_all_asset_specs() if "dagster/column_schema" in s.metadata]
+    by_group = {s.group_name: s.metadata["nautilus/product"] for s in specs if "nautilus/product" in s.metadata}
+    out = defaultdict(list)
+    for s in sorted(specs, key=lambda s: s.key.to_user_string()):
+        out[s.metadata.get("nautilus/product") or by_group[s.group_name]].append(s)
+    return dict(out)
+
+
+def _value(v):
+    return v.value if hasattr(v, "value") else v
+
+
+def contract(product: str, specs: list[dg.AssetSpec]) -> OpenDataContractStandard:
+    meta = next(s.metadata for s in specs if "nautilus/product" in s.metadata)
+    domain = specs[0].group_name
+    owners = sorted({o for s in specs for o in s.owners})
+    readers = sorted(access.readers(domain)) if domain in access.DECLARATION else []
+    schema = [
+        {
+            "name": s.key.to_user_string(),
+            "physicalName": s.metadata["dagster/table_name"],
+            "physicalType": "table",
+            "description": s.description or "",
+            "properties": [
+                {
+                    "name": c.name,
+                    "physicalType": c.type,
+                    "logicalType": logical_type(c.type),
+                    **({"description": c.description} if c.description else {}),
+                }
+                for c in _value(s.metadata["dagster/column_schema"]).columns
+            ],
+        }
+        for s in specs
+    ]
+    sla = [
+        {
+            "property": "freshness",
+            "value": _value(meta["nautilus/freshness_fail_after_s"]),
+            "unit": "s",
+            "description": "a stored table is older than this: the product's freshness policy fails",
+        },
+        {"property": "freshnessWarning", "value": _value(meta["nautilus/freshness_warn_after_s"]), "unit": "s"},
+        {
+            "property": "latency",
+            "value": _value(meta["nautilus/latency_target_ms"]),
+            "unit": "ms",
+            "description": "p99 of the product API's reads",
+        },
+        {
+            "property": "availability",
+            "value": _value(meta["nautilus/availability_target"]),
+            "description": "share of the product API's reads answered",
+        },
+    ]
+    doc = {
+        "apiVersion": API_VERSION,
+        "kind": "DataContract",
+        "id": f"urn:nautilus:product:{product}",
+        "name": product,
+        "version": "1.0.0",
+        "status": "active",
+        "domain": domain,
+        "dataProduct": product,
+        "description": {"purpose": f"The {product} data product of the {domain} domain."},
+        "schema": schema,
+        "team": [{"username": o, "role": "owner"} for o in owners],
+        "roles": [
+            {"role": r, "access": "read", "description": "declared reader (resources/access.py)"}
+            for r in [*readers, access.GOVERNANCE]
+        ],
+        "slaProperties": sla,
+        "customProperties": [
+            {"property": "engineTopic", "value": _value(meta.get("nautilus/engine_topic")) or ""},
+        ],
+    }
+    return OpenDataContractStandard.model_validate(doc)
+
+
+def contracts(defs: dg.Definitions) -> dict[str, str]:
+    """file name -> YAML text, for every product."""
+    return {f"{p}.odcs.yaml": contract(p, specs).to_yaml() for p, specs in _products(defs).items()}
+
+
+def validate(text: str) -> None:
+    """Against the ODCS JSON schema the open-data-contract-standard package ships (jsonschema.ValidationError)."""
+    schema = json.loads(package_files.files("open_data_contract_standard").joinpath("schema.json").read_text())
+    jsonschema.validate(yaml.safe_load(text), schema)
+
+
+def export(defs: dg.Definitions, out: Path = CONTRACTS_DIR) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in contracts(defs).items():
+        validate(text)
+        (out / name).write_text(text)
+        written.append(out / name)
+    return written
