@@ -58,8 +58,9 @@ NAMESPACES = {
             "system",
             7 * DAY,
             1024,
-            ("alerts", "commands", "events"),
-            "Platform alerts (quarantined messages), commands, and one event per materialization",
+            # no `commands` topic: operators act through Dagster and the CLI (README, Pulsar topics)
+            ("alerts", "events"),
+            "Platform alerts (quarantined messages) and one event per materialization",
         ),
     )
 }
@@ -75,7 +76,6 @@ BARS_CHANGES = MARKET_DATA.topic("bars-changes")  # the instrument-minutes each 
 PORTFOLIO_FILLS = ENGINES.topic("portfolio-fills")
 SYSTEM_EVENTS = SYSTEM.topic("events")
 SYSTEM_ALERTS = SYSTEM.topic("alerts")
-SYSTEM_COMMANDS = SYSTEM.topic("commands")
 
 
 def all_topics() -> list[str]:

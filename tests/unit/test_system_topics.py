@@ -12,7 +12,9 @@ from resources import topics
 ARCHITECTURE = {
     "market-data": {"level1-quotes", "level2-orderbook", "trades", "news-feeds", "bars-changes"},
     "engines": {"risk-metrics", "analytics-signals", "ml-predictions", "portfolio-positions", "vpin-microstructure"},
-    "system": {"alerts", "commands", "events"},
+    # the source architecture's system/commands is dropped on purpose (README, Pulsar topics: no second,
+    # unauthenticated control plane beside Dagster's)
+    "system": {"alerts", "events"},
 }
 
 
