@@ -5,6 +5,8 @@ columns or promises is then a reviewed diff, and tests/unit/test_contracts.py fa
 
 from __future__ import annotations
 
+import difflib
+import functools
 import json
 from collections import defaultdict
 from importlib import resources as package_files
@@ -21,7 +23,6 @@ API_VERSION = "v3.0.2"
 CONTRACTS_DIR = Path(__file__).resolve().parent.parent / "contracts"
 # ClickHouse and PostgreSQL types -> ODCS logical types (the physical type is kept as declared)
 LOGICAL = (
-    ("Nullable(", None),
     ("LowCardinality(String", "string"),
     ("String", "string"),
     ("text", "string"),
@@ -46,7 +47,7 @@ def logical_type(physical: str) -> str:
     t = physical
     while t.startswith("Nullable("):
         t = t[len("Nullable(") : -1]
-    return next((lt for prefix, lt in LOGICAL if lt and t.startswith(prefix)), "string")
+    return next((lt for prefix, lt in LOGICAL if t.startswith(prefix)), "string")
 
 
 def _products(defs: dg.Definitions) -> dict[str, list[dg.AssetSpec]]:
@@ -135,10 +136,28 @@ def contracts(defs: dg.Definitions) -> dict[str, str]:
     return {f"{p}.odcs.yaml": contract(p, specs).to_yaml() for p, specs in _products(defs).items()}
 
 
+@functools.cache
+def _odcs_schema() -> dict:
+    return json.loads(package_files.files("open_data_contract_standard").joinpath("schema.json").read_text())
+
+
 def validate(text: str) -> None:
     """Against the ODCS JSON schema the open-data-contract-standard package ships (jsonschema.ValidationError)."""
-    schema = json.loads(package_files.files("open_data_contract_standard").joinpath("schema.json").read_text())
-    jsonschema.validate(yaml.safe_load(text), schema)
+    jsonschema.validate(yaml.safe_load(text), _odcs_schema())
+
+
+def diff(defs: dg.Definitions, out: Path = CONTRACTS_DIR) -> str:
+    """The unified diff from the contract files under `out` to the generated ones (stale files included); empty when
+    they agree."""
+    generated = contracts(defs)
+    lines = []
+    for name in sorted(set(generated) | {p.name for p in out.glob("*.odcs.yaml")}):
+        text = generated.get(name, "")
+        if text:
+            validate(text)
+        old = (out / name).read_text() if (out / name).exists() else ""
+        lines += difflib.unified_diff(old.splitlines(True), text.splitlines(True), str(out / name), "generated")
+    return "".join(lines)
 
 
 def export(defs: dg.Definitions, out: Path = CONTRACTS_DIR) -> list[Path]:

@@ -315,8 +315,6 @@ def contracts() -> None:
 @click.option("--check", is_flag=True, help="write nothing; fail when the committed contracts differ")
 def contracts_export(out: Path | None, check: bool) -> None:
     """Generate every product's contract from the code location, validated against the ODCS JSON schema."""
-    import difflib
-
     from nautilus_assets import contracts as c
     from nautilus_assets.definitions import defs
 
@@ -325,13 +323,8 @@ def contracts_export(out: Path | None, check: bool) -> None:
         for path in c.export(defs, out):
             click.echo(f"wrote {path}")
         return
-    diff = []
-    for name, text in c.contracts(defs).items():
-        c.validate(text)
-        old = (out / name).read_text() if (out / name).exists() else ""
-        diff += difflib.unified_diff(old.splitlines(True), text.splitlines(True), f"{out / name}", "generated")
-    if diff:
-        raise click.ClickException("the contracts differ from the code location:\n" + "".join(diff))
+    if diff := c.diff(defs, out):
+        raise click.ClickException("the contracts differ from the code location:\n" + diff)
     click.echo(f"{out}: every contract matches the code location")
 
 
