@@ -3,8 +3,6 @@ declares: the stored tables' column schemas, owners, SLA (freshness, latency, av
 readers of resources/access.py. Committed under contracts/ (`nautilus contracts export`): a change to a product's
 columns or promises is then a reviewed diff, and tests/unit/test_contracts.py fails on any difference."""
 
-from __future__ import annotations
-
 import difflib
 import functools
 import json
@@ -18,6 +16,8 @@ import yaml
 from open_data_contract_standard.model import OpenDataContractStandard
 
 from resources import access
+from resources.clickhouse import ClickHouseResource
+from resources.postgres import PostgresResource
 
 API_VERSION = "v3.0.2"
 CONTRACTS_DIR = Path(__file__).resolve().parent.parent / "contracts"
@@ -168,3 +168,99 @@ def export(defs: dg.Definitions, out: Path = CONTRACTS_DIR) -> list[Path]:
         (out / name).write_text(text)
         written.append(out / name)
     return written
+
+
+# --- The stored tables against their committed contracts (an asset check per stored asset) ---
+
+CHECK_NAME = "matches_contract"
+
+
+def committed_columns(out: Path = CONTRACTS_DIR) -> dict[str, list[tuple[str, str]]]:
+    """Asset key -> the (column, physical type) list its committed contract promises."""
+    cols = {}
+    for path in sorted(out.glob("*.odcs.yaml")):
+        for obj in yaml.safe_load(path.read_text()).get("schema") or []:
+            cols[obj["name"]] = [(p["name"], p["physicalType"]) for p in obj.get("properties") or []]
+    return cols
+
+
+def conformance(promised: list[tuple[str, str]], stored: list[tuple[str, str]]) -> dict:
+    """What a stored table lacks, adds or types otherwise than its contract (column order is not part of it)."""
+    want, have = dict(promised), dict(stored)
+    return {
+        "missing": sorted(set(want) - set(have)),
+        "unexpected": sorted(set(have) - set(want)),
+        "retyped": sorted(f"{c}: {want[c]} -> {have[c]}" for c in set(want) & set(have) if want[c] != have[c]),
+    }
+
+
+def _clickhouse_columns(ch, table: str) -> list[tuple[str, str]]:
+    db, name = table.split(".", 1)
+    with ch.session() as c:
+        return c.query(
+            "SELECT name, type FROM system.columns WHERE database = %(d)s AND table = %(t)s ORDER BY position",
+            parameters={"d": db, "t": name},
+        ).result_rows
+
+
+def _postgres_columns(pg, table: str, promised: list[tuple[str, str]]) -> tuple[list, list]:
+    """The table's columns, and the promised ones with their types in PostgreSQL's own spelling (timestamptz is
+    `timestamp with time zone`: both sides through format_type)."""
+    schema, name = table.split(".", 1)
+    with pg.connect() as conn:
+        stored = conn.execute(
+            "SELECT a.attname, format_type(a.atttypid, NULL) FROM pg_attribute a "
+            "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+            (schema, name),
+        ).fetchall()
+        spelled = {t: conn.execute("SELECT format_type(%s::regtype, NULL)", (t,)).fetchone()[0] for _, t in promised}
+    return stored, [(c, spelled[t]) for c, t in promised]
+
+
+def contract_checks(assets: list) -> dg.AssetChecksDefinition:
+    """One check per stored asset: its table (ClickHouse system.columns, or PostgreSQL's catalog for assets of kind
+    postgres) has exactly the columns and types its committed contract promises. Runs on its own schedule, read
+    through the governance role on PostgreSQL, never inside a product's runs."""
+    specs = [
+        s
+        for a in assets
+        if isinstance(a, dg.AssetsDefinition)
+        for s in a.specs
+        if "dagster/table_name" in s.metadata and "dagster/column_schema" in s.metadata
+    ]
+    tables = {s.key: (s.metadata["dagster/table_name"], "postgres" in s.kinds) for s in specs}
+
+    @dg.multi_asset_check(
+        specs=[
+            dg.AssetCheckSpec(
+                CHECK_NAME,
+                asset=s.key,
+                blocking=False,
+                description=f"{tables[s.key][0]} has the columns and types of its contract under contracts/",
+            )
+            for s in specs
+        ],
+        name="tables_match_contracts",
+        can_subset=True,
+    )
+    def data_contracts(
+        context: dg.AssetCheckExecutionContext, clickhouse: ClickHouseResource, postgres_governance: PostgresResource
+    ):
+        committed = committed_columns()
+        for key in sorted(context.selected_asset_check_keys, key=lambda k: k.asset_key.to_user_string()):
+            table, on_postgres = tables[key.asset_key]
+            promised = committed.get(key.asset_key.to_user_string(), [])
+            if on_postgres:
+                stored, promised = _postgres_columns(postgres_governance, table, promised)
+            else:
+                stored = _clickhouse_columns(clickhouse, table)
+            found = conformance(promised, stored)
+            yield dg.AssetCheckResult(
+                asset_key=key.asset_key,
+                check_name=CHECK_NAME,
+                passed=bool(promised) and not any(found.values()),
+                metadata={"table": table, "contract_columns": len(promised), "stored_columns": len(stored), **found},
+            )
+
+    return data_contracts

@@ -11,6 +11,7 @@ from sensors.system_events import SYSTEM_SENSORS
 
 from .analytics.assets import ASSETS as ANALYTICS_ASSETS
 from .api.sla import api_sla
+from .contracts import contract_checks
 from .market_data.assets import ASSETS as MARKET_DATA_ASSETS
 from .market_data.assets import INGEST_JOBS
 from .market_data.daily import DAILY_ASSETS as MARKET_DATA_DAILY
@@ -36,20 +37,46 @@ AUTOMATION = dg.AutomationConditionSensorDefinition(
     minimum_interval_seconds=10,
 )
 
+ASSETS = [
+    *MARKET_DATA_ASSETS,
+    *ANALYTICS_ASSETS,
+    *MICROSTRUCTURE_ASSETS,
+    *PORTFOLIO_ASSETS,
+    *MARKET_DATA_DAILY,
+    *PORTFOLIO_DAILY,
+    *RISK_ASSETS,
+    *ML_ASSETS,
+]
+# Every stored table against its committed contract (contracts/), hourly and on demand: a schema drifted by hand or
+# by a migration that was not reviewed shows as a failed check on the asset.
+CONTRACTS = contract_checks(ASSETS)
+CONTRACTS_JOB = dg.define_asset_job(
+    "data_contracts",
+    selection=dg.AssetSelection.checks(CONTRACTS),
+    description="Each stored table's columns and types against its product's committed ODCS contract",
+)
+CONTRACTS_SCHEDULE = dg.ScheduleDefinition(
+    name="data_contracts_schedule",
+    job=CONTRACTS_JOB,
+    cron_schedule="47 * * * *",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    execution_timezone="UTC",
+    description="Hourly: stored tables against their contracts",
+)
+
 defs = dg.Definitions(
-    assets=[
-        *MARKET_DATA_ASSETS,
-        *ANALYTICS_ASSETS,
-        *MICROSTRUCTURE_ASSETS,
-        *PORTFOLIO_ASSETS,
-        *MARKET_DATA_DAILY,
-        *PORTFOLIO_DAILY,
-        *RISK_ASSETS,
-        *ML_ASSETS,
+    assets=ASSETS,
+    asset_checks=[*INTEGRITY_CHECKS, api_sla, CONTRACTS],
+    jobs=[
+        *INGEST_JOBS.values(),
+        *PRODUCT_JOBS,
+        EOD_REPLAY_JOB,
+        LATE_TRADES_JOB,
+        INTEGRITY_JOB,
+        lake_maintenance_job,
+        CONTRACTS_JOB,
     ],
-    asset_checks=[*INTEGRITY_CHECKS, api_sla],
-    jobs=[*INGEST_JOBS.values(), *PRODUCT_JOBS, EOD_REPLAY_JOB, LATE_TRADES_JOB, INTEGRITY_JOB, lake_maintenance_job],
-    schedules=[EOD_REPLAY, *MAINTENANCE],
+    schedules=[EOD_REPLAY, *MAINTENANCE, CONTRACTS_SCHEDULE],
     sensors=[*INGEST_SENSORS, *PRODUCT_SENSORS, AUTOMATION, late_trades_sensor, *SYSTEM_SENSORS, *SLA_SENSORS],
     resources=build_resources(for_dagster=True),
 )

@@ -65,6 +65,16 @@ class Product:
         publish(pulsar, self.topic, [(event, None)])
 
 
+def job_selection(*assets_defs: dg.AssetsDefinition) -> dg.AssetSelection:
+    """A job's assets with the checks they evaluate themselves, and no check defined apart: the API SLA's (sensor
+    reported), the whole-table and the contract checks (their own schedules) would otherwise run in every one of
+    the product's runs (`checks_for_assets` takes every check of an asset)."""
+    keys = [k for a in assets_defs for k in a.keys]
+    return dg.AssetSelection.assets(*keys).without_checks() | dg.AssetSelection.checks(
+        *[c for a in assets_defs for c in a.check_keys]
+    )
+
+
 # Day-level products are partitioned by UTC trading date; a range backfills as one run where the backend allows.
 TRADING_DAYS = dg.DailyPartitionsDefinition(start_date="2024-06-01", timezone="UTC")
 # Their SLA: the previous day is in place by 01:00 UTC.

@@ -11,30 +11,30 @@ import warnings
 
 import dagster as dg
 
-from nautilus_assets.market_data.daily import KEY as BARS_1D
-from nautilus_assets.ml.assets import KEY as ML
+from nautilus_assets.market_data.daily import bars_1d
+from nautilus_assets.ml.assets import next_bar_direction
 from nautilus_assets.pools import priority_tags
-from nautilus_assets.portfolio.daily import KEY as NAV
-from nautilus_assets.product import TRADING_DAYS
-from nautilus_assets.risk.assets import KEYS as RISK
+from nautilus_assets.portfolio.daily import daily_nav
+from nautilus_assets.product import TRADING_DAYS, job_selection
+from nautilus_assets.risk.assets import risk_metrics
 
-DAY_CHAIN = [BARS_1D, NAV, *RISK, ML]
+DAY_CHAIN = [bars_1d, daily_nav, risk_metrics, next_bar_direction]
 # The job mixes single-run assets with ML's one-day-per-run policy; Dagster warns and takes the stricter one,
 # which is moot here: the schedule requests one day per run.
 warnings.filterwarnings("ignore", message="Asset job eod_replay materializes assets with varying BackfillPolicies")
 EOD_REPLAY_JOB = dg.define_asset_job(
     "eod_replay",
-    selection=dg.AssetSelection.assets(*DAY_CHAIN) | dg.AssetSelection.checks_for_assets(*DAY_CHAIN),
+    selection=job_selection(*DAY_CHAIN),
     partitions_def=TRADING_DAYS,
     tags=priority_tags("end_of_day"),
     description="Re-materialize one trading day's day-level products from the lake and the stores (no Pulsar)",
 )
 # A late trade for an earlier day (sensors/late_trades.py): that day's bars, NAV and risk again, in one run. ML's
 # prediction for a past day stays the one made then (its features are the streaming products', already recomputed).
-LATE_CHAIN = [BARS_1D, NAV, *RISK]
+LATE_CHAIN = [bars_1d, daily_nav, risk_metrics]
 LATE_TRADES_JOB = dg.define_asset_job(
     "late_trades_replay",
-    selection=dg.AssetSelection.assets(*LATE_CHAIN) | dg.AssetSelection.checks_for_assets(*LATE_CHAIN),
+    selection=job_selection(*LATE_CHAIN),
     partitions_def=TRADING_DAYS,
     tags=priority_tags("end_of_day"),
     description="Re-materialize an earlier day's bars_1d, NAV and risk after late trades reached it",

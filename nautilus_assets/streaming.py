@@ -28,6 +28,7 @@ from nautilus_assets.market_data.assets import BATCH_TAG, STREAM, stop_reason
 from nautilus_assets.market_data.ingest import FIRST_MESSAGE_WAIT_MS, receive, receive_window
 from nautilus_assets.market_data.recorder import Recorder
 from nautilus_assets.pools import priority_tags
+from nautilus_assets.product import job_selection
 from resources.clickhouse import lower_query_priority, session_counters
 from resources.pulsar import PulsarResource
 from resources.topics import BARS_CHANGES
@@ -197,12 +198,12 @@ def log_batch(
     batch.record(record)
 
 
-def follow_job(name: str, keys: list[dg.AssetKey]) -> dg.UnresolvedAssetJobDefinition:
+def follow_job(name: str, assets_def: dg.AssetsDefinition) -> dg.UnresolvedAssetJobDefinition:
     """The job of one streaming product: its assets and their checks, one in-process step, the run lifetime's
     max runtime, and the `nautilus/topic` tag that lets a run and its successor (only) run at once."""
     return dg.define_asset_job(
         f"stream_{name}",
-        selection=dg.AssetSelection.assets(*keys) | dg.AssetSelection.checks_for_assets(*keys),
+        selection=job_selection(assets_def),
         executor_def=dg.in_process_executor,
         tags={
             "nautilus/topic": name,

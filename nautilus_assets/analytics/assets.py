@@ -140,5 +140,5 @@ def indicators_1m(
 
 
 SUBSCRIPTION = "nautilus-analytics"
-JOB = follow_job("market_analytics", [KEY])
+JOB = follow_job("market_analytics", indicators_1m)
 ASSETS = [indicators_1m]

@@ -12,7 +12,7 @@ from datetime import timedelta
 import dagster as dg
 
 from nautilus_assets.pools import priority_tags
-from nautilus_assets.product import Product
+from nautilus_assets.product import Product, job_selection
 from resources.clickhouse import ClickHouseResource
 from resources.lake import LakeResource
 from resources.pulsar import PulsarResource
@@ -396,8 +396,7 @@ SCHEDULED_CHECK = "no_duplicate_ids_in_table"  # whole-table: its own job and sc
 INGEST_JOBS = {
     feed.name: dg.define_asset_job(
         f"ingest_{feed.name}",
-        selection=(dg.AssetSelection.assets(*keys) | dg.AssetSelection.checks_for_assets(*keys))
-        - dg.AssetSelection.checks(dg.AssetCheckKey(keys[0], SCHEDULED_CHECK)),
+        selection=job_selection(ingest),
         executor_def=dg.in_process_executor,
         tags={
             "nautilus/topic": feed.name,
@@ -406,7 +405,7 @@ INGEST_JOBS = {
         },
         description=f"Micro-batches from {feed.topic}, back to back for the run's lifetime",
     )
-    for feed, keys in ((TRADES, [TRADES_KEY, BARS_KEY]), (QUOTES, [QUOTES_KEY]))
+    for feed, ingest in ((TRADES, ingest_trades), (QUOTES, ingest_quotes))
 }
 
 ASSETS = [*TOPICS.values(), ingest_trades, ingest_quotes]

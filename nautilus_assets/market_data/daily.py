@@ -7,6 +7,7 @@ import dagster as dg
 import pandas as pd
 
 from nautilus_assets.product import END_OF_DAY, TRADING_DAYS
+from nautilus_assets.tables import Column, Table
 from resources.clickhouse import ClickHouseResource
 from resources.lake import LakeResource
 
@@ -15,24 +16,30 @@ from .schema import TRADES
 from .sinks import DB, bronze_table
 
 KEY = dg.AssetKey(["market_data_feed", "bars_1d"])
-DDL = (
-    f"CREATE TABLE IF NOT EXISTS {DB}.bars_1d (instrument_id LowCardinality(String), date Date, open Float64, "
-    "high Float64, low Float64, close Float64, volume Float64, vwap Float64, trade_count UInt64, version UInt64, "
-    "run_id String) ENGINE = ReplacingMergeTree(version) ORDER BY (instrument_id, date)"
-)
-COLUMNS = [
-    ("instrument_id", "Instrument", ["instrument_id"]),
-    ("date", "UTC trading date", ["ts"]),
-    ("open", "First trade price", ["price", "ts_event"]),
-    ("high", "Highest price", ["price"]),
-    ("low", "Lowest price", ["price"]),
-    ("close", "Last trade price", ["price", "ts_event"]),
-    ("volume", "Σ size", ["size"]),
-    ("vwap", "Σ price·size / Σ size", ["price", "size"]),
-    ("trade_count", "Trades", ["trade_id"]),
-]
 
-TYPES = {"instrument_id": "LowCardinality(String)", "date": "Date", "trade_count": "UInt64"}
+
+def _trades(*columns: str) -> tuple:
+    return tuple((TRADES_KEY, c) for c in columns)
+
+
+BARS_1D = Table(
+    f"{DB}.bars_1d",
+    (
+        Column("instrument_id", "LowCardinality(String)", "Instrument", _trades("instrument_id")),
+        Column("date", "Date", "UTC trading date", _trades("ts")),
+        Column("open", "Float64", "First trade price", _trades("price", "ts_event")),
+        Column("high", "Float64", "Highest price", _trades("price")),
+        Column("low", "Float64", "Lowest price", _trades("price")),
+        Column("close", "Float64", "Last trade price", _trades("price", "ts_event")),
+        Column("volume", "Float64", "Σ size", _trades("size")),
+        Column("vwap", "Float64", "Σ price·size / Σ size", _trades("price", "size")),
+        Column("trade_count", "UInt64", "Trades", _trades("trade_id")),
+        Column("version", "UInt64", "Row version; the latest wins (ReplacingMergeTree, read with FINAL)"),
+        Column("run_id", "String", "Run that computed the row"),
+        Column("batch_id", "String", "The row's run (row provenance)", extra="ALIAS run_id", added=True),
+    ),
+    "ENGINE = ReplacingMergeTree(version) ORDER BY (instrument_id, date)",
+)
 
 
 def daily_bars(trades: pd.DataFrame) -> pd.DataFrame:
@@ -81,12 +88,7 @@ def content_version(rows: pd.DataFrame) -> dg.DataVersion:
             "ohlc_consistent", asset=KEY, description="low <= open, close <= high; volume > 0; vwap within [low, high]"
         )
     ],
-    metadata={
-        "dagster/table_name": f"{DB}.bars_1d",
-        "dagster/column_schema": dg.TableSchema(
-            columns=[dg.TableColumn(n, TYPES.get(n, "Float64"), description=d) for n, d, _ in COLUMNS]
-        ),
-    },
+    metadata={"dagster/table_name": BARS_1D.name, "dagster/column_schema": BARS_1D.schema},
 )
 def bars_1d(context: dg.AssetExecutionContext, lake: LakeResource, clickhouse: ClickHouseResource):
     dates = list(context.partition_keys)
@@ -99,20 +101,14 @@ def bars_1d(context: dg.AssetExecutionContext, lake: LakeResource, clickhouse: C
         else pd.DataFrame()
     )
     bars = daily_bars(trades) if len(trades) else pd.DataFrame()
-    with clickhouse.session() as c:
-        c.command(DDL)
-        c.command(f"ALTER TABLE {DB}.bars_1d ADD COLUMN IF NOT EXISTS batch_id String ALIAS run_id")  # provenance
-        if len(bars):
-            c.insert_df(f"{DB}.bars_1d", bars.assign(version=time.time_ns(), run_id=context.run.run_id))
+    if len(bars):
+        with clickhouse.session() as c:
+            c.insert_df(BARS_1D.name, bars.assign(version=time.time_ns(), run_id=context.run.run_id))
     yield dg.MaterializeResult(
         metadata={
             "dates": len(dates),
             "rows": len(bars),
-            "dagster/column_lineage": dg.TableColumnLineage(
-                deps_by_column={
-                    n: [dg.TableColumnDep(asset_key=TRADES_KEY, column_name=c) for c in cols] for n, _, cols in COLUMNS
-                }
-            ),
+            "dagster/column_lineage": BARS_1D.lineage,
             "lake/trades_version": -1 if dt is None else dt.version(),
         },
         data_version=content_version(bars),

@@ -11,7 +11,9 @@ from .sinks import DB
 
 
 def ensure_clickhouse(ch: ClickHouseResource) -> None:
-    ch.ensure(ddl(DB))
+    from .daily import BARS_1D  # the day-level bars, made here like the feed's own tables
+
+    ch.ensure([*ddl(DB), *BARS_1D.ddl()])
 
 
 def ensure_subscriptions(pulsar_res: PulsarResource) -> None:

@@ -320,5 +320,5 @@ def warm(ch: ClickHouseResource, lake: LakeResource, memo: dict) -> None:
 
 
 SUBSCRIPTION = "nautilus-microstructure"
-JOB = follow_job("market_microstructure", [KEY])
+JOB = follow_job("market_microstructure", vpin_buckets)
 ASSETS = [vpin_buckets]

@@ -309,5 +309,5 @@ def portfolio_states(
     yield from ()
 
 
-JOB = follow_job("portfolio_states", [KEY])
+JOB = follow_job("portfolio_states", portfolio_states)
 ASSETS = [FILLS_SPEC, portfolio_states]

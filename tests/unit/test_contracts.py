@@ -91,3 +91,22 @@ def test_the_cli_check_fails_on_a_difference(tmp_path):
         timeout=300,
     )
     assert out.returncode != 0 and "-    physicalType: Float32" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_conformance_names_what_a_stored_table_lacks_adds_or_retypes():
+    promised = [("a", "Int64"), ("b", "String"), ("c", "Float64")]
+    assert contracts.conformance(promised, list(reversed(promised))) == {"missing": [], "unexpected": [], "retyped": []}
+    assert contracts.conformance(promised, [("a", "Int32"), ("c", "Float64"), ("d", "Date")]) == {
+        "missing": ["b"],
+        "unexpected": ["d"],
+        "retyped": ["a: Int64 -> Int32"],
+    }
+
+
+def test_every_stored_asset_has_a_contract_check_reading_the_committed_columns():
+    from nautilus_assets.definitions import CONTRACTS
+
+    committed = contracts.committed_columns()
+    checked = {k.asset_key.to_user_string() for k in CONTRACTS.check_keys}
+    assert checked == set(committed) and len(checked) >= 12
+    assert ("price", "Float64") in committed["market_data_feed/trades"]

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import dagster as dg
 
-from nautilus_assets.definitions import defs
+from nautilus_assets.api.sla import api_sla
+from nautilus_assets.definitions import CONTRACTS, defs
 from nautilus_assets.market_data.assets import BARS_KEY, QUOTES_KEY, TRADES_KEY
+from nautilus_assets.market_data.maintenance import INTEGRITY_CHECKS
 
 
 def test_definitions_load():
@@ -121,8 +123,48 @@ def snapshot(defs: dg.Definitions) -> dict:
             s.name: {"cron": s.cron_schedule, "job": s.job_name, "status": s.default_status.value}
             for s in sorted(repo.schedule_defs, key=lambda s: s.name)
         },
-        "jobs": sorted(j.name for j in repo.get_all_jobs() if not j.name.startswith("__")),
+        "jobs": {
+            name: job_checks(name)
+            for name in sorted(j.name for j in repo.get_all_jobs() if not j.name.startswith("__"))
+        },
     }
+
+
+def job_checks(name: str) -> list[str]:
+    """The checks a job runs (its selection resolved against the whole code location)."""
+    job = defs.resolve_job_def(name)
+    return sorted(f"{k.asset_key.to_user_string()}:{k.name}" for k in job.asset_layer.asset_graph.asset_check_keys)
+
+
+def test_product_runs_evaluate_only_their_own_checks():
+    """A check defined apart from its asset (the API SLA's, reported by a sensor; the whole-table uniqueness and the
+    contract checks, each on its schedule) runs in its own job, never inside an ingest, streaming or replay run:
+    `checks_for_assets` would put every one of them into every run of the product."""
+    apart = {
+        f"{k.asset_key.to_user_string()}:{k.name}"
+        for c in (api_sla, CONTRACTS, *INTEGRITY_CHECKS)
+        for k in c.check_keys
+    }
+    assert {n.split(":")[1] for n in apart} >= {
+        "matches_contract",
+        "latency_within_target",
+        "no_duplicate_ids_in_table",
+    }
+    for job in defs.get_repository_def().get_all_jobs():
+        if job.name.startswith("__"):
+            continue
+        runs = set(job_checks(job.name))
+        if job.name == "data_contracts":
+            assert runs == {k for k in apart if k.endswith(":matches_contract")}
+        elif job.name == "market_data_integrity":
+            assert runs == {k for k in apart if k.endswith(":no_duplicate_ids_in_table")}
+        else:
+            assert not runs & apart, f"{job.name} would run {sorted(runs & apart)}"
+    assert job_checks("ingest_trades") == [
+        "market_data_feed/bars_1m:bars_agree_with_trades",
+        "market_data_feed/trades:no_duplicate_ids",
+        "market_data_feed/trades:reconciles_with_consumed",
+    ]
 
 
 def test_definitions_match_the_reviewed_snapshot():
