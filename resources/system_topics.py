@@ -1,5 +1,6 @@
 """Platform messages on the `nautilus/system` namespace: one event per materialization (system/events, for
-cross-engine routing) and an alert per micro-batch that quarantined messages (system/alerts). JSON, UTF-8."""
+cross-engine routing) and an alert per micro-batch that quarantined messages (system/alerts). JSON, UTF-8, under
+each topic's registered schema (resources/schemas.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Iterable
 import orjson
 import pulsar
 
+from . import schemas
 from .pulsar import PulsarResource
 from .topics import SYSTEM_ALERTS, SYSTEM_EVENTS
 
@@ -18,13 +20,13 @@ ALERT_SCHEMA = "nautilus.system.alert/1"
 
 
 def publish(pulsar: PulsarResource | pulsar.Client, topic: str, messages: Iterable[tuple[dict, str | None]]) -> int:
-    """Send (message, partition key) pairs synchronously, on an open client or a new one; raises if the broker
-    does not take one."""
+    """Send (message, partition key) pairs synchronously, on an open client or a new one, under the topic's
+    schema; raises if the broker does not take one."""
     if isinstance(pulsar, PulsarResource):
         with pulsar.client() as client:
             return publish(client, topic, messages)
     n = 0
-    producer = pulsar.create_producer(topic, block_if_queue_full=True, batching_enabled=False)
+    producer = schemas.create_producer(pulsar, topic, block_if_queue_full=True, batching_enabled=False)
     try:
         for msg, key in messages:
             producer.send(orjson.dumps(msg, default=str), partition_key=key)

@@ -1,7 +1,8 @@
 """The Pulsar topic map of the platform (one source of truth): tenant, namespaces with their retention, topics.
 
-`ensure(admin_url)` creates them through Apache Pulsar's admin REST API (idempotent). pulsar-lite has no admin
-API and creates topics on first use, so there it is skipped.
+`ensure(admin_url)` creates them through Apache Pulsar's admin REST API (idempotent), with each namespace's
+retention and schema policies, and registers every produced topic's schema (resources/schemas.py). pulsar-lite has
+no admin API, creates topics on first use and ignores schemas, so there it is skipped.
 """
 
 from __future__ import annotations
@@ -11,6 +12,16 @@ from dataclasses import dataclass
 import requests
 
 TENANT = "nautilus"
+
+# Schema policy of every namespace. FULL_TRANSITIVE: each new version must read, and be read by, every earlier one,
+# so a version may add or drop only fields with a default (optional ones), never retype a field or drop a required
+# one. BACKWARD_TRANSITIVE (new reads old) lets a producer drop a required field (verified on Pulsar 4.0.7), which
+# would break every consumer written against the earlier versions, and the ingest, which reads all of them.
+SCHEMA_COMPATIBILITY = "FULL_TRANSITIVE"
+# True: a producer that declares no schema is refused on a topic that has one (consumers without one are still
+# let in). Off until every producer goes through resources.schemas.create_producer (scripts/publisher.py, the
+# tests' and benches' raw producers); then a one-line change.
+SCHEMA_VALIDATION_ENFORCED = False
 
 
 @dataclass(frozen=True)
@@ -37,8 +48,9 @@ NAMESPACES = {
             "market-data",
             7 * DAY,
             10 * 1024,
-            ("level1-quotes", "level2-orderbook", "trades", "news-feeds", "bars-changes"),
-            "Market data feeds in (quotes, order book, trades, news); out: the bars each committed batch changed",
+            ("level1-quotes", "level2-orderbook", "trades", "news-feeds", "bars-changes", "book-changes"),
+            "Market data feeds in (quotes, order book, trades, news); out: the bars and the order-book minutes each "
+            "committed batch changed",
         ),
         Namespace(
             "engines",
@@ -73,6 +85,7 @@ SYSTEM = NAMESPACES["system"]
 TRADES = MARKET_DATA.topic("trades")
 LEVEL1_QUOTES = MARKET_DATA.topic("level1-quotes")
 BARS_CHANGES = MARKET_DATA.topic("bars-changes")  # the instrument-minutes each trades batch (re)wrote
+BOOK_CHANGES = MARKET_DATA.topic("book-changes")  # the instrument-minutes each order-book batch added book updates to
 PORTFOLIO_FILLS = ENGINES.topic("portfolio-fills")
 SYSTEM_EVENTS = SYSTEM.topic("events")
 SYSTEM_ALERTS = SYSTEM.topic("alerts")
@@ -83,7 +96,8 @@ def all_topics() -> list[str]:
 
 
 def ensure(admin_url: str, cluster: str | None = None, timeout: float = 30) -> dict:
-    """Tenant, namespaces (with retention) and every topic, through the admin REST API. Idempotent."""
+    """Tenant, namespaces (with retention and schema policies), every topic and its schema, through the admin REST
+    API. Idempotent. Raises if the broker refuses a declared schema (incompatible with the topic's history)."""
     s = requests.Session()
     base = f"{admin_url.rstrip('/')}/admin/v2"
 
@@ -105,12 +119,18 @@ def ensure(admin_url: str, cluster: str | None = None, timeout: float = 30) -> d
             f"/namespaces/{ns.path}/retention",
             json={"retentionTimeInMinutes": ns.retention_minutes, "retentionSizeInMB": ns.retention_mb},
         )
+        # PUT for the strategy, POST for the flag: the verbs Pulsar 4.0.7 answers (the other gives 405)
+        call("PUT", f"/namespaces/{ns.path}/schemaCompatibilityStrategy", json=SCHEMA_COMPATIBILITY)
+        call("POST", f"/namespaces/{ns.path}/schemaValidationEnforced", json=SCHEMA_VALIDATION_ENFORCED)
         have = set(call("GET", f"/namespaces/{ns.path}/topics").json())
         for t in ns.topics:
             if ns.topic(t) not in have:
                 call("PUT", f"/persistent/{ns.path}/{t}")
                 created.append(ns.topic(t))
-    return {"tenant": TENANT, "namespaces": list(NAMESPACES), "created": created}
+    from . import schemas  # it reads the feed declarations; registered before any client can attach
+
+    versions = schemas.register(admin_url, timeout=timeout)
+    return {"tenant": TENANT, "namespaces": list(NAMESPACES), "created": created, "schemas": versions}
 
 
 def retention(admin_url: str, namespace: str) -> dict:

@@ -10,19 +10,26 @@ import pulsar
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from nautilus_assets.market_data.schema import QUOTES, REPLAY_PROPERTY, TRADES
+from nautilus_assets.market_data.orderbook import BookSimulator
+from nautilus_assets.market_data.schema import ORDERBOOK_DELTAS, QUOTES, REPLAY_PROPERTY, TRADES
 from nautilus_assets.market_data.simulator import MarketSimulator, messages
 from nautilus_assets.portfolio.models import FILLS_TOPIC, fill_messages, model_fills
 from resources.pulsar import PulsarResource
 
 
 class Publisher:
-    """Producers for the trades and quotes topics; every send is checked (no silent loss)."""
+    """Producers for the trades, quotes and order-book topics (and the model portfolios' fills); every send is
+    checked (no silent loss)."""
 
     def __init__(self, client: pulsar.Client, properties: dict | None = None, fills: bool = False):
         self.properties = properties or {}
         self.errors: list = []
-        topics = {TRADES.name: TRADES.topic, QUOTES.name: QUOTES.topic, **({"fills": FILLS_TOPIC} if fills else {})}
+        topics = {
+            TRADES.name: TRADES.topic,
+            QUOTES.name: QUOTES.topic,
+            ORDERBOOK_DELTAS.name: ORDERBOOK_DELTAS.topic,
+            **({"fills": FILLS_TOPIC} if fills else {}),
+        }
         self.sent = dict.fromkeys(topics, 0)
         self.producers = {
             name: client.create_producer(
@@ -52,11 +59,19 @@ class Publisher:
             raise RuntimeError(f"{len(self.errors)} sends failed: {set(map(str, self.errors))}")
 
 
-def publish_tables(res: PulsarResource, trades: pa.Table, quotes: pa.Table, properties: dict | None = None) -> dict:
+def publish_tables(
+    res: PulsarResource,
+    trades: pa.Table,
+    quotes: pa.Table,
+    properties: dict | None = None,
+    book: pa.Table | None = None,
+) -> dict:
     with res.client() as client:
         pub = Publisher(client, properties)
         pub.send(TRADES.name, messages(trades))
         pub.send(QUOTES.name, messages(quotes))
+        if book is not None:
+            pub.send(ORDERBOOK_DELTAS.name, messages(book))
         pub.flush()
         return pub.sent
 
@@ -69,12 +84,12 @@ def simulate(
     seed: int = 7,
     progress_every_s: float = 10.0,
 ) -> dict:
-    """Publish a live simulated market at `rate` events/s, event times paced to the wall clock, and the
-    model portfolios' fills."""
+    """Publish a live simulated market at `rate` events/s, event times paced to the wall clock: trades, quotes,
+    the order book's deltas (an MBP-10 book whose top is each quote), and the model portfolios' fills."""
     # a flat rate: the live feed is a load the operator chooses (history carries the intraday profile)
-    sim = MarketSimulator(
-        instruments, seed=seed, start_ns=time.time_ns(), events_per_second=rate, intraday_profile=False
-    )
+    start_ns = time.time_ns()
+    sim = MarketSimulator(instruments, seed=seed, start_ns=start_ns, events_per_second=rate, intraday_profile=False)
+    books = BookSimulator(instruments, seed=seed, start_ns=start_ns)
     t_end = time.time() + duration_s if duration_s else float("inf")
     last_report, chunk_no = time.time(), 0
     with res.client() as client:
@@ -82,6 +97,7 @@ def simulate(
         while time.time() < t_end:
             start_ns = sim.now_ns
             trades, quotes = sim.chunk(max(100, int(rate)))
+            deltas = books.deltas(quotes)
             fills = model_fills(trades, seed=seed + chunk_no)
             chunk_no += 1
             for lo_ns in range(start_ns, sim.now_ns + 1, 100_000_000):
@@ -90,6 +106,7 @@ def simulate(
                 for name, t, render in (
                     (TRADES.name, trades, messages),
                     (QUOTES.name, quotes, messages),
+                    (ORDERBOOK_DELTAS.name, deltas, messages),
                     ("fills", fills, fill_messages),
                 ):
                     ts = t["ts_event"].to_numpy()

@@ -141,12 +141,12 @@ def reset_state(res):
         from nautilus_assets.microstructure.assets import SUBSCRIPTION as MICROSTRUCTURE
         from nautilus_assets.portfolio.assets import SUBSCRIPTION
         from nautilus_assets.portfolio.models import FILLS_TOPIC
-        from resources.topics import BARS_CHANGES
+        from resources.topics import BARS_CHANGES, BOOK_CHANGES
 
         for topics, sub in (
             ([FILLS_TOPIC, BARS_CHANGES], SUBSCRIPTION),
             ([BARS_CHANGES], ANALYTICS),
-            ([BARS_CHANGES], MICROSTRUCTURE),
+            ([BARS_CHANGES, BOOK_CHANGES], MICROSTRUCTURE),
         ):
             c = client.subscribe(
                 topics, sub, consumer_type=pulsar.ConsumerType.Shared, initial_position=pulsar.InitialPosition.Earliest
@@ -156,9 +156,10 @@ def reset_state(res):
                     c.acknowledge(m)
             c.close()
     s3 = res["lake"].s3_client()
+    from nautilus_assets.market_data.schema import ORDERBOOK_DEPTH10
     from scripts.history import MANIFEST
 
-    for prefix in [bronze_table(feed) for feed in FEEDS.values()] + [MANIFEST]:
+    for prefix in [bronze_table(feed) for feed in (*FEEDS.values(), ORDERBOOK_DEPTH10)] + [MANIFEST]:
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=res["lake"].bucket, Prefix=prefix):
             for obj in page.get("Contents", []):
                 s3.delete_object(Bucket=res["lake"].bucket, Key=obj["Key"])

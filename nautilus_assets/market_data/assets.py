@@ -22,7 +22,7 @@ from resources.settings import load
 from . import checks, handover
 from .ingest import BatchResult, Stream
 from .recorder import Recorder
-from .schema import BARS_COLUMNS, BARS_SCHEMA, QUOTES, TRADES, Feed
+from .schema import BARS_COLUMNS, BARS_SCHEMA, ORDERBOOK_DELTAS, ORDERBOOK_DEPTH10, QUOTES, TRADES, Feed
 from .sinks import DB, bronze_table
 
 GROUP = "market_data"
@@ -54,10 +54,12 @@ def topic_spec(feed: Feed) -> dg.AssetSpec:
     )
 
 
-TOPICS = {f.name: topic_spec(f) for f in (TRADES, QUOTES)}
+TOPICS = {f.name: topic_spec(f) for f in (TRADES, QUOTES, ORDERBOOK_DELTAS)}
 TRADES_KEY = dg.AssetKey(["market_data_feed", "trades"])
 QUOTES_KEY = dg.AssetKey(["market_data_feed", "quotes"])
 BARS_KEY = dg.AssetKey(["market_data_feed", "bars_1m"])
+DELTAS_KEY = dg.AssetKey(["market_data_feed", "orderbook_deltas"])
+DEPTH10_KEY = dg.AssetKey(["market_data_feed", "orderbook_depth10"])
 
 
 STREAM = load().streaming
@@ -109,6 +111,40 @@ BARS_SPEC = dg.AssetSpec(
     f"{DB}.bars_1m. Each batch recomputes every minute it touched from all of that minute's stored "
     "trades (late trades included); the latest version wins (ReplacingMergeTree, read with FINAL).",
     metadata={"dagster/column_schema": BARS_SCHEMA, "dagster/table_name": f"{DB}.bars_1m", **PRODUCT.metadata},
+)
+
+DEPTH10_SPEC = dg.AssetSpec(
+    DEPTH10_KEY,
+    deps=[DELTAS_KEY],
+    group_name=GROUP,
+    owners=OWNERS,
+    kinds={"deltalake", "clickhouse"},
+    code_version=CODE_VERSION,
+    freshness_policy=FRESHNESS,
+    skippable=True,
+    description="Depth-10 order books rebuilt from the deltas: one row per event group (the delta flagged F_LAST) "
+    f"of an instrument's book in sync with the feed, with that delta's provenance, in Delta table "
+    f"s3://<lake>/{bronze_table(ORDERBOOK_DEPTH10)} and ClickHouse {DB}.{ORDERBOOK_DEPTH10.name}. A sequence gap "
+    "quarantines the deltas up to the next snapshot, which brings the book back in sync.",
+    metadata={
+        "dagster/column_schema": ORDERBOOK_DEPTH10.table_schema,
+        "dagster/table_name": f"{DB}.{ORDERBOOK_DEPTH10.name}",
+        "lake/delta_table": bronze_table(ORDERBOOK_DEPTH10),
+        **PRODUCT.metadata,
+    },
+)
+_LEVELS = ("bid_prices", "bid_sizes", "ask_prices", "ask_sizes")
+DEPTH10_LINEAGE = dg.TableColumnLineage(
+    deps_by_column={
+        **{
+            c: [dg.TableColumnDep(asset_key=DELTAS_KEY, column_name=n) for n in ("action", "side", "price", "size")]
+            for c in _LEVELS
+        },
+        **{
+            c: [dg.TableColumnDep(asset_key=DELTAS_KEY, column_name=c)]
+            for c in ("instrument_id", "sequence", "flags", "ts_event", "ts_init", "message_id")
+        },
+    }
 )
 
 BARS_LINEAGE = dg.TableColumnLineage(
@@ -306,6 +342,65 @@ def _record(context, feed: Feed, key: dg.AssetKey, results: list[BatchResult], l
                     metadata={**bars, "batch_id": res.batch_id},
                 )
             )
+        if res.book is not None:
+            _record_book(context, res)
+
+
+def _record_book(context, res: BatchResult) -> None:
+    """An order-book batch's depth-10 materialization and its checks: no stored depth row of the batch's span is
+    crossed (read back from ClickHouse), every snapshot equals the book rebuilt from the deltas before it, and the
+    deltas were contiguous (a gap is quarantined up to the next snapshot: a warning, the feed lost messages)."""
+    b = res.book
+    context.log_event(
+        dg.AssetMaterialization(
+            asset_key=DEPTH10_KEY,
+            tags=_versions(res),
+            metadata={
+                "batch_id": res.batch_id,
+                "depth_rows": b.depth.num_rows,
+                "written_clickhouse": b.written_clickhouse,
+                "written_delta": b.written_delta,
+                "carried_deltas": b.carried,
+                **{f"book_{k}": v for k, v in b.counters.items()},
+                "dagster/column_lineage": DEPTH10_LINEAGE,
+            },
+        )
+    )
+    for key, name, passed, meta, severity in (
+        (
+            DEPTH10_KEY,
+            "book_never_crossed",
+            b.crossed_stored == 0,
+            {"crossed_rows": b.crossed_stored, "rejected_crossing_groups": b.crossed},
+            dg.AssetCheckSeverity.ERROR,
+        ),
+        (
+            DEPTH10_KEY,
+            "snapshots_match_rebuilt_book",
+            b.snapshot_mismatches == 0,
+            {
+                "snapshot_mismatches": b.snapshot_mismatches,
+                "snapshots_compared": b.counters.get("snapshots_compared", 0),
+            },
+            dg.AssetCheckSeverity.ERROR,
+        ),
+        (
+            DELTAS_KEY,
+            "sequences_contiguous",
+            b.gaps == 0,
+            {"gaps": b.gaps, "quarantined_by_book": b.quarantined},
+            dg.AssetCheckSeverity.WARN,
+        ),
+    ):
+        context.log_event(
+            dg.AssetCheckEvaluation(
+                asset_key=key,
+                check_name=name,
+                passed=bool(passed),
+                severity=severity,
+                metadata={**meta, "batch_id": res.batch_id},
+            )
+        )
 
 
 # Metadata of a bars materialization whose batch added trades to earlier days: sensors/late_trades.py re-runs them.
@@ -389,6 +484,45 @@ def ingest_quotes(
     yield from ()
 
 
+@dg.multi_asset(
+    specs=[_feed_spec(ORDERBOOK_DELTAS, DELTAS_KEY), DEPTH10_SPEC],
+    name="ingest_orderbook_batch",
+    pool="lake",
+    can_subset=True,  # each batch is logged as it commits: the step itself yields no output
+    check_specs=[
+        _check(DELTAS_KEY, "reconciles_with_consumed", RECONCILE_DOC),
+        _check(DELTAS_KEY, "no_duplicate_ids", UNIQUE_DOC),
+        _check(DELTAS_KEY, "sequences_contiguous", "Each instrument's deltas follow its last applied sequence."),
+        _check(DEPTH10_KEY, "book_never_crossed", "No stored depth-10 row of the batch has best bid >= best ask."),
+        _check(
+            DEPTH10_KEY,
+            "snapshots_match_rebuilt_book",
+            "Each snapshot's depth equals the book rebuilt from the deltas before it.",
+        ),
+    ],
+)
+def ingest_orderbook(
+    context: dg.AssetExecutionContext,
+    config: BatchConfig,
+    pulsar: PulsarResource,
+    lake: LakeResource,
+    clickhouse: ClickHouseResource,
+):
+    """Micro-batches of level-2 order-book deltas, back to back: consume, validate, continue each touched book from
+    its stored state, Delta + ClickHouse (deltas, then the depth-10 rows, then the books' states), acknowledge."""
+    state: dict = {}
+    _stream(
+        context,
+        config,
+        ORDERBOOK_DELTAS,
+        pulsar,
+        lake,
+        clickhouse,
+        lambda results: _record(context, ORDERBOOK_DELTAS, DELTAS_KEY, results, lake, state),
+    )
+    yield from ()
+
+
 SCHEDULED_CHECK = "no_duplicate_ids_in_table"  # whole-table: its own job and schedule (maintenance.py), not a batch's
 
 # One job per source topic (one sensor target = one partitions definition). In-process executor: the run is
@@ -405,7 +539,7 @@ INGEST_JOBS = {
         },
         description=f"Micro-batches from {feed.topic}, back to back for the run's lifetime",
     )
-    for feed, ingest in ((TRADES, ingest_trades), (QUOTES, ingest_quotes))
+    for feed, ingest in ((TRADES, ingest_trades), (QUOTES, ingest_quotes), (ORDERBOOK_DELTAS, ingest_orderbook))
 }
 
-ASSETS = [*TOPICS.values(), ingest_trades, ingest_quotes]
+ASSETS = [*TOPICS.values(), ingest_trades, ingest_quotes, ingest_orderbook]

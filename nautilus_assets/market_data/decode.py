@@ -13,9 +13,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from .schema import MAX_MESSAGE_BYTES, NS, POSITIVE, SCHEMA_VERSION, SIDE, TEXT, Feed
+from .schema import COUNT, MAX_MESSAGE_BYTES, NONNEG, NS, POSITIVE, SCHEMA_VERSION, TEXT, Feed
 
-SIDES = {"BUYER", "SELLER", "NO_AGGRESSOR"}
 FUTURE_TOLERANCE_NS = 60 * 1_000_000_000
 
 
@@ -78,17 +77,20 @@ class Decoded:
 
 def _check(kind: str, value) -> str | None:
     """Why `value` is not acceptable for a field of this kind, or None."""
-    if kind == POSITIVE:
+    if kind in (POSITIVE, NONNEG):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return f"expected a number, got {type(value).__name__}"
-        if not math.isfinite(value) or value <= 0:
-            return f"must be a finite number > 0, got {value!r}"
+        if not math.isfinite(value) or value < 0 or (kind == POSITIVE and value == 0):
+            return f"must be a finite number {'>' if kind == POSITIVE else '>='} 0, got {value!r}"
     elif kind == TEXT:
         if not isinstance(value, str) or not value.strip():
             return "expected a non-empty string"
-    elif kind == SIDE:
-        if value not in SIDES:
-            return f"expected one of {sorted(SIDES)}, got {value!r}"
+    elif isinstance(kind, tuple):
+        if value not in kind:
+            return f"expected one of {sorted(kind)}, got {value!r}"
+    elif kind == COUNT:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0 or value >= 2**63:
+            return "expected an integer >= 0"
     elif kind == NS:
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value >= 2**63:
             return "expected a positive int64 of UTC nanoseconds"
@@ -128,7 +130,26 @@ def validate(
         )
     if feed.bid_ask and float(rec[feed.bid_ask[0]]) > float(rec[feed.bid_ask[1]]):  # as stored (float64)
         return None, f"crossed_quote: {feed.bid_ask[0]} > {feed.bid_ask[1]}"
+    if feed.book and not book_deltas_ok(*(np.array([rec[n]]) for n in BOOK_FIELDS))[0]:
+        return None, f"bad_value: {BOOK_RULE}"
     return rec, None
+
+
+BOOK_FIELDS = ("action", "side", "price", "size")
+BOOK_RULE = (
+    "an ADD or UPDATE needs side BUY or SELL, price > 0 and size > 0; a DELETE side BUY or SELL and price > 0; "
+    "a CLEAR side NO_ORDER_SIDE"
+)
+
+
+def book_deltas_ok(action: np.ndarray, side: np.ndarray, price: np.ndarray, size: np.ndarray) -> np.ndarray:
+    """Where an order-book delta's fields fit its action (NautilusTrader's OrderBookDelta), field kinds aside."""
+    bid_or_ask = (side == "BUY") | (side == "SELL")
+    return np.where(
+        action == "CLEAR",
+        side == "NO_ORDER_SIDE",
+        bid_or_ask & (price > 0) & ((action == "DELETE") | (size > 0)),
+    )
 
 
 _NUM = (int, float)
@@ -166,18 +187,22 @@ def _fast_path(feed: Feed, payloads: list[bytes], ref_ns: np.ndarray, lateness_n
     ok = pc.equal(t["schema_version"], SCHEMA_VERSION)
     for name, _, _, _, kind in feed.fields:
         col = t[name]
-        if kind == POSITIVE:
-            ok = pc.and_(ok, pc.and_(pc.is_finite(col), pc.greater(col, 0)))
+        if kind in (POSITIVE, NONNEG):
+            ok = pc.and_(ok, pc.and_(pc.is_finite(col), (pc.greater if kind == POSITIVE else pc.greater_equal)(col, 0)))
         elif kind == TEXT:
             ok = pc.and_(ok, pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(col)), 0))
-        elif kind == SIDE:
-            ok = pc.and_(ok, pc.is_in(col, pa.array(sorted(SIDES))))
+        elif isinstance(kind, tuple):
+            ok = pc.and_(ok, pc.is_in(col, pa.array(kind)))
+        elif kind == COUNT:
+            ok = pc.and_(ok, pc.greater_equal(col, 0))
     for name in ("ts_event", "ts_init"):
         ok = pc.and_(ok, pc.greater(t[name], 0))
     ok = pc.and_(ok, pc.less_equal(t["ts_event"], pa.array(ref_ns + FUTURE_TOLERANCE_NS)))
     ok = pc.and_(ok, pc.greater_equal(t["ts_event"], pa.array(ref_ns - lateness_ns)))
     if feed.bid_ask:
         ok = pc.and_(ok, pc.less_equal(t[feed.bid_ask[0]], t[feed.bid_ask[1]]))
+    if feed.book:
+        ok = pc.and_(ok, pa.array(book_deltas_ok(*(t[n].to_numpy(zero_copy_only=False) for n in BOOK_FIELDS))))
     if not pc.all(ok).as_py():
         return None
     if (
@@ -205,13 +230,15 @@ def _screen(feed: Feed, recs: list[dict], ref_ns: np.ndarray, lateness_ns: int) 
     )
     for name, _, _, _, kind in feed.fields:
         vals = [r.get(name) if type(r) is dict else None for r in recs]
-        if kind == POSITIVE:
+        if kind in (POSITIVE, NONNEG):
             x = np.fromiter((v if type(v) in _NUM else -1.0 for v in vals), float, n)
-            ok &= np.isfinite(x) & (x > 0)
+            ok &= np.isfinite(x) & ((x > 0) if kind == POSITIVE else (x >= 0))
         elif kind == TEXT:
             ok &= np.fromiter((type(v) is str and bool(v.strip()) for v in vals), bool, n)
-        elif kind == SIDE:
-            ok &= np.fromiter((type(v) is str and v in SIDES for v in vals), bool, n)
+        elif isinstance(kind, tuple):
+            ok &= np.fromiter((type(v) is str and v in kind for v in vals), bool, n)
+        elif kind == COUNT:
+            ok &= np.fromiter((type(v) is int and 0 <= v < 2**63 for v in vals), bool, n)
     ts = {}
     for name in ("ts_event", "ts_init"):
         vals = [r.get(name) if type(r) is dict else None for r in recs]
@@ -224,6 +251,14 @@ def _screen(feed: Feed, recs: list[dict], ref_ns: np.ndarray, lateness_ns: int) 
             np.fromiter((r.get(name, 0) if ok[i] else 0 for i, r in enumerate(recs)), float, n) for name in feed.bid_ask
         )
         ok &= bid <= ask
+    if feed.book:  # the field checks above passed where ok: their values are safe to compare
+        action, side, price, size = (
+            np.array([r[name] if ok[i] else "" for i, r in enumerate(recs)], dtype=object)
+            if name in ("action", "side")
+            else np.fromiter((r[name] if ok[i] else 0 for i, r in enumerate(recs)), float, n)
+            for name in BOOK_FIELDS
+        )
+        ok &= book_deltas_ok(action, side, price, size)
     return ok
 
 

@@ -17,10 +17,11 @@ from resources.clickhouse import ClickHouseResource, session_counters
 from resources.lake import LakeResource
 from resources.pulsar import PulsarResource
 from resources.redis import RedisResource
+from resources.topics import BARS_CHANGES, BOOK_CHANGES
 
-from . import changes, checks, faults, sinks
+from . import books, changes, checks, faults, sinks
 from .decode import RawBatch, decode, reject_reused_keys
-from .schema import REPLAY_PROPERTY, SUBSCRIPTION, Feed
+from .schema import ORDERBOOK_DEPTH10, REPLAY_PROPERTY, SUBSCRIPTION, Feed
 
 
 @dataclass
@@ -40,6 +41,7 @@ class BatchResult:
     rows: pa.Table | None = field(default=None, repr=False)  # the batch's valid rows
     quarantine: dict = field(default_factory=dict, repr=False)  # message id -> reason, of the quarantined
     bar_keys: list = field(default_factory=list, repr=False)  # (instrument, minute) the batch touched
+    book: books.BookBatch | None = field(default=None, repr=False)  # what an order-book batch did to the books
     # read for the batch's checks after its acknowledgement, before the next batch writes (Stream(inspect=True))
     stored_span: pa.Table | None = field(default=None, repr=False)  # ClickHouse rows of its message-id span
     bars_check: dict | None = field(default=None, repr=False)
@@ -62,7 +64,7 @@ class BatchResult:
         return {**out, "already_stored": self.already_stored}
 
 
-DETAIL_FIELDS = ("rows", "quarantine", "bar_keys", "stored_span", "bars_check", "table_rows", "inspected")
+DETAIL_FIELDS = ("rows", "quarantine", "bar_keys", "book", "stored_span", "bars_check", "table_rows", "inspected")
 
 
 def subscribe(client: pulsar.Client, feed: Feed, receiver_queue_size: int = 20_000) -> pulsar.Consumer:
@@ -175,6 +177,7 @@ class Stream:
         self.consume = consume
         self.lateness_ns, self.log = int(lateness_s * 1e9), log
         self._client_cm = self.client = self.consumer = self.delta = self.announcer = self._opened = None
+        self.depth_delta = None  # the depth-10 table's handle (order-book feed)
         self._inspector = ThreadPoolExecutor(1, thread_name_prefix="batch-checks") if inspect else None
         self._inspecting: Future | None = None
 
@@ -241,6 +244,10 @@ class Stream:
                 # a stored message id with other content is another message, never a redelivery to drop
                 dec.move_to_quarantine(raw, sinks.changed_content(feed, dec.table, [in_ch, in_delta]))
                 lap("stored_ids")
+                if feed.book:  # what cannot be applied to the books (a gap, a crossing group) is not stored
+                    res.book, unapplied = books.rebuild_batch(c, dec.table, feed.topic, batch_id, time.time_ns())
+                    dec.move_to_quarantine(raw, unapplied)
+                    lap("book")
                 res.rows, res.quarantine = dec.table, {q["message_id"]: q["reason"] for q in dec.quarantine}
                 res.valid, res.quarantined = dec.table.num_rows, len(dec.quarantine)
                 res.duplicates_in_batch = dec.duplicates
@@ -266,6 +273,21 @@ class Stream:
                     res.bar_keys = sinks.touched_minutes(dec.table)
                     res.bars_recomputed = sinks.recompute_bars(c, res.bar_keys, batch_id, version)
                     lap("bars")
+                if res.book is not None:  # depth rows, then the states they lead to (books.py: order of writes)
+                    res.book.written_clickhouse = sinks.write_clickhouse(c, ORDERBOOK_DEPTH10, res.book.depth)
+                    self.depth_delta, in_depth = sinks.stored_in_delta(
+                        self.lake, ORDERBOOK_DEPTH10, res.book.depth, self.depth_delta
+                    )
+                    res.book.written_delta, _, self.depth_delta = sinks.write_delta(
+                        self.lake,
+                        ORDERBOOK_DEPTH10,
+                        res.book.depth,
+                        batch_id,
+                        self.depth_delta,
+                        set(in_depth["message_id"].to_pylist()),
+                    )
+                    books.write_states(c, res.book.states, batch_id, version)
+                    lap("book_write")
             res.written_delta, res.delta_version, self.delta = delta.result()
             lap("delta_wait")
         system_topics.publish_quarantine_alert(
@@ -279,10 +301,11 @@ class Stream:
                 log=self.log,
             )
             lap("cache")
-        if feed.bars:
+        if feed.bars or feed.book:  # the minutes that changed, on the feed's change topic, before the ack (changes.py)
+            keys = res.bar_keys if feed.bars else sinks.touched_minutes(res.book.depth) if res.book else []
             if self.announcer is None:
-                self.announcer = changes.Announcer(self.client)
-            self.announcer.announce(batch_id, version, res.bar_keys)  # before the ack (changes.py)
+                self.announcer = changes.Announcer(self.client, BOOK_CHANGES if feed.book else BARS_CHANGES)
+            self.announcer.announce(batch_id, version, keys)
             lap("announce")
         ch1 = session_counters()
         res.seconds.update(
@@ -314,6 +337,8 @@ class Stream:
             res.stored_span = checks.clickhouse_span(c, feed, res.rows)
             res.table_rows = int(c.query(f"SELECT count() FROM {sinks.DB}.{feed.name}").first_row[0])  # part metadata
             res.bars_check = checks.bars_mismatches(c, res.bar_keys) if feed.bars else None
+            if res.book is not None:
+                res.book.crossed_stored = books.crossed_in_span(c, res.book.depth)
         return round(time.perf_counter() - t, 3)
 
 

@@ -20,8 +20,8 @@ from resources.lake import LakeResource
 from resources.settings import load
 
 from . import checks
-from .assets import QUOTES_KEY, SCHEDULED_CHECK, TRADES_KEY
-from .schema import FEEDS, QUOTES, TRADES
+from .assets import DELTAS_KEY, QUOTES_KEY, SCHEDULED_CHECK, TRADES_KEY
+from .schema import FEEDS, ORDERBOOK_DELTAS, ORDERBOOK_DEPTH10, QUOTES, TRADES
 from .sinks import bronze_table
 
 
@@ -61,7 +61,7 @@ def compact_checkpoint_vacuum(context: dg.OpExecutionContext, lake: LakeResource
     s = load().lake
     out = {
         f.name: maintain(lake, bronze_table(f), s.max_files_per_partition, s.retention_days, context.log.info)
-        for f in FEEDS.values()
+        for f in (*FEEDS.values(), ORDERBOOK_DEPTH10)
     }
     for name, r in out.items():
         context.add_output_metadata(
@@ -94,7 +94,11 @@ def _uniqueness_check(feed, key):
     return _check
 
 
-INTEGRITY_CHECKS = [_uniqueness_check(TRADES, TRADES_KEY), _uniqueness_check(QUOTES, QUOTES_KEY)]
+INTEGRITY_CHECKS = [
+    _uniqueness_check(TRADES, TRADES_KEY),
+    _uniqueness_check(QUOTES, QUOTES_KEY),
+    _uniqueness_check(ORDERBOOK_DELTAS, DELTAS_KEY),
+]
 INTEGRITY_JOB = dg.define_asset_job(
     "market_data_integrity",
     selection=dg.AssetSelection.checks(*INTEGRITY_CHECKS),

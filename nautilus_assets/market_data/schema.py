@@ -44,6 +44,7 @@ class Feed:
     bid_ask: tuple[str, str] = ()  # a row whose bid is above its ask is crossed: quarantined
     bars: bool = False  # its rows make the 1-minute bars (recomputed, checked and announced per batch)
     cached: bool = False  # the latest row per instrument goes to the current-state cache (current.KINDS)
+    book: bool = False  # order-book deltas: each batch rebuilds the books it touches (books.py) into depth-10 rows
 
     @property
     def topic(self) -> str:
@@ -71,6 +72,20 @@ class Feed:
     def table_schema(self) -> dg.TableSchema:
         return dg.TableSchema(columns=[dg.TableColumn(n, c, description=d) for n, _, c, d in self.columns])
 
+    def key_table_ddl(self, db: str) -> str:
+        """The side table of stored keys (`key_table`): ordered by the first key field (the instrument), the date,
+        then the others, so a batch's look-up reads the few granules around its keys whatever the day holds."""
+        types = {n: c for n, _, c, *_ in self.fields}
+        first, *rest = self.unique_key
+        cols = ", ".join(
+            f"{n} {t}" for n, t in [(first, types[first]), ("date", "Date")] + [(k, types[k]) for k in rest]
+        )
+        order = ", ".join([first, "date", *rest, "message_id"])
+        return (
+            f"CREATE TABLE IF NOT EXISTS {db}.{self.key_table} (\n  {cols}, message_id String\n"
+            f") ENGINE = ReplacingMergeTree PARTITION BY toYYYYMM(date) ORDER BY ({order})"
+        )
+
     def clickhouse_ddl(self, db: str) -> str:
         cols = ",\n  ".join(f"`{n}` {c}" for n, _, c, _ in self.columns)
         return (
@@ -80,10 +95,15 @@ class Feed:
         )
 
 
-POSITIVE = "positive"
-TEXT = "text"
-SIDE = "side"
-NS = "ns"
+# What a message field must hold (decode.py checks each kind; a tuple is the field's allowed values)
+POSITIVE = "positive"  # a finite number > 0
+NONNEG = "nonneg"  # a finite number >= 0
+TEXT = "text"  # a non-empty string
+COUNT = "count"  # an integer >= 0 (sequence numbers, flags, ids)
+NS = "ns"  # a positive int64 of UTC nanoseconds
+SIDE = ("BUYER", "SELLER", "NO_AGGRESSOR")  # a trade's aggressor (NautilusTrader AggressorSide)
+BOOK_ACTION = ("ADD", "UPDATE", "DELETE", "CLEAR")  # NautilusTrader BookAction
+BOOK_SIDE = ("BUY", "SELL", "NO_ORDER_SIDE")  # bid, ask; NO_ORDER_SIDE for CLEAR (NautilusTrader OrderSide)
 
 TRADES = Feed(
     "trades",
@@ -116,7 +136,56 @@ QUOTES = Feed(
     cached=True,
 )
 
-FEEDS = {f.name: f for f in (TRADES, QUOTES)}
+ORDERBOOK_DELTAS = Feed(
+    "orderbook_deltas",
+    "level2-orderbook",
+    [
+        ("instrument_id", pa.string(), "LowCardinality(String)", "Instrument, SYMBOL.VENUE", TEXT),
+        (
+            "action",
+            pa.string(),
+            "LowCardinality(String)",
+            "ADD, UPDATE, DELETE or CLEAR (NautilusTrader BookAction)",
+            BOOK_ACTION,
+        ),
+        ("side", pa.string(), "LowCardinality(String)", "BUY (bid), SELL (ask); NO_ORDER_SIDE for CLEAR", BOOK_SIDE),
+        ("price", pa.float64(), "Float64", "Price level (0 for CLEAR)", NONNEG),
+        ("size", pa.float64(), "Float64", "Size at the level after the delta (0 for DELETE and CLEAR)", NONNEG),
+        ("order_id", pa.int64(), "Int64", "Order id; 0 in a market-by-price book", COUNT),
+        (
+            "flags",
+            pa.int32(),
+            "Int32",
+            "NautilusTrader RecordFlag bits: F_LAST 128, F_TOB 64, F_SNAPSHOT 32, F_MBP 16",
+            COUNT,
+        ),
+        ("sequence", pa.int64(), "Int64", "The instrument's sequence number, +1 per delta", COUNT),
+    ],
+    order_by="instrument_id, sequence, message_id",
+    unique_key=("instrument_id", "sequence"),
+    key_table="orderbook_sequences",
+    book=True,
+)
+
+_LEVELS = pa.list_(pa.float64())
+# Rebuilt from the deltas, never published: one row per event group (a delta with F_LAST) of a synced book, with the
+# provenance of that last delta (books.py). A Feed so the sinks store it as they store the feeds (exactly once).
+ORDERBOOK_DEPTH10 = Feed(
+    "orderbook_depth10",
+    "level2-orderbook",
+    [
+        ("instrument_id", pa.string(), "LowCardinality(String)", "Instrument, SYMBOL.VENUE", TEXT),
+        ("sequence", pa.int64(), "Int64", "Sequence of the delta that completed the update", COUNT),
+        ("flags", pa.int32(), "Int32", "That delta's RecordFlag bits", COUNT),
+        ("bid_prices", _LEVELS, "Array(Float64)", "Bid prices, best first (up to 10 levels)", None),
+        ("bid_sizes", _LEVELS, "Array(Float64)", "Sizes at bid_prices", None),
+        ("ask_prices", _LEVELS, "Array(Float64)", "Ask prices, best first (up to 10 levels)", None),
+        ("ask_sizes", _LEVELS, "Array(Float64)", "Sizes at ask_prices", None),
+    ],
+    order_by="instrument_id, ts_event, sequence",
+)
+
+FEEDS = {f.name: f for f in (TRADES, QUOTES, ORDERBOOK_DELTAS)}
 
 QUARANTINE_DDL = """CREATE TABLE IF NOT EXISTS {db}.quarantine (
   topic String, message_id String, batch_id String, reason String, payload String,
@@ -153,11 +222,8 @@ BARS_DDL = (
 BARS_SCHEMA = dg.TableSchema(columns=[dg.TableColumn(n, t, description=d) for n, t, d, _ in BARS_COLUMNS])
 
 
-# Which message holds each (instrument, date, trade id): ordered by the trade id, so a batch's look-up of reused
-# trade ids reads the few granules around its ids (venue trade ids rise), whatever the day already holds.
-TRADE_IDS_DDL = """CREATE TABLE IF NOT EXISTS {db}.trade_ids (
-  instrument_id LowCardinality(String), date Date, trade_id String, message_id String
-) ENGINE = ReplacingMergeTree PARTITION BY toYYYYMM(date) ORDER BY (instrument_id, date, trade_id, message_id)"""
+# Which message holds each (instrument, date, trade id) (Feed.key_table_ddl): venue trade ids rise, so a batch's
+# look-up of reused trade ids reads the few granules around its ids.
 TRADE_IDS_BACKFILL = """INSERT INTO {db}.trade_ids SELECT instrument_id, date, trade_id, message_id FROM {db}.trades
 WHERE (SELECT count() FROM {db}.trade_ids) = 0"""  # a store from before the table existed: once
 
@@ -165,11 +231,10 @@ WHERE (SELECT count() FROM {db}.trade_ids) = 0"""  # a store from before the tab
 def ddl(db: str) -> list[str]:
     return [
         f"CREATE DATABASE IF NOT EXISTS {db}",
-        TRADES.clickhouse_ddl(db),
-        QUOTES.clickhouse_ddl(db),
+        *(f.clickhouse_ddl(db) for f in (*FEEDS.values(), ORDERBOOK_DEPTH10)),
+        *(f.key_table_ddl(db) for f in FEEDS.values() if f.key_table),
         QUARANTINE_DDL.format(db=db),
         QUARANTINE_REPLAYS_DDL.format(db=db),
         BARS_DDL.format(db=db),
-        TRADE_IDS_DDL.format(db=db),
         TRADE_IDS_BACKFILL.format(db=db),
     ]

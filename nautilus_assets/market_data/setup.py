@@ -11,9 +11,10 @@ from .sinks import DB
 
 
 def ensure_clickhouse(ch: ClickHouseResource) -> None:
+    from .books import STATES
     from .daily import BARS_1D  # the day-level bars, made here like the feed's own tables
 
-    ch.ensure([*ddl(DB), *BARS_1D.ddl()])
+    ch.ensure([*ddl(DB), *STATES.ddl(), *BARS_1D.ddl()])
 
 
 def ensure_subscriptions(pulsar_res: PulsarResource) -> None:

@@ -5,7 +5,10 @@ A long-lived run follows the bars' change feed. Each batch continues from kept s
 VpinState of each instrument before the first bar of each UTC day and before its latest bar): the bars from
 the first changed minute are replayed from the latest state at or before it, so late trades are honoured and
 the result is exactly that of one pass over the full history, while a live batch replays a bar or two.
-Daily parameters come from past trades in the lake."""
+Daily parameters come from past trades in the lake.
+
+The same run follows the order book's change feed too: per instrument and minute, spread, depth imbalance, microprice
+and order-flow imbalance (book.py) from the rebuilt depth-10 books, in `microstructure.book_1m`."""
 
 import json
 import time
@@ -17,7 +20,8 @@ import pandas as pd
 import pyarrow.compute as pc
 
 from nautilus_assets import current
-from nautilus_assets.market_data.assets import BARS_KEY, TRADES_KEY
+from nautilus_assets.market_data import changes
+from nautilus_assets.market_data.assets import BARS_KEY, DEPTH10_KEY, TRADES_KEY
 from nautilus_assets.market_data.bars import changed_since
 from nautilus_assets.market_data.schema import TRADES
 from nautilus_assets.market_data.sinks import bronze_table
@@ -27,9 +31,9 @@ from resources.clickhouse import ClickHouseResource
 from resources.lake import LakeResource
 from resources.pulsar import PulsarResource
 from resources.redis import RedisResource
-from resources.topics import BARS_CHANGES
+from resources.topics import BARS_CHANGES, BOOK_CHANGES
 
-from . import store
+from . import book, store
 from .params import ADV_DAYS, daily_params
 from .vpin import VpinState
 
@@ -44,6 +48,7 @@ PRODUCT = Product(
     availability_target=0.9999,
 )
 KEY = dg.AssetKey(["market_microstructure", "vpin"])
+BOOK_KEY = dg.AssetKey(["market_microstructure", "book_1m"])
 VARIANTS = ("bvc", "aggressor")
 WINDOW = 50
 
@@ -236,7 +241,24 @@ PLOT_EVERY_S = 60  # a chart a minute, not a chart a batch
             "changed (the open bucket and the window), not from midnight. Sigma and bucket volume come from "
             "past days only and are fixed for the day.",
             metadata=PRODUCT.stored_in(store.BUCKETS),
-        )
+        ),
+        dg.AssetSpec(
+            BOOK_KEY,
+            deps=[DEPTH10_KEY],
+            group_name=PRODUCT.group,
+            owners=list(PRODUCT.owners),
+            kinds={"clickhouse", "python"},
+            code_version="1",
+            freshness_policy=PRODUCT.freshness,
+            skippable=True,
+            description="Order-book measures per instrument and UTC minute from the rebuilt depth-10 books: "
+            "time-weighted spread, relative spread and depth imbalance, level-1 imbalance, size-weighted mid "
+            "(microprice), and the order-flow imbalance of Cont, Kukanov and Stoikov (2014) with their depth D, in "
+            f"ClickHouse {store.BOOK_1M.name} (read with FINAL). The same run follows the book's change feed "
+            f"({BOOK_CHANGES}): each batch recomputes the minutes that changed from their stored book updates and "
+            "the update before them (book.py), whatever the table holds.",
+            metadata=PRODUCT.stored_in(store.BOOK_1M),
+        ),
     ],
     name="market_microstructure__vpin",
     pool="clickhouse",
@@ -248,6 +270,12 @@ PLOT_EVERY_S = 60  # a chart a minute, not a chart a batch
             description="Every bucket the batch wrote holds exactly its bucket volume, buy and sell >= 0",
         ),
         dg.AssetCheckSpec("vpin_in_unit_interval", asset=KEY, description="0 <= VPIN <= 1"),
+        dg.AssetCheckSpec(
+            "book_measures_in_range",
+            asset=BOOK_KEY,
+            description="In the minutes the batch wrote: spreads >= 0, imbalances within [-1, 1], microprice within "
+            "the spread",
+        ),
     ],
 )
 def vpin_buckets(
@@ -266,7 +294,37 @@ def vpin_buckets(
             reported.add(msg)
             context.log.info(msg)
 
+    def apply_book(batch: Changes) -> None:
+        since, upstream, bad = changes.since_by_instrument(
+            [m.data() for m in batch.others if m.topic_name().endswith(BOOK_CHANGES.split("://", 1)[1])],
+            changes.BOOK_SCHEMA,
+        )
+        if bad:
+            context.log.warning(f"skipped {bad} messages on {BOOK_CHANGES} that are not announcements")
+        if not since:
+            return
+        first = {i: int(m.timestamp()) for i, m in since.items()}
+        states, previous = store.book_inputs(clickhouse, first)
+        rows = book.minute_measures(states, previous if previous.num_rows else None)
+        store.write_book(clickhouse, rows, batch.batch_id, time.time_ns())
+        out_of_range = store.check_book(clickhouse, first)
+        meta = {
+            "minutes_written": rows.num_rows,
+            "book_updates_read": states.num_rows,
+            "upstream_batches": len(upstream),
+            "first_changed_minute": min(since.values()).isoformat(),
+            "dagster/column_lineage": store.BOOK_1M.lineage,
+        }
+        log_batch(
+            context,
+            BOOK_KEY,
+            batch,
+            meta,
+            {"book_measures_in_range": (out_of_range == 0, {"out_of_range": out_of_range})},
+        )
+
     def apply(batch: Changes) -> None:
+        apply_book(batch)
         since = dict(batch.since)
         if batch.first:
             for inst, m in bootstrap(clickhouse).items():
@@ -306,7 +364,15 @@ def vpin_buckets(
         )
         batch.record(lambda: PRODUCT.announce(batch.client, KEY, batch.batch_id, **stats))
 
-    follow(context, config, pulsar, SUBSCRIPTION, apply, warm=lambda: warm(clickhouse, lake, params))
+    follow(
+        context,
+        config,
+        pulsar,
+        SUBSCRIPTION,
+        apply,
+        topics=(BOOK_CHANGES,),
+        warm=lambda: warm(clickhouse, lake, params),
+    )
     yield from ()
 
 

@@ -5,13 +5,15 @@ import json
 from datetime import date
 
 import pandas as pd
+import pyarrow as pa
 
-from nautilus_assets.market_data.assets import BARS_KEY, TRADES_KEY
+from nautilus_assets.market_data.assets import BARS_KEY, DEPTH10_KEY, TRADES_KEY
 from nautilus_assets.market_data.bars import BARS, since_condition
 from nautilus_assets.tables import Column, Table
 from resources.clickhouse import ClickHouseResource
 
 DB = "microstructure"
+DEPTH10 = "market_data.orderbook_depth10"
 _VERSION = Column("version", "UInt64", "Row version; the latest wins")
 _RUN_ID = Column("run_id", "String", "Run (micro-batch) that computed the row")
 BUCKETS = Table(
@@ -77,7 +79,97 @@ PARAMS = Table(
     ),
     "ENGINE = ReplacingMergeTree(version) ORDER BY (instrument_id, date)",
 )
-DDL = [f"CREATE DATABASE IF NOT EXISTS {DB}", *BUCKETS.ddl(), *STATES.ddl(), *PARAMS.ddl()]
+
+
+def _book(*columns: str) -> tuple:
+    return tuple((DEPTH10_KEY, c) for c in columns)
+
+
+_TOP = _book("bid_prices", "ask_prices", "ts_event")
+_SIZES = _book("bid_sizes", "ask_sizes", "ts_event")
+_BOTH = _book("bid_prices", "ask_prices", "bid_sizes", "ask_sizes", "ts_event")
+BOOK_1M = Table(
+    f"{DB}.book_1m",
+    (
+        Column("instrument_id", "LowCardinality(String)", "Instrument", _book("instrument_id")),
+        Column("minute", "DateTime('UTC')", "Start of the UTC minute", _book("ts_event")),
+        Column("updates", "UInt64", "Book updates in the minute", _book("ts_event")),
+        Column("spread_mean", "Nullable(Float64)", "Time-weighted mean of best ask − best bid", _TOP),
+        Column("spread_close", "Nullable(Float64)", "Best ask − best bid at the minute's last update", _TOP),
+        Column("relative_spread_bps_mean", "Nullable(Float64)", "Time-weighted mean spread / mid, in bp", _TOP),
+        Column(
+            "depth_imbalance_mean",
+            "Nullable(Float64)",
+            "Time-weighted mean of (Σ bid sizes − Σ ask sizes) / (Σ bid + Σ ask) over 10 levels",
+            _SIZES,
+        ),
+        Column("l1_imbalance_close", "Nullable(Float64)", "(bid size − ask size) / (sum) at the best, last", _SIZES),
+        Column(
+            "microprice_close",
+            "Nullable(Float64)",
+            "Size-weighted mid (ask·bid size + bid·ask size) / (bid size + ask size), last update",
+            _BOTH,
+        ),
+        Column("mid_close", "Nullable(Float64)", "(best bid + best ask) / 2 at the last update", _TOP),
+        Column(
+            "ofi",
+            "Nullable(Float64)",
+            "Order-flow imbalance, Σ e_n over the minute (Cont, Kukanov & Stoikov 2014)",
+            _BOTH,
+        ),
+        Column("mean_depth", "Nullable(Float64)", "Mean of (best bid size + best ask size) / 2 (CKS's D)", _SIZES),
+        Column("ofi_normalized", "Nullable(Float64)", "ofi / mean_depth", _BOTH),
+        _VERSION,
+        _RUN_ID,
+        Column("batch_id", "String", "The row's batch (row provenance)", extra="ALIAS run_id"),
+    ),
+    "ENGINE = ReplacingMergeTree(version) PARTITION BY toYYYYMM(minute) ORDER BY (instrument_id, minute)",
+)
+DDL = [f"CREATE DATABASE IF NOT EXISTS {DB}", *BUCKETS.ddl(), *STATES.ddl(), *PARAMS.ddl(), *BOOK_1M.ddl()]
+_BOOK_COLUMNS = "instrument_id, ts_event, bid_prices, bid_sizes, ask_prices, ask_sizes"
+
+
+def book_inputs(ch: ClickHouseResource, since: dict[str, int]) -> tuple[pa.Table, pa.Table]:
+    """What book.minute_measures needs for the minutes from each instrument's `since` (epoch s) on: every depth row
+    from that minute, and the last one before it (book.py's continuation contract). Primary-key ranges of
+    (instrument_id, ts_event): the cost follows the minutes that changed, not the table."""
+    names = sorted(since)
+    params = {f"i{k}": n for k, n in enumerate(names)} | {f"t{k}": since[n] * 10**9 for k, n in enumerate(names)}
+    after = " OR ".join(f"(instrument_id = %(i{k})s AND ts_event >= %(t{k})s)" for k in range(len(names)))
+    before = " UNION ALL ".join(
+        f"(SELECT {_BOOK_COLUMNS} FROM {DEPTH10} WHERE instrument_id = %(i{k})s AND ts_event < %(t{k})s "
+        "ORDER BY ts_event DESC, sequence DESC LIMIT 1)"
+        for k in range(len(names))
+    )
+    with ch.session() as c:
+        states = c.query_arrow(f"SELECT {_BOOK_COLUMNS} FROM {DEPTH10} WHERE {after}", parameters=params)
+        previous = c.query_arrow(before, parameters=params)
+    return states, previous
+
+
+def write_book(ch: ClickHouseResource, rows: pa.Table, run_id: str, version: int) -> None:
+    if rows.num_rows:
+        n = rows.num_rows
+        rows = rows.append_column("version", pa.array([version] * n, pa.uint64()))
+        with ch.session() as c:
+            c.insert_arrow(BOOK_1M.name, rows.append_column("run_id", pa.array([run_id] * n, pa.string())))
+
+
+def check_book(ch: ClickHouseResource, since: dict[str, int]) -> int:
+    """Rows the batch wrote with a measure out of its range: a negative spread, |imbalance| > 1, a microprice
+    outside the spread."""
+    names = sorted(since)
+    params = {f"i{k}": n for k, n in enumerate(names)} | {f"m{k}": since[n] for k, n in enumerate(names)}
+    cond = " OR ".join(f"(instrument_id = %(i{k})s AND minute >= toDateTime(%(m{k})s))" for k in range(len(names)))
+    with ch.session() as c:
+        return int(
+            c.query(
+                f"SELECT countIf(spread_close < 0 OR spread_mean < 0 OR abs(depth_imbalance_mean) > 1 + 1e-12 "
+                f"OR abs(l1_imbalance_close) > 1 + 1e-12 OR microprice_close < mid_close - spread_close / 2 - 1e-9 "
+                f"OR microprice_close > mid_close + spread_close / 2 + 1e-9) FROM {BOOK_1M.name} FINAL WHERE {cond}",
+                parameters=params,
+            ).first_row[0]
+        )
 
 
 def stored_params(ch: ClickHouseResource, instrument: str, days: list[date]) -> dict:
