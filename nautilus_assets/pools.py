@@ -9,7 +9,7 @@ steps (ceil, so no pool with a share gets zero slots):
     ClickHouse 35%, Druid 20% (OLAP)     clickhouse  55%     11
     PostgreSQL 20%, Redis 3% (state)     postgres    23%      5
     Flink 15% (stream compute)           mlx         15%      3
-    Pulsar 5%, MinIO 2% (land the feed)  lake         7%      2 -> 7 (floor)
+    Pulsar 5%, MinIO 2% (land the feed)  lake         7%      2 -> 9 (floor)
 
 `nautilus setup` applies the limits to the instance (what `dagster instance concurrency set <pool> <n>` does);
 dagster.yaml holds only the default for pools nobody declared. Pools are enforced per step (op granularity):
@@ -17,7 +17,7 @@ a step waits for a slot of its pool, in priority order (run priority + step prio
 
 Floors: an ingest step holds its `lake` slot for the whole life of its long-lived run, and during a handover a
 topic's run and its successor both hold one, so `lake` needs two slots per market-data feed (trades, quotes, order
-book), and one more for the scheduled lake maintenance."""
+book, news), and one more for the scheduled lake maintenance."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def pool_shares() -> dict[str, int]:
     return shares
 
 
-POOL_FLOORS = {"lake": 2 * 3 + 1}  # (run + successor) x (trades, quotes, order book), + lake maintenance: see above
+POOL_FLOORS = {"lake": 2 * 4 + 1}  # (run + successor) x (trades, quotes, order book, news), + lake maintenance
 
 
 def pool_limits(budget: int = STEP_BUDGET) -> dict[str, int]:

@@ -11,9 +11,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from nautilus_assets.market_data.orderbook import BookSimulator
-from nautilus_assets.market_data.schema import ORDERBOOK_DELTAS, QUOTES, REPLAY_PROPERTY, TRADES
-from nautilus_assets.market_data.simulator import MarketSimulator, messages
+from nautilus_assets.market_data.schema import NEWS, ORDERBOOK_DELTAS, QUOTES, REPLAY_PROPERTY, TRADES
+from nautilus_assets.market_data.simulator import MarketSimulator, NewsSimulator, messages
 from nautilus_assets.portfolio.models import FILLS_TOPIC, fill_messages, model_fills
+from resources import schemas
 from resources.pulsar import PulsarResource
 
 
@@ -28,11 +29,13 @@ class Publisher:
             TRADES.name: TRADES.topic,
             QUOTES.name: QUOTES.topic,
             ORDERBOOK_DELTAS.name: ORDERBOOK_DELTAS.topic,
+            NEWS.name: NEWS.topic,
             **({"fills": FILLS_TOPIC} if fills else {}),
         }
         self.sent = dict.fromkeys(topics, 0)
         self.producers = {
-            name: client.create_producer(
+            name: schemas.create_producer(
+                client,
                 topic,
                 block_if_queue_full=True,
                 batching_enabled=True,
@@ -85,11 +88,12 @@ def simulate(
     progress_every_s: float = 10.0,
 ) -> dict:
     """Publish a live simulated market at `rate` events/s, event times paced to the wall clock: trades, quotes,
-    the order book's deltas (an MBP-10 book whose top is each quote), and the model portfolios' fills."""
+    the order book's deltas (an MBP-10 book whose top is each quote), news, and the model portfolios' fills."""
     # a flat rate: the live feed is a load the operator chooses (history carries the intraday profile)
     start_ns = time.time_ns()
     sim = MarketSimulator(instruments, seed=seed, start_ns=start_ns, events_per_second=rate, intraday_profile=False)
     books = BookSimulator(instruments, seed=seed, start_ns=start_ns)
+    newswire = NewsSimulator(instruments, seed=seed, start_ns=start_ns)
     t_end = time.time() + duration_s if duration_s else float("inf")
     last_report, chunk_no = time.time(), 0
     with res.client() as client:
@@ -98,6 +102,7 @@ def simulate(
             start_ns = sim.now_ns
             trades, quotes = sim.chunk(max(100, int(rate)))
             deltas = books.deltas(quotes)
+            news = newswire.until(sim.now_ns + 1)
             fills = model_fills(trades, seed=seed + chunk_no)
             chunk_no += 1
             for lo_ns in range(start_ns, sim.now_ns + 1, 100_000_000):
@@ -107,6 +112,7 @@ def simulate(
                     (TRADES.name, trades, messages),
                     (QUOTES.name, quotes, messages),
                     (ORDERBOOK_DELTAS.name, deltas, messages),
+                    (NEWS.name, news, messages),
                     ("fills", fills, fill_messages),
                 ):
                     ts = t["ts_event"].to_numpy()

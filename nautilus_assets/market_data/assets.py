@@ -22,7 +22,7 @@ from resources.settings import load
 from . import checks, handover
 from .ingest import BatchResult, Stream
 from .recorder import Recorder
-from .schema import BARS_COLUMNS, BARS_SCHEMA, ORDERBOOK_DELTAS, ORDERBOOK_DEPTH10, QUOTES, TRADES, Feed
+from .schema import BARS_COLUMNS, BARS_SCHEMA, NEWS, ORDERBOOK_DELTAS, ORDERBOOK_DEPTH10, QUOTES, TRADES, Feed
 from .sinks import DB, bronze_table
 
 GROUP = "market_data"
@@ -54,12 +54,15 @@ def topic_spec(feed: Feed) -> dg.AssetSpec:
     )
 
 
-TOPICS = {f.name: topic_spec(f) for f in (TRADES, QUOTES, ORDERBOOK_DELTAS)}
+TOPICS = {f.name: topic_spec(f) for f in (TRADES, QUOTES, ORDERBOOK_DELTAS, NEWS)}
 TRADES_KEY = dg.AssetKey(["market_data_feed", "trades"])
 QUOTES_KEY = dg.AssetKey(["market_data_feed", "quotes"])
 BARS_KEY = dg.AssetKey(["market_data_feed", "bars_1m"])
 DELTAS_KEY = dg.AssetKey(["market_data_feed", "orderbook_deltas"])
 DEPTH10_KEY = dg.AssetKey(["market_data_feed", "orderbook_depth10"])
+NEWS_KEY = dg.AssetKey(["market_data_feed", "news"])
+# News arrive a few a minute, not thousands a second: an hour without any is unusual, minutes are not.
+NEWS_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(minutes=15), warn_window=timedelta(minutes=5))
 
 
 STREAM = load().streaming
@@ -75,7 +78,7 @@ class BatchConfig(dg.Config):
     max_batches: int = 0  # 0: no bound (a bound serves tests and one-shot runs)
 
 
-def _feed_spec(feed: Feed, key: dg.AssetKey) -> dg.AssetSpec:
+def _feed_spec(feed: Feed, key: dg.AssetKey, freshness: dg.FreshnessPolicy = FRESHNESS) -> dg.AssetSpec:
     return dg.AssetSpec(
         key,
         deps=[TOPICS[feed.name]],
@@ -83,7 +86,7 @@ def _feed_spec(feed: Feed, key: dg.AssetKey) -> dg.AssetSpec:
         owners=OWNERS,
         kinds={"pulsar", "deltalake", "clickhouse"},
         code_version=CODE_VERSION,
-        freshness_policy=FRESHNESS,
+        freshness_policy=freshness,
         skippable=True,
         description=f"Bronze {feed.name} from {feed.topic}: validated, de-duplicated on the Pulsar message id, "
         f"in Delta table s3://<lake>/{bronze_table(feed)} (partitioned by date) and ClickHouse "
@@ -523,6 +526,38 @@ def ingest_orderbook(
     yield from ()
 
 
+@dg.multi_asset(
+    specs=[_feed_spec(NEWS, NEWS_KEY, NEWS_FRESHNESS)],
+    name="ingest_news_batch",
+    pool="lake",
+    can_subset=True,  # each batch is logged as it commits: the step itself yields no output
+    check_specs=[
+        _check(NEWS_KEY, "reconciles_with_consumed", RECONCILE_DOC),
+        _check(NEWS_KEY, "no_duplicate_ids", UNIQUE_DOC),
+    ],
+)
+def ingest_news(
+    context: dg.AssetExecutionContext,
+    config: BatchConfig,
+    pulsar: PulsarResource,
+    lake: LakeResource,
+    clickhouse: ClickHouseResource,
+):
+    """Micro-batches of news items (id, headline, instruments, source): consume, validate (a reused story id is
+    quarantined), Delta + ClickHouse, acknowledge."""
+    state: dict = {}
+    _stream(
+        context,
+        config,
+        NEWS,
+        pulsar,
+        lake,
+        clickhouse,
+        lambda results: _record(context, NEWS, NEWS_KEY, results, lake, state),
+    )
+    yield from ()
+
+
 SCHEDULED_CHECK = "no_duplicate_ids_in_table"  # whole-table: its own job and schedule (maintenance.py), not a batch's
 
 # One job per source topic (one sensor target = one partitions definition). In-process executor: the run is
@@ -539,7 +574,12 @@ INGEST_JOBS = {
         },
         description=f"Micro-batches from {feed.topic}, back to back for the run's lifetime",
     )
-    for feed, ingest in ((TRADES, ingest_trades), (QUOTES, ingest_quotes), (ORDERBOOK_DELTAS, ingest_orderbook))
+    for feed, ingest in (
+        (TRADES, ingest_trades),
+        (QUOTES, ingest_quotes),
+        (ORDERBOOK_DELTAS, ingest_orderbook),
+        (NEWS, ingest_news),
+    )
 }
 
-ASSETS = [*TOPICS.values(), ingest_trades, ingest_quotes, ingest_orderbook]
+ASSETS = [*TOPICS.values(), ingest_trades, ingest_quotes, ingest_orderbook, ingest_news]

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from .schema import COUNT, MAX_MESSAGE_BYTES, NONNEG, NS, POSITIVE, SCHEMA_VERSION, TEXT, Feed
+from .schema import COUNT, MAX_MESSAGE_BYTES, NONNEG, NS, POSITIVE, TEXT, TEXT_LIST, Feed
 
 FUTURE_TOLERANCE_NS = 60 * 1_000_000_000
 
@@ -85,6 +85,9 @@ def _check(kind: str, value) -> str | None:
     elif kind == TEXT:
         if not isinstance(value, str) or not value.strip():
             return "expected a non-empty string"
+    elif kind == TEXT_LIST:
+        if not _text_list(value):
+            return "expected a non-empty list of non-empty strings"
     elif isinstance(kind, tuple):
         if value not in kind:
             return f"expected one of {sorted(kind)}, got {value!r}"
@@ -112,10 +115,13 @@ def validate(
     if not isinstance(rec, dict):
         return None, f"invalid_json: expected an object, got {type(rec).__name__}"
     version = rec.get("schema_version")
-    if type(version) is not int or version != SCHEMA_VERSION:  # 1.0, "1", true are not version 1
+    if type(version) is not int or not 1 <= version <= feed.version:  # 1.0, "1", true are not version 1
         return None, f"unknown_schema_version: {version!r}"
     checks = [(n, kind) for n, _, _, _, kind in feed.fields] + [("ts_event", NS), ("ts_init", NS)]
     for name, kind in checks:
+        if name in feed.optional and rec.get(name) is None:  # a field a later version added: absent is null
+            rec[name] = None
+            continue
         if name not in rec:
             return None, f"missing_field: {name}"
         why = _check(kind, rec[name])
@@ -155,10 +161,33 @@ def book_deltas_ok(action: np.ndarray, side: np.ndarray, price: np.ndarray, size
 _NUM = (int, float)
 
 
+def _text_list(value) -> bool:
+    return type(value) is list and bool(value) and all(type(v) is str and v.strip() for v in value)
+
+
 def reference_times(publish_ms: list, now_ns: int) -> np.ndarray:
     """Each message's publish time in ns (the broker's clock); now_ns where a message has none (tools, tests)."""
     ms = np.asarray(publish_ms, dtype=np.int64)
     return np.where(ms > 0, ms * 1_000_000, now_ns)
+
+
+def _kind_mask(kind, col: pa.ChunkedArray) -> pa.ChunkedArray | None:
+    """Where a column's values are of their field's kind (`_check`, column-wise); None sends the batch the
+    record-by-record way (a list with an empty or null element)."""
+    if kind in (POSITIVE, NONNEG):
+        return pc.and_(pc.is_finite(col), (pc.greater if kind == POSITIVE else pc.greater_equal)(col, 0))
+    if kind == TEXT:
+        return pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(col)), 0)
+    if kind == TEXT_LIST:
+        items = pc.list_flatten(col)
+        if items.null_count or not pc.all(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(items)), 0)).as_py():
+            return None
+        return pc.greater(pc.list_value_length(col), 0)
+    if isinstance(kind, tuple):
+        return pc.is_in(col, pa.array(kind))
+    if kind == COUNT:
+        return pc.greater_equal(col, 0)
+    return pc.is_valid(col)  # no kind (a derived table's field): anything present
 
 
 def _fast_path(feed: Feed, payloads: list[bytes], ref_ns: np.ndarray, lateness_ns: int) -> pa.Table | None:
@@ -182,19 +211,15 @@ def _fast_path(feed: Feed, payloads: list[bytes], ref_ns: np.ndarray, lateness_n
         )
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return None
-    if t.num_rows != len(payloads) or any(t[c].null_count for c in t.column_names):
+    if t.num_rows != len(payloads) or any(t[c].null_count for c in t.column_names if c not in feed.optional):
         return None
-    ok = pc.equal(t["schema_version"], SCHEMA_VERSION)
+    ok = pc.and_(pc.greater_equal(t["schema_version"], 1), pc.less_equal(t["schema_version"], feed.version))
     for name, _, _, _, kind in feed.fields:
-        col = t[name]
-        if kind in (POSITIVE, NONNEG):
-            ok = pc.and_(ok, pc.and_(pc.is_finite(col), (pc.greater if kind == POSITIVE else pc.greater_equal)(col, 0)))
-        elif kind == TEXT:
-            ok = pc.and_(ok, pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(col)), 0))
-        elif isinstance(kind, tuple):
-            ok = pc.and_(ok, pc.is_in(col, pa.array(kind)))
-        elif kind == COUNT:
-            ok = pc.and_(ok, pc.greater_equal(col, 0))
+        good = _kind_mask(kind, t[name])
+        if good is None:
+            return None
+        # a field a later version added is null where a message lacks it (and_kleene: null and true is null)
+        ok = pc.and_(ok, pc.or_kleene(pc.is_null(t[name]), good) if name in feed.optional else good)
     for name in ("ts_event", "ts_init"):
         ok = pc.and_(ok, pc.greater(t[name], 0))
     ok = pc.and_(ok, pc.less_equal(t["ts_event"], pa.array(ref_ns + FUTURE_TOLERANCE_NS)))
@@ -222,7 +247,7 @@ def _screen(feed: Feed, recs: list[dict], ref_ns: np.ndarray, lateness_ns: int) 
     n = len(recs)
     ok = np.fromiter(
         (
-            type(r) is dict and r.get("schema_version") == SCHEMA_VERSION and type(r.get("schema_version")) is int
+            type(r) is dict and type(r.get("schema_version")) is int and 1 <= r["schema_version"] <= feed.version
             for r in recs
         ),
         bool,
@@ -230,11 +255,16 @@ def _screen(feed: Feed, recs: list[dict], ref_ns: np.ndarray, lateness_ns: int) 
     )
     for name, _, _, _, kind in feed.fields:
         vals = [r.get(name) if type(r) is dict else None for r in recs]
+        if name in feed.optional:  # validate() fills in an absent one and checks a present one
+            ok &= np.fromiter((v is None for v in vals), bool, n)
+            continue
         if kind in (POSITIVE, NONNEG):
             x = np.fromiter((v if type(v) in _NUM else -1.0 for v in vals), float, n)
             ok &= np.isfinite(x) & ((x > 0) if kind == POSITIVE else (x >= 0))
         elif kind == TEXT:
             ok &= np.fromiter((type(v) is str and bool(v.strip()) for v in vals), bool, n)
+        elif kind == TEXT_LIST:
+            ok &= np.fromiter((_text_list(v) for v in vals), bool, n)
         elif isinstance(kind, tuple):
             ok &= np.fromiter((type(v) is str and v in kind for v in vals), bool, n)
         elif kind == COUNT:
@@ -288,6 +318,7 @@ def decode(
             message_id=pa.array([raw.message_ids[i] for i in idx], pa.string()),
             ledger_id=pa.array([raw.ledger_ids[i] for i in idx], pa.int64()),
             entry_id=pa.array([raw.entry_ids[i] for i in idx], pa.int64()),
+            schema_version=fast_table["schema_version"],
         )
         return out
     recs = []
@@ -327,7 +358,12 @@ def decode(
     pos = [idx[k] for k in keep]
     # floats via float(): an integer price such as 2**53 + 1 is valid, but pa.array refuses it for float64
     cols = {
-        name: pa.array([float(r[name]) for r in rows] if typ == pa.float64() else [r[name] for r in rows], typ)
+        name: pa.array(
+            [None if r.get(name) is None else float(r[name]) for r in rows]
+            if typ == pa.float64()
+            else [r.get(name) for r in rows],
+            typ,
+        )
         for name, typ, *_ in feed.fields
     }
     out.table = build_table(
@@ -341,6 +377,7 @@ def decode(
         message_id=pa.array([raw.message_ids[i] for i in pos], pa.string()),
         ledger_id=pa.array([raw.ledger_ids[i] for i in pos], pa.int64()),
         entry_id=pa.array([raw.entry_ids[i] for i in pos], pa.int64()),
+        schema_version=[r["schema_version"] for r in rows],
     )
     return out
 
@@ -357,9 +394,12 @@ def build_table(
     message_id,
     ledger_id,
     entry_id,
+    schema_version=None,
 ) -> pa.Table:
-    """A stored table: the feed's fields plus derived timestamps and provenance, in `feed.arrow_schema`."""
+    """A stored table: the feed's fields plus derived timestamps and provenance, in `feed.arrow_schema`. A field a
+    later version added that `fields` lacks is null; `schema_version`: each message's (default 1)."""
     n = len(ts_event)
+    fields = {**{name: pa.nulls(n, typ) for name, typ, *_ in feed.fields if name in feed.optional}, **fields}
     ts = (
         pa.array(ts_event, pa.int64()).cast(pa.timestamp("ns", tz="UTC")).cast(pa.timestamp("us", tz="UTC"), safe=False)
     )
@@ -375,7 +415,9 @@ def build_table(
         "ledger_id": ledger_id,
         "entry_id": entry_id,
         "batch_id": pa.array([batch_id] * n, pa.string()),
-        "schema_version": pa.array([SCHEMA_VERSION] * n, pa.int32()),
+        "schema_version": pa.array([1] * n, pa.int32())
+        if schema_version is None
+        else pa.array(schema_version, pa.int64()).cast(pa.int32()),
     }
     return pa.table(data, schema=feed.arrow_schema)
 

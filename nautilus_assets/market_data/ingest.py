@@ -12,7 +12,7 @@ import pulsar
 import pyarrow as pa
 
 from nautilus_assets import current
-from resources import system_topics
+from resources import schemas, system_topics
 from resources.clickhouse import ClickHouseResource, session_counters
 from resources.lake import LakeResource
 from resources.pulsar import PulsarResource
@@ -68,7 +68,8 @@ DETAIL_FIELDS = ("rows", "quarantine", "bar_keys", "book", "stored_span", "bars_
 
 
 def subscribe(client: pulsar.Client, feed: Feed, receiver_queue_size: int = 20_000) -> pulsar.Consumer:
-    return client.subscribe(
+    return schemas.subscribe(  # declares the feed's registered schema (resources/schemas.py); data() stays the bytes
+        client,
         feed.topic,
         SUBSCRIPTION,
         consumer_type=pulsar.ConsumerType.Shared,
@@ -182,6 +183,8 @@ class Stream:
         self._inspecting: Future | None = None
 
     def __enter__(self) -> Stream:
+        if self.feed.optional:  # a store older than the feed's latest version gets its columns (idempotent)
+            self.ch.ensure(self.feed.migrations(sinks.DB))
         self._client_cm = self.pulsar_res.client()
         self.client = self._client_cm.__enter__()
         if self.consume:

@@ -20,8 +20,8 @@ from resources.lake import LakeResource
 from resources.settings import load
 
 from . import checks
-from .assets import DELTAS_KEY, QUOTES_KEY, SCHEDULED_CHECK, TRADES_KEY
-from .schema import FEEDS, ORDERBOOK_DELTAS, ORDERBOOK_DEPTH10, QUOTES, TRADES
+from .assets import DELTAS_KEY, NEWS_KEY, QUOTES_KEY, SCHEDULED_CHECK, TRADES_KEY
+from .schema import FEEDS, NEWS, ORDERBOOK_DELTAS, ORDERBOOK_DEPTH10, QUOTES, TRADES
 from .sinks import bronze_table
 
 
@@ -98,6 +98,7 @@ INTEGRITY_CHECKS = [
     _uniqueness_check(TRADES, TRADES_KEY),
     _uniqueness_check(QUOTES, QUOTES_KEY),
     _uniqueness_check(ORDERBOOK_DELTAS, DELTAS_KEY),
+    _uniqueness_check(NEWS, NEWS_KEY),
 ]
 INTEGRITY_JOB = dg.define_asset_job(
     "market_data_integrity",

@@ -9,7 +9,7 @@ import pyarrow as pa
 
 from resources.topics import MARKET_DATA
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1  # what the simulator's messages say; each feed reads every version up to its `version`
 SUBSCRIPTION = "nautilus-ingest"
 MAX_MESSAGE_BYTES = 64 * 1024
 REPLAY_PROPERTY = "nautilus-replay"  # message property marking a historical replay (exempt from lateness)
@@ -45,6 +45,12 @@ class Feed:
     bars: bool = False  # its rows make the 1-minute bars (recomputed, checked and announced per batch)
     cached: bool = False  # the latest row per instrument goes to the current-state cache (current.KINDS)
     book: bool = False  # order-book deltas: each batch rebuilds the books it touches (books.py) into depth-10 rows
+    # Schema evolution: the message versions this feed reads (1..version), and the fields a later version added.
+    # Those are optional (absent or null in an older message, null in its stored row; Nullable in ClickHouse),
+    # added to a store that predates them by ALTER TABLE ... ADD COLUMN and to the Delta table by a schema merge,
+    # and registered with Pulsar as unions with null (resources/schemas.py): a compatible new schema version.
+    version: int = 1
+    optional: tuple[str, ...] = ()
 
     @property
     def topic(self) -> str:
@@ -71,6 +77,18 @@ class Feed:
     @property
     def table_schema(self) -> dg.TableSchema:
         return dg.TableSchema(columns=[dg.TableColumn(n, c, description=d) for n, _, c, d in self.columns])
+
+    @property
+    def required(self) -> list[tuple]:
+        return [f for f in self.fields if f[0] not in self.optional]
+
+    def migrations(self, db: str) -> list[str]:
+        """A store made before a version added fields gets their columns (no-ops on a new one)."""
+        return [
+            f"ALTER TABLE {db}.{self.name} ADD COLUMN IF NOT EXISTS `{n}` {c}"
+            for n, _, c, *_ in self.fields
+            if n in self.optional
+        ]
 
     def key_table_ddl(self, db: str) -> str:
         """The side table of stored keys (`key_table`): ordered by the first key field (the instrument), the date,
@@ -99,6 +117,7 @@ class Feed:
 POSITIVE = "positive"  # a finite number > 0
 NONNEG = "nonneg"  # a finite number >= 0
 TEXT = "text"  # a non-empty string
+TEXT_LIST = "text_list"  # a non-empty list of non-empty strings
 COUNT = "count"  # an integer >= 0 (sequence numbers, flags, ids)
 NS = "ns"  # a positive int64 of UTC nanoseconds
 SIDE = ("BUYER", "SELLER", "NO_AGGRESSOR")  # a trade's aggressor (NautilusTrader AggressorSide)
@@ -114,11 +133,14 @@ TRADES = Feed(
         ("size", pa.float64(), "Float64", "Trade size", POSITIVE),
         ("aggressor_side", pa.string(), "LowCardinality(String)", "BUYER, SELLER or NO_AGGRESSOR", SIDE),
         ("trade_id", pa.string(), "String", "Venue trade id, unique per instrument", TEXT),
+        ("condition", pa.string(), "Nullable(String)", "Venue trade condition code (version 2; null before)", TEXT),
     ],
     order_by="instrument_id, ts_event, message_id",
     unique_key=("instrument_id", "trade_id"),
     key_table="trade_ids",
     bars=True,
+    version=2,
+    optional=("condition",),
 )
 
 QUOTES = Feed(
@@ -185,7 +207,21 @@ ORDERBOOK_DEPTH10 = Feed(
     order_by="instrument_id, ts_event, sequence",
 )
 
-FEEDS = {f.name: f for f in (TRADES, QUOTES, ORDERBOOK_DELTAS)}
+NEWS = Feed(
+    "news",
+    "news-feeds",
+    [
+        ("news_id", pa.string(), "String", "The provider's story id, unique", TEXT),
+        ("headline", pa.string(), "String", "Headline", TEXT),
+        ("instruments", pa.list_(pa.string()), "Array(String)", "Instruments the story is about", TEXT_LIST),
+        ("source", pa.string(), "LowCardinality(String)", "Provider", TEXT),
+    ],
+    order_by="ts_event, news_id, message_id",
+    unique_key=("news_id",),
+    key_table="news_ids",
+)
+
+FEEDS = {f.name: f for f in (TRADES, QUOTES, ORDERBOOK_DELTAS, NEWS)}
 
 QUARANTINE_DDL = """CREATE TABLE IF NOT EXISTS {db}.quarantine (
   topic String, message_id String, batch_id String, reason String, payload String,
@@ -232,6 +268,7 @@ def ddl(db: str) -> list[str]:
     return [
         f"CREATE DATABASE IF NOT EXISTS {db}",
         *(f.clickhouse_ddl(db) for f in (*FEEDS.values(), ORDERBOOK_DEPTH10)),
+        *(m for f in FEEDS.values() for m in f.migrations(db)),
         *(f.key_table_ddl(db) for f in FEEDS.values() if f.key_table),
         QUARANTINE_DDL.format(db=db),
         QUARANTINE_REPLAYS_DDL.format(db=db),

@@ -292,7 +292,68 @@ class MarketSimulator:
         return pa.concat_tables(ts).slice(0, n_trades), pa.concat_tables(qs).slice(0, n_quotes)
 
 
+NEWS_SOURCES = ("Reuters", "Bloomberg", "Dow Jones", "PR Newswire")
+_NEWS_WHAT = (
+    "beats estimates",
+    "misses estimates",
+    "guidance raised",
+    "guidance cut",
+    "upgraded",
+    "downgraded",
+    "announces buyback",
+    "under investigation",
+    "names new CEO",
+    "in merger talks",
+)
+
+
+class NewsSimulator:
+    """News items (id, headline, instruments, source) arriving as a Poisson process of `per_hour` in event time,
+    each about one instrument or, one time in five, two. Deterministic for (instruments, seed, start_ns); ids never
+    repeat across simulator runs (they carry the start time, as trade ids do)."""
+
+    def __init__(self, instruments: list[str], seed: int = 7, start_ns: int = 0, per_hour: float = 120.0):
+        self.instruments, self.per_hour = list(instruments), per_hour
+        self._rng = np.random.default_rng([seed, start_ns % 2**63, 0x4E45])
+        self._next = start_ns + self._gap()
+        self._prefix, self._n = f"N{seed}T{start_ns // 1_000_000}-", 0
+
+    def _gap(self) -> int:
+        return 1 + int(self._rng.exponential(3600e9 / self.per_hour))
+
+    def until(self, end_ns: int) -> pa.Table:
+        """The items with event times before end_ns not given yet, in time order."""
+        rows = []
+        while self._next < end_ns:
+            k = 2 if self._rng.random() < 0.2 and len(self.instruments) > 1 else 1
+            about = sorted(self._rng.choice(self.instruments, k, replace=False).tolist())
+            self._n += 1
+            what = _NEWS_WHAT[int(self._rng.integers(len(_NEWS_WHAT)))]
+            rows.append(
+                {
+                    "news_id": f"{self._prefix}{self._n}",
+                    "headline": f"{' and '.join(i.split('.')[0] for i in about)} {what}",
+                    "instruments": about,
+                    "source": NEWS_SOURCES[int(self._rng.integers(len(NEWS_SOURCES)))],
+                    "ts_event": self._next,
+                    "ts_init": self._next + int(self._rng.integers(50_000_000, 2_000_000_000)),
+                }
+            )
+            self._next += self._gap()
+        schema = pa.schema(
+            [
+                ("news_id", pa.string()),
+                ("headline", pa.string()),
+                ("instruments", pa.list_(pa.string())),
+                ("source", pa.string()),
+                ("ts_event", pa.int64()),
+                ("ts_init", pa.int64()),
+            ]
+        )
+        return pa.Table.from_pylist(rows, schema=schema)
+
+
 def messages(table: pa.Table) -> list[bytes]:
-    """JSON payloads (schema-versioned) for the rows of a trades or quotes table."""
+    """JSON payloads (schema-versioned) for the rows of a feed's table (trades, quotes, book deltas, news)."""
     rows = table.to_pylist()
     return [orjson.dumps({"schema_version": SCHEMA_VERSION, **r}) for r in rows]

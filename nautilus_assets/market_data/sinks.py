@@ -84,7 +84,11 @@ def stored_in_delta(
         dt = lake.table(bronze_table(feed))
     else:
         dt.update_incremental()
-    return dt, empty if dt is None else span_message_ids(dt, table, tuple(feed.content_columns))
+    if dt is None:
+        return dt, empty
+    # a column a later message version added is not in a table no such message reached yet (merged on write)
+    have = set(dt.schema().to_arrow().names)
+    return dt, span_message_ids(dt, table, tuple(c for c in feed.content_columns if c in have))
 
 
 @contextmanager
@@ -116,8 +120,8 @@ def changed_content(feed: Feed, table: pa.Table, stored: list[pa.Table]) -> dict
     redelivery (that is identical) but another message under a reused id (e.g. a broker whose ledgers restarted
     beside a kept lake). Compared field by field on the ids both hold, so it costs nothing when none are stored."""
     out: dict[str, str] = {}
-    cols = feed.content_columns
     for held in stored:
+        cols = [c for c in feed.content_columns if c in held.column_names]
         held = held.filter(pc.is_in(held["message_id"], table["message_id"])) if held.num_rows else held
         if held.num_rows == 0:
             continue
@@ -184,6 +188,7 @@ def write_delta(
         dt if dt is not None else lake.uri(bronze_table(feed)),
         table,
         mode="append",
+        schema_mode="merge",  # a field a later message version added becomes a column; older rows read null
         partition_by=["date"],
         storage_options=lake.storage_options,
         commit_properties=props,

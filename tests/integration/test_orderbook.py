@@ -26,8 +26,9 @@ INSTRUMENTS = ["AAPL.XNAS", "BTCUSDT.BINANCE"]
 
 
 def _market(n_quotes: int, seed: int, snapshot_s: float = 20.0, rate: float = 50.0):
-    start = time.time_ns() - 15 * 60 * 10**9
-    quotes = MarketSimulator(INSTRUMENTS, seed=seed, start_ns=start, events_per_second=rate).take(0, n_quotes)[1]
+    start = time.time_ns() - 15 * 60 * 10**9  # a flat rate: the quotes end well before now at any hour
+    sim = MarketSimulator(INSTRUMENTS, seed=seed, start_ns=start, events_per_second=rate, intraday_profile=False)
+    quotes = sim.take(0, n_quotes)[1]
     deltas = BookSimulator(INSTRUMENTS, seed=seed, start_ns=start, snapshot_interval_ns=snapshot_s * 1e9).deltas(quotes)
     return quotes, deltas
 

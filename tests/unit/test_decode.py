@@ -4,10 +4,11 @@ import math
 import time
 
 import orjson
+import pyarrow as pa
 import pytest
 
 from nautilus_assets.market_data.decode import RawMessage, decode
-from nautilus_assets.market_data.schema import QUOTES, TRADES
+from nautilus_assets.market_data.schema import NEWS, ORDERBOOK_DELTAS, QUOTES, TRADES
 
 NOW = time.time_ns()
 WEEK = 7 * 86400 * 10**9
@@ -54,7 +55,10 @@ def test_valid_trade_becomes_a_row_with_provenance():
         (b"\xff\xfe not json", "invalid_json"),
         (b"[1, 2]", "invalid_json"),
         (b'{"schema_version": 1, "price": NaN}', "invalid_json"),
-        (trade(schema_version=2), "unknown_schema_version"),
+        (trade(schema_version=3), "unknown_schema_version"),  # trades read versions 1 and 2
+        (trade(schema_version=2, condition=""), "bad_value: condition"),
+        (trade(schema_version=2, condition=7), "bad_value: condition"),
+        (trade(schema_version=2, price=...), "missing_field: price"),  # a removed field stays refused
         (trade(schema_version=...), "unknown_schema_version"),
         (trade(price=...), "missing_field: price"),
         (trade(price="230.5"), "bad_value: price"),
@@ -134,3 +138,87 @@ def test_quotes_validation():
     d = run(msg(q), msg({**q, "bid_price": 10.02}, i=1), msg({**q, "ask_size": -1}, i=2), feed=QUOTES)
     assert d.table.num_rows == 1 and math.isclose(d.table["ask_price"][0].as_py(), 10.01)
     assert [r["reason"].split(":")[0] for r in d.quarantine] == ["crossed_quote", "bad_value"]
+
+
+def book_delta(**over):
+    rec = {
+        "schema_version": 1,
+        "instrument_id": "AAPL.XNAS",
+        "action": "ADD",
+        "side": "BUY",
+        "price": 230.5,
+        "size": 100.0,
+        "order_id": 0,
+        "flags": 16,
+        "sequence": 7,
+        "ts_event": NOW,
+        "ts_init": NOW,
+    }
+    return {**rec, **over}
+
+
+@pytest.mark.parametrize("fast", [True, False])  # the batch's Arrow path, and the record-by-record one
+def test_order_book_deltas_follow_their_action(fast):
+    good = [
+        book_delta(),
+        book_delta(action="UPDATE", sequence=8),
+        book_delta(action="DELETE", size=0.0, sequence=9),
+        book_delta(action="CLEAR", side="NO_ORDER_SIDE", price=0, size=0, flags=48, sequence=10),
+    ]
+    bad = [
+        (book_delta(action="ADD", size=0.0, sequence=11), "bad_value: an ADD or UPDATE needs"),
+        (book_delta(action="DELETE", side="NO_ORDER_SIDE", sequence=12), "bad_value: an ADD or UPDATE needs"),
+        (book_delta(action="CLEAR", sequence=13), "bad_value: an ADD or UPDATE needs"),
+        (book_delta(action="MODIFY", sequence=14), "bad_value: action expected one of"),
+        (book_delta(sequence=-1), "bad_value: sequence expected an integer >= 0"),
+        (book_delta(flags=1.5, sequence=15), "bad_value: flags expected an integer >= 0"),
+        (book_delta(sequence=8), "duplicate_sequence: 8 already used in this batch"),
+    ]
+    msgs = [msg(r, i) for i, r in enumerate(good if fast else good + [r for r, _ in bad])]
+    d = run(*msgs, feed=ORDERBOOK_DELTAS)
+    assert d.table["sequence"].to_pylist() == [7, 8, 9, 10] and d.table["flags"].type == pa.int32()
+    assert len(d.quarantine) == (0 if fast else len(bad))
+    assert all(q["reason"].startswith(r) for q, (_, r) in zip(d.quarantine, bad))
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_news_items_need_instruments(fast):
+    item = {
+        "schema_version": 1,
+        "news_id": "N1",
+        "headline": "AAPL beats estimates",
+        "instruments": ["AAPL.XNAS"],
+        "source": "Reuters",
+        "ts_event": NOW,
+        "ts_init": NOW,
+    }
+    good = [item, {**item, "news_id": "N2", "instruments": ["AAPL.XNAS", "SPY.ARCX"]}]
+    bad = [
+        ({**item, "news_id": "N3", "instruments": []}, "bad_value: instruments expected a non-empty list"),
+        ({**item, "news_id": "N4", "instruments": ["AAPL.XNAS", " "]}, "bad_value: instruments expected a non-empty"),
+        ({**item, "news_id": "N5", "instruments": "AAPL.XNAS"}, "bad_value: instruments expected a non-empty list"),
+        ({**item, "headline": "again"}, "duplicate_news_id: N1 already used in this batch"),
+    ]
+    d = run(*[msg(r, i) for i, r in enumerate(good if fast else good + [r for r, _ in bad])], feed=NEWS)
+    assert d.table["instruments"].to_pylist() == [["AAPL.XNAS"], ["AAPL.XNAS", "SPY.ARCX"]]
+    assert len(d.quarantine) == (0 if fast else len(bad))
+    assert all(q["reason"].startswith(r) for q, (_, r) in zip(d.quarantine, bad))
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_version_1_and_2_trades_are_read_together(fast):
+    """Item 5: version 2 adds an optional `condition`; version 1 messages (without it) keep coming. Both are rows,
+    each with its own schema_version; a version 1 row's condition is null. Nothing is quarantined."""
+    msgs = [
+        msg(trade(trade_id="a")),
+        msg(trade(trade_id="b", schema_version=2, condition="ODD_LOT"), 1),
+        msg(trade(trade_id="c", schema_version=2), 2),  # version 2 without the optional field
+        msg(trade(trade_id="d", schema_version=2, condition=None), 3),
+    ]
+    if not fast:  # one bad message sends the batch the record-by-record way
+        msgs.append(msg(b"not json", 4))
+    d = run(*msgs)
+    assert d.table["trade_id"].to_pylist() == ["a", "b", "c", "d"]
+    assert d.table["condition"].to_pylist() == [None, "ODD_LOT", None, None]
+    assert d.table["schema_version"].to_pylist() == [1, 2, 2, 2]
+    assert len(d.quarantine) == (0 if fast else 1)

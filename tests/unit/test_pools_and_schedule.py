@@ -23,9 +23,9 @@ from nautilus_assets.risk.assets import KEYS as RISK_KEYS
 def test_pool_limits_derive_from_the_engine_shares():
     assert sum(ENGINE_SHARES.values()) == 100 and set(POOL_OF_ENGINE) == set(ENGINE_SHARES)
     assert pool_shares() == {"clickhouse": 55, "postgres": 23, "mlx": 15, "lake": 7}
-    # lake: ceil(7% x 20) = 2, raised to its floor of 7 (three feeds' long-lived runs, each with a successor at
+    # lake: ceil(7% x 20) = 2, raised to its floor of 9 (four feeds' long-lived runs, each with a successor at
     # handover, and the lake maintenance)
-    assert POOL_LIMITS == {"clickhouse": 11, "postgres": 5, "mlx": 3, "lake": 7}
+    assert POOL_LIMITS == {"clickhouse": 11, "postgres": 5, "mlx": 3, "lake": 9}
 
 
 def test_every_materializable_asset_is_in_a_backend_pool():
