@@ -41,6 +41,7 @@ from nautilus_assets.microstructure.assets import KEY as VPIN
 from nautilus_assets.microstructure.assets import SUBSCRIPTION as MICRO_SUB
 from nautilus_assets.portfolio.assets import KEY as POSITIONS
 from nautilus_assets.portfolio.assets import SUBSCRIPTION as PORTFOLIO_SUB
+from resources import schemas
 from resources.settings import apply, build_resources, load
 from resources.topics import BARS_CHANGES
 from scripts import services
@@ -222,7 +223,7 @@ def main() -> None:
             from nautilus_assets.portfolio.models import FILLS_TOPIC, fill_messages, model_fills
 
             trades, _ = MarketSimulator(instruments, seed=7, start_ns=time.time_ns() - 3600 * 10**9).take(20_000, 0)
-            p = client.create_producer(FILLS_TOPIC)
+            p = schemas.create_producer(client, FILLS_TOPIC)
             for m in fill_messages(model_fills(trades, seed=7)):
                 p.send(m)
             p.close()

@@ -18,10 +18,11 @@ TENANT = "nautilus"
 # one. BACKWARD_TRANSITIVE (new reads old) lets a producer drop a required field (verified on Pulsar 4.0.7), which
 # would break every consumer written against the earlier versions, and the ingest, which reads all of them.
 SCHEMA_COMPATIBILITY = "FULL_TRANSITIVE"
-# True: a producer that declares no schema is refused on a topic that has one (consumers without one are still
-# let in). Off until every producer goes through resources.schemas.create_producer (scripts/publisher.py, the
-# tests' and benches' raw producers); then a one-line change.
-SCHEMA_VALIDATION_ENFORCED = False
+# True: a producer that declares no schema is refused on a topic that has one (pulsar.IncompatibleSchema), so
+# nothing can publish to a platform topic without the broker's compatibility check. Every producer goes through
+# resources.schemas.create_producer (the publisher, the change feeds, the system topics, the tests and benches);
+# consumers without a schema are still let in (the tests' and benches' raw ones).
+SCHEMA_VALIDATION_ENFORCED = True
 
 
 @dataclass(frozen=True)

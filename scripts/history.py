@@ -21,7 +21,7 @@ def _with_provenance(feed, t: pa.Table, day: date) -> pa.Table:
     n = t.num_rows
     return build_table(
         feed,
-        {name: t[name] for name, *_ in feed.fields},
+        {name: t[name] for name, *_ in feed.fields if name in t.column_names},  # a later version's: null
         ts_event=t["ts_event"],
         ts_init=t["ts_init"],
         topic="history",

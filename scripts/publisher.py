@@ -139,7 +139,7 @@ def load_ticks(path: Path) -> tuple[pa.Table, pa.Table]:
     for feed, kind in ((TRADES, "trade"), (QUOTES, "quote")):
         cols = [n for n, *_ in feed.fields] + ["ts_event", "ts_init"]
         part = t.filter(pc.equal(t["type"], kind)).sort_by("ts_event")
-        missing = [c for c in cols if c not in part.column_names]
+        missing = [c for c in cols if c not in part.column_names and c not in feed.optional]
         if missing and part.num_rows:
             raise ValueError(f"{path}: {kind} rows lack columns {missing}")
         split[kind] = part.select([c for c in cols if c in part.column_names])

@@ -236,7 +236,7 @@ class Stream:
         version = time.time_ns()
         # ClickHouse and Delta are written at the same time (Delta in a thread): the two sinks are independent and
         # both release the GIL. The batch's ClickHouse queries share one session (`c`), passed down.
-        with ThreadPoolExecutor(1) as pool:
+        with ThreadPoolExecutor(2 if feed.book else 1) as pool:
             with ch.session() as c:
                 in_delta = pool.submit(sinks.stored_in_delta, self.lake, feed, dec.table, self.delta)
                 if feed.unique_key:  # a new message reusing a key (trade id) an earlier batch stored
@@ -276,19 +276,10 @@ class Stream:
                     res.bar_keys = sinks.touched_minutes(dec.table)
                     res.bars_recomputed = sinks.recompute_bars(c, res.bar_keys, batch_id, version)
                     lap("bars")
-                if res.book is not None:  # depth rows, then the states they lead to (books.py: order of writes)
+                if res.book is not None:  # depth rows in both sinks (Delta beside ClickHouse), then the states
+                    depth_delta = pool.submit(self._write_depth_delta, res.book.depth, batch_id)  # (books.py)
                     res.book.written_clickhouse = sinks.write_clickhouse(c, ORDERBOOK_DEPTH10, res.book.depth)
-                    self.depth_delta, in_depth = sinks.stored_in_delta(
-                        self.lake, ORDERBOOK_DEPTH10, res.book.depth, self.depth_delta
-                    )
-                    res.book.written_delta, _, self.depth_delta = sinks.write_delta(
-                        self.lake,
-                        ORDERBOOK_DEPTH10,
-                        res.book.depth,
-                        batch_id,
-                        self.depth_delta,
-                        set(in_depth["message_id"].to_pylist()),
-                    )
+                    res.book.written_delta = depth_delta.result()
                     books.write_states(c, res.book.states, batch_id, version)
                     lap("book_write")
             res.written_delta, res.delta_version, self.delta = delta.result()
@@ -331,6 +322,14 @@ class Stream:
         if self._inspector is not None:
             res.inspected = self._inspecting = self._inspector.submit(self._inspect, res)
         return res
+
+    def _write_depth_delta(self, depth: pa.Table, batch_id: str) -> int:
+        """The depth-10 rows the Delta table does not hold yet (the order-book feed's second table)."""
+        self.depth_delta, held = sinks.stored_in_delta(self.lake, ORDERBOOK_DEPTH10, depth, self.depth_delta)
+        written, _, self.depth_delta = sinks.write_delta(
+            self.lake, ORDERBOOK_DEPTH10, depth, batch_id, self.depth_delta, set(held["message_id"].to_pylist())
+        )
+        return written
 
     def _inspect(self, res: BatchResult) -> float:
         """The ClickHouse reads of the batch's checks (on the inspector thread); returns their seconds. A session

@@ -14,6 +14,7 @@ from nautilus_assets.market_data import sinks
 from nautilus_assets.market_data.ingest import run_batch
 from nautilus_assets.market_data.schema import MAX_MESSAGE_BYTES, REPLAY_PROPERTY, SUBSCRIPTION, TRADES
 from nautilus_assets.market_data.simulator import MarketSimulator
+from resources import schemas
 from scripts.publisher import publish_tables
 from tests.helpers import wait_for
 
@@ -69,7 +70,7 @@ def bad_messages() -> dict:
         "inf": (orjson.dumps(trade("inf", size=1.5)).replace(b"1.5", b"1e999"), "invalid_json"),
         "wrong-type": (orjson.dumps(trade("wt", price="230.5")), "bad_value: price"),
         "missing": (orjson.dumps(trade("miss", size=...)), "missing_field: size"),
-        "version": (orjson.dumps(trade("v2", schema_version=2)), "unknown_schema_version"),
+        "version": (orjson.dumps(trade("v-next", schema_version=TRADES.version + 1)), "unknown_schema_version"),
         "zero-size": (orjson.dumps(trade("zs", size=0)), "bad_value: size"),
         "neg-price": (orjson.dumps(trade("np", price=-1.0)), "bad_value: price"),
         "future": (orjson.dumps(trade("fut", ts_event=time.time_ns() + 300 * 10**9)), "future_ts_event"),
@@ -80,7 +81,7 @@ def bad_messages() -> dict:
 
 def send(res, payloads, properties=None):
     with res["pulsar"].client() as client:
-        p = client.create_producer(TRADES.topic)
+        p = schemas.create_producer(client, TRADES.topic)
         for b in payloads:
             p.send(b, properties=properties or {})
         p.close()

@@ -13,6 +13,7 @@ from nautilus_assets.market_data import sinks
 from nautilus_assets.market_data.decode import build_table
 from nautilus_assets.market_data.schema import TRADES
 from nautilus_assets.market_data.simulator import MarketSimulator
+from resources import schemas
 from scripts.history import write_history
 from scripts.publisher import replay
 from tests.helpers import assert_bars_equal, batch, counts, reference_bars, reset_state, stored_bars
@@ -35,7 +36,7 @@ def _trade(i, price, size, side, ts):
 
 def _publish_raw(res, recs):
     with res["pulsar"].client() as client:
-        p = client.create_producer(TRADES.topic)
+        p = schemas.create_producer(client, TRADES.topic)
         for r in recs:
             p.send(orjson.dumps(r))
         p.close()
@@ -82,7 +83,8 @@ def test_replay_of_a_csv_file_is_ingested_despite_its_age(clean, tmp_path):
         ),
         path,
     )
-    assert replay(res["pulsar"], path) == {"trades": 300, "quotes": 200}
+    sent = replay(res["pulsar"], path)  # per feed of the publisher: the others sent nothing
+    assert {k: n for k, n in sent.items() if n} == {"trades": 300, "quotes": 200}
     out = batch(res, TRADES, "b-replay")
     assert out.valid == 300 and out.quarantined == 0
     assert_bars_equal(stored_bars(res["clickhouse"]), reference_bars(trades))

@@ -2,6 +2,7 @@
 
 from nautilus_assets.market_data import sinks
 from nautilus_assets.market_data.schema import QUOTES, SUBSCRIPTION, TRADES
+from resources import schemas
 from tests.helpers import assert_bars_equal, batch, counts, publish, reference_bars, stored_bars, wait_for
 
 
@@ -52,7 +53,7 @@ def test_malformed_messages_land_in_quarantine_and_the_batch_goes_on(clean):
         b'"trade_id":"neg","ts_event":1,"ts_init":1}',
     ]
     with res["pulsar"].client() as client:
-        p = client.create_producer(TRADES.topic)
+        p = schemas.create_producer(client, TRADES.topic)
         for b in bad:
             p.send(b)
         p.close()

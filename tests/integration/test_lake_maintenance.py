@@ -48,7 +48,7 @@ def test_maintenance_job_and_integrity_checks_run(clean):
     integrity = defs.resolve_job_def("market_data_integrity")
     r = integrity.execute_in_process(resources={"clickhouse": res["clickhouse"]})
     evals = r.get_asset_check_evaluations()
-    assert len(evals) == 2 and all(e.passed for e in evals)
+    assert len(evals) == 4 and all(e.passed for e in evals)  # trades, quotes, order-book deltas, news
     assert {e.metadata["rows"].value for e in evals if e.asset_key == dg.AssetKey(["market_data_feed", "trades"])} == {
         500
     }

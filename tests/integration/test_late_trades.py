@@ -12,6 +12,7 @@ from nautilus_assets.market_data.daily import bars_1d
 from nautilus_assets.market_data.schema import TRADES
 from nautilus_assets.portfolio.daily import daily_nav
 from nautilus_assets.risk.assets import risk_metrics
+from resources import schemas
 from scripts.history import write_history
 from tests.helpers import evaluate, product_resources
 
@@ -92,7 +93,7 @@ def test_a_late_trade_reruns_its_days_bars_nav_and_risk(clean, instance):
         "ts_init": _day_ns(today) + 10**9,
     }
     with res["pulsar"].client() as client:
-        p = client.create_producer(TRADES.topic)
+        p = schemas.create_producer(client, TRADES.topic)
         for m in (late, fresh):
             p.send(orjson.dumps(m))
         p.close()

@@ -18,6 +18,7 @@ from nautilus_assets.portfolio.models import (
     fill_messages,
     model_fills,
 )
+from resources import schemas
 from scripts.publisher import publish_tables
 from tests.helpers import batch, reference_bars
 
@@ -41,7 +42,7 @@ def test_portfolio_states_from_fills(clean, store, instance):
     batch(res, TRADES, "p-1")
     fills = model_fills(trades, seed=5)
     with res["pulsar"].client() as client:
-        p = client.create_producer(FILLS_TOPIC)
+        p = schemas.create_producer(client, FILLS_TOPIC)
         for m in fill_messages(fills) + [b'{"schema_version": 1, "fill_id": "bad", "quantity": 0}']:
             p.send(m)
         p.close()

@@ -185,8 +185,8 @@ def test_broker_refuses_incompatible_schemas_and_takes_an_added_optional_field(
 
 def test_validation_enforced_refuses_a_producer_without_schema(admin, client, scratch, namespace):
     """schemaValidationEnforced refuses producers that declare no schema (BYTES) on a topic that has one; consumers
-    without one are let in either way. The platform's namespaces enforce it as topics.SCHEMA_VALIDATION_ENFORCED
-    says (off until every producer goes through schemas.create_producer)."""
+    without one are let in either way. The platform's namespaces enforce it (topics.SCHEMA_VALIDATION_ENFORCED):
+    every producer goes through schemas.create_producer."""
     ns, made = namespace
     topic = f"persistent://{topics.TENANT}/{ns}/trades"
     made.append(topic)
@@ -198,12 +198,12 @@ def test_validation_enforced_refuses_a_producer_without_schema(admin, client, sc
     client.subscribe(topic, _sub("plain")).unsubscribe()
     _set(admin, ns, enforced=False)
     client.create_producer(topic).close()
-    # and the platform's namespace, on the scratch topic there
-    if topics.SCHEMA_VALIDATION_ENFORCED:
+    # and the platform's namespaces: a schema-less producer is refused on their topics (scratch, a feed, alerts)
+    assert topics.SCHEMA_VALIDATION_ENFORCED
+    for t in (scratch, TRADES.topic, topics.SYSTEM_ALERTS):
         with pytest.raises(pulsar.IncompatibleSchema):
-            client.create_producer(scratch)
-    else:
-        client.create_producer(scratch).close()
+            client.create_producer(t)
+    schemas.create_producer(client, TRADES.topic).close()
 
 
 def test_a_consumer_declaring_a_schema_needs_it_registered_first(admin, client, namespace):

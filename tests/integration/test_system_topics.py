@@ -15,7 +15,7 @@ import requests
 from nautilus_assets.definitions import defs
 from nautilus_assets.market_data.schema import TRADES
 from nautilus_assets.market_data.simulator import MarketSimulator, messages
-from resources import topics
+from resources import schemas, topics
 from sensors.system_events import system_events_sensor
 
 
@@ -72,7 +72,7 @@ def test_batch_with_quarantine_alerts_and_every_materialization_is_an_event(clea
     good = list(messages(trades))
     with res["pulsar"].client() as client:
         alerts, events = _subscribe(client, topics.SYSTEM_ALERTS), _subscribe(client, topics.SYSTEM_EVENTS)
-        p = client.create_producer(TRADES.topic)
+        p = schemas.create_producer(client, TRADES.topic)
         for payload in [*good[:25], b"not json", b'{"schema_version": 1, "price": -1}', *good[25:]]:
             p.send(payload)
         p.close()
