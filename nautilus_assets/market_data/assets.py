@@ -416,85 +416,81 @@ UNIQUE_DOC = (
 )
 
 
-@dg.multi_asset(
-    specs=[_feed_spec(TRADES, TRADES_KEY), BARS_SPEC],
-    name="ingest_trades_batch",
-    pool="lake",
-    can_subset=True,  # each batch is logged as it commits: the step itself yields no output
-    check_specs=[
-        _check(TRADES_KEY, "reconciles_with_consumed", RECONCILE_DOC),
-        _check(TRADES_KEY, "no_duplicate_ids", UNIQUE_DOC),
+def ingest_asset(feed: Feed, specs: list[dg.AssetSpec], more_checks: list[dg.AssetCheckSpec], doc: str):
+    """A feed's long-lived ingest step: its stored assets (the first one the feed's table), their per-batch checks
+    (reconciliation and uniqueness, and the feed's own), the `lake` pool; a cached feed also takes Redis."""
+    key = specs[0].key
+
+    def stream(context, config, pulsar, lake, clickhouse, cache=None):
+        state: dict = {}
+
+        def record(results: list[BatchResult]) -> None:
+            _record(context, feed, key, results, lake, state)
+
+        _stream(context, config, feed, pulsar, lake, clickhouse, record, cache=cache)
+        yield from ()
+
+    if feed.cached:
+
+        def ingest(
+            context: dg.AssetExecutionContext,
+            config: BatchConfig,
+            pulsar: PulsarResource,
+            lake: LakeResource,
+            clickhouse: ClickHouseResource,
+            redis: RedisResource,
+        ):
+            yield from stream(context, config, pulsar, lake, clickhouse, cache=redis)
+
+    else:
+
+        def ingest(
+            context: dg.AssetExecutionContext,
+            config: BatchConfig,
+            pulsar: PulsarResource,
+            lake: LakeResource,
+            clickhouse: ClickHouseResource,
+        ):
+            yield from stream(context, config, pulsar, lake, clickhouse)
+
+    return dg.multi_asset(
+        specs=specs,
+        name=f"ingest_{feed.name.removesuffix('_deltas')}_batch",
+        pool="lake",
+        can_subset=True,  # each batch is logged as it commits: the step itself yields no output
+        description=doc,
+        check_specs=[
+            _check(key, "reconciles_with_consumed", RECONCILE_DOC),
+            _check(key, "no_duplicate_ids", UNIQUE_DOC),
+            *more_checks,
+        ],
+    )(ingest)
+
+
+ingest_trades = ingest_asset(
+    TRADES,
+    [_feed_spec(TRADES, TRADES_KEY), BARS_SPEC],
+    [
         _check(
             BARS_KEY,
             "bars_agree_with_trades",
             "Bars of the minutes this batch touched equal a recomputation from stored trades.",
-        ),
+        )
     ],
+    "Micro-batches of trades, back to back: consume, validate, Delta + ClickHouse, recompute touched bars, "
+    "acknowledge; each batch recorded as materializations of trades and bars plus their check evaluations.",
 )
-def ingest_trades(
-    context: dg.AssetExecutionContext,
-    config: BatchConfig,
-    pulsar: PulsarResource,
-    lake: LakeResource,
-    clickhouse: ClickHouseResource,
-):
-    """Micro-batches of trades, back to back: consume, validate, Delta + ClickHouse, recompute touched bars,
-    acknowledge; each batch recorded as materializations of trades and bars plus their check evaluations."""
-    state: dict = {}
-    _stream(
-        context,
-        config,
-        TRADES,
-        pulsar,
-        lake,
-        clickhouse,
-        lambda results: _record(context, TRADES, TRADES_KEY, results, lake, state),
-    )
-    yield from ()
-
-
-@dg.multi_asset(
-    specs=[_feed_spec(QUOTES, QUOTES_KEY)],
-    name="ingest_quotes_batch",
-    pool="lake",
-    can_subset=True,  # each batch is logged as it commits: the step itself yields no output
-    check_specs=[
-        _check(QUOTES_KEY, "reconciles_with_consumed", RECONCILE_DOC),
-        _check(QUOTES_KEY, "no_duplicate_ids", UNIQUE_DOC),
-    ],
+ingest_quotes = ingest_asset(
+    QUOTES,
+    [_feed_spec(QUOTES, QUOTES_KEY)],
+    [],
+    "Micro-batches of level-1 quotes, back to back: consume, validate, Delta + ClickHouse (+ the latest top of "
+    "book per instrument in Redis), acknowledge.",
 )
-def ingest_quotes(
-    context: dg.AssetExecutionContext,
-    config: BatchConfig,
-    pulsar: PulsarResource,
-    lake: LakeResource,
-    clickhouse: ClickHouseResource,
-    redis: RedisResource,
-):
-    """Micro-batches of level-1 quotes, back to back: consume, validate, Delta + ClickHouse (+ the latest top of
-    book per instrument in Redis), acknowledge."""
-    state: dict = {}
-    _stream(
-        context,
-        config,
-        QUOTES,
-        pulsar,
-        lake,
-        clickhouse,
-        lambda results: _record(context, QUOTES, QUOTES_KEY, results, lake, state),
-        cache=redis,
-    )
-    yield from ()
-
-
-@dg.multi_asset(
-    specs=[_feed_spec(ORDERBOOK_DELTAS, DELTAS_KEY), DEPTH10_SPEC],
-    name="ingest_orderbook_batch",
-    pool="lake",
-    can_subset=True,  # each batch is logged as it commits: the step itself yields no output
-    check_specs=[
-        _check(DELTAS_KEY, "reconciles_with_consumed", RECONCILE_DOC),
-        _check(DELTAS_KEY, "no_duplicate_ids", UNIQUE_DOC),
+ingest_orderbook = ingest_asset(
+    ORDERBOOK_DELTAS,
+    [_feed_spec(ORDERBOOK_DELTAS, DELTAS_KEY), DEPTH10_SPEC],
+    [
         _check(DELTAS_KEY, "sequences_contiguous", "Each instrument's deltas follow its last applied sequence."),
         _check(DEPTH10_KEY, "book_never_crossed", "No stored depth-10 row of the batch has best bid >= best ask."),
         _check(
@@ -503,59 +499,16 @@ def ingest_quotes(
             "Each snapshot's depth equals the book rebuilt from the deltas before it.",
         ),
     ],
+    "Micro-batches of level-2 order-book deltas, back to back: consume, validate, continue each touched book from "
+    "its stored state, Delta + ClickHouse (deltas, then the depth-10 rows, then the books' states), acknowledge.",
 )
-def ingest_orderbook(
-    context: dg.AssetExecutionContext,
-    config: BatchConfig,
-    pulsar: PulsarResource,
-    lake: LakeResource,
-    clickhouse: ClickHouseResource,
-):
-    """Micro-batches of level-2 order-book deltas, back to back: consume, validate, continue each touched book from
-    its stored state, Delta + ClickHouse (deltas, then the depth-10 rows, then the books' states), acknowledge."""
-    state: dict = {}
-    _stream(
-        context,
-        config,
-        ORDERBOOK_DELTAS,
-        pulsar,
-        lake,
-        clickhouse,
-        lambda results: _record(context, ORDERBOOK_DELTAS, DELTAS_KEY, results, lake, state),
-    )
-    yield from ()
-
-
-@dg.multi_asset(
-    specs=[_feed_spec(NEWS, NEWS_KEY, NEWS_FRESHNESS)],
-    name="ingest_news_batch",
-    pool="lake",
-    can_subset=True,  # each batch is logged as it commits: the step itself yields no output
-    check_specs=[
-        _check(NEWS_KEY, "reconciles_with_consumed", RECONCILE_DOC),
-        _check(NEWS_KEY, "no_duplicate_ids", UNIQUE_DOC),
-    ],
+ingest_news = ingest_asset(
+    NEWS,
+    [_feed_spec(NEWS, NEWS_KEY, NEWS_FRESHNESS)],
+    [],
+    "Micro-batches of news items (id, headline, instruments, source): consume, validate (a reused story id is "
+    "quarantined), Delta + ClickHouse, acknowledge.",
 )
-def ingest_news(
-    context: dg.AssetExecutionContext,
-    config: BatchConfig,
-    pulsar: PulsarResource,
-    lake: LakeResource,
-    clickhouse: ClickHouseResource,
-):
-    """Micro-batches of news items (id, headline, instruments, source): consume, validate (a reused story id is
-    quarantined), Delta + ClickHouse, acknowledge."""
-    state: dict = {}
-    _stream(
-        context,
-        config,
-        NEWS,
-        pulsar,
-        lake,
-        clickhouse,
-        lambda results: _record(context, NEWS, NEWS_KEY, results, lake, state),
-    )
-    yield from ()
 
 
 SCHEDULED_CHECK = "no_duplicate_ids_in_table"  # whole-table: its own job and schedule (maintenance.py), not a batch's
