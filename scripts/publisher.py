@@ -32,7 +32,8 @@ class Publisher:
             NEWS.name: NEWS.topic,
             **({"fills": FILLS_TOPIC} if fills else {}),
         }
-        self.sent = dict.fromkeys(topics, 0)
+        # counted from 0 for the trades and quotes (and fills); the order book and news once something is sent
+        self.sent = dict.fromkeys([TRADES.name, QUOTES.name, *(["fills"] if fills else [])], 0)
         self.producers = {
             name: schemas.create_producer(
                 client,
@@ -53,7 +54,7 @@ class Publisher:
         p = self.producers[feed_name]
         for b in payloads:
             p.send_async(b, self._callback, properties=self.properties)
-        self.sent[feed_name] += len(payloads)
+        self.sent[feed_name] = self.sent.get(feed_name, 0) + len(payloads)
 
     def flush(self) -> None:
         for p in self.producers.values():

@@ -62,7 +62,9 @@ def market(api, res, instance):
 
     reset_state(res)
     now = time.time_ns()
-    sim = MarketSimulator(INSTR, seed=5, start_ns=now - 4 * 3600 * 10**9, events_per_second=2)
+    # a flat rate: with the intraday profile, two takes (a 10,000-event chunk each) starting 4 h before a midday run
+    # reached past now, and their last trades were quarantined as future_ts_event
+    sim = MarketSimulator(INSTR, seed=5, start_ns=now - 4 * 3600 * 10**9, events_per_second=2, intraday_profile=False)
     stamps = []
     for k in range(2):
         trades, quotes = sim.take(3000, 3000)
