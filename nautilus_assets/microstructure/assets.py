@@ -220,44 +220,48 @@ def bootstrap(ch: ClickHouseResource) -> dict:
     return {} if store.has_states(ch) else changed_since(ch, 0)
 
 
+def _spec(key: dg.AssetKey, deps: list, description: str, table) -> dg.AssetSpec:
+    """One of the product's stored assets (the same group, owners, kinds and SLA)."""
+    return dg.AssetSpec(
+        key,
+        deps=deps,
+        group_name=PRODUCT.group,
+        owners=list(PRODUCT.owners),
+        kinds={"clickhouse", "python"},
+        code_version="1",
+        freshness_policy=PRODUCT.freshness,
+        skippable=True,
+        description=description,
+        metadata=PRODUCT.stored_in(table),
+    )
+
+
 PLOT_EVERY_S = 60  # a chart a minute, not a chart a batch
 
 
 @dg.multi_asset(
     specs=[
-        dg.AssetSpec(
+        _spec(
             KEY,
-            deps=[BARS_KEY, TRADES_KEY],
-            group_name=PRODUCT.group,
-            owners=list(PRODUCT.owners),
-            kinds={"clickhouse", "python"},
-            code_version="1",
-            freshness_policy=PRODUCT.freshness,
-            skippable=True,
-            description="VPIN (Easley, López de Prado, O'Hara 2012) per 50-bucket window with bulk volume "
+            [BARS_KEY, TRADES_KEY],
+            "VPIN (Easley, López de Prado, O'Hara 2012) per 50-bucket window with bulk volume "
             "classification and with the trades' aggressor side, plus the bucket order imbalance, in "
             f"ClickHouse {store.BUCKETS.name} (read with FINAL). A long-lived run follows the bars' change "
             f"feed ({BARS_CHANGES}); each batch continues from the state kept before the first minute that "
             "changed (the open bucket and the window), not from midnight. Sigma and bucket volume come from "
             "past days only and are fixed for the day.",
-            metadata=PRODUCT.stored_in(store.BUCKETS),
+            store.BUCKETS,
         ),
-        dg.AssetSpec(
+        _spec(
             BOOK_KEY,
-            deps=[DEPTH10_KEY],
-            group_name=PRODUCT.group,
-            owners=list(PRODUCT.owners),
-            kinds={"clickhouse", "python"},
-            code_version="1",
-            freshness_policy=PRODUCT.freshness,
-            skippable=True,
-            description="Order-book measures per instrument and UTC minute from the rebuilt depth-10 books: "
+            [DEPTH10_KEY],
+            "Order-book measures per instrument and UTC minute from the rebuilt depth-10 books: "
             "time-weighted spread, relative spread and depth imbalance, level-1 imbalance, size-weighted mid "
             "(microprice), and the order-flow imbalance of Cont, Kukanov and Stoikov (2014) with their depth D, in "
             f"ClickHouse {store.BOOK_1M.name} (read with FINAL). The same run follows the book's change feed "
             f"({BOOK_CHANGES}): each batch recomputes the minutes that changed from their stored book updates and "
             "the update before them (book.py), whatever the table holds.",
-            metadata=PRODUCT.stored_in(store.BOOK_1M),
+            store.BOOK_1M,
         ),
     ],
     name="market_microstructure__vpin",
